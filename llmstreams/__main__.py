@@ -1,0 +1,5 @@
+import sys
+
+from llmstreams.cli import main
+
+sys.exit(main())

@@ -1,0 +1,82 @@
+"""`BaseClient`: what every vendor client shares (pool ownership, timeouts, retries)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import ClassVar, Self
+from urllib.parse import urlsplit
+
+from llmstreams.errors import InvalidParameterError
+from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.pool import Pool, resolve_retry
+from llmstreams.streams import ChunkStream
+from llmstreams.transport import Exchange
+from llmstreams.types import Completion
+
+
+def validate_base_url(base_url: str) -> str:
+    """`base_url` without a trailing slash, or `InvalidParameterError`."""
+    parts = urlsplit(base_url) if isinstance(base_url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidParameterError(
+            "base_url", "must be an http:// or https:// URL such as https://host[:port]", base_url
+        )
+    if parts.query or parts.fragment:
+        raise InvalidParameterError("base_url", "must not carry a query or fragment", base_url)
+    return base_url.rstrip("/")
+
+
+class BaseClient:
+    """Pool, timeout and retry handling shared by the vendor clients.
+
+    A client given `pool=` uses it and leaves it open; a client without one makes its own
+    pool and closes it in `close()` / at the end of `async with`. `timeout`, `retry` and
+    `max_retries` default to the pool's.
+    """
+
+    provider: ClassVar[str]
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        pool: Pool | None = None,
+        timeout: Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        self.base_url = validate_base_url(base_url)
+        self._owns_pool = pool is None
+        self._pool = pool if pool is not None else Pool(timeout=timeout, retry=retry)
+        self.timeout = timeout if timeout is not None else self._pool.timeout
+        self.retry = resolve_retry(retry if retry is not None else self._pool.retry, max_retries)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} base_url={self.base_url!r}>"
+
+    @property
+    def pool(self) -> Pool:
+        return self._pool
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client's own pool; a shared pool is left to its owner."""
+        if self._owns_pool:
+            await self._pool.close()
+
+    def _stream(self, exchange: Exchange) -> ChunkStream:
+        return ChunkStream(self._pool, exchange, timeout=self.timeout, retry=self.retry)
+
+    async def _complete(self, exchange: Exchange) -> Completion:
+        async with self._stream(exchange) as stream:
+            return await stream.collect()

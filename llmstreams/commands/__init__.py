@@ -1,0 +1,1 @@
+"""Subcommands of the `llmstreams` command line, one module each."""

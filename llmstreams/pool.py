@@ -1,0 +1,153 @@
+"""`Pool`: the one aiohttp session and connector that every client and request shares."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+import attrs
+
+from llmstreams.errors import InvalidParameterError
+from llmstreams.options import RetryPolicy, Timeout
+
+T = TypeVar("T")
+
+DEFAULT_MAX_CONNECTIONS = 10_000
+
+
+@attrs.frozen(slots=True)
+class PoolStats:
+    """What the pool holds right now.
+
+    `open_streams`: requests started and not yet finished or closed.
+    `connections_in_use`: HTTP responses open on a connection (released at the end of each body).
+    """
+
+    open_streams: int
+    connections_in_use: int
+
+
+class Pool:
+    """One `aiohttp.ClientSession` with one `TCPConnector`, shared by every client using it.
+
+    Limits are sized for thousands of concurrent streams: aiohttp's default of 100
+    connections would silently queue the rest. `timeout` and `retry` are the defaults of the
+    clients that use this pool (a client may override them). Use `async with Pool() as pool`
+    or call `await pool.close()`.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_host: int = 0,
+        timeout: Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        keepalive_timeout: float = 30.0,
+    ) -> None:
+        if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
+            raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
+        if (
+            isinstance(max_connections_per_host, bool)
+            or not isinstance(max_connections_per_host, int)
+            or max_connections_per_host < 0
+        ):
+            raise InvalidParameterError(
+                "max_connections_per_host", "must be a whole number >= 0 (0: no per-host limit)",
+                max_connections_per_host,
+            )
+        self.max_connections = max_connections
+        self.max_connections_per_host = max_connections_per_host
+        self.timeout = timeout if timeout is not None else Timeout()
+        self.retry = resolve_retry(retry if retry is not None else RetryPolicy(), max_retries)
+        self._keepalive_timeout = keepalive_timeout
+        self._session: aiohttp.ClientSession | None = None
+        self._closed = False
+        self._shared: dict[Any, Any] = {}
+        self._open_streams = 0
+        self._connections_in_use = 0
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<Pool {state} max_connections={self.max_connections} "
+            f"open_streams={self._open_streams} connections_in_use={self._connections_in_use}>"
+        )
+
+    async def __aenter__(self) -> Pool:
+        self.session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def session(self) -> aiohttp.ClientSession:
+        """The shared session, created on first use inside the running event loop."""
+        if self._closed:
+            raise RuntimeError("this Pool is closed; create a new one")
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.max_connections,
+                limit_per_host=self.max_connections_per_host,
+                keepalive_timeout=self._keepalive_timeout,
+                ttl_dns_cache=300,
+            )
+            # Per-phase deadlines are enforced by the transport; aiohttp only bounds the socket connect.
+            client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.connect)
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=client_timeout, auto_decompress=True
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Close every connection. Idempotent."""
+        self._closed = True
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    def shared(self, key: Any, factory: Callable[[], T]) -> T:
+        """The pool-wide object stored under `key`, made by `factory` on first use.
+
+        This is how state such as an access-token cache is shared by every client of a pool.
+        """
+        try:
+            value: T = self._shared[key]
+        except KeyError:
+            value = self._shared[key] = factory()
+        return value
+
+    def stats(self) -> PoolStats:
+        return PoolStats(open_streams=self._open_streams, connections_in_use=self._connections_in_use)
+
+    def stream_opened(self) -> None:
+        self._open_streams += 1
+
+    def stream_closed(self) -> None:
+        self._open_streams -= 1
+
+    def connection_acquired(self) -> None:
+        self._connections_in_use += 1
+
+    def connection_released(self) -> None:
+        self._connections_in_use -= 1
+
+
+def resolve_retry(retry: RetryPolicy, max_retries: int | None) -> RetryPolicy:
+    """`retry` with `max_retries` applied when one was given."""
+    if max_retries is None:
+        return retry
+    return attrs.evolve(retry, max_retries=max_retries)
+

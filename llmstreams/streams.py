@@ -1,0 +1,141 @@
+"""`ChunkStream`: what a client's `stream_*` method returns."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from llmstreams.errors import LLMStreamsError
+from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.pool import Pool
+from llmstreams.transport import BodyReader, Exchange, ResponseParser, open_exchange, read_body
+from llmstreams.types import Chunk, Completion, CompletionBuilder
+
+
+class ChunkStream:
+    """An async iterator of `Chunk` and an async context manager.
+
+    Nothing is sent until the first `__anext__` (or `collect()`). Leaving `async with` early
+    closes the connection at once; so does cancelling the task that is reading. Every error
+    raised once the request was sent carries `.partial`, the `Completion` of the chunks that
+    arrived before it.
+
+        async with client.stream_chat(messages, model="ERNIE-Speed-8K") as stream:
+            async for chunk in stream:
+                print(chunk.text, end="")
+    """
+
+    __slots__ = (
+        "_pool", "_exchange", "_timeout", "_retry", "_builder", "_pending", "_reader",
+        "_parser", "_state", "attempts",
+    )
+
+    def __init__(self, pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy) -> None:
+        self._pool = pool
+        self._exchange = exchange
+        self._timeout = timeout
+        self._retry = retry
+        self._builder = CompletionBuilder()
+        self._pending: list[Chunk] = []
+        self._reader: BodyReader | None = None
+        self._parser: ResponseParser | None = None
+        self._state = "new"
+        self.attempts = 0
+
+    def __repr__(self) -> str:
+        return (
+            f"<ChunkStream {self._exchange.provider} {self._state} "
+            f"chunks={self._builder.chunk_count}>"
+        )
+
+    async def __aenter__(self) -> ChunkStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if not self._pending:
+            if self._state == "new":
+                await self._open()
+            while not self._pending:
+                if self._state != "reading":
+                    raise StopAsyncIteration
+                await self._read_more()
+        chunk = self._pending.pop(0)
+        self._builder.add(chunk)
+        return chunk
+
+    @property
+    def completion(self) -> Completion:
+        """Everything yielded so far, as a `Completion`."""
+        return self._builder.build()
+
+    async def collect(self) -> Completion:
+        """Read the rest of the stream; the whole generation (including chunks already read)."""
+        async for _ in self:
+            pass
+        return self._builder.build()
+
+    async def aclose(self) -> None:
+        """Stop reading and close the connection. Idempotent."""
+        self._close(abort=True)
+
+    async def _open(self) -> None:
+        self._state = "opening"
+        self._pool.stream_opened()
+        try:
+            opened = await open_exchange(
+                self._pool, self._exchange, timeout=self._timeout, retry=self._retry
+            )
+        except BaseException as error:
+            self._close(abort=True)
+            self._attach_partial(error)
+            raise
+        self.attempts = opened.attempts
+        self._reader = opened.reader
+        self._parser = opened.parser
+        self._pending = opened.first_chunks
+        self._state = "reading"
+        if opened.ended:
+            self._close(abort=False)
+
+    async def _read_more(self) -> None:
+        assert self._reader is not None and self._parser is not None
+        try:
+            data = await read_body(self._reader, self._exchange.provider)
+            self._pending = self._parser.feed(data) if data else self._parser.close()
+        except BaseException as error:
+            self._close(abort=True)
+            self._attach_partial(error)
+            raise
+        if not data or self._parser.finished:
+            self._close(abort=False)
+
+    def _close(self, *, abort: bool) -> None:
+        if self._state in ("new", "closed"):
+            self._state = "closed"
+            return
+        if self._reader is not None:
+            if abort:
+                self._reader.abort()
+            else:
+                self._reader.release()
+        self._state = "closed"
+        self._pool.stream_closed()
+
+    def _attach_partial(self, error: BaseException) -> None:
+        if isinstance(error, LLMStreamsError) and error.partial is None:
+            error.partial = self._builder.build()
+
+    def __del__(self) -> None:
+        # A stream abandoned mid-way (no `async with`, no aclose) must not hold its connection.
+        if self._state == "reading" and self._reader is not None:
+            self._close(abort=True)

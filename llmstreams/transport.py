@@ -1,0 +1,375 @@
+"""Sending one generation request: connections, deadlines and retries.
+
+This layer knows nothing of vendors. A vendor module describes one generation as an
+`Exchange`: how to build the HTTP request (again for every attempt, so that tokens and
+signatures are fresh) and how to turn the response body into chunks (`ResponseParser`).
+`open_exchange` sends it, retrying only while nothing of the generation has arrived, and
+returns the open response with its first chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from collections.abc import Mapping
+from typing import Protocol
+
+import aiohttp
+import attrs
+
+from llmstreams.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    LLMStreamsError,
+    ProtocolError,
+    StreamInterruptedError,
+    StreamTimeoutError,
+)
+from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.pool import Pool
+from llmstreams.types import Chunk
+
+logger = logging.getLogger("llmstreams")
+
+_READ_ERRORS = (aiohttp.ClientError, OSError)
+
+
+@attrs.frozen(slots=True, repr=False)
+class HttpRequest:
+    """One HTTP request as a vendor module built it.
+
+    The repr names the query parameters and headers but never shows their values, since
+    those carry access tokens and signatures.
+    """
+
+    method: str
+    url: str
+    body: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    params: Mapping[str, str] = attrs.field(factory=dict)
+
+    def __repr__(self) -> str:
+        params = ", ".join(self.params)
+        headers = ", ".join(self.headers)
+        return f"<HttpRequest {self.method} {self.url} params=[{params}] headers=[{headers}]>"
+
+
+@attrs.frozen(slots=True)
+class ResponseHead:
+    """Status line and headers of a response, for the vendor's parser."""
+
+    status: int
+    headers: Mapping[str, str]
+    content_type: str
+    retry_after: float | None
+
+
+class ResponseParser(Protocol):
+    """Turns one response body into chunks, raising `APIError` for the vendor's error bodies.
+
+    Nothing may be lost: when one `feed` holds good events followed by a bad one, it returns
+    the good chunks and raises the error on the next call.
+    """
+
+    @property
+    def finished(self) -> bool:
+        """True once the end of the generation was seen; nothing more needs reading."""
+
+    def feed(self, data: bytes) -> list[Chunk]: ...
+
+    def close(self) -> list[Chunk]:
+        """The body ended: the last chunks, or an error if the generation was not complete."""
+
+
+class Exchange(Protocol):
+    """One generation in a vendor's dialect."""
+
+    provider: str
+
+    async def build_request(self) -> HttpRequest: ...
+
+    def parser(self, head: ResponseHead) -> ResponseParser: ...
+
+    async def recover(self, error: APIError) -> bool:
+        """Repair what `error` says is wrong (e.g. fetch a new access token).
+
+        True means: send the request again at once. Asked at most once per generation.
+        """
+
+
+class _NoResponse(Exception):
+    """Nothing of the response arrived, so the request may be sent again."""
+
+    def __init__(self, error: APIConnectionError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _ReadDeadline(Exception):
+    def __init__(self, phase: str) -> None:
+        super().__init__(phase)
+        self.phase = phase
+
+
+class BodyReader:
+    """Reads a response body with the first-byte, idle and total deadlines.
+
+    One timer per response watches the deadline and is only moved when it would fire too
+    late, so a read costs a clock lookup rather than a timer of its own. When a deadline
+    passes during a read, the read fails with `_ReadDeadline`.
+    """
+
+    __slots__ = (
+        "_response", "_pool", "_loop", "_idle", "_total_deadline", "_first_deadline",
+        "_waiting_until", "_timer", "_timer_when", "_released", "bytes_received",
+    )
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        pool: Pool,
+        *,
+        first_deadline: float | None,
+        idle: float | None,
+        total_deadline: float | None,
+    ) -> None:
+        self._response = response
+        self._pool = pool
+        self._loop = asyncio.get_running_loop()
+        self._first_deadline = first_deadline
+        self._idle = idle
+        self._total_deadline = total_deadline
+        self._waiting_until: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._released = False
+        self.bytes_received = 0
+        pool.connection_acquired()
+
+    async def read(self) -> bytes:
+        """The next bytes of the body; b"" at its end."""
+        deadline = self._next_deadline()
+        if deadline is not None:
+            self._waiting_until = deadline
+            if self._timer is None or self._timer_when > deadline:
+                self._arm(deadline)
+        try:
+            data = await self._response.content.readany()
+        finally:
+            self._waiting_until = None
+        self.bytes_received += len(data)
+        return data
+
+    def _next_deadline(self) -> float | None:
+        if self.bytes_received:
+            deadline = None if self._idle is None else self._loop.time() + self._idle
+        else:
+            deadline = self._first_deadline
+        total = self._total_deadline
+        if total is not None and (deadline is None or total < deadline):
+            return total
+        return deadline
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self._loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        waiting_until = self._waiting_until
+        if waiting_until is None:
+            return
+        if self._loop.time() < waiting_until:
+            self._arm(waiting_until)
+            return
+        if self._total_deadline is not None and waiting_until >= self._total_deadline:
+            phase = "total"
+        else:
+            phase = "idle" if self.bytes_received else "first_chunk"
+        self._response.content.set_exception(_ReadDeadline(phase))
+
+    def release(self) -> None:
+        """Return the connection to the pool (the body was read to its end)."""
+        self._finish(self._response.release)
+
+    def abort(self) -> None:
+        """Close the connection at once (the body was not read to its end)."""
+        self._finish(self._response.close)
+
+    def _finish(self, how: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._released:
+            self._released = True
+            self._pool.connection_released()
+            how()  # type: ignore[operator]
+
+
+@attrs.define(slots=True)
+class OpenExchange:
+    """A response whose first chunks have arrived (or whose body has ended)."""
+
+    reader: BodyReader
+    parser: ResponseParser
+    first_chunks: list[Chunk]
+    ended: bool
+    attempts: int
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+async def open_exchange(
+    pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy
+) -> OpenExchange:
+    """Send `exchange` until its first chunk arrives, retrying what may be retried.
+
+    Retried, up to `retry.max_retries` times: connection failures and timeouts before any
+    byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
+    vendor's overload codes), which the server sends instead of a generation. Never retried:
+    anything that goes wrong once the body of a generation has begun.
+    """
+    loop = asyncio.get_running_loop()
+    total_deadline = None if timeout.total is None else loop.time() + timeout.total
+    retries = 0
+    recovered = False
+    while True:
+        try:
+            opened = await _attempt(pool, exchange, timeout, total_deadline)
+            opened.attempts = retries + 1
+            return opened
+        except APIError as error:
+            if not recovered and await exchange.recover(error):
+                recovered = True
+                logger.info("%s: sending again after repairing: %s", exchange.provider, error)
+                continue
+            if not error.retryable or retries >= retry.max_retries:
+                raise
+            wait = retry.delay(retries, error.retry_after)
+            last_error: LLMStreamsError = error
+        except _NoResponse as failure:
+            if retries >= retry.max_retries:
+                raise failure.error from None
+            wait = retry.delay(retries)
+            last_error = failure.error
+        if total_deadline is not None and loop.time() + wait >= total_deadline:
+            raise last_error
+        retries += 1
+        logger.warning(
+            "%s: retry %d of %d in %.2fs after: %s",
+            exchange.provider, retries, retry.max_retries, wait, last_error,
+        )
+        await asyncio.sleep(wait)
+
+
+async def _attempt(
+    pool: Pool, exchange: Exchange, timeout: Timeout, total_deadline: float | None
+) -> OpenExchange:
+    loop = asyncio.get_running_loop()
+    request = await exchange.build_request()
+    first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
+    header_deadline = _earliest(first_deadline, total_deadline)
+    logger.debug("%s: sending %r", exchange.provider, request)
+    try:
+        async with asyncio.timeout_at(header_deadline):
+            response = await pool.session().request(
+                request.method, request.url, params=request.params,
+                headers=request.headers, data=request.body,
+            )
+    except TimeoutError as error:
+        connect_failed = isinstance(error, aiohttp.ServerTimeoutError)
+        phase = "connect" if connect_failed else (
+            "total" if header_deadline == total_deadline else "first_chunk"
+        )
+        raise _NoResponse(APITimeoutError(
+            f"no response from {_where(request)} within the {phase} timeout",
+            phase=phase, provider=exchange.provider,
+        )) from None
+    except aiohttp.ClientResponseError as error:
+        raise ProtocolError(
+            f"{_where(request)} did not answer in HTTP: {error.message}", provider=exchange.provider
+        ) from None
+    except _READ_ERRORS as error:
+        raise _NoResponse(APIConnectionError(
+            f"could not reach {_where(request)}: {_describe(error)}", provider=exchange.provider
+        )) from None
+
+    head = ResponseHead(
+        status=response.status,
+        headers=response.headers,
+        content_type=response.content_type,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
+    reader = BodyReader(
+        response, pool, first_deadline=first_deadline, idle=timeout.idle,
+        total_deadline=total_deadline,
+    )
+    try:
+        parser = exchange.parser(head)
+        while True:
+            data = await read_body(reader, exchange.provider)
+            chunks = parser.feed(data) if data else parser.close()
+            if chunks or not data or parser.finished:
+                ended = not data or parser.finished
+                if ended:
+                    reader.release()
+                return OpenExchange(reader, parser, chunks, ended, attempts=0)
+    except BaseException:
+        reader.abort()
+        raise
+
+
+async def read_body(reader: BodyReader, provider: str) -> bytes:
+    """`reader.read()` with transport failures turned into llmstreams errors."""
+    try:
+        return await reader.read()
+    except _ReadDeadline as deadline:
+        if deadline.phase == "first_chunk":
+            raise APITimeoutError(
+                "the response began but no body arrived within the first_chunk timeout",
+                phase="first_chunk", provider=provider,
+            ) from None
+        raise StreamTimeoutError(
+            f"the stream stopped: nothing arrived within the {deadline.phase} timeout",
+            phase=deadline.phase, provider=provider,
+        ) from None
+    except _READ_ERRORS as error:
+        raise StreamInterruptedError(
+            f"the connection broke mid-response: {_describe(error)}", provider=provider
+        ) from None
+
+
+def _earliest(first: float | None, second: float | None) -> float | None:
+    if first is None:
+        return second
+    if second is None:
+        return first
+    return min(first, second)
+
+
+def _where(request: HttpRequest) -> str:
+    return request.url.split("?", 1)[0]
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error) or type(error).__name__
+    return f"{type(error).__name__}: {text}" if str(error) else text
