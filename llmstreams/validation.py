@@ -1,0 +1,114 @@
+"""Checks for caller-supplied parameters, each raising `InvalidParameterError` that names the rule."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from llmstreams.errors import InvalidParameterError
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    left = "(" if low_open or low is None else "["
+    right = ")" if high_open or high is None else "]"
+    return f"{left}{'-inf' if low is None else low:g}, {'inf' if high is None else high:g}{right}"
+
+
+def check_number(
+    field: str,
+    value: Any,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> float:
+    """`value` as a float, if it is a real number within the interval."""
+    rule = f"must be a number in {_interval(low, high, low_open, high_open)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise InvalidParameterError(field, rule, value)
+    if low is not None and (value < low or (low_open and value == low)):
+        raise InvalidParameterError(field, rule, value)
+    if high is not None and (value > high or (high_open and value == high)):
+        raise InvalidParameterError(field, rule, value)
+    return float(value)
+
+
+def check_int(field: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
+    """`value`, if it is a whole number (not a bool) within [low, high]."""
+    if low is not None and high is None and low == 1:
+        rule = "must be a positive whole number"
+    else:
+        rule = f"must be a whole number in {_interval(low, high, False, False)}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(field, rule, value)
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise InvalidParameterError(field, rule, value)
+    return value
+
+
+def check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidParameterError(field, "must be True or False", value)
+    return value
+
+
+def check_text(field: str, value: Any, *, allow_empty: bool = False) -> str:
+    """`value`, if it is a string (non-empty unless `allow_empty`)."""
+    if not isinstance(value, str):
+        raise InvalidParameterError(field, "must be a string", type(value).__name__)
+    if not allow_empty and not value.strip():
+        raise InvalidParameterError(field, "must not be empty")
+    return value
+
+
+def check_stop(field: str, value: Any, *, max_items: int | None, max_length: int | None) -> list[str]:
+    """A list of stop strings (a single string counts as a list of one)."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) for item in items):
+        raise InvalidParameterError(field, "must be a string or a list of strings", value)
+    if max_items is not None and len(items) > max_items:
+        raise InvalidParameterError(field, f"must hold at most {max_items} strings", len(items))
+    for item in items:
+        if not item:
+            raise InvalidParameterError(field, "must not contain an empty string")
+        if max_length is not None and len(item) > max_length:
+            raise InvalidParameterError(
+                field, f"each string must be at most {max_length} characters", item
+            )
+    return list(items)
+
+
+def check_extra(field: str, value: Any) -> dict[str, Any]:
+    """The escape hatch for fields this library does not know: a dict with string keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise InvalidParameterError(field, "must be a dict with string keys", type(value).__name__)
+    return dict(value)
+
+
+def reject_unknown(unknown: Mapping[str, Any], known: Iterable[str], *, escape_hatch: str) -> None:
+    """Fail on keyword arguments the method does not take, suggesting close matches."""
+    if not unknown:
+        return
+    name = sorted(unknown)[0]
+    matches = difflib.get_close_matches(name, list(known), n=3)
+    suggestion = f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else ""
+    raise InvalidParameterError(
+        name,
+        f"unknown parameter; {suggestion}Fields this library does not know go in {escape_hatch}=",
+    )
+
+
+def suggest(name: str, choices: Iterable[str], *, what: str, extra: str = "") -> InvalidParameterError:
+    """An `InvalidParameterError` for an unknown name, listing close matches."""
+    pool = list(choices)
+    matches = difflib.get_close_matches(name, pool, n=5, cutoff=0.4)
+    lowered = {choice.lower(): choice for choice in pool}
+    if name.lower() in lowered and lowered[name.lower()] not in matches:
+        matches.insert(0, lowered[name.lower()])
+    hint = f"close matches: {', '.join(matches)}" if matches else f"known: {', '.join(sorted(pool))}"
+    return InvalidParameterError(what, f"unknown {what} {name!r} ({hint}){extra}")
