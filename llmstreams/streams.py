@@ -110,13 +110,17 @@ class ChunkStream:
     async def _read_more(self) -> None:
         assert self._reader is not None and self._parser is not None
         try:
+            if self._parser.finished:
+                self._pending = self._parser.close()
+                self._close(abort=False)
+                return
             data = await read_body(self._reader, self._exchange.provider)
             self._pending = self._parser.feed(data) if data else self._parser.close()
         except BaseException as error:
             self._close(abort=True)
             self._attach_partial(error)
             raise
-        if not data or self._parser.finished:
+        if not data:
             self._close(abort=False)
 
     def _close(self, *, abort: bool) -> None:

@@ -71,17 +71,18 @@ class ResponseParser(Protocol):
     """Turns one response body into chunks, raising `APIError` for the vendor's error bodies.
 
     Nothing may be lost: when one `feed` holds good events followed by a bad one, it returns
-    the good chunks and raises the error on the next call.
+    the good chunks, reports `finished`, and raises the error from `close()`.
     """
 
     @property
     def finished(self) -> bool:
-        """True once the end of the generation was seen; nothing more needs reading."""
+        """True once nothing more needs reading: the generation's end was seen, or an error waits."""
 
     def feed(self, data: bytes) -> list[Chunk]: ...
 
     def close(self) -> list[Chunk]:
-        """The body ended: the last chunks, or an error if the generation was not complete."""
+        """The body ended (or `finished` is True): the last chunks, or the error that ended it,
+        or `StreamInterruptedError` if the generation's end never came."""
 
 
 class Exchange(Protocol):
@@ -327,12 +328,13 @@ async def _attempt(
         parser = exchange.parser(head)
         while True:
             data = await read_body(reader, exchange.provider)
-            chunks = parser.feed(data) if data else parser.close()
-            if chunks or not data or parser.finished:
-                ended = not data or parser.finished
-                if ended:
-                    reader.release()
-                return OpenExchange(reader, parser, chunks, ended, attempts=0)
+            if not data:
+                chunks = parser.close()
+                reader.release()
+                return OpenExchange(reader, parser, chunks, ended=True, attempts=0)
+            chunks = parser.feed(data)
+            if chunks or parser.finished:
+                return OpenExchange(reader, parser, chunks, ended=False, attempts=0)
     except BaseException:
         reader.abort()
         raise

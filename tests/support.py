@@ -17,30 +17,43 @@ class LinesParser:
         self.head = head
         self.buffer = b""
         self.count = 0
-        self.finished = False
+        self.end_seen = False
+        self.deferred: APIError | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.end_seen or self.deferred is not None
 
     def feed(self, data: bytes) -> list[Chunk]:
         self.buffer += data
         *lines, self.buffer = self.buffer.split(b"\n")
-        chunks = []
+        chunks: list[Chunk] = []
         for line in lines:
             if not line:
                 continue
             item = json.loads(line)
             if "error" in item:
-                raise APIError(
+                error = APIError(
                     "test error", code=item["error"], http_status=self.head.status,
                     provider="lines", retryable=item.get("retryable", False),
                     retry_after=self.head.retry_after,
                 )
+                if not chunks:
+                    raise error
+                self.deferred = error
+                return chunks
             chunks.append(Chunk(text=item["text"], sentence_id=self.count, is_end=item["end"]))
             self.count += 1
-            self.finished = item["end"]
+            self.end_seen = item["end"]
         return chunks
 
     def close(self) -> list[Chunk]:
+        if self.deferred is not None:
+            raise self.deferred
         chunks = self.feed(b"\n")
-        if not self.finished:
+        if self.deferred is not None:
+            raise self.deferred
+        if not self.end_seen:
             raise StreamInterruptedError("ended before the end line", provider="lines")
         return chunks
 
