@@ -19,6 +19,7 @@ from llmstreams.errors import (
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
+from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
 from llmstreams.types import Chunk, Completion, Usage
 
@@ -41,7 +42,9 @@ __all__ = [
     "Pool",
     "PoolStats",
     "ProtocolError",
+    "RateLimit",
     "RateLimitError",
+    "RateLimiter",
     "RetryPolicy",
     "ServerError",
     "StreamInterruptedError",

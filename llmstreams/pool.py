@@ -11,6 +11,7 @@ import attrs
 
 from llmstreams.errors import InvalidParameterError
 from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.ratelimit import RateLimit, RateLimiter
 
 T = TypeVar("T")
 
@@ -34,7 +35,8 @@ class Pool:
 
     Limits are sized for thousands of concurrent streams: aiohttp's default of 100
     connections would silently queue the rest. `timeout` and `retry` are the defaults of the
-    clients that use this pool (a client may override them). Use `async with Pool() as pool`
+    clients that use this pool (a client may override them). `rate_limit` holds back every
+    request sent through the pool, whichever client sends it. Use `async with Pool() as pool`
     or call `await pool.close()`.
     """
 
@@ -47,6 +49,7 @@ class Pool:
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         keepalive_timeout: float = 30.0,
+        rate_limit: RateLimit | None = None,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -64,6 +67,7 @@ class Pool:
         self.timeout = timeout if timeout is not None else Timeout()
         self.retry = resolve_retry(retry if retry is not None else RetryPolicy(), max_retries)
         self._keepalive_timeout = keepalive_timeout
+        self.rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
         self._shared: dict[Any, Any] = {}

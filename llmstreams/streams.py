@@ -134,6 +134,9 @@ class ChunkStream:
                 self._reader.release()
         self._state = "closed"
         self._pool.stream_closed()
+        usage = self._builder.usage
+        if self._pool.rate_limiter is not None and usage is not None:
+            self._pool.rate_limiter.record_tokens(usage.total_tokens)
 
     def _attach_partial(self, error: BaseException) -> None:
         if isinstance(error, LLMStreamsError) and error.partial is None:

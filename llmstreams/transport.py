@@ -286,6 +286,15 @@ async def _attempt(
     pool: Pool, exchange: Exchange, timeout: Timeout, total_deadline: float | None
 ) -> OpenExchange:
     loop = asyncio.get_running_loop()
+    if pool.rate_limiter is not None:
+        try:
+            async with asyncio.timeout_at(total_deadline):
+                await pool.rate_limiter.acquire()
+        except TimeoutError:
+            raise APITimeoutError(
+                "the pool's rate limit held the request back past the total timeout",
+                phase="total", provider=exchange.provider,
+            ) from None
     request = await exchange.build_request()
     first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
     header_deadline = _earliest(first_deadline, total_deadline)

@@ -93,6 +93,10 @@ class CompletionBuilder:
     def chunk_count(self) -> int:
         return self._chunk_count
 
+    @property
+    def usage(self) -> Usage | None:
+        return self._usage
+
     def build(self) -> Completion:
         last = self._last
         if last is None:

@@ -13,7 +13,9 @@ from llmstreams.errors import InvalidParameterError
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     left = "(" if low_open or low is None else "["
     right = ")" if high_open or high is None else "]"
-    return f"{left}{'-inf' if low is None else low:g}, {'inf' if high is None else high:g}{right}"
+    low_text = "-inf" if low is None else f"{low:g}"
+    high_text = "inf" if high is None else f"{high:g}"
+    return f"{left}{low_text}, {high_text}{right}"
 
 
 def check_number(

@@ -398,3 +398,18 @@ async def test_error_after_good_chunks_in_one_read_surfaces_without_more_data(
     assert caught.value.code == 336000
     assert caught.value.partial is not None and caught.value.partial.text == "ab"
     assert server.requests == 1
+
+
+async def test_pool_rate_limit_counts_every_attempt_and_the_tokens(server: LineServer) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        if server.requests == 1:
+            return web.Response(status=503, body=b'{"error": 503, "retryable": true}\n')
+        return await streamed(request, line("ok", end=True))
+
+    server.handler = answer
+    async with Pool(rate_limit=llmstreams.RateLimit(requests_per_minute=1000), retry=FAST_RETRY) as pool:
+        for _ in range(3):
+            stream, _ = open_stream(pool, server.url)
+            await stream.collect()
+        assert pool.rate_limiter is not None
+        assert pool.rate_limiter.requests_granted == server.requests == 4
