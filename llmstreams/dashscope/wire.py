@@ -1,0 +1,611 @@
+"""DashScope text generation on the wire.
+
+Checks a call's parameters and builds the request body (`build_generation`), turns response
+bodies into `Chunk`s (`parser_for`), and maps DashScope's error answers onto the llmstreams error
+hierarchy (`api_error`). See protocol.md section 2 for the format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from llmstreams.errors import (
+    APIError,
+    AuthenticationError,
+    ContentFilterError,
+    InvalidParameterError,
+    InvalidRequestError,
+    LLMStreamsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    StreamInterruptedError,
+    snippet,
+)
+from llmstreams.sse import SSEDecoder
+from llmstreams.transport import ResponseHead, ResponseParser
+from llmstreams.types import Chunk, Usage
+from llmstreams.validation import (
+    check_bool,
+    check_extra,
+    check_int,
+    check_number,
+    check_stop,
+    check_text,
+    reject_unknown,
+)
+
+PROVIDER = "dashscope"
+GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
+
+RESULT_FORMATS = ("text", "message")
+MESSAGE_ROLES = ("system", "user", "assistant")
+# DashScope documents the seed as an unsigned 64-bit integer.
+SEED_MAX = 2**64 - 1
+# Buffered bodies (non-stream answers, error bodies) larger than this are not a DashScope answer.
+MAX_BUFFERED_BODY = 32 * 1024 * 1024
+
+# The `parameters` fields this library knows and checks, in the order they are sent.
+PARAMETER_NAMES = (
+    "result_format",
+    "incremental_output",
+    "seed",
+    "max_tokens",
+    "top_p",
+    "top_k",
+    "temperature",
+    "repetition_penalty",
+    "presence_penalty",
+    "stop",
+    "enable_search",
+)
+# Every keyword a generation method takes, for "did you mean" suggestions.
+CALL_ARGUMENTS = ("prompt", "messages", "model", *PARAMETER_NAMES, "extra_params", "extra_headers")
+
+_STREAM_CONTENT_TYPE = "text/event-stream"
+_STATUS_COMMENT = ":HTTP_STATUS/"
+_NOT_FINISHED = "null"
+
+
+@attrs.frozen(slots=True)
+class Generation:
+    """One checked generation call: its serialized body and how to read the answer.
+
+    `cumulative`: the server sends the whole text so far in every stream event (DashScope's
+    default), rather than only the new piece (`incremental_output=True`).
+    """
+
+    body: bytes = attrs.field(repr=False)
+    stream: bool
+    cumulative: bool
+    message_format: bool
+
+
+def build_generation(
+    *,
+    stream: bool,
+    prompt: Any,
+    messages: Any,
+    model: Any,
+    result_format: Any,
+    incremental_output: Any,
+    seed: Any,
+    max_tokens: Any,
+    top_p: Any,
+    top_k: Any,
+    temperature: Any,
+    repetition_penalty: Any,
+    presence_penalty: Any,
+    stop: Any,
+    enable_search: Any,
+    extra_params: Any,
+    unknown: Mapping[str, Any],
+) -> Generation:
+    """Check every argument of a generation call (raising `InvalidParameterError`) and build its body."""
+    reject_unknown(unknown, CALL_ARGUMENTS, escape_hatch="extra_params")
+    if model is None:
+        raise InvalidParameterError("model", "is required, e.g. model='billa-7b-sft-v1'")
+    check_text("model", model)
+    body_input = _check_input(prompt, messages)
+
+    parameters: dict[str, Any] = {}
+    if result_format is not None:
+        if result_format not in RESULT_FORMATS:
+            raise InvalidParameterError("result_format", "must be 'text' or 'message'", result_format)
+        parameters["result_format"] = result_format
+    if incremental_output is not None:
+        parameters["incremental_output"] = check_bool("incremental_output", incremental_output)
+    if seed is not None:
+        parameters["seed"] = check_int("seed", seed, low=0, high=SEED_MAX)
+    if max_tokens is not None:
+        parameters["max_tokens"] = check_int("max_tokens", max_tokens, low=1)
+    if top_p is not None:
+        parameters["top_p"] = check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+    if top_k is not None:
+        parameters["top_k"] = check_int("top_k", top_k, low=1)
+    if temperature is not None:
+        parameters["temperature"] = check_number(
+            "temperature", temperature, low=0.0, high=2.0, high_open=True
+        )
+    if repetition_penalty is not None:
+        parameters["repetition_penalty"] = check_number(
+            "repetition_penalty", repetition_penalty, low=0.0, low_open=True
+        )
+    if presence_penalty is not None:
+        parameters["presence_penalty"] = check_number(
+            "presence_penalty", presence_penalty, low=-2.0, high=2.0
+        )
+    if stop is not None:
+        parameters["stop"] = check_stop("stop", stop, max_items=None, max_length=None)
+    if enable_search is not None:
+        parameters["enable_search"] = check_bool("enable_search", enable_search)
+
+    extra = check_extra("extra_params", extra_params)
+    for name in extra:
+        if name in PARAMETER_NAMES:
+            raise InvalidParameterError(
+                "extra_params", f"{name!r} has an argument of its own: pass {name}= so it is checked"
+            )
+    parameters.update(extra)
+
+    body = {"model": model, "input": body_input, "parameters": parameters}
+    try:
+        encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError("extra_params", f"must be JSON-serializable ({error})") from None
+    return Generation(
+        body=encoded.encode(),
+        stream=stream,
+        cumulative=incremental_output is not True,
+        message_format=result_format == "message",
+    )
+
+
+def _check_input(prompt: Any, messages: Any) -> dict[str, Any]:
+    # protocol.md: the input is a prompt OR messages. Given both, the service would silently use
+    # one of them, so the ambiguity is refused here.
+    if prompt is None and messages is None:
+        raise InvalidParameterError("prompt", "give a prompt or messages=[...]")
+    if prompt is not None and messages is not None:
+        raise InvalidParameterError("messages", "give either a prompt or messages, not both")
+    if prompt is not None:
+        return {"prompt": check_text("prompt", prompt)}
+    return {"messages": check_messages(messages)}
+
+
+def check_messages(messages: Any) -> list[dict[str, str]]:
+    """A copy of `messages`, if it is a non-empty list of role/content dicts ending with the user."""
+    rule = "must be a non-empty list of {'role': ..., 'content': ...} dicts"
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise InvalidParameterError("messages", rule, type(messages).__name__)
+    checked: list[dict[str, str]] = []
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise InvalidParameterError(field, rule, type(message).__name__)
+        unknown = sorted(str(key) for key in message if key not in ("role", "content"))
+        if unknown:
+            raise InvalidParameterError(field, "may only hold 'role' and 'content'", unknown)
+        role = message.get("role")
+        if role not in MESSAGE_ROLES:
+            raise InvalidParameterError(
+                f"{field}.role", "must be 'system', 'user' or 'assistant'", role
+            )
+        if role == "system" and index != 0:
+            raise InvalidParameterError(f"{field}.role", "a system message may only come first")
+        content = check_text(f"{field}.content", message.get("content"))
+        checked.append({"role": role, "content": content})
+    if checked[-1]["role"] != "user":
+        raise InvalidParameterError(
+            "messages", "the last message must be from the user", checked[-1]["role"]
+        )
+    return checked
+
+
+def check_headers(field: str, headers: Any) -> dict[str, str]:
+    """A copy of `headers`, if it maps header names to values (strings without line breaks)."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidParameterError(field, "must be a mapping of header names to values",
+                                    type(headers).__name__)
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or any(c in name for c in ":\r\n \t"):
+            raise InvalidParameterError(field, "header names must be non-empty tokens", name)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            # The value is not shown: it may be a credential.
+            raise InvalidParameterError(
+                field, f"the value of {name!r} must be a string without line breaks"
+            )
+        checked[name] = value
+    return checked
+
+
+# Errors
+
+
+def api_error(
+    *,
+    status: int | None,
+    code: str | None,
+    message: str,
+    request_id: str | None,
+    retry_after: float | None = None,
+) -> APIError:
+    """The `APIError` subclass for a DashScope error code and HTTP status."""
+    error_class = _error_class(code, status)
+    retryable = status is not None and (status in (408, 429) or status >= 500)
+    return error_class(
+        message, code=code, http_status=status, provider=PROVIDER, request_id=request_id,
+        retryable=retryable, retry_after=retry_after,
+    )
+
+
+_ERROR_CLASS_FOR_CODE: dict[str, type[APIError]] = {
+    "InvalidApiKey": AuthenticationError,
+    "ModelNotFound": NotFoundError,
+    "DataInspectionFailed": ContentFilterError,
+    "data_inspection_failed": ContentFilterError,
+    "SystemError": ServerError,
+    "ModelUnavailable": ServerError,
+    "RequestTimeOut": ServerError,
+}
+_ERROR_CLASS_FOR_CODE_PREFIX: tuple[tuple[str, type[APIError]], ...] = (
+    ("AccessDenied", PermissionDeniedError),
+    ("Throttling", RateLimitError),
+    ("InvalidParameter", InvalidRequestError),
+    ("BadRequest", InvalidRequestError),
+    ("InternalError", ServerError),
+)
+_ERROR_CLASS_FOR_STATUS: dict[int, type[APIError]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: ServerError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+
+
+def _error_class(code: str | None, status: int | None) -> type[APIError]:
+    if code:
+        known = _ERROR_CLASS_FOR_CODE.get(code)
+        if known is not None:
+            return known
+        for prefix, error_class in _ERROR_CLASS_FOR_CODE_PREFIX:
+            if code.startswith(prefix):
+                return error_class
+    if status is None:
+        return APIError
+    if status >= 500:
+        return ServerError
+    return _ERROR_CLASS_FOR_STATUS.get(status, APIError)
+
+
+def _error_from_payload(
+    payload: Any, *, status: int | None, retry_after: float | None
+) -> APIError | None:
+    """The error a `{code, message, request_id}` object describes, or None if it is not one."""
+    if not isinstance(payload, dict):
+        return None
+    code = payload.get("code")
+    if not isinstance(code, str) or not code:
+        return None
+    message = payload.get("message")
+    request_id = payload.get("request_id")
+    return api_error(
+        status=status,
+        code=code,
+        message=message if isinstance(message, str) and message else code,
+        request_id=request_id if isinstance(request_id, str) else None,
+        retry_after=retry_after,
+    )
+
+
+def error_from_body(head: ResponseHead, body: bytes) -> APIError:
+    """The error an HTTP error response (status other than 200) stands for."""
+    error = _error_from_payload(_json_or_none(body), status=head.status, retry_after=head.retry_after)
+    if error is not None:
+        return error
+    # Not a DashScope body (a gateway's error page, say): the status alone tells what happened.
+    return api_error(
+        status=head.status,
+        code=None,
+        message=f"HTTP {head.status} without a DashScope error body: {snippet(body)}",
+        request_id=None,
+        retry_after=head.retry_after,
+    )
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+# Response parsers
+
+
+def parser_for(head: ResponseHead, generation: Generation) -> ResponseParser:
+    """The parser for a response to `generation` that began with `head`."""
+    if head.status != 200:
+        return BufferedBodyParser(head, _raise_error_body)
+    if not generation.stream:
+        if generation.message_format:
+            return BufferedBodyParser(head, _message_completion)
+        return BufferedBodyParser(head, _text_completion)
+    if head.content_type != _STREAM_CONTENT_TYPE:
+        return BufferedBodyParser(head, _raise_not_event_stream)
+    return EventStreamParser(cumulative=generation.cumulative, message_format=generation.message_format)
+
+
+class EventStreamParser:
+    """DashScope's event stream: `event:result` frames, or one `event:error` frame.
+
+    Each chunk's text is only what is new, whichever way the server sends it: in cumulative
+    mode the text so far is cut off the front of each event's text (and an event whose text
+    does not begin with it is a `ProtocolError`, never silently wrong text).
+    """
+
+    __slots__ = (
+        "_decoder", "_cumulative", "_message_format", "_text", "_count", "_finished",
+        "_unparsed", "_error", "_request_id",
+    )
+
+    def __init__(self, *, cumulative: bool, message_format: bool) -> None:
+        self._decoder = SSEDecoder()
+        self._cumulative = cumulative
+        self._message_format = message_format
+        self._text = ""
+        self._count = 0
+        self._finished = False
+        # The bytes since (and including) the last read that completed an event, which hold
+        # every line of the events not yet complete. Only an error event looks at them, for
+        # its `:HTTP_STATUS/NNN` comment, which the SSE decoder drops as the standard says.
+        self._unparsed: list[bytes] = []
+        self._error: LLMStreamsError | None = None
+        self._request_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._error is not None:
+            raise self._error
+        events = self._decoder.feed(data)
+        if not events:
+            self._unparsed.append(data)
+            return []
+        window = self._unparsed
+        window.append(data)
+        self._unparsed = [data]
+        chunks: list[Chunk] = []
+        try:
+            for event in events:
+                kind = event.event
+                if kind == "result":
+                    chunk = self._chunk(event.data)
+                    chunks.append(chunk)
+                    if chunk.is_end:
+                        self._finished = True
+                        break
+                elif kind == "error":
+                    raise self._error_event(event.data, window)
+                else:
+                    raise ProtocolError(
+                        f"unexpected event type {kind!r} in a DashScope stream: {snippet(event.data)}",
+                        provider=PROVIDER, request_id=self._request_id,
+                    )
+        except LLMStreamsError as error:
+            if not chunks:
+                raise
+            self._error = error
+        return chunks
+
+    def close(self) -> list[Chunk]:
+        if self._error is not None:
+            raise self._error
+        self._decoder.close()
+        if self._finished:
+            return []
+        received = b"".join(self._unparsed)
+        if not self._count and received.strip():
+            raise ProtocolError(
+                f"the response is not a DashScope event stream: {snippet(received)}",
+                provider=PROVIDER,
+            )
+        raise StreamInterruptedError(
+            "the stream ended before its last event (the one with a finish_reason)",
+            provider=PROVIDER, request_id=self._request_id,
+        )
+
+    def _chunk(self, data: str) -> Chunk:
+        try:
+            payload = json.loads(data)
+            text, finish_reason = _text_and_finish_reason(payload["output"], self._message_format)
+            usage = payload.get("usage")
+            request_id = payload.get("request_id")
+        except (ValueError, LookupError, TypeError, AttributeError):
+            raise ProtocolError(
+                f"a DashScope stream event is not a generation result: {snippet(data)}",
+                provider=PROVIDER, request_id=self._request_id,
+            ) from None
+        if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):
+            raise ProtocolError(
+                f"a DashScope stream event's text or finish_reason is not a string: {snippet(data)}",
+                provider=PROVIDER, request_id=self._request_id,
+            )
+        if self._cumulative:
+            so_far = self._text
+            if not text.startswith(so_far):
+                raise ProtocolError(
+                    "a cumulative DashScope event does not continue the text received so far "
+                    f"(was incremental_output set some other way?): {snippet(data)}",
+                    provider=PROVIDER, request_id=self._request_id,
+                )
+            self._text = text
+            text = text[len(so_far):]
+        if type(request_id) is str:
+            self._request_id = request_id
+        else:
+            request_id = None
+        is_end = finish_reason is not None and finish_reason != _NOT_FINISHED
+        sentence_id = self._count
+        self._count = sentence_id + 1
+        return Chunk(
+            text=text,
+            sentence_id=sentence_id,
+            is_end=is_end,
+            finish_reason=finish_reason if is_end else None,
+            usage=None if usage is None else _usage(usage, data),
+            request_id=request_id,
+            raw=payload,
+        )
+
+    def _error_event(self, data: str, window: list[bytes]) -> LLMStreamsError:
+        error = _error_from_payload(
+            _json_or_none(data.encode()), status=_error_event_status(b"".join(window)),
+            retry_after=None,
+        )
+        if error is None:
+            return ProtocolError(
+                f"a DashScope error event without a code: {snippet(data)}",
+                provider=PROVIDER, request_id=self._request_id,
+            )
+        return error
+
+
+def _text_and_finish_reason(output: Any, message_format: bool) -> tuple[Any, Any]:
+    """The text and finish_reason of an `output` object; raises LookupError/TypeError if absent."""
+    text = None if message_format else output.get("text")
+    if text is None:
+        # Models whose default result format is "message" answer this way unasked, too.
+        choice = output["choices"][0]
+        return choice["message"]["content"], choice.get("finish_reason")
+    return text, output.get("finish_reason")
+
+
+def _error_event_status(received: bytes) -> int | None:
+    """The status in the `:HTTP_STATUS/NNN` comment of the first error event in `received`."""
+    text = received.decode("utf-8", "replace").replace("\r\n", "\n").replace("\r", "\n")
+    for block in text.split("\n\n"):
+        status: int | None = None
+        is_error = False
+        for line in block.split("\n"):
+            if line.startswith(_STATUS_COMMENT):
+                digits = line[len(_STATUS_COMMENT):].strip()
+                status = int(digits) if digits.isascii() and digits.isdigit() else None
+            elif line.startswith("event:"):
+                is_error = line[6:].removeprefix(" ") == "error"
+        if is_error:
+            return status
+    return None
+
+
+def _usage(usage: Any, data: str | bytes) -> Usage:
+    try:
+        prompt_tokens = usage["input_tokens"]
+        completion_tokens = usage["output_tokens"]
+        total_tokens = usage.get("total_tokens", prompt_tokens + completion_tokens)
+        if type(prompt_tokens) is int and type(completion_tokens) is int and type(total_tokens) is int:
+            return Usage(prompt_tokens, completion_tokens, total_tokens)
+    except (LookupError, TypeError, AttributeError):
+        pass
+    raise ProtocolError(
+        f"DashScope usage without whole-number input and output tokens: {snippet(data)}",
+        provider=PROVIDER,
+    )
+
+
+class BufferedBodyParser:
+    """Reads a whole body and interprets it at its end: non-stream answers and error bodies."""
+
+    __slots__ = ("_head", "_interpret", "_body", "_finished")
+
+    def __init__(self, head: ResponseHead, interpret: Callable[[ResponseHead, bytes], Chunk]) -> None:
+        self._head = head
+        self._interpret = interpret
+        self._body = bytearray()
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        self._body += data
+        if len(self._body) > MAX_BUFFERED_BODY:
+            raise ProtocolError(
+                f"a DashScope response body longer than {MAX_BUFFERED_BODY} bytes: "
+                f"{snippet(bytes(self._body[:1000]))}",
+                provider=PROVIDER,
+            )
+        return []
+
+    def close(self) -> list[Chunk]:
+        chunk = self._interpret(self._head, bytes(self._body))
+        self._finished = True
+        return [chunk]
+
+
+def _raise_error_body(head: ResponseHead, body: bytes) -> Chunk:
+    raise error_from_body(head, body)
+
+
+def _raise_not_event_stream(head: ResponseHead, body: bytes) -> Chunk:
+    raise ProtocolError(
+        f"a stream request was answered with {head.content_type or 'no content type'}, "
+        f"not an event stream: {snippet(body)}",
+        provider=PROVIDER,
+    )
+
+
+def _text_completion(head: ResponseHead, body: bytes) -> Chunk:
+    return _completion(head, body, message_format=False)
+
+
+def _message_completion(head: ResponseHead, body: bytes) -> Chunk:
+    return _completion(head, body, message_format=True)
+
+
+def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chunk:
+    """The one chunk of a non-stream answer."""
+    payload = _json_or_none(body)
+    output = payload.get("output") if isinstance(payload, dict) else None
+    if not isinstance(output, dict):
+        error = _error_from_payload(payload, status=head.status, retry_after=head.retry_after)
+        if error is not None:
+            raise error
+        raise ProtocolError(
+            f"the DashScope answer has no output: {snippet(body)}", provider=PROVIDER
+        )
+    try:
+        text, finish_reason = _text_and_finish_reason(output, message_format)
+    except (LookupError, TypeError, AttributeError):
+        text = finish_reason = None
+    if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):
+        raise ProtocolError(
+            f"the DashScope answer is not a generation result: {snippet(body)}", provider=PROVIDER
+        )
+    usage = payload.get("usage")
+    request_id = payload.get("request_id")
+    return Chunk(
+        text=text,
+        sentence_id=0,
+        is_end=True,
+        finish_reason=None if finish_reason in (None, _NOT_FINISHED) else finish_reason,
+        usage=None if usage is None else _usage(usage, body),
+        request_id=request_id if isinstance(request_id, str) else None,
+        raw=payload,
+    )
