@@ -1,0 +1,157 @@
+"""`llmstreams mock`: serve the Qianfan/DashScope mock until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from llmstreams.mock.behaviour import KNOB_NAMES, Behaviour, BehaviourError, with_knobs
+from llmstreams.mock.credentials import MockCredentials
+from llmstreams.mock.server import DEFAULT_TOKEN_TTL, DEFAULT_TRIGGER_PHRASE, MockServer
+from llmstreams.mock.workers import MockWorkers, ready_line, spawn_mock_workers
+
+# How often a multi-worker supervisor checks that its workers are still alive.
+_WORKER_CHECK_INTERVAL = 1.0
+
+
+_DESCRIPTION = (
+    "Serve a local mock of the Baidu Qianfan and Alibaba DashScope text generation APIs. "
+    "Prints one line 'llmstreams mock listening on URL (N workers)' once ready and "
+    "serves until SIGINT or SIGTERM. Knob flags set the server-wide Behaviour; a request "
+    "can override them with the header 'X-Mock-Behaviour: key=value; key=value'."
+)
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "mock",
+        help="serve a local mock of the Qianfan and DashScope APIs",
+        description=_DESCRIPTION,
+    )
+    _add_arguments(parser)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m llmstreams.mock`: this command alone, importing none of the other commands."""
+    parser = argparse.ArgumentParser(prog="llmstreams mock", description=_DESCRIPTION)
+    _add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to bind, 0 for any (8000)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    parser.add_argument(
+        "--reuse-port", action="store_true", help="bind with SO_REUSEPORT (set for workers)"
+    )
+    parser.add_argument(
+        "--credentials",
+        metavar="FILE",
+        type=Path,
+        help="JSON file of credentials to enforce: api_key, secret_key, access_key, "
+        "secret_access_key, dashscope_api_key (any subset); without it any key is accepted",
+    )
+    parser.add_argument("--token-ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds")
+    parser.add_argument("--trigger-phrase", default=DEFAULT_TRIGGER_PHRASE)
+    knobs = parser.add_argument_group("knobs (see docs/mock.md)")
+    for field in attrs.fields(Behaviour):
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            knobs.add_argument(flag, dest=field.name, action="store_true")
+        else:
+            knobs.add_argument(
+                flag, dest=field.name, metavar="VALUE", help=f"default {field.default}"
+            )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    knob_texts = _knob_texts(args)
+    try:
+        behaviour = with_knobs(Behaviour(), knob_texts)
+        credentials = _read_credentials(args.credentials)
+    except (BehaviourError, OSError, ValueError, TypeError) as error:
+        print(f"llmstreams mock: {error}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        workers = spawn_mock_workers(
+            args.workers,
+            args.port,
+            host=args.host,
+            credentials=credentials,
+            token_ttl=args.token_ttl,
+            trigger_phrase=args.trigger_phrase,
+            **{name: getattr(behaviour, name) for name, _ in knob_texts},
+        )
+        return asyncio.run(_supervise(workers, args.workers))
+    server = MockServer(
+        host=args.host,
+        port=args.port,
+        behaviour=behaviour,
+        credentials=credentials,
+        token_ttl=args.token_ttl,
+        trigger_phrase=args.trigger_phrase,
+        reuse_port=args.reuse_port,
+    )
+    return asyncio.run(_serve(server))
+
+
+def _knob_texts(args: argparse.Namespace) -> list[tuple[str, str]]:
+    texts: list[tuple[str, str]] = []
+    for name in KNOB_NAMES:
+        value = getattr(args, name)
+        if value is True:
+            texts.append((name, "true"))
+        elif isinstance(value, str):
+            texts.append((name, value))
+    return texts
+
+
+def _read_credentials(path: Path | None) -> MockCredentials | None:
+    if path is None:
+        return None
+    fields = json.loads(path.read_text())
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path}: expected a JSON object of credentials")
+    return MockCredentials(**fields)
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signal_number, stop.set)
+    return stop
+
+
+async def _serve(server: MockServer) -> int:
+    stop = _stop_on_signals()
+    async with server:
+        print(ready_line(server.url, 1), flush=True)
+        await stop.wait()
+    return 0
+
+
+async def _supervise(workers: MockWorkers, count: int) -> int:
+    stop = _stop_on_signals()
+    async with workers as url:
+        print(ready_line(url, count), flush=True)
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), _WORKER_CHECK_INTERVAL)
+            except TimeoutError:
+                if workers.exited():
+                    print("llmstreams mock: a worker exited; stopping", file=sys.stderr)
+                    return 1
+    return 0

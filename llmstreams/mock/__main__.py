@@ -1,0 +1,7 @@
+"""`python -m llmstreams.mock`: the `llmstreams mock` command on its own."""
+
+import sys
+
+from llmstreams.commands.mock import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The state one mock server's routes share: knobs, credentials, tokens, counters, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from aiohttp import web
+
+from llmstreams.mock.behaviour import BEHAVIOUR_HEADER, Behaviour, parse_behaviour_header
+from llmstreams.mock.credentials import MockCredentials
+from llmstreams.mock.qianfan_auth import TokenStore
+from llmstreams.mock.stats import StatsRecorder
+
+
+class ServerClosing(Exception):
+    """The server is stopping: whatever the handler was waiting for will not come."""
+
+
+class MockContext:
+    def __init__(
+        self,
+        *,
+        behaviour: Behaviour,
+        credentials: MockCredentials | None,
+        token_ttl: int,
+        trigger_phrase: str,
+    ) -> None:
+        self.behaviour = behaviour
+        self.credentials = credentials
+        self.trigger_phrase = trigger_phrase
+        self.stats = StatsRecorder()
+        self.tokens = TokenStore(token_ttl)
+        self._attempts: Counter[bytes] = Counter()
+        self._closing = asyncio.Event()
+
+    def set_behaviour(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self._attempts.clear()
+
+    def behaviour_for(self, request: web.BaseRequest) -> Behaviour:
+        """The server-wide knobs overridden by the request's header; raises BehaviourError."""
+        header = request.headers.get(BEHAVIOUR_HEADER)
+        if header is None:
+            return self.behaviour
+        return parse_behaviour_header(header, self.behaviour)
+
+    def failure_due(self, request_key: bytes, behaviour: Behaviour) -> bool:
+        """Whether this attempt of the request gets the injected failure.
+
+        Attempts are counted per request key only while a failure is configured, so the first
+        `fail_times` attempts made under `fail_code` / `http_status` fail and later ones succeed.
+        """
+        if behaviour.fail_code is None and behaviour.http_status is None:
+            return False
+        self._attempts[request_key] += 1
+        return self._attempts[request_key] <= behaviour.fail_times
+
+    def contains_trigger(self, text: str) -> bool:
+        return bool(self.trigger_phrase) and self.trigger_phrase in text
+
+    async def pause(self, seconds: float | None) -> None:
+        """Wait `seconds` (None: forever); raises ServerClosing as soon as the server stops."""
+        if seconds == 0 and not self._closing.is_set():
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await self._closing.wait()
+        except TimeoutError:
+            return
+        raise ServerClosing
+
+    def begin_closing(self) -> None:
+        self._closing.set()

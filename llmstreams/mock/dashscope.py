@@ -1,0 +1,295 @@
+"""Alibaba DashScope route: text generation, whole or as server-sent events.
+
+Errors before a stream get their real HTTP status and `{"code", "message", "request_id"}`. A
+stream (asked for with `X-DashScope-SSE: enable`, never in the body) is frames of exactly
+`id:N`, `event:result`, `:HTTP_STATUS/200`, `data:{json}` and a blank line; an error mid-stream
+is one `event:error` frame carrying the error's status, after which the stream ends.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from llmstreams.mock.answer import Answer, compose_answer
+from llmstreams.mock.behaviour import Behaviour
+from llmstreams.mock.context import MockContext
+from llmstreams.mock.delivery import (
+    NON_SSE_PAGE,
+    compact_json,
+    pad_first_chunk,
+    retry_after_headers,
+    send_body,
+    send_stream,
+)
+from llmstreams.mock.text import request_digest, request_uuid
+from llmstreams.mock.vendor_errors import (
+    DASHSCOPE_ERRORS,
+    dashscope_code,
+    dashscope_code_for_status,
+)
+
+GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
+SSE_HEADER = "X-DashScope-SSE"
+_MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
+_RESULT_FORMATS = frozenset({"text", "message"})
+_INPUT_REQUIRED = 'Either "prompt" or "messages" must exist and cannot both be none'
+
+
+class DashScopeError(Exception):
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(code)
+        known = DASHSCOPE_ERRORS[code]
+        self.code = code
+        self.message = message or known.message
+        self.status = status or known.status
+
+
+def add_routes(app: web.Application, context: MockContext) -> None:
+    app.router.add_post(GENERATION_PATH, _GenerationRoute(context).generation)
+
+
+class _GenerationRoute:
+    def __init__(self, context: MockContext) -> None:
+        self._context = context
+
+    async def generation(self, request: web.Request) -> web.StreamResponse:
+        self._context.stats.request("dashscope.generation")
+        body = await request.read()
+        digest = request_digest(request.path, body)
+        request_id = request_uuid(digest)
+        behaviour = self._context.behaviour_for(request)
+        injected = _injected_failure(behaviour)
+        mid_stream_code = (
+            None if behaviour.error_after is None else dashscope_code(behaviour.error_code)
+        )
+        await self._context.pause(behaviour.response_delay)
+        try:
+            self._authenticate(request)
+            payload = _parse_body(body)
+            inputs = _input_texts(payload)
+            parameters = _parameters(payload)
+            if any(self._context.contains_trigger(text) for text in inputs):
+                raise DashScopeError(
+                    "DataInspectionFailed", "Input data may contain inappropriate content."
+                )
+        except DashScopeError as error:
+            return await _send_error(request, behaviour, error, request_id)
+        if injected is not None and self._context.failure_due(digest, behaviour):
+            return await _send_error(
+                request, behaviour, injected, request_id, headers=retry_after_headers(behaviour)
+            )
+        stream = request.headers.get(SSE_HEADER, "").strip().lower() == "enable"
+        if stream and behaviour.non_sse_body:
+            return await send_body(
+                request, behaviour, status=200, content_type="text/html", body=NON_SSE_PAGE
+            )
+        max_tokens = parameters.get("max_tokens")
+        answer = compose_answer(
+            digest,
+            behaviour,
+            prompt_text="\n".join(inputs),
+            max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+        )
+        reply = _Reply(
+            request_id=request_id,
+            answer=answer,
+            message_format=parameters.get("result_format") == "message",
+            incremental=parameters.get("incremental_output") is True,
+            mid_stream_code=mid_stream_code,
+        )
+        if not stream:
+            return await send_body(
+                request,
+                behaviour,
+                status=200,
+                content_type="application/json",
+                body=compact_json(reply.whole()),
+            )
+        if behaviour.huge_line_bytes is not None:
+            reply = reply.with_first_line_length(behaviour.huge_line_bytes)
+        return await send_stream(request, self._context, behaviour, reply)
+
+    def _authenticate(self, request: web.Request) -> None:
+        scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")
+        api_key = api_key.strip()
+        credentials = self._context.credentials
+        expected = credentials.dashscope_api_key if credentials else None
+        if scheme.lower() != "bearer" or not api_key or expected not in (None, api_key):
+            raise DashScopeError("InvalidApiKey")
+
+
+def _injected_failure(behaviour: Behaviour) -> DashScopeError | None:
+    """The error `fail_code` / `http_status` inject, or None when neither is set."""
+    if behaviour.fail_code is not None:
+        return DashScopeError(dashscope_code(behaviour.fail_code), status=behaviour.http_status)
+    if behaviour.http_status is not None:
+        return DashScopeError(
+            dashscope_code_for_status(behaviour.http_status), status=behaviour.http_status
+        )
+    return None
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise DashScopeError("InvalidParameter", "Request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise DashScopeError("InvalidParameter", "Request body must be a JSON object.")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise DashScopeError("BadRequest.EmptyModel")
+    return payload
+
+
+def _input_texts(payload: dict[str, Any]) -> list[str]:
+    """The texts the model reads: the prompt, or every message's content."""
+    model_input = payload.get("input")
+    if not isinstance(model_input, dict):
+        raise DashScopeError("InvalidParameter", _INPUT_REQUIRED)
+    prompt, messages = model_input.get("prompt"), model_input.get("messages")
+    if prompt is None and messages is None:
+        raise DashScopeError("InvalidParameter", _INPUT_REQUIRED)
+    texts: list[str] = []
+    if prompt is not None:
+        if not isinstance(prompt, str):
+            raise DashScopeError("InvalidParameter", "Input prompt must be a string.")
+        texts.append(prompt)
+    if messages is not None:
+        if not isinstance(messages, list) or not messages:
+            raise DashScopeError("InvalidParameter", "Input messages must be a non-empty list.")
+        for index, message in enumerate(messages):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in _MESSAGE_ROLES
+                or not isinstance(message.get("content"), str)
+            ):
+                raise DashScopeError(
+                    "InvalidParameter",
+                    f"Input messages[{index}] must have a role "
+                    f"({', '.join(sorted(_MESSAGE_ROLES))}) and a string content.",
+                )
+            texts.append(message["content"])
+    return texts
+
+
+def _parameters(payload: dict[str, Any]) -> dict[str, Any]:
+    parameters = payload.get("parameters", {})
+    if not isinstance(parameters, dict):
+        raise DashScopeError("InvalidParameter", "Parameters must be a JSON object.")
+    result_format = parameters.get("result_format", "text")
+    if result_format not in _RESULT_FORMATS:
+        raise DashScopeError("InvalidParameter", "result_format must be one of: text, message.")
+    max_tokens = parameters.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise DashScopeError("InvalidParameter", "max_tokens must be a positive integer.")
+    return parameters
+
+
+def _error_payload(error: DashScopeError, request_id: str) -> dict[str, Any]:
+    return {"code": error.code, "message": error.message, "request_id": request_id}
+
+
+async def _send_error(
+    request: web.Request,
+    behaviour: Behaviour,
+    error: DashScopeError,
+    request_id: str,
+    *,
+    headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    return await send_body(
+        request,
+        behaviour,
+        status=error.status,
+        content_type="application/json",
+        body=compact_json(_error_payload(error, request_id)),
+        headers=headers,
+    )
+
+
+@attrs.frozen
+class _Reply:
+    """One answer rendered the DashScope way, whole or as stream frames."""
+
+    request_id: str
+    answer: Answer
+    message_format: bool
+    incremental: bool
+    mid_stream_code: str | None
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.answer.chunks)
+
+    def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
+        output: dict[str, Any]
+        if self.message_format:
+            output = {
+                "choices": [
+                    {
+                        "finish_reason": finish_reason,
+                        "message": {"role": "assistant", "content": text},
+                    }
+                ]
+            }
+        else:
+            output = {"finish_reason": finish_reason, "text": text}
+        input_tokens = self.answer.prompt_tokens
+        output_tokens = self.answer.completion_tokens[index]
+        return {
+            "output": output,
+            "usage": {
+                "total_tokens": input_tokens + output_tokens,
+                "output_tokens": output_tokens,
+                "input_tokens": input_tokens,
+            },
+            "request_id": self.request_id,
+        }
+
+    def _finish_reason(self) -> str:
+        return "length" if self.answer.truncated else "stop"
+
+    def whole(self) -> dict[str, Any]:
+        return self._payload(self.answer.text, self._finish_reason(), self.chunk_count - 1)
+
+    def _data_line(self, index: int) -> bytes:
+        is_last = index == self.chunk_count - 1
+        if self.incremental:
+            text = self.answer.chunks[index]
+        else:
+            text = "".join(self.answer.chunks[: index + 1])
+        finish_reason = self._finish_reason() if is_last else "null"
+        return b"data:" + compact_json(self._payload(text, finish_reason, index))
+
+    def chunk(self, index: int, event_number: int) -> bytes:
+        return _frame(event_number, "result", 200, self._data_line(index))
+
+    def malformed(self, event_number: int) -> bytes:
+        return _frame(
+            event_number, "result", 200, b'data:{"output":{"finish_reason":"null","text":"'
+        )
+
+    def error(self, event_number: int) -> bytes:
+        assert self.mid_stream_code is not None, "error events are only sent under error_after"
+        error = DashScopeError(self.mid_stream_code)
+        data = b"data:" + compact_json(_error_payload(error, self.request_id))
+        return _frame(event_number, "error", error.status, data)
+
+    def with_first_line_length(self, length: int) -> _Reply:
+        def first_line_length(chunks: list[str]) -> int:
+            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
+
+        chunks = pad_first_chunk(list(self.answer.chunks), length, first_line_length)
+        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
+
+
+def _frame(event_number: int, event: str, status: int, data_line: bytes) -> bytes:
+    head = f"id:{event_number}\nevent:{event}\n:HTTP_STATUS/{status}\n".encode()
+    return head + data_line + b"\n\n"

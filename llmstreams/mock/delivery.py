@@ -1,0 +1,193 @@
+"""Writing responses the way the knobs say: pacing, trickling and the injected stream faults.
+
+Both vendors' routes hand their rendered bodies or events to this module, so every knob that
+acts on the wire behaves the same for Qianfan and DashScope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from llmstreams.mock.behaviour import Behaviour
+from llmstreams.mock.context import MockContext, ServerClosing
+from llmstreams.mock.text import filler_text
+
+NON_SSE_PAGE = (
+    b"<html>\n<head><title>Network sign-in</title></head>\n"
+    b"<body><h1>Please sign in to continue</h1>"
+    b"<p>This network requires you to sign in before you can reach the Internet.</p></body>\n"
+    b"</html>\n"
+)
+
+
+class StreamEvents(Protocol):
+    """One vendor's rendering of one answer as server-sent events.
+
+    `event_number` counts the events written on this stream so far, this one included (the
+    injected malformed and error events count too).
+    """
+
+    @property
+    def chunk_count(self) -> int: ...
+
+    def chunk(self, index: int, event_number: int) -> bytes: ...
+
+    def malformed(self, event_number: int) -> bytes: ...
+
+    def error(self, event_number: int) -> bytes: ...
+
+
+def compact_json(payload: dict[str, Any]) -> bytes:
+    """JSON as the vendors send it: no spaces, UTF-8 text unescaped."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def retry_after_headers(behaviour: Behaviour) -> dict[str, str]:
+    """The `Retry-After` header of an injected failure, when the knob asks for one.
+
+    Whole seconds are written as HTTP defines them; a fraction is kept as is (not standard HTTP)
+    so that tests need not wait whole seconds.
+    """
+    if behaviour.retry_after is None:
+        return {}
+    seconds = behaviour.retry_after
+    return {"Retry-After": str(int(seconds)) if seconds.is_integer() else str(seconds)}
+
+
+def mock_error(message: str) -> web.Response:
+    """A mistake in the mock's own configuration (never a vendor answer)."""
+    return web.Response(status=400, text=f"llmstreams mock: {message}\n")
+
+
+async def send_body(
+    request: web.BaseRequest,
+    behaviour: Behaviour,
+    *,
+    status: int,
+    content_type: str,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = content_type
+    response.charset = "utf-8"
+    response.content_length = len(body)
+    await response.prepare(request)
+    await _write(response, body, trickle=behaviour.trickle)
+    await response.write_eof()
+    return response
+
+
+async def send_stream(
+    request: web.BaseRequest,
+    context: MockContext,
+    behaviour: Behaviour,
+    events: StreamEvents,
+) -> web.StreamResponse:
+    """Write `events` as a `text/event-stream`, applying every stream knob, and count the outcome."""
+    response = web.StreamResponse(status=200)
+    response.content_type = "text/event-stream"
+    response.charset = "utf-8"
+    await response.prepare(request)
+    context.stats.stream_started()
+    try:
+        completed = await _write_events(request, response, context, behaviour, events)
+    except asyncio.CancelledError:
+        context.stats.stream_aborted()
+        raise
+    except ConnectionError:
+        context.stats.stream_aborted()
+        return response
+    except ServerClosing:
+        context.stats.stream_failed()
+        drop_connection(request)
+        return response
+    if completed:
+        context.stats.stream_completed()
+    else:
+        context.stats.stream_failed()
+    return response
+
+
+async def _write_events(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    context: MockContext,
+    behaviour: Behaviour,
+    events: StreamEvents,
+) -> bool:
+    """True when the whole answer went out, False when a knob cut the stream short."""
+    loop = asyncio.get_running_loop()
+    await context.pause(behaviour.first_chunk_delay)
+    first_chunk_at = loop.time()
+    event_number = 0
+    for index in range(events.chunk_count + 1):
+        if behaviour.malformed_after == index:
+            event_number += 1
+            await _write(response, events.malformed(event_number), trickle=behaviour.trickle)
+        if behaviour.error_after == index:
+            event_number += 1
+            await _write(response, events.error(event_number), trickle=behaviour.trickle)
+            await response.write_eof()
+            return False
+        if behaviour.disconnect_after == index:
+            _close_connection(request)
+            return False
+        if behaviour.stall_after == index:
+            await context.pause(None)
+        if index == events.chunk_count:
+            break
+        if behaviour.chunks_per_second is not None and index > 0:
+            due = first_chunk_at + index / behaviour.chunks_per_second
+            await context.pause(max(0.0, due - loop.time()))
+        event_number += 1
+        await _write(response, events.chunk(index, event_number), trickle=behaviour.trickle)
+    await response.write_eof()
+    return True
+
+
+async def _write(response: web.StreamResponse, data: bytes, *, trickle: bool) -> None:
+    if not trickle:
+        await response.write(data)
+        return
+    for offset in range(len(data)):
+        await response.write(data[offset : offset + 1])
+        # Let the event loop hand this byte to the socket before the next one is queued.
+        await asyncio.sleep(0)
+
+
+def _close_connection(request: web.BaseRequest) -> None:
+    """End the TCP connection after what was already written, leaving the body unfinished."""
+    if request.transport is not None:
+        request.transport.close()
+
+
+def drop_connection(request: web.BaseRequest) -> None:
+    """Abort the connection at once, discarding anything not yet sent."""
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def pad_first_chunk(
+    chunks: list[str], target_length: int, first_line_length: Callable[[list[str]], int]
+) -> list[str]:
+    """`chunks` with the first one lengthened so the first data line is `target_length` bytes.
+
+    A target shorter than the natural line leaves the chunks as they are. The filler adds at most
+    one token, so the usage numbers settle after a second measurement.
+    """
+    padded = chunks
+    for _ in range(4):
+        shortfall = target_length - first_line_length(padded)
+        if shortfall == 0:
+            break
+        extra = len(padded[0]) - len(chunks[0]) + shortfall
+        if extra < 0:
+            return chunks
+        padded = [chunks[0] + filler_text(extra), *chunks[1:]]
+    return padded

@@ -1,0 +1,116 @@
+"""Qianfan authentication on the mock: issued access tokens and `bce-auth-v1` signatures."""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import attrs
+from aiohttp import web
+
+from llmstreams.mock.credentials import MockCredentials
+from llmstreams.qianfan.signing import AUTH_VERSION, bce_authorization
+
+_BCE_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+class TokenState(enum.Enum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    UNKNOWN = "unknown"
+
+
+@attrs.frozen
+class IssuedToken:
+    access_token: str = attrs.field(repr=False)
+    refresh_token: str = attrs.field(repr=False)
+    session_key: str = attrs.field(repr=False)
+    session_secret: str = attrs.field(repr=False)
+    expires_in: int
+
+
+class TokenStore:
+    """The access tokens this server issued, each with the moment it expires."""
+
+    def __init__(self, ttl: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._ttl = ttl
+        self._clock = clock
+        self._expiry: dict[str, float] = {}
+
+    def issue(self) -> IssuedToken:
+        issued_at = int(time.time())
+        app_id = f"{secrets.randbelow(10**6)}-{secrets.randbelow(10**8)}"
+        suffix = f"{self._ttl}.{issued_at + self._ttl}.{app_id}"
+        token = IssuedToken(
+            access_token=f"24.{secrets.token_hex(16)}.{suffix}",
+            refresh_token=f"25.{secrets.token_hex(16)}.{suffix}",
+            session_key=secrets.token_urlsafe(48),
+            session_secret=secrets.token_hex(16),
+            expires_in=self._ttl,
+        )
+        self._expiry[token.access_token] = self._clock() + self._ttl
+        return token
+
+    def state(self, access_token: str) -> TokenState:
+        expiry = self._expiry.get(access_token)
+        if expiry is None:
+            return TokenState.UNKNOWN
+        return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
+
+    def expire_all(self) -> None:
+        for access_token in self._expiry:
+            self._expiry[access_token] = float("-inf")
+
+
+def is_bce_authorization(request: web.BaseRequest) -> bool:
+    return request.headers.get("Authorization", "").startswith(AUTH_VERSION + "/")
+
+
+def bce_signature_accepted(request: web.BaseRequest, credentials: MockCredentials | None) -> bool:
+    """Whether the request's `bce-auth-v1` Authorization header is well formed, unexpired and,
+    when a secret access key is configured, signed with it.
+
+    The signature is recomputed over the request as received, with the headers it names.
+    """
+    parts = request.headers.get("Authorization", "").split("/")
+    if len(parts) != 6:
+        return False
+    _, access_key, timestamp, expiration_text, listed_headers, signature = parts
+    try:
+        signed_at = datetime.strptime(timestamp, _BCE_TIMESTAMP_FORMAT).replace(tzinfo=UTC)
+        expiration_seconds = int(expiration_text)
+    except ValueError:
+        return False
+    if not access_key or not signature:
+        return False
+    if (datetime.now(UTC) - signed_at).total_seconds() > expiration_seconds:
+        return False
+    expected_access_key = credentials.access_key if credentials else None
+    if expected_access_key is not None and not _same(access_key, expected_access_key):
+        return False
+    secret_access_key = credentials.secret_access_key if credentials else None
+    if secret_access_key is None:
+        return True
+    try:
+        expected = bce_authorization(
+            access_key=access_key,
+            secret_access_key=secret_access_key,
+            method=request.method,
+            path=request.rel_url.raw_path,
+            query=request.query,
+            headers=request.headers,
+            timestamp=timestamp,
+            expiration_seconds=expiration_seconds,
+            signed_headers=[name for name in listed_headers.split(";") if name] or None,
+        )
+    except ValueError:  # a header it claims to sign is not in the request
+        return False
+    return _same(signature, expected.rsplit("/", 1)[1])
+
+
+def _same(received: str, expected: str) -> bool:
+    return hmac.compare_digest(received.encode(), expected.encode())

@@ -1,0 +1,115 @@
+"""Deterministic answers: the same request always gets the same text, ids and token counts.
+
+Everything derives from a SHA-256 digest of the request's path and body (never Python's
+per-process salted `hash()`), so separate worker processes agree too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import string
+import uuid
+from bisect import bisect_left
+from collections.abc import Sequence
+
+# fmt: off
+_WORDS = (
+    "the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "as", "with", "was", "by",
+    "at", "be", "this", "from", "or", "an", "are", "not", "have", "has", "which", "but", "they",
+    "one", "all", "were", "can", "more", "their", "there", "will", "would", "about", "when", "if",
+    "out", "so", "what", "up", "into", "time", "some", "could", "them", "other", "than", "then",
+    "now", "only", "its", "two", "over", "also", "new", "after", "first", "between", "under",
+    "while", "where", "each", "through", "during", "without", "because", "river", "bridge",
+    "market", "signal", "garden", "window", "engine", "harbour", "winter", "summer", "planet",
+    "answer", "pattern", "stream", "packet", "server", "client", "request", "network", "latency",
+    "buffer", "channel", "message", "history", "library", "museum", "valley", "mountain", "forest",
+    "island", "village", "castle", "lantern", "compass", "ladder", "kettle", "violin", "harvest",
+    "orchard", "meadow", "granite", "copper", "silver", "amber", "quiet", "steady", "gentle",
+    "rapid", "careful", "brave", "curious", "patient", "simple", "clever", "narrow", "distant",
+    "ancient", "modern", "bright", "hollow", "sturdy", "builds", "carries", "follows", "measures",
+    "returns", "travels", "gathers", "explains", "describes", "reaches", "connects", "remembers",
+    "balances", "shapes", "reveals", "protects",
+)
+# fmt: on
+
+_TOKEN = re.compile(r"[A-Za-z0-9]+|\S")
+_ID_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def request_digest(path: str, body: bytes, *, ignored_field: str | None = None) -> bytes:
+    """The key of a request: equal for two attempts of the same request.
+
+    A JSON object body is keyed by its canonical form without `ignored_field`, so that a request
+    asking for a stream and the same request asking for a whole answer get the same answer.
+    """
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        payload.pop(ignored_field, None)
+        body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(path.encode() + b"\n" + body).digest()
+
+
+def answer_text(digest: bytes, length: int) -> str:
+    """`length` characters of English-looking sentences, chosen by `digest`."""
+    rng = random.Random(int.from_bytes(digest, "big"))
+    sentences: list[str] = []
+    written = 0
+    while written < length:
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
+        sentence = " ".join(words).capitalize() + "."
+        sentences.append(sentence)
+        written += len(sentence) + 1
+    return " ".join(sentences)[:length]
+
+
+def filler_text(length: int) -> str:
+    """`length` characters that add a single token however long they are."""
+    letters = string.ascii_lowercase
+    return "".join(letters[index % len(letters)] for index in range(length))
+
+
+def count_tokens(text: str) -> int:
+    """A stand-in tokenizer: each ASCII word or number is a token, so is any other character."""
+    return sum(1 for _ in _TOKEN.finditer(text))
+
+
+def token_counts_at(text: str, ends: Sequence[int]) -> list[int]:
+    """For each end offset, the tokens of `text` that start before it (usage so far)."""
+    starts = [match.start() for match in _TOKEN.finditer(text)]
+    return [bisect_left(starts, end) for end in ends]
+
+
+def truncate_to_tokens(text: str, max_tokens: int) -> str:
+    """The longest prefix of `text` holding at most `max_tokens` tokens."""
+    end = 0
+    for index, match in enumerate(_TOKEN.finditer(text)):
+        if index == max_tokens:
+            break
+        end = match.end()
+    return text[:end]
+
+
+def split_chunks(text: str, chunk_chars: int) -> list[str]:
+    """`text` in pieces of `chunk_chars` characters; an empty text is one empty piece."""
+    return [text[start : start + chunk_chars] for start in range(0, len(text), chunk_chars)] or [""]
+
+
+def qianfan_id(digest: bytes) -> str:
+    """A Qianfan-style response id: "as-" and 10 lowercase letters or digits."""
+    number = int.from_bytes(digest[:8], "big")
+    characters = []
+    for _ in range(10):
+        number, index = divmod(number, len(_ID_ALPHABET))
+        characters.append(_ID_ALPHABET[index])
+    return "as-" + "".join(characters)
+
+
+def request_uuid(digest: bytes) -> str:
+    """A DashScope-style request id (a UUID4 string)."""
+    return str(uuid.UUID(bytes=digest[:16], version=4))
