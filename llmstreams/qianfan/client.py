@@ -1,0 +1,280 @@
+"""`QianfanClient`: chat and completions on Baidu Qianfan (wenxinworkshop API v1)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from llmstreams.client import BaseClient
+from llmstreams.errors import APIError
+from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.pool import Pool
+from llmstreams.qianfan import auth, wire
+from llmstreams.qianfan.models import Kind, resolve_endpoint
+from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, QianfanParser
+from llmstreams.streams import ChunkStream
+from llmstreams.transport import HttpRequest, ResponseHead
+from llmstreams.types import Completion
+from llmstreams.validation import check_int, reject_unknown
+
+DEFAULT_BASE_URL: Final = "https://aip.baidubce.com"
+BASE_URL_VARIABLE: Final = "QIANFAN_BASE_URL"
+API_PREFIX: Final = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
+
+_CALL_PARAMETERS: Final = (
+    "model", "endpoint", *wire.SAMPLING_FIELDS, "extra_params", "extra_headers",
+)
+_CHAT_PARAMETERS: Final = ("messages", *_CALL_PARAMETERS)
+_COMPLETE_PARAMETERS: Final = ("prompt", *_CALL_PARAMETERS)
+
+
+class QianfanExchange:
+    """One Qianfan generation: its request (authorized afresh per attempt) and its parser."""
+
+    provider = PROVIDER
+    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used")
+
+    def __init__(
+        self, *, url: str, path: str, body: bytes, headers: Mapping[str, str],
+        authenticator: auth.Authenticator,
+    ) -> None:
+        self._url = url
+        self._path = path
+        self._body = body
+        self._headers = headers
+        self._auth = authenticator
+        self._used: auth.Authorization | None = None
+
+    def __repr__(self) -> str:
+        return f"<QianfanExchange POST {self._url}>"
+
+    async def build_request(self) -> HttpRequest:
+        authorization = await self._auth.authorize(self._path)
+        self._used = authorization
+        return HttpRequest(
+            method="POST",
+            url=self._url,
+            body=self._body,
+            headers={**self._headers, **authorization.headers},
+            params=authorization.params,
+        )
+
+    def parser(self, head: ResponseHead) -> QianfanParser:
+        return QianfanParser(head, hints=self._auth.rejection_hints)
+
+    async def recover(self, error: APIError) -> bool:
+        return self._auth.recover(error, self._used)
+
+
+class QianfanClient(BaseClient):
+    """Baidu Qianfan chat (`stream_chat` / `chat`) and completions (`stream_complete` / `complete`).
+
+    Credentials, one method of three: `api_key` + `secret_key` (access tokens fetched, cached
+    in the pool and renewed for you), `access_token` (used as given), or `access_key` +
+    `secret_access_key` (each request signed, bce-auth-v1). With none given, they are read from
+    the environment: QIANFAN_API_KEY + QIANFAN_SECRET_KEY (or the official SDK's QIANFAN_AK +
+    QIANFAN_SK), QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY (or
+    the SDK's QIANFAN_ACCESS_KEY + QIANFAN_SECRET_KEY). `base_url` defaults to QIANFAN_BASE_URL,
+    then https://aip.baidubce.com.
+
+    `max_input_chars` is the limit on the total characters of a chat's message contents
+    (4800, the limit of the older models); raise it for newer models, or None to not check.
+    `extra_headers` are sent with every request (a call's own `extra_headers` add to them).
+
+        async with QianfanClient(api_key=..., secret_key=...) as client:
+            async with client.stream_chat(messages, model="ERNIE-Speed-8K") as stream:
+                async for chunk in stream:
+                    print(chunk.text, end="")
+    """
+
+    provider = PROVIDER
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        secret_key: str | None = None,
+        access_token: str | None = None,
+        access_key: str | None = None,
+        secret_access_key: str | None = None,
+        base_url: str | None = None,
+        pool: Pool | None = None,
+        timeout: Timeout | None = None,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        max_input_chars: int | None = wire.DEFAULT_MAX_INPUT_CHARS,
+    ) -> None:
+        credentials = auth.resolve_credentials(
+            {
+                "api_key": api_key,
+                "secret_key": secret_key,
+                "access_token": access_token,
+                "access_key": access_key,
+                "secret_access_key": secret_access_key,
+            },
+            os.environ,
+        )
+        headers = wire.check_headers("extra_headers", extra_headers)
+        if max_input_chars is not None:
+            max_input_chars = check_int("max_input_chars", max_input_chars, low=1)
+        if base_url is None:
+            base_url = os.environ.get(BASE_URL_VARIABLE, "").strip() or DEFAULT_BASE_URL
+        super().__init__(
+            base_url=base_url, pool=pool, timeout=timeout, retry=retry, max_retries=max_retries
+        )
+        self.max_input_chars = max_input_chars
+        self._base_path = urlsplit(self.base_url).path
+        self._headers = {"Content-Type": JSON_CONTENT_TYPE, **headers}
+        self._auth = auth.authenticator(
+            credentials, pool=self.pool, base_url=self.base_url, timeout=self.timeout
+        )
+
+    def __repr__(self) -> str:
+        return f"<QianfanClient base_url={self.base_url!r} auth={self.auth_method!r}>"
+
+    @property
+    def auth_method(self) -> str:
+        """"api_key/secret_key", "access_token" or "access_key/secret_access_key"."""
+        return self._auth.method
+
+    def stream_chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        penalty_score: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        user_id: str | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **unknown: Any,
+    ) -> ChunkStream:
+        """Stream a chat answer: iterate the returned `ChunkStream` (best inside `async with`).
+
+        Parameters are checked here, before anything is sent.
+        """
+        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params")
+        return self._stream(self._exchange(
+            "chat", {"messages": wire.check_messages(messages, max_input_chars=self.max_input_chars)},
+            stream=True, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
+            top_p=top_p, penalty_score=penalty_score, stop=stop, user_id=user_id,
+            extra_params=extra_params, extra_headers=extra_headers,
+        ))
+
+    async def chat(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        penalty_score: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        user_id: str | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **unknown: Any,
+    ) -> Completion:
+        """A whole chat answer, from one non-stream request."""
+        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params")
+        return await self._complete(self._exchange(
+            "chat", {"messages": wire.check_messages(messages, max_input_chars=self.max_input_chars)},
+            stream=False, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
+            top_p=top_p, penalty_score=penalty_score, stop=stop, user_id=user_id,
+            extra_params=extra_params, extra_headers=extra_headers,
+        ))
+
+    def stream_complete(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        penalty_score: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        user_id: str | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **unknown: Any,
+    ) -> ChunkStream:
+        """Stream a continuation of `prompt` (completions models such as CodeLlama-7b-Instruct)."""
+        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params")
+        return self._stream(self._exchange(
+            "completions", {"prompt": wire.check_prompt(prompt)},
+            stream=True, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
+            top_p=top_p, penalty_score=penalty_score, stop=stop, user_id=user_id,
+            extra_params=extra_params, extra_headers=extra_headers,
+        ))
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        model: str | None = None,
+        endpoint: str | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        penalty_score: float | None = None,
+        stop: str | Sequence[str] | None = None,
+        user_id: str | None = None,
+        extra_params: Mapping[str, Any] | None = None,
+        extra_headers: Mapping[str, str] | None = None,
+        **unknown: Any,
+    ) -> Completion:
+        """A whole continuation of `prompt`, from one non-stream request."""
+        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params")
+        return await self._complete(self._exchange(
+            "completions", {"prompt": wire.check_prompt(prompt)},
+            stream=False, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
+            top_p=top_p, penalty_score=penalty_score, stop=stop, user_id=user_id,
+            extra_params=extra_params, extra_headers=extra_headers,
+        ))
+
+    def _exchange(
+        self,
+        kind: Kind,
+        input_fields: dict[str, Any],
+        *,
+        stream: bool,
+        model: Any,
+        endpoint: Any,
+        temperature: Any,
+        top_k: Any,
+        top_p: Any,
+        penalty_score: Any,
+        stop: Any,
+        user_id: Any,
+        extra_params: Any,
+        extra_headers: Any,
+    ) -> QianfanExchange:
+        service = resolve_endpoint(kind, model=model, endpoint=endpoint)
+        fields = {
+            **input_fields,
+            "stream": stream,
+            **wire.sampling_fields(
+                temperature=temperature, top_k=top_k, top_p=top_p,
+                penalty_score=penalty_score, stop=stop, user_id=user_id,
+            ),
+            **wire.check_extra_params(extra_params),
+        }
+        path = f"{API_PREFIX}/{kind}/{service}"
+        return QianfanExchange(
+            url=f"{self.base_url}{path}",
+            path=f"{self._base_path}{path}",
+            body=wire.encode_body(fields),
+            headers={**self._headers, **wire.check_headers("extra_headers", extra_headers)},
+            authenticator=self._auth,
+        )

@@ -1,0 +1,471 @@
+"""Qianfan's wire format: checking parameters, building request bodies, parsing responses.
+
+Response bodies come in three shapes, told apart by their first bytes rather than the
+Content-Type (the service sends its plain JSON error body even to a stream request):
+server-sent events (`data: {...}` lines), one JSON object (a whole answer or an error), or
+something else (a proxy's HTML page), which is a `ProtocolError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from llmstreams.errors import (
+    APIError,
+    AuthenticationError,
+    InvalidParameterError,
+    InvalidRequestError,
+    LLMStreamsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    StreamInterruptedError,
+    snippet,
+)
+from llmstreams.sse import ServerSentEvent, SSEDecoder
+from llmstreams.transport import ResponseHead
+from llmstreams.types import Chunk, Usage
+from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
+
+PROVIDER: Final = "qianfan"
+JSON_CONTENT_TYPE: Final = "application/json"
+DEFAULT_MAX_INPUT_CHARS: Final = 4800
+
+# The body fields the methods take as checked keyword arguments.
+SAMPLING_FIELDS: Final = ("temperature", "top_k", "top_p", "penalty_score", "stop", "user_id")
+_RESERVED_BODY_FIELDS: Final = ("messages", "prompt", "stream")
+# Headers the client sets itself (the last three are signed under AK/SK).
+_RESERVED_HEADERS: Final = frozenset(
+    {"authorization", "host", "content-type", "content-length", "x-bce-date"}
+)
+
+# Error codes, from the vendor's error code table, by the class they raise.
+_CODE_CLASSES: Final[dict[int, type[APIError]]] = {
+    110: AuthenticationError,  # access token invalid
+    111: AuthenticationError,  # access token expired
+    13: AuthenticationError,  # getting the service token failed
+    14: AuthenticationError,  # IAM certification failed (AK/SK)
+    6: PermissionDeniedError,  # no permission
+    336004: PermissionDeniedError,  # user authentication failed / no permission for the service
+    3: NotFoundError,  # unsupported method
+    15: NotFoundError,  # app does not exist
+    336005: NotFoundError,  # API name (endpoint) does not exist
+    4: RateLimitError,  # request limit
+    17: RateLimitError,  # daily limit
+    18: RateLimitError,  # QPS limit
+    19: RateLimitError,  # total limit
+    336501: RateLimitError,  # RPM limit
+    336502: RateLimitError,  # TPM limit
+    1: ServerError,  # unknown error
+    2: ServerError,  # service unavailable
+    336000: ServerError,  # internal error
+    336100: ServerError,  # high load, try again later
+    100: InvalidRequestError,  # invalid parameter
+}
+# Every other 3360xx code (invalid argument, invalid JSON, odd message count...) is a bad request.
+_INVALID_REQUEST_CODES: Final = range(336001, 336100)
+RETRYABLE_CODES: Final = frozenset({2, 18, 336100, 336501, 336502})
+TOKEN_ERROR_CODES: Final = frozenset({110, 111})
+
+
+# --- request side -------------------------------------------------------------------------------
+
+
+def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[str, str]]:
+    """The chat history as the service wants it: user/assistant turns, starting and ending with user."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidParameterError(
+            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
+            type(messages).__name__,
+        )
+    if not messages:
+        raise InvalidParameterError("messages", "must not be empty")
+    if len(messages) % 2 == 0:
+        raise InvalidParameterError(
+            "messages",
+            "must hold an odd number of messages (user, assistant, ..., user)",
+            len(messages),
+        )
+    checked: list[dict[str, str]] = []
+    total_chars = 0
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise InvalidParameterError(
+                field, "must be a dict with 'role' and 'content'", type(message).__name__
+            )
+        if set(message) != {"role", "content"}:
+            raise InvalidParameterError(
+                field, "must have exactly the keys 'role' and 'content'", sorted(map(str, message))
+            )
+        role = message["role"]
+        expected = "user" if index % 2 == 0 else "assistant"
+        if role != expected:
+            raise InvalidParameterError(
+                f"{field}.role",
+                f"must be {expected!r}: roles alternate user/assistant, starting and ending with user",
+                role,
+            )
+        content = check_text(f"{field}.content", message["content"])
+        total_chars += len(content)
+        checked.append({"role": role, "content": content})
+    if max_input_chars is not None and total_chars > max_input_chars:
+        raise InvalidParameterError(
+            "messages",
+            f"the contents must total at most {max_input_chars} characters (for models that "
+            "accept more, raise QianfanClient(max_input_chars=...), or set it to None)",
+            total_chars,
+        )
+    return checked
+
+
+def check_prompt(prompt: Any) -> str:
+    return check_text("prompt", prompt)
+
+
+def sampling_fields(
+    *,
+    temperature: Any,
+    top_k: Any,
+    top_p: Any,
+    penalty_score: Any,
+    stop: Any,
+    user_id: Any,
+) -> dict[str, Any]:
+    """The body fields for the sampling parameters that were given, each checked."""
+    fields: dict[str, Any] = {}
+    if temperature is not None:
+        fields["temperature"] = check_number("temperature", temperature, low=0, high=1, low_open=True)
+    if top_k is not None:
+        fields["top_k"] = check_int("top_k", top_k, low=1)
+    if top_p is not None:
+        fields["top_p"] = check_number("top_p", top_p, low=0, high=1)
+    if penalty_score is not None:
+        fields["penalty_score"] = check_number("penalty_score", penalty_score, low=1, high=2)
+    if stop is not None:
+        fields["stop"] = check_stop("stop", stop, max_items=4, max_length=20)
+    if user_id is not None:
+        fields["user_id"] = check_text("user_id", user_id)
+    return fields
+
+
+def check_extra_params(extra_params: Any) -> dict[str, Any]:
+    """The escape hatch for body fields this library does not know yet."""
+    extra = check_extra("extra_params", extra_params)
+    for key in extra:
+        if key in _RESERVED_BODY_FIELDS:
+            raise InvalidParameterError(
+                f"extra_params[{key!r}]",
+                "is set by the method itself (the messages / prompt argument, stream_* vs not)",
+            )
+        if key in SAMPLING_FIELDS:
+            raise InvalidParameterError(
+                f"extra_params[{key!r}]", f"pass it as the {key}= argument, which is checked"
+            )
+    return extra
+
+
+def check_headers(field: str, headers: Any) -> dict[str, str]:
+    """Extra request headers: string names and values, none the client sets itself."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidParameterError(field, "must be a dict of header name -> value", type(headers).__name__)
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidParameterError(field, "names and values must be strings", name)
+        if any(mark in name or mark in value for mark in ("\r", "\n")):
+            raise InvalidParameterError(field, "names and values must not contain line breaks", name)
+        if name.lower() in _RESERVED_HEADERS:
+            raise InvalidParameterError(
+                field, f"must not set {name}: the client sets it (for authentication)"
+            )
+        checked[name] = value
+    return checked
+
+
+def encode_body(fields: Mapping[str, Any]) -> bytes:
+    """The JSON request body; extra_params is the only part that may not be JSON."""
+    try:
+        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError(
+            "extra_params", f"values must be JSON-serialisable ({error})"
+        ) from None
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+
+def error_class(code: int) -> type[APIError]:
+    """The error class for a Qianfan `error_code` (APIError itself for unknown codes)."""
+    known = _CODE_CLASSES.get(code)
+    if known is not None:
+        return known
+    return InvalidRequestError if code in _INVALID_REQUEST_CODES else APIError
+
+
+def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[int, str] | None) -> APIError:
+    """The error for a body or event `{"error_code": N, "error_msg": "...", "id": "..."}`."""
+    code = payload["error_code"]
+    if isinstance(code, str) and code.isdigit():
+        code = int(code)
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise ProtocolError(f"error_code is not a number: {snippet(repr(code))}", provider=PROVIDER)
+    message = str(payload.get("error_msg") or "the service gave no error message")
+    hint = hints.get(code) if hints else None
+    if hint:
+        message = f"{message}. {hint}"
+    request_id = payload.get("id")
+    status_failed = head.status == 429 or head.status >= 500
+    if status_failed:
+        cls: type[APIError] = RateLimitError if head.status == 429 else ServerError
+    else:
+        cls = error_class(code)
+    return cls(
+        message,
+        code=code,
+        http_status=head.status,
+        provider=PROVIDER,
+        request_id=request_id if isinstance(request_id, str) else None,
+        retryable=status_failed or code in RETRYABLE_CODES,
+        retry_after=head.retry_after,
+    )
+
+
+def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | None) -> APIError:
+    """The error for a non-2xx response, whatever its body."""
+    status = head.status
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict) and "error_code" in payload:
+        return api_error(payload, head, hints=hints)
+    code: int | str | None = None
+    request_id = None
+    if isinstance(payload, dict) and "message" in payload:
+        # The error shape of Baidu Cloud's API gateway: {"code", "message", "requestId"}.
+        code = payload.get("code") if isinstance(payload.get("code"), (int, str)) else None
+        message = str(payload["message"])
+        request_id = payload.get("requestId") if isinstance(payload.get("requestId"), str) else None
+    else:
+        message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+    cls: type[APIError]
+    if status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = {401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError}.get(
+            status, InvalidRequestError if 400 <= status < 500 else APIError
+        )
+    return cls(
+        message,
+        code=code,
+        http_status=status,
+        provider=PROVIDER,
+        request_id=request_id,
+        retryable=status == 429 or status >= 500,
+        retry_after=head.retry_after,
+    )
+
+
+# --- response side ------------------------------------------------------------------------------
+
+# 1/0 and true/false both mean a flag (1 == True and 0 == False hash alike).
+_FLAGS: Final[dict[object, bool]] = {True: True, False: False}
+_BOM: Final = b"\xef\xbb\xbf"
+_SSE_STARTS: Final = (b"data:", b":", b"event:", b"id:", b"retry:")
+# How much of a non-2xx body or an unexpected body is read for the error message.
+_MAX_ERROR_BODY: Final = 64 * 1024
+_SNIPPET_BYTES: Final = 200
+
+_UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
+
+
+def _usage(usage: Mapping[str, Any] | None) -> Usage | None:
+    if usage is None:
+        return None
+    return Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+
+
+def _chunk(payload: dict[str, Any], sentence_id: int, is_end: bool) -> Chunk:
+    """A chunk from a decoded event or body; KeyError/TypeError for a malformed one.
+
+    Qianfan's `id` names the request (errors carry it too), so it is also the `request_id`.
+    """
+    text = payload["result"]
+    if type(text) is not str:
+        raise TypeError("result is not a string")
+    is_safe = payload.get("is_safe")
+    response_id = payload.get("id")
+    return Chunk(
+        text,
+        sentence_id,
+        is_end,
+        _FLAGS[payload.get("need_clear_history", False)],
+        payload.get("ban_round"),
+        _FLAGS[payload.get("is_truncated", False)],
+        None if is_safe is None else _FLAGS[is_safe],
+        payload.get("finish_reason"),
+        _usage(payload.get("usage")),
+        response_id,
+        payload.get("created"),
+        response_id,
+        payload,
+    )
+
+
+class QianfanParser:
+    """Turns one Qianfan response body, stream or not, into chunks (see `ResponseParser`)."""
+
+    __slots__ = (
+        "_head", "_hints", "_mode", "_buffer", "_buffered", "_decoder",
+        "_next_sentence_id", "_pending_error", "_finished",
+    )
+
+    def __init__(self, head: ResponseHead, *, hints: Mapping[int, str] | None = None) -> None:
+        self._head = head
+        self._hints = hints
+        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._decoder = SSEDecoder()
+        self._next_sentence_id = 0
+        self._pending_error: LLMStreamsError | None = None
+        self._finished = False
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._pending_error is not None:
+            raise self._pending_error
+        if self._mode == _EVENTS:
+            return self._chunks(self._decoder.feed(data))
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._mode == _UNDECIDED:
+            return self._sniff()
+        if self._mode == _STATUS and self._buffered > _MAX_ERROR_BODY:
+            raise status_error(self._head, self._body(), hints=self._hints)
+        if self._mode == _FOREIGN and self._buffered >= _SNIPPET_BYTES:
+            raise self._foreign_body()
+        return []
+
+    def close(self) -> list[Chunk]:
+        if self._pending_error is not None:
+            raise self._pending_error
+        if self._mode == _EVENTS:
+            if not self._finished:
+                raise StreamInterruptedError(
+                    "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
+                )
+            return []
+        if self._mode == _STATUS:
+            raise status_error(self._head, self._body(), hints=self._hints)
+        if self._mode == _JSON:
+            return [self._whole_body(self._body())]
+        if not self._body().strip():
+            raise ProtocolError(
+                f"the response (HTTP {self._head.status}) had an empty body", provider=PROVIDER
+            )
+        raise self._foreign_body()
+
+    def _body(self) -> bytes:
+        return b"".join(self._buffer)
+
+    def _sniff(self) -> list[Chunk]:
+        """Decide from the first bytes whether the body is events, JSON or neither."""
+        body = self._body()
+        start = body.lstrip()
+        if _BOM.startswith(start):
+            return []
+        start = start.removeprefix(_BOM).lstrip()
+        if not start:
+            return []
+        if start[:1] in (b"{", b"["):
+            self._mode = _JSON
+            return []
+        if start.startswith(_SSE_STARTS):
+            self._mode = _EVENTS
+            self._buffer.clear()
+            return self._chunks(self._decoder.feed(body))
+        if any(prefix.startswith(start) for prefix in _SSE_STARTS):
+            return []
+        self._mode = _FOREIGN
+        if self._buffered >= _SNIPPET_BYTES:
+            raise self._foreign_body()
+        return []
+
+    def _foreign_body(self) -> ProtocolError:
+        content_type = self._head.content_type or "no content type"
+        return ProtocolError(
+            f"expected server-sent events or JSON, got {content_type}: {snippet(self._body())}",
+            provider=PROVIDER,
+        )
+
+    def _chunks(self, events: list[ServerSentEvent]) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        for event in events:
+            try:
+                chunk = self._event_chunk(event.data)
+            except LLMStreamsError as error:
+                if not chunks:
+                    raise
+                # The chunks before the bad event go out first; the error comes on the next call.
+                self._pending_error = error
+                return chunks
+            chunks.append(chunk)
+            if chunk.is_end:
+                self._finished = True
+                break
+        return chunks
+
+    def _event_chunk(self, data: str) -> Chunk:
+        try:
+            payload = json.loads(data)
+            if "error_code" in payload:
+                raise api_error(payload, self._head, hints=self._hints)
+            sentence_id = payload["sentence_id"]
+            if type(sentence_id) is not int:
+                raise TypeError("sentence_id is not an integer")
+            chunk = _chunk(payload, sentence_id, _FLAGS[payload["is_end"]])
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ProtocolError(
+                f"a stream event is not a Qianfan chunk ({type(error).__name__}: {error}): "
+                f"{snippet(data)}",
+                provider=PROVIDER,
+            ) from None
+        if sentence_id != self._next_sentence_id:
+            raise ProtocolError(
+                f"chunk sentence_id {sentence_id} arrived where {self._next_sentence_id} was due: "
+                "a chunk was lost",
+                provider=PROVIDER,
+                request_id=chunk.id,
+            )
+        self._next_sentence_id = sentence_id + 1
+        return chunk
+
+    def _whole_body(self, body: bytes) -> Chunk:
+        """The one chunk of a JSON answer (a non-stream call's), or its error."""
+        try:
+            payload = json.loads(body)
+            if "error_code" in payload:
+                raise api_error(payload, self._head, hints=self._hints)
+            chunk = _chunk(payload, payload.get("sentence_id", 0), True)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ProtocolError(
+                f"the response is not a Qianfan answer ({type(error).__name__}: {error}): "
+                f"{snippet(body)}",
+                provider=PROVIDER,
+            ) from None
+        self._finished = True
+        return chunk

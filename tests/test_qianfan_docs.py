@@ -1,0 +1,122 @@
+"""Every example in docs/qianfan.md runs as written against the mock server; its tables are true."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from llmstreams.mock import MockServer
+from llmstreams.mock.workers import READY_PREFIX
+from llmstreams.qianfan import MODELS
+from llmstreams.qianfan.auth import ENV_LAYOUTS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOC_TEXT = (ROOT / "docs" / "qianfan.md").read_text(encoding="utf-8")
+EXAMPLES = re.findall(r"```python\n(.*?)```", DOC_TEXT, flags=re.DOTALL)
+CREDENTIAL_VARIABLES = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MockServer]:
+    async with MockServer() as mock:
+        yield mock
+
+
+async def run_example(code: str, base_url: str) -> str:
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in CREDENTIAL_VARIABLES and name != "QIANFAN_BASE_URL"
+    }
+    environment.update(
+        QIANFAN_API_KEY="any-key",
+        QIANFAN_SECRET_KEY="any-secret",
+        QIANFAN_BASE_URL=base_url,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")])),
+        PYTHONIOENCODING="utf-8",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=ROOT, env=environment,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+def test_the_examples_were_found() -> None:
+    assert len(EXAMPLES) == 4
+
+
+async def test_chat_stream_example(server: MockServer) -> None:
+    output = await run_example(EXAMPLES[0], server.url)
+    text, finish, usage = output.rstrip("\n").split("\n")[-3:]
+    assert len(text) == 240
+    assert finish == "finish_reason: normal"
+    assert usage.startswith("usage: Usage(prompt_tokens=")
+    assert server.stats.streams_completed == 1
+    assert server.stats.requests["token"] == 1
+
+
+async def test_completion_stream_example(server: MockServer) -> None:
+    output = await run_example(EXAMPLES[1], server.url)
+    lines = output.rstrip("\n").split("\n")
+    assert lines[-1] == "complete: True"
+    assert lines[0].startswith("[0] ") and lines[0].endswith("is_safe=True")
+    assert len(lines) == 1 + 10  # 240 characters in chunks of 24
+    assert server.stats.requests["qianfan.completions"] == 1
+
+
+async def test_deployed_service_example(server: MockServer) -> None:
+    output = await run_example(EXAMPLES[2], server.url)
+    text, details = output.rstrip("\n").split("\n")
+    assert len(text) == 240
+    assert details.startswith("as-") and "Usage(prompt_tokens=" in details
+    assert server.stats.requests["qianfan.chat"] == 1
+
+
+async def test_broken_stream_example(server: MockServer) -> None:
+    output = await run_example(EXAMPLES[3], server.url)
+    lines = output.rstrip("\n").split("\n")
+    assert lines[-2] == "StreamInterruptedError 3"
+    assert lines[-1] == f"kept before the error: {lines[-3]!r}"
+    assert len(lines[-3]) == 72
+
+
+async def test_examples_against_the_mock_command() -> None:
+    """The documented way: `python -m llmstreams mock`, then the environment variables."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmstreams", "mock", "--port", "0", cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None
+        async with asyncio.timeout(30):
+            ready = (await process.stdout.readline()).decode()
+        if not ready.startswith(READY_PREFIX):
+            assert process.stderr is not None
+            pytest.fail(f"the mock command did not start: {ready}{(await process.stderr.read()).decode()}")
+        url = ready[len(READY_PREFIX):].split()[0]
+        output = await run_example(EXAMPLES[0], url)
+        assert "finish_reason: normal" in output
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+def test_the_model_table_is_the_registry() -> None:
+    rows = re.findall(r"^\| (\S+) \| (chat|completions) \| (\S+) \|$", DOC_TEXT, flags=re.MULTILINE)
+    assert rows == [(info.name, info.kind, info.endpoint) for info in MODELS]
+
+
+def test_every_environment_variable_is_documented() -> None:
+    for variable in [*CREDENTIAL_VARIABLES, "QIANFAN_BASE_URL"]:
+        assert f"`{variable}`" in DOC_TEXT, variable
