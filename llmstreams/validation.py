@@ -114,3 +114,30 @@ def suggest(name: str, choices: Iterable[str], *, what: str, extra: str = "") ->
         matches.insert(0, lowered[name.lower()])
     hint = f"close matches: {', '.join(matches)}" if matches else f"known: {', '.join(sorted(pool))}"
     return InvalidParameterError(what, f"unknown {what} {name!r} ({hint}){extra}")
+
+
+def check_headers(field: str, headers: Any, *, reserved: Iterable[str] = ()) -> dict[str, str]:
+    """A copy of caller-given extra headers: string names and values, no line breaks, none of
+    the `reserved` names (lower-case) that the client sets itself. Values are never shown in
+    errors: they may be credentials."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise InvalidParameterError(
+            field, "must be a mapping of header names to values", type(headers).__name__
+        )
+    reserved_names = frozenset(reserved)
+    checked: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name or any(c in name for c in ":\r\n \t"):
+            raise InvalidParameterError(field, "header names must be non-empty tokens", name)
+        if not isinstance(value, str) or "\r" in value or "\n" in value:
+            raise InvalidParameterError(
+                field, f"the value of {name!r} must be a string without line breaks"
+            )
+        if name.lower() in reserved_names:
+            raise InvalidParameterError(
+                field, f"must not set {name}: the client sets it (for authentication)"
+            )
+        checked[name] = value
+    return checked

@@ -73,7 +73,7 @@ CHAT_CASES: list[tuple[dict[str, Any], str, str]] = [
     ({"extra_params": {"weight": float("inf")}}, "extra_params", "JSON-serialisable"),
     ({"extra_headers": {"Authorization": "x"}}, "extra_headers", "client sets it"),
     ({"extra_headers": {"x-bce-date": "x"}}, "extra_headers", "client sets it"),
-    ({"extra_headers": {"X-Trace": 1}}, "extra_headers", "strings"),
+    ({"extra_headers": {"X-Trace": 1}}, "extra_headers", "must be a string"),
     ({"extra_headers": {"X-Trace": "a\r\nInjected: 1"}}, "extra_headers", "line breaks"),
     ({"model": "ERNIE-Speed-8K", "endpoint": "mine"}, "model", "not both"),
     ({"model": None}, "model", "required"),

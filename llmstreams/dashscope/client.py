@@ -16,7 +16,7 @@ from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
 from llmstreams.transport import HttpRequest, ResponseHead, ResponseParser
 from llmstreams.types import Completion
-from llmstreams.validation import check_text
+from llmstreams.validation import check_headers, check_text
 
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
@@ -72,7 +72,7 @@ class DashScopeClient(BaseClient):
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
         api_key = _check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
-        headers = wire.check_headers("extra_headers", extra_headers)
+        headers = check_headers("extra_headers", extra_headers)
         if workspace is not None:
             check_text("workspace", workspace)
             if "\r" in workspace or "\n" in workspace:
@@ -162,7 +162,7 @@ class DashScopeClient(BaseClient):
     def _exchange(
         self, generation: wire.Generation, extra_headers: Mapping[str, str] | None
     ) -> GenerationExchange:
-        call_headers = wire.check_headers("extra_headers", extra_headers)
+        call_headers = check_headers("extra_headers", extra_headers)
         headers: CIMultiDict[str] = CIMultiDict(
             {"Authorization": self._authorization, "Content-Type": "application/json"}
         )

@@ -208,26 +208,6 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     return checked
 
 
-def check_headers(field: str, headers: Any) -> dict[str, str]:
-    """A copy of `headers`, if it maps header names to values (strings without line breaks)."""
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise InvalidParameterError(field, "must be a mapping of header names to values",
-                                    type(headers).__name__)
-    checked: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not name or any(c in name for c in ":\r\n \t"):
-            raise InvalidParameterError(field, "header names must be non-empty tokens", name)
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
-            # The value is not shown: it may be a credential.
-            raise InvalidParameterError(
-                field, f"the value of {name!r} must be a string without line breaks"
-            )
-        checked[name] = value
-    return checked
-
-
 # Errors
 
 
@@ -378,7 +358,7 @@ class EventStreamParser:
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self._finished or self._error is not None
 
     def feed(self, data: bytes) -> list[Chunk]:
         if self._error is not None:

@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from llmstreams import validation
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -170,23 +171,8 @@ def check_extra_params(extra_params: Any) -> dict[str, Any]:
 
 
 def check_headers(field: str, headers: Any) -> dict[str, str]:
-    """Extra request headers: string names and values, none the client sets itself."""
-    if headers is None:
-        return {}
-    if not isinstance(headers, Mapping):
-        raise InvalidParameterError(field, "must be a dict of header name -> value", type(headers).__name__)
-    checked: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise InvalidParameterError(field, "names and values must be strings", name)
-        if any(mark in name or mark in value for mark in ("\r", "\n")):
-            raise InvalidParameterError(field, "names and values must not contain line breaks", name)
-        if name.lower() in _RESERVED_HEADERS:
-            raise InvalidParameterError(
-                field, f"must not set {name}: the client sets it (for authentication)"
-            )
-        checked[name] = value
-    return checked
+    """Extra request headers, none of those the client sets itself."""
+    return validation.check_headers(field, headers, reserved=_RESERVED_HEADERS)
 
 
 def encode_body(fields: Mapping[str, Any]) -> bytes:
@@ -343,7 +329,7 @@ class QianfanParser:
 
     @property
     def finished(self) -> bool:
-        return self._finished
+        return self._finished or self._pending_error is not None
 
     def feed(self, data: bytes) -> list[Chunk]:
         if self._pending_error is not None:
