@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import attrs
 
 from llmstreams.mock.behaviour import KNOB_NAMES, Behaviour, BehaviourError, with_knobs
 from llmstreams.mock.credentials import MockCredentials
+from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 from llmstreams.mock.server import DEFAULT_TOKEN_TTL, DEFAULT_TRIGGER_PHRASE, MockServer
 from llmstreams.mock.workers import MockWorkers, ready_line, spawn_mock_workers
 
@@ -103,8 +105,15 @@ def run(args: argparse.Namespace) -> int:
         token_ttl=args.token_ttl,
         trigger_phrase=args.trigger_phrase,
         reuse_port=args.reuse_port,
+        token_key=_shared_token_key(),
     )
     return asyncio.run(_serve(server))
+
+
+def _shared_token_key() -> bytes | None:
+    """The token key sibling workers share, set by the process that started them."""
+    key = os.environ.get(TOKEN_KEY_ENV)
+    return bytes.fromhex(key) if key else None
 
 
 def _knob_texts(args: argparse.Namespace) -> list[tuple[str, str]]:

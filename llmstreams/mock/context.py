@@ -25,12 +25,13 @@ class MockContext:
         credentials: MockCredentials | None,
         token_ttl: int,
         trigger_phrase: str,
+        token_key: bytes | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.credentials = credentials
         self.trigger_phrase = trigger_phrase
         self.stats = StatsRecorder()
-        self.tokens = TokenStore(token_ttl)
+        self.tokens = TokenStore(token_ttl, token_key)
         self._attempts: Counter[bytes] = Counter()
         self._closing = asyncio.Event()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import hmac
 import secrets
 import time
@@ -33,20 +34,31 @@ class IssuedToken:
     expires_in: int
 
 
-class TokenStore:
-    """The access tokens this server issued, each with the moment it expires."""
+TOKEN_KEY_ENV = "LLMSTREAMS_MOCK_TOKEN_KEY"
 
-    def __init__(self, ttl: int, clock: Callable[[], float] = time.monotonic) -> None:
+
+class TokenStore:
+    """The access tokens this server issued, each with the moment it expires.
+
+    Tokens carry an HMAC of their expiry under `key`, so that worker processes sharing a port
+    (and a key) accept each other's tokens, as the real service's front ends do.
+    """
+
+    def __init__(
+        self, ttl: int, key: bytes | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._ttl = ttl
+        self._key = key if key is not None else secrets.token_bytes(32)
         self._clock = clock
         self._expiry: dict[str, float] = {}
+        self._revoked_before = float("-inf")
 
     def issue(self) -> IssuedToken:
         issued_at = int(time.time())
         app_id = f"{secrets.randbelow(10**6)}-{secrets.randbelow(10**8)}"
         suffix = f"{self._ttl}.{issued_at + self._ttl}.{app_id}"
         token = IssuedToken(
-            access_token=f"24.{secrets.token_hex(16)}.{suffix}",
+            access_token=f"24.{self._seal(suffix)}.{suffix}",
             refresh_token=f"25.{secrets.token_hex(16)}.{suffix}",
             session_key=secrets.token_urlsafe(48),
             session_secret=secrets.token_hex(16),
@@ -57,13 +69,28 @@ class TokenStore:
 
     def state(self, access_token: str) -> TokenState:
         expiry = self._expiry.get(access_token)
-        if expiry is None:
+        if expiry is not None:
+            return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
+        return self._sibling_token_state(access_token)
+
+    def _seal(self, suffix: str) -> str:
+        return hmac.new(self._key, suffix.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _sibling_token_state(self, access_token: str) -> TokenState:
+        """A token another worker with the same key issued: its own fields say when it expires."""
+        version, _, rest = access_token.partition(".")
+        seal, _, suffix = rest.partition(".")
+        if version != "24" or not hmac.compare_digest(seal, self._seal(suffix)):
             return TokenState.UNKNOWN
-        return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
+        ttl, expires_at, _ = suffix.split(".", 2)
+        if int(expires_at) - int(ttl) <= self._revoked_before or time.time() >= int(expires_at):
+            return TokenState.EXPIRED
+        return TokenState.VALID
 
     def expire_all(self) -> None:
         for access_token in self._expiry:
             self._expiry[access_token] = float("-inf")
+        self._revoked_before = time.time()
 
 
 def is_bce_authorization(request: web.BaseRequest) -> bool:

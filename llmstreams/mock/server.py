@@ -44,6 +44,7 @@ class MockServer:
         token_ttl: int = DEFAULT_TOKEN_TTL,
         trigger_phrase: str = DEFAULT_TRIGGER_PHRASE,
         reuse_port: bool = False,
+        token_key: bytes | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -53,6 +54,7 @@ class MockServer:
             credentials=credentials,
             token_ttl=token_ttl,
             trigger_phrase=trigger_phrase,
+            token_key=token_key,
         )
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None

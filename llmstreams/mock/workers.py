@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import selectors
 import socket
 import subprocess
@@ -25,6 +26,7 @@ import attrs
 
 from llmstreams.mock.behaviour import KNOB_NAMES
 from llmstreams.mock.credentials import MockCredentials
+from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 
 READY_PREFIX = "llmstreams mock listening on "
 _STOP_TIMEOUT = 5.0
@@ -109,9 +111,11 @@ class MockWorkers:
             command = [sys.executable, "-m", "llmstreams.mock", "--host", self._host]
             command += ["--port", str(port), "--workers", "1", "--reuse-port", *self._options]
             command += self._credentials_option()
+            env = _child_env()
+            env[TOKEN_KEY_ENV] = secrets.token_hex(32)
             self._processes = [
                 subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=_child_env()
+                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
                 )
                 for _ in range(self._workers)
             ]
