@@ -1,5 +1,8 @@
 """llmstreams: async streaming text generation from Baidu Qianfan and Alibaba DashScope."""
 
+import logging
+
+from llmstreams.dashscope import DashScopeClient
 from llmstreams.errors import (
     APIConnectionError,
     APIError,
@@ -17,13 +20,19 @@ from llmstreams.errors import (
     StreamInterruptedError,
     StreamTimeoutError,
 )
+from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
+from llmstreams.qianfan import QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
 from llmstreams.types import Chunk, Completion, Usage
 
 __version__ = "0.1.0"
+
+# A library leaves log output to the application: without this, retry warnings would reach
+# stderr through logging's last-resort handler in programs that never configured logging.
+logging.getLogger("llmstreams").addHandler(logging.NullHandler())
 
 __all__ = [
     "APIConnectionError",
@@ -34,14 +43,19 @@ __all__ = [
     "ChunkStream",
     "Completion",
     "ContentFilterError",
+    "DashScopeClient",
+    "FanOut",
+    "FanOutStats",
     "InvalidParameterError",
     "InvalidRequestError",
     "LLMStreamsError",
     "NotFoundError",
+    "Outcome",
     "PermissionDeniedError",
     "Pool",
     "PoolStats",
     "ProtocolError",
+    "QianfanClient",
     "RateLimit",
     "RateLimitError",
     "RateLimiter",
@@ -51,4 +65,6 @@ __all__ = [
     "StreamTimeoutError",
     "Timeout",
     "Usage",
+    "fan_out",
+    "fan_out_as_completed",
 ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
 
 # Each name is a module `llmstreams.commands.<name>` exposing
 # `register(subparsers) -> None`; the registered parser sets `func(args) -> int`.
-SUBCOMMANDS: tuple[str, ...] = ()
+SUBCOMMANDS: tuple[str, ...] = ("mock", "bench", "demo", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(format="llmstreams: %(levelname)s: %(message)s", level=logging.WARNING)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -93,19 +93,22 @@ class ChunkStream:
         self._pool.stream_opened()
         try:
             opened = await open_exchange(
-                self._pool, self._exchange, timeout=self._timeout, retry=self._retry
+                self._pool, self._exchange, timeout=self._timeout, retry=self._retry,
+                on_attempt=self._count_attempt,
             )
         except BaseException as error:
             self._close(abort=True)
             self._attach_partial(error)
             raise
-        self.attempts = opened.attempts
         self._reader = opened.reader
         self._parser = opened.parser
         self._pending = opened.first_chunks
         self._state = "reading"
         if opened.ended:
             self._close(abort=False)
+
+    def _count_attempt(self, number: int) -> None:
+        self.attempts = number
 
     async def _read_more(self) -> None:
         assert self._reader is not None and self._parser is not None

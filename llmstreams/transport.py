@@ -13,7 +13,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -240,23 +240,33 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 async def open_exchange(
-    pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy
+    pool: Pool,
+    exchange: Exchange,
+    *,
+    timeout: Timeout,
+    retry: RetryPolicy,
+    on_attempt: Callable[[int], None] | None = None,
 ) -> OpenExchange:
     """Send `exchange` until its first chunk arrives, retrying what may be retried.
 
     Retried, up to `retry.max_retries` times: connection failures and timeouts before any
     byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
-    anything that goes wrong once the body of a generation has begun.
+    anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
+    told the number of each attempt (from 1) as it starts, so that it is known on failure too.
     """
     loop = asyncio.get_running_loop()
     total_deadline = None if timeout.total is None else loop.time() + timeout.total
     retries = 0
     recovered = False
+    attempts = 0
     while True:
+        attempts += 1
+        if on_attempt is not None:
+            on_attempt(attempts)
         try:
             opened = await _attempt(pool, exchange, timeout, total_deadline)
-            opened.attempts = retries + 1
+            opened.attempts = attempts
             return opened
         except APIError as error:
             if not recovered and await exchange.recover(error):

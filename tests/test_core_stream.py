@@ -413,3 +413,11 @@ async def test_pool_rate_limit_counts_every_attempt_and_the_tokens(server: LineS
             await stream.collect()
         assert pool.rate_limiter is not None
         assert pool.rate_limiter.requests_granted == server.requests == 4
+
+
+async def test_attempts_are_counted_when_every_attempt_failed(server: LineServer, pool: Pool) -> None:
+    server.handler = lambda request: streamed(request, b'{"error": 18, "retryable": true}\n')
+    stream, _ = open_stream(pool, server.url)
+    with pytest.raises(APIError):
+        await stream.collect()
+    assert stream.attempts == server.requests == FAST_RETRY.max_retries + 1

@@ -184,7 +184,8 @@ def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        sock.listen(1024)
+        # Thousands of clients connect at once in benchmarks; the kernel caps this at somaxconn.
+        sock.listen(8192)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -1,0 +1,513 @@
+"""Batch generation: one request per line of a JSONL file, one result line per request.
+
+Input lines are `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}`; any other
+key is a parameter of the client method (`temperature`, `stop`, `extra_headers`, ...). An id
+is a string or an integer; blank lines are skipped. Qianfan sends a `prompt` to its
+completions API (`stream_complete`) and `messages` to chat (`stream_chat`); DashScope takes
+either (`stream_generate`).
+
+Results are appended as they finish, each line with a single write, so a killed process leaves
+at most one partial last line, which the next run cuts off. By default a run resumes: the ids
+already in the output are skipped. `overwrite` starts the output afresh; `retry_errors` keeps
+the successful results and runs the failed ids again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, TextIO, TypeAlias
+
+import attrs
+
+import llmstreams
+from llmstreams.fanout import FanOutStats, Job, Outcome, fan_out_as_completed
+from llmstreams.progress import Progress
+
+Provider = Literal["qianfan", "dashscope"]
+Mode = Literal["resume", "overwrite", "retry_errors"]
+PROVIDERS: tuple[Provider, ...] = ("qianfan", "dashscope")
+
+RequestId = str | int
+IdKey = tuple[str, str | int]
+
+INPUT_ERROR = "InputError"
+_CONTENT_KEYS = ("prompt", "messages")
+_SET_BY_COMMAND = ("model", "endpoint")
+
+
+def id_key(value: object) -> IdKey | None:
+    """How an id is compared (the string "7" and the integer 7 are different ids)."""
+    if isinstance(value, str):
+        return ("str", value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ("int", value)
+    return None
+
+
+@attrs.frozen(slots=True)
+class BatchRequest:
+    """One valid input line. `prompt` and `messages` are as given (exactly one is set); the
+    client checks them when the request is made."""
+
+    id: RequestId
+    line: int
+    prompt: Any
+    messages: Any
+    params: Mapping[str, Any]
+
+
+@attrs.frozen(slots=True)
+class InputProblem:
+    """An input line that is not a request; `id` when the line had a usable one."""
+
+    line: int
+    message: str
+    id: RequestId | None = None
+
+
+def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | None:
+    """The request on one input line; None for a blank line."""
+    if not raw.strip():
+        return None
+    try:
+        item = json.loads(raw)
+    except UnicodeDecodeError:
+        return InputProblem(line_number, "not UTF-8 text")
+    except json.JSONDecodeError as error:
+        return InputProblem(line_number, f"not valid JSON ({error.msg} at column {error.colno})")
+    if not isinstance(item, dict):
+        return InputProblem(line_number, f"must be a JSON object, not {type(item).__name__}")
+    if "id" not in item:
+        return InputProblem(line_number, 'has no "id"')
+    request_id = item.pop("id")
+    if id_key(request_id) is None:
+        return InputProblem(
+            line_number, f'"id" must be a string or an integer, got {json.dumps(request_id)}'
+        )
+    given = [key for key in _CONTENT_KEYS if item.get(key) is not None]
+    if len(given) != 1:
+        rule = "has both" if given else "has neither"
+        return InputProblem(line_number, f'{rule} "prompt" and "messages" (give one)', request_id)
+    overridden = [key for key in _SET_BY_COMMAND if key in item]
+    if overridden:
+        return InputProblem(
+            line_number, f'"{overridden[0]}" is set for the whole batch on the command line',
+            request_id,
+        )
+    prompt, messages = item.pop("prompt", None), item.pop("messages", None)
+    return BatchRequest(request_id, line_number, prompt, messages, item)
+
+
+def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number from 1, raw line) for each line of `path`."""
+    with path.open("rb") as source:
+        yield from enumerate(source, start=1)
+
+
+@attrs.frozen(slots=True)
+class Classified:
+    """What to do with one non-blank input line."""
+
+    action: Literal["run", "problem", "duplicate", "done"]
+    line: int
+    request: BatchRequest | None = None
+    problem: InputProblem | None = None
+    first_line: int | None = None
+    succeeded_before: bool = False
+
+
+def classify(path: Path, done: Mapping[IdKey, bool]) -> Iterator[Classified]:
+    """Each non-blank input line with its fate. The first line with an id wins; later lines
+    with the same id are duplicates. Ids in `done` already have a result line."""
+    first_lines: dict[IdKey, int] = {}
+    for line_number, raw in read_lines(path):
+        parsed = parse_line(line_number, raw)
+        if parsed is None:
+            continue
+        key = id_key(parsed.id)
+        if key is not None:
+            if key in first_lines:
+                yield Classified("duplicate", line_number, first_line=first_lines[key])
+                continue
+            first_lines[key] = line_number
+            if key in done:
+                yield Classified("done", line_number, succeeded_before=done[key])
+                continue
+        if isinstance(parsed, InputProblem):
+            yield Classified("problem", line_number, problem=parsed)
+        else:
+            yield Classified("run", line_number, request=parsed)
+
+
+def cut_partial_line(path: Path) -> int:
+    """Cut off a last line without its newline (left by a killed run); the bytes removed."""
+    if not path.exists():
+        return 0
+    with path.open("r+b") as output:
+        size = output.seek(0, os.SEEK_END)
+        position = size
+        block = 4096
+        while position > 0:
+            start = max(0, position - block)
+            output.seek(start)
+            data = output.read(position - start)
+            newline = data.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            position = start
+        else:
+            keep = 0
+        if keep < size:
+            output.truncate(keep)
+        return size - keep
+
+
+@attrs.frozen(slots=True)
+class PreviousResults:
+    """What an earlier run left in the output: id -> whether it succeeded."""
+
+    done: dict[IdKey, bool]
+    unreadable_lines: list[int]
+    cut_bytes: int
+
+
+def load_previous(path: Path, mode: Mode) -> PreviousResults:
+    """Prepare the output for this run: repair it and read what is already done.
+
+    `overwrite` empties it. `retry_errors` rewrites it without the error lines (atomically, via
+    a temporary file), so that those ids run again.
+    """
+    if mode == "overwrite" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+        return PreviousResults({}, [], 0)
+    cut = cut_partial_line(path)
+    done: dict[IdKey, bool] = {}
+    unreadable: list[int] = []
+    kept: list[bytes] = []
+    for line_number, raw in read_lines(path):
+        try:
+            record = json.loads(raw)
+            key = id_key(record["id"]) if isinstance(record, dict) else None
+        except (ValueError, KeyError):
+            key = None
+        if key is None:
+            unreadable.append(line_number)
+            continue
+        succeeded = "error" not in record
+        if mode == "retry_errors" and not succeeded:
+            continue
+        done[key] = succeeded
+        kept.append(raw)
+    if mode == "retry_errors":
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(b"".join(kept))
+        os.replace(temporary, path)
+    return PreviousResults(done, unreadable, cut)
+
+
+class ResultWriter:
+    """Appends result lines, each with one write() of the whole line, straight to the OS.
+
+    Unbuffered on purpose: a line is in the kernel's hands as soon as `write` returns, so it
+    survives the process being killed.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.lines_written = 0
+
+    def __repr__(self) -> str:
+        return f"<ResultWriter {str(self.path)!r} lines_written={self.lines_written}>"
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        try:
+            data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
+        except UnicodeEncodeError:
+            # A lone surrogate (from a \ud800-style escape in the input): only escapes can carry it.
+            data = (json.dumps(record) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.lines_written += 1
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _usage(usage: llmstreams.Usage | None) -> dict[str, int] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+
+
+def result_record(request: BatchRequest, outcome: Outcome) -> dict[str, Any]:
+    """The output line for a request: its answer, or its error (type, code, message)."""
+    timings = {
+        "attempts": outcome.attempts,
+        "time_to_first_chunk": _seconds(outcome.time_to_first_chunk),
+        "elapsed": _seconds(outcome.elapsed),
+    }
+    completion = outcome.completion
+    if completion is not None:
+        return {
+            "id": request.id,
+            "text": completion.text,
+            "usage": _usage(completion.usage),
+            "finish_reason": completion.finish_reason,
+            "request_id": completion.request_id,
+            "chunks": completion.chunk_count,
+            **timings,
+        }
+    error = outcome.error
+    assert error is not None
+    details: dict[str, Any] = {"type": type(error).__name__, "message": error.message}
+    if isinstance(error, llmstreams.APIError):
+        details.update(code=error.code, http_status=error.http_status, retryable=error.retryable)
+    if isinstance(error, llmstreams.InvalidParameterError):
+        details["field"] = error.field
+    if error.request_id:
+        details["request_id"] = error.request_id
+    record: dict[str, Any] = {"id": request.id, "error": details}
+    if error.partial is not None and error.partial.text:
+        record["partial_text"] = error.partial.text
+    record.update(timings)
+    return record
+
+
+def problem_record(problem: InputProblem) -> dict[str, Any]:
+    return {
+        "id": problem.id,
+        "line": problem.line,
+        "error": {"type": INPUT_ERROR, "message": f"input line {problem.line}: {problem.message}"},
+    }
+
+
+Client: TypeAlias = llmstreams.QianfanClient | llmstreams.DashScopeClient
+
+
+def make_client(provider: Provider, pool: llmstreams.Pool, *, base_url: str | None = None) -> Client:
+    """A client of `provider` on `pool`, with credentials from the environment."""
+    if provider == "qianfan":
+        return llmstreams.QianfanClient(base_url=base_url, pool=pool)
+    return llmstreams.DashScopeClient(base_url=base_url, pool=pool)
+
+
+@attrs.frozen(slots=True)
+class Target:
+    """Where the requests go: a client, and the model (or Qianfan endpoint) for all of them."""
+
+    client: Client
+    model: str | None = None
+    endpoint: str | None = None
+
+    def job(self, request: BatchRequest) -> Job:
+        """The fan-out job sending `request`; parameter errors surface as its outcome."""
+        client, params = self.client, request.params
+
+        def start() -> llmstreams.ChunkStream:
+            if isinstance(client, llmstreams.DashScopeClient):
+                return client.stream_generate(
+                    request.prompt, messages=request.messages, model=self.model, **params
+                )
+            if request.messages is not None:
+                return client.stream_chat(
+                    request.messages, model=self.model, endpoint=self.endpoint, **params
+                )
+            return client.stream_complete(
+                request.prompt, model=self.model, endpoint=self.endpoint, **params
+            )
+
+        return start
+
+
+@attrs.define
+class BatchSummary:
+    """How a batch run went."""
+
+    input_lines: int = 0
+    to_run: int = 0
+    already_done: int = 0
+    already_failed: int = 0
+    malformed: int = 0
+    duplicates: int = 0
+    unreadable_output_lines: int = 0
+    cut_bytes: int = 0
+    interrupted: bool = False
+    elapsed: float = 0.0
+    stats: FanOutStats = attrs.field(factory=FanOutStats)
+
+    @property
+    def not_run(self) -> int:
+        return self.to_run - self.stats.requests
+
+    @property
+    def exit_code(self) -> int:
+        """0: every id of the input has a successful result and every line was usable.
+        1: some request failed (now or in an earlier run), or some line was malformed or a
+        duplicate. 130: interrupted before the end (run again to resume)."""
+        if self.interrupted:
+            return 130
+        if self.stats.failed or self.already_failed or self.malformed or self.duplicates:
+            return 1
+        return 0
+
+
+Reporter = Callable[[str], None]
+MAX_REPORTED_PROBLEMS = 20
+
+
+async def run_batch(
+    input_path: Path,
+    output_path: Path,
+    target: Target,
+    *,
+    concurrency: int = 64,
+    mode: Mode = "resume",
+    report: Reporter = print,
+    progress_stream: TextIO | None = None,
+    handle_signals: bool = False,
+) -> BatchSummary:
+    """Run every request of `input_path` not yet in `output_path`; see the module docstring.
+
+    `report` receives the messages about the input and output (malformed lines with their
+    numbers, duplicates, a repaired output). With `handle_signals`, SIGINT and SIGTERM stop the
+    run gracefully (the jobs running are cancelled, every finished result is written); a
+    second one cancels at once.
+    """
+    started = time.perf_counter()
+    summary = BatchSummary()
+    previous = load_previous(output_path, mode)
+    summary.cut_bytes = previous.cut_bytes
+    summary.unreadable_output_lines = len(previous.unreadable_lines)
+    if previous.cut_bytes:
+        report(
+            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
+            " left by an interrupted run"
+        )
+    if previous.unreadable_lines:
+        report(
+            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
+            f" results (lines {_some(previous.unreadable_lines)})"
+        )
+
+    writer = ResultWriter(output_path)
+    try:
+        _plan(input_path, previous, writer, summary, report)
+        await _run_requests(
+            input_path, previous, target, writer, summary,
+            concurrency=concurrency, progress_stream=progress_stream,
+            handle_signals=handle_signals,
+        )
+    finally:
+        writer.close()
+        summary.elapsed = time.perf_counter() - started
+    return summary
+
+
+def _some(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(number) for number in numbers[:limit])
+    return shown + (", ..." if len(numbers) > limit else "")
+
+
+def _plan(
+    input_path: Path,
+    previous: PreviousResults,
+    writer: ResultWriter,
+    summary: BatchSummary,
+    report: Reporter,
+) -> None:
+    """First pass over the input: count what will run, report and record the bad lines."""
+    reported = 0
+    for item in classify(input_path, previous.done):
+        summary.input_lines += 1
+        if item.action == "run":
+            summary.to_run += 1
+            continue
+        if item.action == "done":
+            summary.already_done += 1
+            summary.already_failed += not item.succeeded_before
+            continue
+        if item.action == "duplicate":
+            summary.duplicates += 1
+            message = f"duplicate id (first on line {item.first_line}); skipped"
+        else:
+            assert item.problem is not None
+            summary.malformed += 1
+            message = item.problem.message
+            if item.problem.id is not None:
+                writer.write(problem_record(item.problem))
+        if reported < MAX_REPORTED_PROBLEMS:
+            report(f"{input_path}:{item.line}: {message}")
+        reported += 1
+    if reported > MAX_REPORTED_PROBLEMS:
+        report(f"{input_path}: ... and {reported - MAX_REPORTED_PROBLEMS} more problems")
+
+
+async def _run_requests(
+    input_path: Path,
+    previous: PreviousResults,
+    target: Target,
+    writer: ResultWriter,
+    summary: BatchSummary,
+    *,
+    concurrency: int,
+    progress_stream: TextIO | None,
+    handle_signals: bool,
+) -> None:
+    """Second pass over the input: run the requests, writing each result as it finishes."""
+    in_flight: dict[int, BatchRequest] = {}
+
+    def jobs() -> Iterator[Job]:
+        index = 0
+        for item in classify(input_path, previous.done):
+            if item.action == "run":
+                assert item.request is not None
+                in_flight[index] = item.request
+                index += 1
+                yield target.job(item.request)
+
+    if not summary.to_run:
+        return
+    progress = Progress(summary.to_run, label="batch", stream=progress_stream)
+    outcomes = fan_out_as_completed(jobs(), concurrency=concurrency)
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+
+    def on_signal() -> None:
+        if summary.interrupted and main_task is not None:
+            main_task.cancel()
+        summary.interrupted = True
+        outcomes.stop()
+
+    signals = (signal.SIGINT, signal.SIGTERM) if handle_signals else ()
+    for number in signals:
+        loop.add_signal_handler(number, on_signal)
+    try:
+        async with outcomes:
+            async for outcome in outcomes:
+                writer.write(result_record(in_flight.pop(outcome.index), outcome))
+                summary.stats.add(outcome)
+                progress.advance(failed=not outcome.ok)
+    finally:
+        for number in signals:
+            loop.remove_signal_handler(number)
+        progress.close()

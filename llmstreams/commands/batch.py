@@ -1,0 +1,202 @@
+"""`llmstreams batch`: run every request of a JSONL file, resumably, with a progress bar."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import llmstreams
+from llmstreams.batch import (
+    PROVIDERS,
+    BatchSummary,
+    Provider,
+    Target,
+    make_client,
+    run_batch,
+)
+from llmstreams.commands import library_log_level
+from llmstreams.progress import format_duration
+
+DEFAULT_CONCURRENCY = 16
+
+DESCRIPTION = """\
+Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
+
+Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, plus any parameter
+of the client method ("temperature": 0.5, "stop": [...], "extra_params": {...}). Qianfan sends
+a prompt to its completions API and messages to chat; DashScope takes either. Credentials come
+from the environment, as for the clients: QIANFAN_API_KEY + QIANFAN_SECRET_KEY (or
+QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY), DASHSCOPE_API_KEY.
+
+Result lines: {"id", "text", "usage", "finish_reason", "request_id", "chunks", "attempts",
+"time_to_first_chunk", "elapsed"}, or {"id", "error": {"type", "code", "http_status",
+"message", ...}}. Lines are written as requests finish (not in input order).
+
+Resuming: by default the ids already in OUTPUT are skipped, so after a crash or Ctrl-C the same
+command carries on where it stopped. --retry-errors runs the failed ids again;
+--overwrite starts OUTPUT afresh.
+
+Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
+(in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
+error (bad option, missing credentials, unreadable file); 130 when interrupted.
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "batch",
+        help="run the requests of a JSONL file concurrently, resumably",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("input", type=Path, metavar="INPUT.jsonl")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT.jsonl")
+    parser.add_argument("--provider", choices=PROVIDERS, required=True)
+    parser.add_argument("--model", help="model name (Qianfan: or give --endpoint)")
+    parser.add_argument("--endpoint", help="Qianfan only: the API name of a deployed service")
+    parser.add_argument(
+        "--base-url", help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL or the vendor's)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
+        help=f"requests in flight at once (default {DEFAULT_CONCURRENCY})",
+    )
+    parser.add_argument("--rps", type=_positive_float, help="at most this many requests per second")
+    parser.add_argument("--rpm", type=_positive_float, help="at most this many requests per minute")
+    parser.add_argument("--tpm", type=_positive_float, help="at most this many tokens per minute")
+    parser.add_argument(
+        "--max-retries", type=_non_negative_int,
+        help="retries of a request that failed before its first chunk (default 2)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="log each retry (by default only the summary tells how many attempts were made)",
+    )
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument(
+        "--overwrite", action="store_const", dest="mode", const="overwrite",
+        help="discard OUTPUT and run everything again",
+    )
+    modes.add_argument(
+        "--retry-errors", action="store_const", dest="mode", const="retry_errors",
+        help="drop the error lines from OUTPUT and run those ids again",
+    )
+    parser.set_defaults(func=run, mode="resume")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be at least 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be a positive number")
+    return value
+
+
+def _usage_error(message: str) -> int:
+    print(f"llmstreams batch: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _report(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    provider: Provider = args.provider
+    if provider == "dashscope" and args.endpoint is not None:
+        return _usage_error("--endpoint is for --provider qianfan; DashScope takes --model")
+    if args.model is None and args.endpoint is None:
+        return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
+    if not args.input.is_file():
+        return _usage_error(f"{args.input}: no such file")
+    if args.output.exists() and args.output.resolve() == args.input.resolve():
+        return _usage_error("OUTPUT must not be INPUT")
+    try:
+        with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
+            summary = asyncio.run(_main(args, provider))
+    except llmstreams.InvalidParameterError as error:
+        return _usage_error(str(error))
+    except KeyboardInterrupt:
+        _report("interrupted; run the same command again to resume")
+        return 130
+    print(format_summary(summary, args.input, args.output))
+    return summary.exit_code
+
+
+async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
+    limits = (args.rps, args.rpm, args.tpm)
+    rate_limit = (
+        llmstreams.RateLimit(
+            requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+        )
+        if any(limit is not None for limit in limits)
+        else None
+    )
+    async with llmstreams.Pool(rate_limit=rate_limit, max_retries=args.max_retries) as pool:
+        client = make_client(provider, pool, base_url=args.base_url)
+        target = Target(client, model=args.model, endpoint=args.endpoint)
+        return await run_batch(
+            args.input, args.output, target,
+            concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
+        )
+
+
+def _per_second(count: int, seconds: float) -> str:
+    return f"{count / seconds:,.1f}/s" if seconds > 0 else "-"
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:,.0f} ms"
+
+
+def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -> str:
+    stats = summary.stats
+    elapsed = summary.elapsed
+    problems = []
+    if summary.malformed:
+        problems.append(f"{summary.malformed} malformed")
+    if summary.duplicates:
+        plural = "s" if summary.duplicates != 1 else ""
+        problems.append(f"{summary.duplicates} duplicate id{plural}")
+    errors = ", ".join(f"{name} {count}" for name, count in sorted(stats.errors_by_type.items()))
+    lines = [
+        f"batch {input_path} -> {output_path}",
+        f"  input lines          {summary.input_lines:,}"
+        + (f" ({', '.join(problems)})" if problems else ""),
+        f"  already done         {summary.already_done:,}"
+        + (f" ({summary.already_failed:,} of them failed)" if summary.already_failed else ""),
+        f"  run now              {stats.requests:,}: {stats.succeeded:,} succeeded, "
+        f"{stats.failed:,} failed" + (f" ({errors})" if errors else ""),
+        f"  chunks               {stats.chunks:,} ({_per_second(stats.chunks, elapsed)})",
+        f"  tokens               {stats.tokens:,}",
+        f"  requests             {_per_second(stats.requests, elapsed)}",
+        f"  time to first chunk  p50 {_ms(stats.time_to_first_chunk(0.5))}, "
+        f"p99 {_ms(stats.time_to_first_chunk(0.99))}",
+        "  elapsed              "
+        + (f"{elapsed:.2f} s" if elapsed < 60 else format_duration(elapsed)),
+    ]
+    if summary.interrupted:
+        lines.append(
+            f"interrupted: {summary.not_run:,} requests not run; "
+            "run the same command again to resume"
+        )
+    elif stats.failed or summary.already_failed:
+        lines.append("some requests failed; add --retry-errors to run them again")
+    return "\n".join(lines)

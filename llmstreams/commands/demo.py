@@ -1,0 +1,182 @@
+"""`llmstreams demo`: the library at work against the embedded mock server, in a few seconds.
+
+No credentials and no network beyond loopback: it starts the mock on 127.0.0.1, streams one
+chat answer to the terminal as it arrives, then fans out a few hundred requests over both
+vendors with a progress bar and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import llmstreams
+from llmstreams.commands import library_log_level
+from llmstreams.fanout import FanOutStats, Job, fan_out_as_completed
+from llmstreams.mock import BEHAVIOUR_HEADER, Behaviour, MockServer
+from llmstreams.progress import Progress
+
+DEMO_QUESTION = "In two sentences: why stream a model's answer instead of waiting for all of it?"
+QIANFAN_MODEL = "ERNIE-Speed-8K"
+DASHSCOPE_MODEL = "billa-7b-sft-v1"
+# Throwaway values: the mock accepts any non-empty credentials.
+DEMO_API_KEY = "demo-api-key"
+DEMO_SECRET_KEY = "demo-secret-key"
+# The single answer is paced so that it visibly streams.
+_ANSWER_PACE = "chunks_per_second=15"
+# One request in this many is answered HTTP 429 once first, to show a retry at work.
+_RATE_LIMITED_EVERY = 50
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "demo",
+        help="stream and fan out against a built-in mock server (no credentials needed)",
+        description=__doc__,
+    )
+    parser.add_argument(
+        "--requests", type=_positive_int, default=300, help="requests in the fan-out (default 300)"
+    )
+    parser.add_argument(
+        "--concurrency", type=_positive_int, default=64, help="streams open at once (default 64)"
+    )
+    parser.add_argument(
+        "--chunks-per-second", type=float, default=50.0,
+        help="the mock's pace per stream during the fan-out (default 50)",
+    )
+    parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def run(args: argparse.Namespace) -> int:
+    # The demo's HTTP 429s are on purpose (the summary counts the retries): no warning per retry.
+    try:
+        with library_log_level(logging.ERROR):
+            return asyncio.run(_demo(args.requests, args.concurrency, args.chunks_per_second))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _say(text: str = "", end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+def user(content: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": content}]
+
+
+async def _demo(requests: int, concurrency: int, chunks_per_second: float) -> int:
+    behaviour = Behaviour(chunks_per_second=chunks_per_second)
+    async with MockServer(behaviour=behaviour) as server, llmstreams.Pool() as pool:
+        _say(f"llmstreams demo: mock Qianfan and DashScope on {server.url} (nothing leaves this machine)")
+        qianfan = llmstreams.QianfanClient(
+            api_key=DEMO_API_KEY, secret_key=DEMO_SECRET_KEY, base_url=server.url, pool=pool
+        )
+        dashscope = llmstreams.DashScopeClient(api_key=DEMO_API_KEY, base_url=server.url, pool=pool)
+        await _stream_one_answer(qianfan)
+        stats, elapsed = await _fan_out(qianfan, dashscope, requests, concurrency)
+    _print_summary(stats, elapsed)
+    return 0 if stats.failed == 0 else 1
+
+
+async def _stream_one_answer(client: llmstreams.QianfanClient) -> None:
+    _say(f"\nQ: {DEMO_QUESTION}")
+    _say("A: ", end="")
+    started = time.perf_counter()
+    first_chunk: float | None = None
+    async with client.stream_chat(
+        user(DEMO_QUESTION), model=QIANFAN_MODEL, extra_headers={BEHAVIOUR_HEADER: _ANSWER_PACE}
+    ) as stream:
+        async for chunk in stream:
+            if first_chunk is None:
+                first_chunk = time.perf_counter() - started
+            _say(chunk.text, end="")
+        completion = stream.completion
+    elapsed = time.perf_counter() - started
+    first = f"{first_chunk * 1000:.0f} ms" if first_chunk is not None else "-"
+    _say(
+        f"\n   ({completion.chunk_count} chunks from {QIANFAN_MODEL} via Qianfan; "
+        f"first after {first}, all after {elapsed * 1000:.0f} ms)"
+    )
+
+
+def _jobs(
+    qianfan: llmstreams.QianfanClient, dashscope: llmstreams.DashScopeClient, requests: int
+) -> Iterator[Job]:
+    for index in range(requests):
+        # Distinct questions: the mock answers (and fails) each distinct request on its own.
+        question = f"Question {index}: {DEMO_QUESTION}"
+        headers = (
+            {BEHAVIOUR_HEADER: "http_status=429; retry_after=0"}
+            if index % _RATE_LIMITED_EVERY == _RATE_LIMITED_EVERY - 1
+            else None
+        )
+        if index % 2:
+            yield partial(
+                dashscope.stream_generate, question, model=DASHSCOPE_MODEL, extra_headers=headers
+            )
+        else:
+            yield partial(qianfan.stream_chat, user(question), model=QIANFAN_MODEL, extra_headers=headers)
+
+
+async def _fan_out(
+    qianfan: llmstreams.QianfanClient,
+    dashscope: llmstreams.DashScopeClient,
+    requests: int,
+    concurrency: int,
+) -> tuple[FanOutStats, float]:
+    _say(
+        f"\nFan-out: {requests} requests ({(requests + 1) // 2} Qianfan chat, "
+        f"{requests // 2} DashScope), {concurrency} at a time"
+    )
+    stats = FanOutStats()
+    progress = Progress(requests, label="fan-out")
+    started = time.perf_counter()
+    try:
+        async with fan_out_as_completed(
+            _jobs(qianfan, dashscope, requests), concurrency=concurrency
+        ) as outcomes:
+            async for outcome in outcomes:
+                stats.add(outcome)
+                progress.advance(failed=not outcome.ok)
+    finally:
+        progress.close()
+    return stats, time.perf_counter() - started
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+
+
+def _print_summary(stats: FanOutStats, elapsed: float) -> None:
+    errors = ", ".join(f"{name} {count}" for name, count in sorted(stats.errors_by_type.items()))
+    retried = stats.attempts - stats.requests
+    _say("\nSummary")
+    _say(f"  requests             {stats.requests} ({stats.succeeded} ok, {stats.failed} errors"
+         + (f": {errors}" if errors else "") + ")")
+    _say(
+        f"  attempts             {stats.attempts} ({retried} retries: one request in "
+        f"{_RATE_LIMITED_EVERY} is answered HTTP 429 once)"
+    )
+    _say(f"  chunks               {stats.chunks}")
+    _say(f"  tokens               {stats.tokens}")
+    _say(f"  requests/s           {stats.requests / elapsed:.1f}")
+    _say(f"  chunks/s             {stats.chunks / elapsed:.1f}")
+    _say(
+        f"  time to first chunk  p50 {_ms(stats.time_to_first_chunk(0.5))}, "
+        f"p99 {_ms(stats.time_to_first_chunk(0.99))}"
+    )
+    _say(f"  elapsed              {elapsed:.2f} s")

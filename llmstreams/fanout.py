@@ -1,0 +1,324 @@
+"""Run many generations concurrently: `fan_out` (results in input order) and
+`fan_out_as_completed` (results as they finish).
+
+A job is a zero-argument callable returning a `ChunkStream`, e.g.
+`lambda: client.stream_chat(messages, model="ERNIE-Speed-8K")`, so that each stream is only
+created once a worker is free for it. A fixed set of `concurrency` workers pulls jobs from the
+iterable one at a time: 100,000 jobs from a generator cost no more memory than `concurrency` of
+them (apart from the results a caller keeps).
+
+Each job's success or typed error is kept in its `Outcome`; one failure never stops the others
+unless `fail_fast=True`. Only `LLMStreamsError`s are results: any other exception raised by a
+job, by the jobs iterable or by `on_chunk` is a bug, and it stops the fan-out and propagates.
+However the fan-out ends (finished, failed fast, cancelled, or left early), every stream it
+opened is closed before control returns to the caller.
+
+Client-side rate limits need nothing here: give the clients a `Pool(rate_limit=RateLimit(...))`
+and every request of the fan-out (and of anything else using that pool) is held to them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sized
+from types import TracebackType
+
+import attrs
+
+from llmstreams.errors import InvalidParameterError, LLMStreamsError
+from llmstreams.streams import ChunkStream
+from llmstreams.types import Chunk, Completion
+
+Job = Callable[[], ChunkStream]
+ChunkCallback = Callable[[int, Chunk], object]
+
+DEFAULT_CONCURRENCY = 64
+
+
+@attrs.frozen(slots=True)
+class Outcome:
+    """How one job of a fan-out ended.
+
+    `index` is the job's position in the input. Exactly one of `completion` and `error` is set;
+    an error raised after the request was sent carries what arrived before it in
+    `error.partial`. `time_to_first_chunk` (None if no chunk arrived) and `elapsed` are seconds
+    from the moment a worker took the job; `attempts` counts the HTTP requests sent for it
+    (retries included; 0 when the job failed before sending anything).
+    """
+
+    index: int
+    completion: Completion | None
+    error: LLMStreamsError | None
+    time_to_first_chunk: float | None
+    elapsed: float
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _check_concurrency(concurrency: int) -> int:
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise InvalidParameterError("concurrency", "must be a positive whole number", concurrency)
+    return concurrency
+
+
+async def _run_job(index: int, job: Job, on_chunk: ChunkCallback | None) -> Outcome:
+    started = time.perf_counter()
+    first_chunk: float | None = None
+    stream: ChunkStream | None = None
+    try:
+        stream = job()
+        async with stream:
+            async for chunk in stream:
+                if first_chunk is None:
+                    first_chunk = time.perf_counter() - started
+                if on_chunk is not None:
+                    on_chunk(index, chunk)
+            completion = stream.completion
+    except LLMStreamsError as error:
+        attempts = stream.attempts if stream is not None else 0
+        return Outcome(index, None, error, first_chunk, time.perf_counter() - started, attempts)
+    return Outcome(index, completion, None, first_chunk, time.perf_counter() - started, stream.attempts)
+
+
+class FanOut:
+    """The running fan-out behind `fan_out_as_completed`: an async iterator of `Outcome`s in
+    the order they finish, and an async context manager that stops it on exit.
+
+    Workers start at the first `__anext__` (or on entering `async with`). Iterating to the end
+    finishes everything. `stop()` ends it gracefully: no new jobs start, the running ones are
+    cancelled (their streams closed), and iteration yields the outcomes that had already
+    finished, then ends. To leave early, use `async with` or call `aclose()`, which cancels the
+    jobs still running and waits until each of their streams is closed.
+    """
+
+    def __init__(
+        self,
+        jobs: Iterable[Job],
+        *,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        on_chunk: ChunkCallback | None = None,
+        fail_fast: bool = False,
+    ) -> None:
+        self._concurrency = _check_concurrency(concurrency)
+        self._worker_count = (
+            max(1, min(self._concurrency, len(jobs))) if isinstance(jobs, Sized) else self._concurrency
+        )
+        self._jobs: Iterator[tuple[int, Job]] = enumerate(jobs)
+        self._on_chunk = on_chunk
+        self._fail_fast = fail_fast
+        self._finished: deque[Outcome] = deque()
+        self._changed = asyncio.Event()
+        self._room = asyncio.Event()
+        self._workers: set[asyncio.Task[None]] = set()
+        self._running = 0
+        self._started = False
+        self._failure: BaseException | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<FanOut concurrency={self._concurrency} running_workers={self._running} "
+            f"waiting_outcomes={len(self._finished)}>"
+        )
+
+    async def __aenter__(self) -> FanOut:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> FanOut:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        self._start()
+        try:
+            while True:
+                if self._finished:
+                    self._room.set()
+                    return self._finished.popleft()
+                if self._failure is not None:
+                    raise self._failure
+                if self._running == 0:
+                    raise StopAsyncIteration
+                await self._changed.wait()
+                self._changed.clear()
+        except BaseException as error:
+            if not isinstance(error, StopAsyncIteration):
+                await self.aclose()
+            raise
+
+    def stop(self) -> None:
+        """Start no more jobs and cancel the running ones; iteration then yields the outcomes
+        that already finished and ends. Safe to call from a signal handler of the loop."""
+        self._started = True
+        for worker in self._workers:
+            worker.cancel()
+
+    async def aclose(self) -> None:
+        """Cancel the jobs still running and wait until every stream they opened is closed."""
+        self.stop()
+        workers = [worker for worker in self._workers if not worker.done()]
+        if workers:
+            await asyncio.wait(workers)
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._running = self._worker_count
+        for _ in range(self._worker_count):
+            worker = asyncio.create_task(self._work())
+            self._workers.add(worker)
+            worker.add_done_callback(self._workers.discard)
+
+    async def _work(self) -> None:
+        try:
+            while True:
+                # Backpressure: take no new job while a slow consumer has this many to read.
+                while len(self._finished) >= self._concurrency:
+                    self._room.clear()
+                    await self._room.wait()
+                taken = next(self._jobs, None)
+                if taken is None:
+                    return
+                index, job = taken
+                outcome = await _run_job(index, job, self._on_chunk)
+                if self._fail_fast and outcome.error is not None:
+                    outcome.error.add_note(f"raised by job {index} of the fan-out (fail_fast=True)")
+                    self._fail(outcome.error)
+                    return
+                self._finished.append(outcome)
+                self._changed.set()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self._fail(error)
+        finally:
+            self._running -= 1
+            self._changed.set()
+
+    def _fail(self, error: BaseException) -> None:
+        if self._failure is None:
+            self._failure = error
+        current = asyncio.current_task()
+        for worker in self._workers:
+            if worker is not current:
+                worker.cancel()
+
+
+def fan_out_as_completed(
+    jobs: Iterable[Job],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_chunk: ChunkCallback | None = None,
+    fail_fast: bool = False,
+) -> FanOut:
+    """Run `jobs` with at most `concurrency` streams open at once; `Outcome`s as they finish.
+
+        async with fan_out_as_completed(jobs, concurrency=256) as outcomes:
+            async for outcome in outcomes:
+                ...
+
+    `on_chunk(index, chunk)` is called for every chunk as it arrives (in order within a job).
+    With `fail_fast=True` the first error stops the fan-out: the jobs still running are cancelled
+    and their streams closed, then that error is raised (outcomes that finished before it are
+    yielded first); a note on the error names the job's index.
+    """
+    return FanOut(jobs, concurrency=concurrency, on_chunk=on_chunk, fail_fast=fail_fast)
+
+
+async def fan_out(
+    jobs: Iterable[Job],
+    *,
+    concurrency: int = DEFAULT_CONCURRENCY,
+    on_chunk: ChunkCallback | None = None,
+    fail_fast: bool = False,
+) -> list[Outcome]:
+    """Run `jobs` with at most `concurrency` streams open at once; one `Outcome` per job, in
+    input order.
+
+        outcomes = await fan_out(
+            [lambda q=q: client.stream_chat([user(q)], model="ERNIE-Speed-8K") for q in questions],
+            concurrency=128,
+        )
+
+    With `fail_fast=True` the first error is raised once every other stream is closed (see
+    `fan_out_as_completed`). Cancelling the caller cancels every job and closes its stream.
+    """
+    by_index: dict[int, Outcome] = {}
+    async with fan_out_as_completed(
+        jobs, concurrency=concurrency, on_chunk=on_chunk, fail_fast=fail_fast
+    ) as outcomes:
+        async for outcome in outcomes:
+            by_index[outcome.index] = outcome
+    return [by_index[index] for index in range(len(by_index))]
+
+
+def percentile(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile of sorted `values` (`fraction` in [0, 1]); None if empty."""
+    if not values:
+        return None
+    rank = max(1, math.ceil(fraction * len(values)))
+    return values[rank - 1]
+
+
+class FanOutStats:
+    """Running totals over `Outcome`s, for summaries: counts, chunks, tokens, time to first chunk.
+
+    Keeps one float per outcome that saw a chunk (for the percentiles), nothing else per job.
+    """
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.succeeded = 0
+        self.failed = 0
+        self.chunks = 0
+        self.tokens = 0
+        self.attempts = 0
+        self.errors_by_type: dict[str, int] = {}
+        self._first_chunk_times: list[float] = []
+        self._sorted = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<FanOutStats requests={self.requests} succeeded={self.succeeded} "
+            f"failed={self.failed} chunks={self.chunks}>"
+        )
+
+    def add(self, outcome: Outcome) -> None:
+        self.requests += 1
+        self.attempts += outcome.attempts
+        received = outcome.completion
+        if outcome.error is not None:
+            self.failed += 1
+            name = type(outcome.error).__name__
+            self.errors_by_type[name] = self.errors_by_type.get(name, 0) + 1
+            received = outcome.error.partial
+        else:
+            self.succeeded += 1
+        if received is not None:
+            self.chunks += received.chunk_count
+            if received.usage is not None:
+                self.tokens += received.usage.total_tokens
+        if outcome.time_to_first_chunk is not None:
+            self._first_chunk_times.append(outcome.time_to_first_chunk)
+            self._sorted = False
+
+    def time_to_first_chunk(self, fraction: float) -> float | None:
+        """The `fraction` percentile (0.5 for p50) of time to first chunk, in seconds."""
+        if not self._sorted:
+            self._first_chunk_times.sort()
+            self._sorted = True
+        return percentile(self._first_chunk_times, fraction)
