@@ -159,7 +159,7 @@ class ServerError(APIError):
 class APIConnectionError(LLMStreamsError):
     """The service could not be reached, or the connection failed before the response began."""
 
-    hint = "Check the base URL and the network; the request is retried as max_retries allows"
+    hint = "Check the base URL and the network; max_retries sets how often it is tried again"
 
 
 class APITimeoutError(APIConnectionError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any
 
@@ -62,7 +63,7 @@ class RetryPolicy:
     max_retry_after: float = attrs.field(default=60.0, validator=_non_negative)
 
     def delay(self, retry_number: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
+        if retry_after is not None and math.isfinite(retry_after):
             return min(max(retry_after, 0.0), self.max_retry_after)
         ceiling = min(self.backoff_max, self.backoff_base * 2**retry_number)
         return random.uniform(0.0, ceiling)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Protocol
@@ -229,9 +230,11 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -305,7 +308,11 @@ async def _attempt(
                 "the pool's rate limit held the request back past the total timeout",
                 phase="total", provider=exchange.provider,
             ) from None
-    request = await exchange.build_request()
+    try:
+        request = await exchange.build_request()
+    except APIConnectionError as error:
+        # Preparing the request (e.g. fetching an access token) never reached the generation.
+        raise _NoResponse(error) from None
     first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
     header_deadline = _earliest(first_deadline, total_deadline)
     logger.debug("%s: sending %r", exchange.provider, request)

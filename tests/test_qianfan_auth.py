@@ -100,7 +100,8 @@ async def test_expired_tokens_are_renewed_once_for_200_concurrent_requests(serve
     assert server.stats.requests["token"] == 2
     # Each request was refused once (code 111) and sent again once with the new token.
     assert server.stats.requests["qianfan.chat"] == 1 + 2 * 200
-    assert all(stream.attempts == 1 for stream in streams)  # a repair is not a retry
+    # Two requests each (refused once, then resent with the new token); the repair is no retry.
+    assert all(stream.attempts == 2 for stream in streams)
 
 
 async def test_tokens_expired_while_streams_run(server: MockServer, pool: Pool) -> None:
@@ -324,12 +325,14 @@ async def test_token_endpoint_overload_is_retried_then_raised(token_server: Toke
 async def test_a_silent_token_endpoint_times_out(token_server: TokenServer) -> None:
     token_server.hang = True
     async with QianfanClient(
-        api_key=API_KEY, secret_key=SECRET_KEY, base_url=token_server.url, timeout=Timeout(first_chunk=0.2)
+        api_key=API_KEY, secret_key=SECRET_KEY, base_url=token_server.url,
+        timeout=Timeout(first_chunk=0.2), retry=FAST_RETRY,
     ) as client:
         with pytest.raises(APITimeoutError, match="no access token") as caught:
             await client.chat(USER, model=MODEL)
     assert caught.value.phase == "first_chunk"
-    assert token_server.hits == 1
+    # Fetching a token sends nothing of the generation, so it is retried like a failed connect.
+    assert token_server.hits == FAST_RETRY.max_retries + 1
 
 
 # --- token responses and the cache, without a server --------------------------------------------

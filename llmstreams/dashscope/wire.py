@@ -309,7 +309,7 @@ def error_from_body(head: ResponseHead, body: bytes) -> APIError:
 def _json_or_none(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
 
 
@@ -416,7 +416,7 @@ class EventStreamParser:
             text, finish_reason = _text_and_finish_reason(payload["output"], self._message_format)
             usage = payload.get("usage")
             request_id = payload.get("request_id")
-        except (ValueError, LookupError, TypeError, AttributeError):
+        except (ValueError, LookupError, TypeError, AttributeError, RecursionError):
             raise ProtocolError(
                 f"a DashScope stream event is not a generation result: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
@@ -485,7 +485,8 @@ def _error_event_status(received: bytes) -> int | None:
         for line in block.split("\n"):
             if line.startswith(_STATUS_COMMENT):
                 digits = line[len(_STATUS_COMMENT):].strip()
-                status = int(digits) if digits.isascii() and digits.isdigit() else None
+                is_status = digits.isascii() and digits.isdigit() and len(digits) == 3
+                status = int(digits) if is_status else None
             elif line.startswith("event:"):
                 is_error = line[6:].removeprefix(" ") == "error"
         if is_error:

@@ -22,6 +22,8 @@ DEFAULT_TOKEN_TTL = 2592000
 # Handlers end promptly on shutdown (their waits watch for it); this only bounds a handler
 # stuck writing to a client that stopped reading.
 _SHUTDOWN_TIMEOUT = 2.0
+# Thousands of clients connect at once in benchmarks; the kernel caps this at somaxconn.
+_LISTEN_BACKLOG = 8192
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -127,7 +129,7 @@ class MockServer:
             assert http_server is not None
             stats = self._context.stats
             self._listener = await asyncio.get_running_loop().create_server(
-                lambda: _CountedConnection(http_server(), stats), sock=sock
+                lambda: _CountedConnection(http_server(), stats), sock=sock, backlog=_LISTEN_BACKLOG
             )
         except BaseException:
             await runner.cleanup()
@@ -184,8 +186,7 @@ def _listening_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(address)
-        # Thousands of clients connect at once in benchmarks; the kernel caps this at somaxconn.
-        sock.listen(8192)
+        sock.listen(_LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()

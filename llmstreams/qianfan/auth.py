@@ -346,7 +346,7 @@ def parse_token_response(
     """The token from `/oauth/2.0/token`'s answer, or the error it stands for."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if status == 429 or status >= 500:
         cls = RateLimitError if status == 429 else ServerError

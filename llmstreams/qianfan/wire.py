@@ -199,16 +199,20 @@ def error_class(code: int) -> type[APIError]:
 def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[int, str] | None) -> APIError:
     """The error for a body or event `{"error_code": N, "error_msg": "...", "id": "..."}`."""
     code = payload["error_code"]
-    if isinstance(code, str) and code.isdigit():
+    if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
         code = int(code)
+    status_failed = head.status == 429 or head.status >= 500
     if isinstance(code, bool) or not isinstance(code, int):
-        raise ProtocolError(f"error_code is not a number: {snippet(repr(code))}", provider=PROVIDER)
+        if not status_failed:
+            raise ProtocolError(
+                f"error_code is not a number: {snippet(repr(code), 80)}", provider=PROVIDER
+            )
+        code = None  # The HTTP status alone says what failed.
     message = str(payload.get("error_msg") or "the service gave no error message")
-    hint = hints.get(code) if hints else None
+    hint = hints.get(code) if hints and code is not None else None
     if hint:
         message = f"{message}. {hint}"
     request_id = payload.get("id")
-    status_failed = head.status == 429 or head.status >= 500
     if status_failed:
         cls: type[APIError] = RateLimitError if head.status == 429 else ServerError
     else:
@@ -229,7 +233,7 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
     status = head.status
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         payload = None
     if isinstance(payload, dict) and "error_code" in payload:
         return api_error(payload, head, hints=hints)
@@ -278,7 +282,15 @@ _UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
 def _usage(usage: Mapping[str, Any] | None) -> Usage | None:
     if usage is None:
         return None
-    return Usage(usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+    counts = (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
+    if not all(type(count) is int for count in counts):
+        raise TypeError("usage counts are not integers")
+    return Usage(*counts)
+
+
+def _fault(error: Exception) -> str:
+    """What was wrong with a received value, shortened: the value may be huge."""
+    return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
 def _chunk(payload: dict[str, Any], sentence_id: int, is_end: bool) -> Chunk:
@@ -402,6 +414,12 @@ class QianfanParser:
         chunks: list[Chunk] = []
         for event in events:
             try:
+                if event.event != "message":
+                    raise ProtocolError(
+                        f"unexpected event type {snippet(event.event, 40)} in a Qianfan stream: "
+                        f"{snippet(event.data)}",
+                        provider=PROVIDER,
+                    )
                 chunk = self._event_chunk(event.data)
             except LLMStreamsError as error:
                 if not chunks:
@@ -424,10 +442,9 @@ class QianfanParser:
             if type(sentence_id) is not int:
                 raise TypeError("sentence_id is not an integer")
             chunk = _chunk(payload, sentence_id, _FLAGS[payload["is_end"]])
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             raise ProtocolError(
-                f"a stream event is not a Qianfan chunk ({type(error).__name__}: {error}): "
-                f"{snippet(data)}",
+                f"a stream event is not a Qianfan chunk ({_fault(error)}): {snippet(data)}",
                 provider=PROVIDER,
             ) from None
         if sentence_id != self._next_sentence_id:
@@ -447,10 +464,9 @@ class QianfanParser:
             if "error_code" in payload:
                 raise api_error(payload, self._head, hints=self._hints)
             chunk = _chunk(payload, payload.get("sentence_id", 0), True)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             raise ProtocolError(
-                f"the response is not a Qianfan answer ({type(error).__name__}: {error}): "
-                f"{snippet(body)}",
+                f"the response is not a Qianfan answer ({_fault(error)}): {snippet(body)}",
                 provider=PROVIDER,
             ) from None
         self._finished = True

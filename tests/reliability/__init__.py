@@ -1,0 +1,1 @@
+"""Reliability suite: the fault matrix of tests/README.md, over real sockets on 127.0.0.1."""
