@@ -22,8 +22,8 @@ from llmstreams.mock.delivery import (
     compact_json,
     pad_first_chunk,
     retry_after_headers,
+    send_answer,
     send_body,
-    send_stream,
 )
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
@@ -101,17 +101,7 @@ class _GenerationRoute:
             incremental=parameters.get("incremental_output") is True,
             mid_stream_code=mid_stream_code,
         )
-        if not stream:
-            return await send_body(
-                request,
-                behaviour,
-                status=200,
-                content_type="application/json",
-                body=compact_json(reply.whole()),
-            )
-        if behaviour.huge_line_bytes is not None:
-            reply = reply.with_first_line_length(behaviour.huge_line_bytes)
-        return await send_stream(request, self._context, behaviour, reply)
+        return await send_answer(request, self._context, behaviour, reply, stream=stream)
 
     def _authenticate(self, request: web.Request) -> None:
         scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")

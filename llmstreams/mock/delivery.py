@@ -42,6 +42,33 @@ class StreamEvents(Protocol):
     def error(self, event_number: int) -> bytes: ...
 
 
+class Answer(StreamEvents, Protocol):
+    """One vendor's rendering of one answer, whole (JSON) or as events."""
+
+    def whole(self) -> dict[str, Any]: ...
+
+    def with_first_line_length(self, length: int) -> Answer: ...
+
+
+async def send_answer(
+    request: web.BaseRequest,
+    context: MockContext,
+    behaviour: Behaviour,
+    answer: Answer,
+    *,
+    stream: bool,
+) -> web.StreamResponse:
+    """A successful answer: one JSON body, or a stream shaped by the knobs."""
+    if not stream:
+        return await send_body(
+            request, behaviour, status=200, content_type="application/json",
+            body=compact_json(answer.whole()),
+        )
+    if behaviour.huge_line_bytes is not None:
+        answer = answer.with_first_line_length(behaviour.huge_line_bytes)
+    return await send_stream(request, context, behaviour, answer)
+
+
 def compact_json(payload: dict[str, Any]) -> bytes:
     """JSON as the vendors send it: no spaces, UTF-8 text unescaped."""
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

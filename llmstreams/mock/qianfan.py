@@ -23,8 +23,8 @@ from llmstreams.mock.delivery import (
     compact_json,
     pad_first_chunk,
     retry_after_headers,
+    send_answer,
     send_body,
-    send_stream,
 )
 from llmstreams.mock.qianfan_auth import TokenState, bce_signature_accepted, is_bce_authorization
 from llmstreams.mock.text import count_tokens, qianfan_id, request_digest
@@ -156,17 +156,7 @@ class _QianfanRoutes:
             ban_round=refused_round,
             mid_stream_code=mid_stream_code,
         )
-        if not stream:
-            return await send_body(
-                request,
-                behaviour,
-                status=200,
-                content_type="application/json",
-                body=compact_json(reply.whole()),
-            )
-        if behaviour.huge_line_bytes is not None:
-            reply = reply.with_first_line_length(behaviour.huge_line_bytes)
-        return await send_stream(request, self._context, behaviour, reply)
+        return await send_answer(request, self._context, behaviour, reply, stream=stream)
 
     def _authenticate(self, request: web.Request) -> None:
         access_token = request.query.get("access_token")
