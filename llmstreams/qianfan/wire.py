@@ -282,10 +282,10 @@ _UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
 def _usage(usage: Mapping[str, Any] | None) -> Usage | None:
     if usage is None:
         return None
-    counts = (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"])
-    if not all(type(count) is int for count in counts):
+    prompt, completion, total = usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
+    if not (type(prompt) is int and type(completion) is int and type(total) is int):
         raise TypeError("usage counts are not integers")
-    return Usage(*counts)
+    return Usage(prompt, completion, total)
 
 
 def _fault(error: Exception) -> str:

@@ -1,0 +1,135 @@
+"""The llmstreams clients as load-generator `Target`s, used only through their public API."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import attrs
+
+from llmstreams import Chunk, ChunkStream, Completion, DashScopeClient, Pool, QianfanClient
+
+PROVIDERS: tuple[str, ...] = ("qianfan", "dashscope")
+DEFAULT_MODELS: Mapping[str, str] = {"qianfan": "ERNIE-Speed-8K", "dashscope": "billa-7b-sft-v1"}
+DEFAULT_PROMPT = "请用三句话介绍一下流式输出的好处。"
+
+# Any non-empty credentials satisfy the mock server.
+MOCK_API_KEY = "bench-api-key"
+MOCK_SECRET_KEY = "bench-secret-key"
+
+# How a QianfanClient authenticates to the mock: "api_key" (access tokens fetched with
+# api_key/secret_key) or "access_key" (every request signed with access_key/secret_access_key).
+QIANFAN_AUTH_METHODS: tuple[str, ...] = ("api_key", "access_key")
+
+
+@attrs.frozen(slots=True)
+class Workload:
+    """The one request a benchmark sends over and over.
+
+    `model` / `endpoint` as the client takes them (None: the provider's default model).
+    `incremental_output` only applies to DashScope (False: each event repeats the whole text).
+    """
+
+    provider: str = "qianfan"
+    model: str | None = None
+    endpoint: str | None = None
+    prompt: str = DEFAULT_PROMPT
+    stream: bool = True
+    incremental_output: bool = True
+    extra_headers: Mapping[str, str] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+
+    @property
+    def model_or_default(self) -> str | None:
+        if self.model is None and self.endpoint is None:
+            return DEFAULT_MODELS[self.provider]
+        return self.model
+
+
+def make_client(
+    provider: str,
+    *,
+    base_url: str | None,
+    pool: Pool,
+    max_retries: int,
+    mock_auth: str | None = None,
+) -> QianfanClient | DashScopeClient:
+    """A client of `provider` on `pool`.
+
+    `mock_auth` None: a real server; the client reads its credentials (and, without
+    `base_url`, its base URL) from the environment as usual. Otherwise the target is the mock
+    and the client gets throwaway credentials: for Qianfan those of `mock_auth`, one of
+    QIANFAN_AUTH_METHODS.
+    """
+    if provider == "dashscope":
+        api_key = None if mock_auth is None else MOCK_API_KEY
+        return DashScopeClient(api_key=api_key, base_url=base_url, pool=pool, max_retries=max_retries)
+    if mock_auth is None:
+        return QianfanClient(base_url=base_url, pool=pool, max_retries=max_retries)
+    if mock_auth == "access_key":
+        return QianfanClient(
+            access_key=MOCK_API_KEY, secret_access_key=MOCK_SECRET_KEY,
+            base_url=base_url, pool=pool, max_retries=max_retries,
+        )
+    return QianfanClient(
+        api_key=MOCK_API_KEY, secret_key=MOCK_SECRET_KEY,
+        base_url=base_url, pool=pool, max_retries=max_retries,
+    )
+
+
+class ClientTarget:
+    """Sends `workload` through an llmstreams client: a `ChunkStream` per request when
+    streaming, else one awaited `Completion` per request (counted as one chunk).
+
+    Building the target makes one call without sending it, so that a parameter the client
+    rejects fails here rather than as an error on every request.
+    """
+
+    def __init__(self, client: QianfanClient | DashScopeClient, workload: Workload) -> None:
+        self._stream_once = _stream_opener(client, workload)
+        self._complete_once = _completion_opener(client, workload)
+        self._streaming = workload.stream
+        self._stream_once()
+
+    def open_stream(self) -> AsyncIterator[Chunk | Completion]:
+        if self._streaming:
+            return self._stream_once()
+        return self._one_completion()
+
+    async def _one_completion(self) -> AsyncIterator[Completion]:
+        yield await self._complete_once()
+
+    def output_tokens(self, last_item: Chunk | Completion) -> int | None:
+        usage = last_item.usage
+        return None if usage is None else usage.completion_tokens
+
+
+def _stream_opener(
+    client: QianfanClient | DashScopeClient, workload: Workload
+) -> Callable[[], ChunkStream]:
+    headers = workload.extra_headers
+    if isinstance(client, QianfanClient):
+        messages = [{"role": "user", "content": workload.prompt}]
+        model, endpoint = workload.model_or_default, workload.endpoint
+        return lambda: client.stream_chat(
+            messages, model=model, endpoint=endpoint, extra_headers=headers
+        )
+    prompt, model, incremental = workload.prompt, workload.model_or_default, workload.incremental_output
+    return lambda: client.stream_generate(
+        prompt, model=model, incremental_output=incremental, extra_headers=headers
+    )
+
+
+def _completion_opener(
+    client: QianfanClient | DashScopeClient, workload: Workload
+) -> Callable[[], Any]:
+    headers = workload.extra_headers
+    if isinstance(client, QianfanClient):
+        messages = [{"role": "user", "content": workload.prompt}]
+        model, endpoint = workload.model_or_default, workload.endpoint
+        return lambda: client.chat(messages, model=model, endpoint=endpoint, extra_headers=headers)
+    prompt, model = workload.prompt, workload.model_or_default
+    return lambda: client.generate(prompt, model=model, extra_headers=headers)

@@ -1,0 +1,327 @@
+"""`llmstreams bench`: throughput and latency of the llmstreams clients under load."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from llmstreams import LLMStreamsError
+from llmstreams.bench.report import (
+    environment,
+    format_table,
+    print_run,
+    report_document,
+    write_json,
+    write_request_lines,
+)
+from llmstreams.bench.runner import BenchConfig, RunResult, run_benchmark
+from llmstreams.bench.targets import (
+    DEFAULT_MODELS,
+    DEFAULT_PROMPT,
+    PROVIDERS,
+    QIANFAN_AUTH_METHODS,
+    Workload,
+)
+from llmstreams.mock.behaviour import Behaviour, BehaviourError, with_knobs
+
+DEFAULT_CONCURRENCY = "64"
+DEFAULT_REQUESTS = 1000
+
+# Mock knobs with flags of their own; any other goes through --mock-knob.
+_KNOB_FLAGS: tuple[tuple[str, str], ...] = (
+    ("answer_chars", "characters in each answer (mock default 240)"),
+    ("chunk_chars", "characters per streamed chunk (mock default 24)"),
+    ("chunks_per_second", "pace of each stream's chunks (mock default: as fast as possible)"),
+    ("first_chunk_delay", "seconds between a stream's headers and its first chunk (default 0)"),
+    ("response_delay", "seconds before any response's headers (default 0)"),
+)
+
+_DESCRIPTION = """\
+Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient)
+under load, timing every chunk of every request.
+
+By default the target is the embedded mock server, started in separate worker processes so
+that the client's CPU figures are its own. --base-url benchmarks any server speaking the
+vendor's protocol instead, with the credentials the clients read from the environment
+(QIANFAN_API_KEY + QIANFAN_SECRET_KEY, QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY +
+QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY). Credentials are never printed or recorded.
+
+Load: a closed loop keeps --concurrency requests in flight (a comma list such as 1,16,256
+sweeps); an open loop (--rate) starts requests at Poisson-distributed times whatever the
+others are doing. Each run lasts --requests requests or --duration seconds (whichever comes
+first when both are given), after --warmup uncounted requests.
+
+Measured per request: time to first chunk (TTFT), the gaps between chunks (ITL), end-to-end
+latency (E2EL), chunks, output tokens (usage.completion_tokens when the server sends usage)
+and status (ok, or the error's type). Reported per run: requests/s, chunks/s, output tokens/s,
+mean/p50/p90/p99 of TTFT, ITL and E2EL over the requests that succeeded, errors by type,
+client CPU seconds per 1,000 chunks (time.process_time() of this process; the mock workers
+are other processes) and peak RSS. JSON field names follow vLLM's benchmark_serving
+(request_throughput, output_throughput, mean_ttft_ms, median_ttft_ms, p99_ttft_ms,
+mean_itl_ms, p99_itl_ms, mean_e2el_ms, p99_e2el_ms, ...) plus chunk_throughput,
+cpu_s_per_1k_chunks, peak_rss_mb and errors.
+"""
+
+_EPILOG = """\
+examples:
+  llmstreams bench --concurrency 64 --requests 2000 --warmup 100
+  llmstreams bench --concurrency 1,16,256 --duration 10 --json out.json --plots plots/
+  llmstreams bench --rate 200 --duration 30 --chunks-per-second 20 --answer-chars 600
+  llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
+  llmstreams bench --provider dashscope --no-stream --requests 500
+  llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
+"""
+
+
+def register(subparsers: Any) -> None:
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "bench",
+        help="benchmark throughput and latency against the mock server or a given URL",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    load = parser.add_argument_group("load")
+    pattern = load.add_mutually_exclusive_group()
+    pattern.add_argument(
+        "--concurrency", metavar="N[,N...]", type=_positive_list,
+        help=f"closed loop: keep N requests in flight; a comma list sweeps (default {DEFAULT_CONCURRENCY})",
+    )
+    pattern.add_argument(
+        "--rate", metavar="R", type=_positive_float,
+        help="open loop: start R requests per second on average, Poisson arrivals",
+    )
+    load.add_argument(
+        "--requests", metavar="N", type=_positive_int,
+        help=f"measured requests per run (default {DEFAULT_REQUESTS} unless --duration is given)",
+    )
+    load.add_argument(
+        "--duration", metavar="S", type=_positive_float,
+        help="seconds per run; requests in flight at the end finish and are counted",
+    )
+    load.add_argument(
+        "--warmup", metavar="N", type=_non_negative_int, default=20,
+        help="requests sent before each run and not counted, at the run's concurrency (an "
+        "open loop warms up with up to 32 at once); default 20",
+    )
+    load.add_argument(
+        "--seed", metavar="N", type=int, default=0, help="seed of the Poisson arrivals (default 0)"
+    )
+
+    target = parser.add_argument_group("target")
+    target.add_argument(
+        "--base-url", metavar="URL",
+        help="benchmark this server instead of the mock (credentials from the environment)",
+    )
+    target.add_argument(
+        "--mock-workers", metavar="N[,N...]", type=_worker_list, default=(1,),
+        help="mock server processes (default 1); a comma list sweeps; 0 runs the mock inside "
+        "this process, so that its CPU counts as the client's",
+    )
+    for name, description in _KNOB_FLAGS:
+        target.add_argument(
+            "--" + name.replace("_", "-"), dest=name, metavar="VALUE", help=f"mock: {description}"
+        )
+    target.add_argument(
+        "--mock-knob", metavar="KEY=VALUE", action="append", default=[], type=_knob,
+        help="mock: any other knob of the mock (see `llmstreams mock --help`); repeatable",
+    )
+
+    target.add_argument(
+        "--qianfan-auth", choices=QIANFAN_AUTH_METHODS, default="api_key",
+        help="mock: how the QianfanClient authenticates: api_key (default; an access token "
+        "fetched once) or access_key (every request signed, bce-auth-v1)",
+    )
+
+    request = parser.add_argument_group("request")
+    request.add_argument("--provider", choices=PROVIDERS, default="qianfan", help="(default qianfan)")
+    request.add_argument(
+        "--model", help=f"model name (default {', '.join(f'{p}: {m}' for p, m in DEFAULT_MODELS.items())})"
+    )
+    request.add_argument("--endpoint", help="Qianfan endpoint name (a deployed service), instead of --model")
+    request.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends")
+    request.add_argument(
+        "--stream", action=argparse.BooleanOptionalAction, default=True,
+        help="stream the answers (default) or ask for whole answers (each counts as one chunk)",
+    )
+    request.add_argument(
+        "--incremental-output", action=argparse.BooleanOptionalAction, default=True,
+        help="DashScope: ask for incremental events (default); --no-incremental-output makes "
+        "each event carry the whole text so far",
+    )
+    request.add_argument(
+        "--max-retries", metavar="N", type=_non_negative_int, default=0,
+        help="client retries per request (default 0: every failure is counted)",
+    )
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", metavar="PATH", type=Path, help="write the report as JSON")
+    output.add_argument(
+        "--requests-jsonl", metavar="PATH", type=Path,
+        help="write one JSON line per measured request (its run's label, status, ttft_ms, "
+        "itl_ms, e2el_ms, chunks, output_tokens)",
+    )
+    output.add_argument(
+        "--plots", metavar="DIR", type=Path,
+        help="write PNG plots: latency distributions; throughput and p99 latency against "
+        "concurrency and mock workers for a sweep (needs matplotlib: llmstreams[bench])",
+    )
+    output.add_argument("--quiet", action="store_true", help="print only the summary table")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = _config(args)
+    except (ValueError, BehaviourError) as error:
+        print(f"llmstreams bench: {error}", file=sys.stderr)
+        return 2
+    if args.plots is not None:
+        from llmstreams.bench.plots import PlotsUnavailable, pyplot
+
+        try:
+            pyplot()
+        except PlotsUnavailable as error:
+            print(f"llmstreams bench: {error}", file=sys.stderr)
+            return 2
+    print(_describe_target(config), flush=True)
+    try:
+        results = asyncio.run(run_benchmark(config, on_run=None if args.quiet else _print_result))
+    except LLMStreamsError as error:
+        print(f"llmstreams bench: {error}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, TimeoutError) as error:
+        print(f"llmstreams bench: the benchmark failed: {error}", file=sys.stderr)
+        return 1
+    summaries = [result.summary for result in results]
+    print(format_table(summaries))
+    if args.json is not None:
+        write_json(report_document(summaries, config=config.to_json(), env=environment()), args.json)
+        print(f"JSON report: {args.json}")
+    if args.requests_jsonl is not None:
+        args.requests_jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with args.requests_jsonl.open("w", encoding="utf-8") as output:
+            count = write_request_lines(_labelled(results), output)
+        print(f"{count} requests: {args.requests_jsonl}")
+    if args.plots is not None:
+        from llmstreams.bench.plots import write_plots
+
+        for path in write_plots([(r.summary, r.records) for r in results], args.plots):
+            print(f"plot: {path}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> BenchConfig:
+    if args.endpoint is not None and args.provider != "qianfan":
+        raise ValueError("--endpoint is a Qianfan setting; DashScope takes --model")
+    if args.endpoint is not None and args.model is not None:
+        raise ValueError("give --model or --endpoint, not both")
+    requests = args.requests
+    if requests is None and args.duration is None:
+        requests = DEFAULT_REQUESTS
+    knobs = _knobs(args)
+    if args.base_url is not None and knobs:
+        raise ValueError("mock knobs apply to the mock server only, not to --base-url")
+    workload = Workload(
+        provider=args.provider,
+        model=args.model,
+        endpoint=args.endpoint,
+        prompt=args.prompt,
+        stream=args.stream,
+        incremental_output=args.incremental_output,
+    )
+    concurrencies = args.concurrency or _positive_list(DEFAULT_CONCURRENCY)
+    return BenchConfig(
+        workload=workload,
+        concurrencies=concurrencies,
+        rate=args.rate,
+        requests=requests,
+        duration=args.duration,
+        warmup=args.warmup,
+        seed=args.seed,
+        base_url=args.base_url,
+        mock_workers=args.mock_workers,
+        knobs=knobs,
+        max_retries=args.max_retries,
+        qianfan_auth=args.qianfan_auth,
+    )
+
+
+def _knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The mock knobs given, checked by the mock's own rules, as typed values."""
+    texts = [(name, getattr(args, name)) for name, _ in _KNOB_FLAGS if getattr(args, name) is not None]
+    texts += args.mock_knob
+    behaviour = with_knobs(Behaviour(), texts)
+    return {name: getattr(behaviour, name) for name, _ in texts}
+
+
+def _describe_target(config: BenchConfig) -> str:
+    if config.base_url is not None:
+        return f"llmstreams bench: {config.workload.provider} at {_without_userinfo(config.base_url)}"
+    workers = ", ".join(str(count) for count in config.mock_workers)
+    knobs = ", ".join(f"{name}={value}" for name, value in config.knobs.items()) or "defaults"
+    return (
+        f"llmstreams bench: {config.workload.provider} against the mock "
+        f"({workers} worker process(es); knobs: {knobs})"
+    )
+
+
+def _without_userinfo(url: str) -> str:
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _print_result(result: RunResult) -> None:
+    print_run(result.summary)
+
+
+def _labelled(results: list[RunResult]) -> list[tuple[dict[str, Any], tuple[Any, ...]]]:
+    return [(result.summary.label, result.records) for result in results]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _positive_list(text: str) -> tuple[int, ...]:
+    return _int_list(text, _positive_int)
+
+
+def _worker_list(text: str) -> tuple[int, ...]:
+    return _int_list(text, _non_negative_int)
+
+
+def _int_list(text: str, parse: Callable[[str], int]) -> tuple[int, ...]:
+    values = tuple(parse(part) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}")
+    return values
+
+
+def _knob(text: str) -> tuple[str, str]:
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return name.strip(), value

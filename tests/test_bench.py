@@ -1,0 +1,354 @@
+"""`llmstreams bench` end to end against the mock server, and the harness's building blocks.
+
+The bench command runs its own event loop, so the tests that run it are synchronous. No test
+checks a timing: only counts, field names and the consistency of the statistics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmstreams.bench import LoadPlan, RequestRecord, run_load, summarize
+from llmstreams.bench.metrics import Distribution, percentile
+from llmstreams.cli import main
+from llmstreams.mock import MockCredentials, spawn_mock_workers
+
+# 120 characters in chunks of 12: every streamed answer is 10 chunks.
+SMALL_ANSWER = ["--answer-chars", "120", "--chunk-chars", "12"]
+CHUNKS_PER_ANSWER = 10
+
+VLLM_FIELDS = (
+    "duration", "completed", "total_output_tokens", "request_throughput", "output_throughput",
+    "mean_ttft_ms", "median_ttft_ms", "std_ttft_ms", "p99_ttft_ms",
+    "mean_itl_ms", "median_itl_ms", "std_itl_ms", "p99_itl_ms",
+    "mean_e2el_ms", "median_e2el_ms", "std_e2el_ms", "p99_e2el_ms",
+)
+OWN_FIELDS = (
+    "failed", "errors", "total_chunks", "chunk_throughput", "cpu_seconds",
+    "cpu_s_per_1k_chunks", "client_cpu_utilization", "peak_rss_mb", "p90_ttft_ms",
+    "p90_itl_ms", "p90_e2el_ms", "mode", "concurrency", "request_rate", "mock_workers",
+)
+REQUEST_FIELDS = (
+    "index", "start_s", "status", "ttft_ms", "e2el_ms", "itl_ms", "chunks", "output_tokens",
+)
+
+
+def bench(*arguments: str) -> int:
+    return main(["bench", *arguments])
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench("--help")
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in (
+        "--concurrency", "--rate", "--requests", "--duration", "--warmup", "--seed",
+        "--base-url", "--mock-workers", "--answer-chars", "--chunk-chars",
+        "--chunks-per-second", "--first-chunk-delay", "--response-delay", "--mock-knob",
+        "--qianfan-auth", "--provider", "--model", "--endpoint", "--prompt", "--stream",
+        "--no-stream", "--incremental-output", "--max-retries", "--json", "--requests-jsonl",
+        "--plots", "--quiet",
+    ):
+        assert option in text, option
+    for field in ("request_throughput", "mean_ttft_ms", "chunk_throughput", "cpu_s_per_1k_chunks"):
+        assert field in text
+
+
+def test_closed_loop_sweep_writes_json_jsonl_and_plots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report, lines, plots = tmp_path / "report.json", tmp_path / "requests.jsonl", tmp_path / "plots"
+    code = bench(
+        "--mock-workers", "0", "--concurrency", "1,4", "--requests", "12", "--warmup", "3",
+        *SMALL_ANSWER, "--json", str(report), "--requests-jsonl", str(lines),
+        "--plots", str(plots),
+    )
+    assert code == 0
+    output = capsys.readouterr().out
+    assert "closed loop, concurrency 4" in output
+
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert document["config"]["concurrencies"] == [1, 4]
+    assert document["environment"]["packages"]["llmstreams"]
+    runs = document["runs"]
+    assert [run["concurrency"] for run in runs] == [1, 4]
+    for run in runs:
+        for field in (*VLLM_FIELDS, *OWN_FIELDS):
+            assert field in run, field
+        assert run["completed"] == 12
+        assert run["failed"] == 0
+        assert run["errors"] == {}
+        assert run["total_chunks"] == 12 * CHUNKS_PER_ANSWER
+        assert run["requests_with_usage"] == 12
+        assert run["total_output_tokens"] > 0
+        assert run["mode"] == "closed"
+        assert run["mock_workers"] == 0
+        assert run["median_ttft_ms"] <= run["p99_ttft_ms"]
+        assert run["mean_ttft_ms"] <= run["mean_e2el_ms"]
+        assert run["p90_e2el_ms"] <= run["p99_e2el_ms"]
+        assert run["chunk_throughput"] == pytest.approx(run["request_throughput"] * CHUNKS_PER_ANSWER)
+        assert run["cpu_s_per_1k_chunks"] > 0
+        assert run["peak_rss_mb"] > 0
+    # A sweep keeps its runs apart: no run's fields at the top level.
+    assert "request_throughput" not in document
+
+    records = read_lines(lines)
+    assert len(records) == 24
+    assert sorted(record["index"] for record in records if record["concurrency"] == 4) == list(range(12))
+    for record in records:
+        for field in REQUEST_FIELDS:
+            assert field in record, field
+        assert record["status"] == "ok"
+        assert record["chunks"] == CHUNKS_PER_ANSWER
+        assert len(record["itl_ms"]) == CHUNKS_PER_ANSWER - 1
+        assert record["ttft_ms"] <= record["e2el_ms"]
+        assert record["output_tokens"] > 0
+
+    assert sorted(path.name for path in plots.iterdir()) == ["concurrency_sweep.png", "latency.png"]
+    for path in plots.iterdir():
+        assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def test_single_run_fields_are_also_at_the_top_level(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert bench(
+        "--mock-workers", "0", "--concurrency", "2", "--requests", "6", "--warmup", "0",
+        *SMALL_ANSWER, "--json", str(report), "--quiet",
+    ) == 0
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert len(document["runs"]) == 1
+    assert document["completed"] == document["runs"][0]["completed"] == 6
+    assert document["request_throughput"] == document["runs"][0]["request_throughput"]
+
+
+def test_open_loop_against_a_mock_worker_process(tmp_path: Path) -> None:
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    code = bench(
+        "--provider", "dashscope", "--mock-workers", "1", "--rate", "400", "--requests", "15",
+        "--warmup", "2", *SMALL_ANSWER, "--json", str(report), "--requests-jsonl", str(lines),
+        "--quiet",
+    )
+    assert code == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["mode"] == "open"
+    assert run["request_rate"] == 400
+    assert run["concurrency"] is None
+    assert run["mock_workers"] == 1
+    assert run["provider"] == "dashscope"
+    assert run["completed"] == 15
+    assert run["total_chunks"] == 15 * CHUNKS_PER_ANSWER
+    records = read_lines(lines)
+    assert len(records) == 15
+    starts = [record["start_s"] for record in sorted(records, key=lambda record: record["index"])]
+    assert starts == sorted(starts)
+
+
+def test_qianfan_can_sign_every_request_instead_of_using_a_token(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert bench(
+        "--mock-workers", "0", "--qianfan-auth", "access_key", "--concurrency", "2",
+        "--requests", "6", "--warmup", "0", *SMALL_ANSWER, "--json", str(report), "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["qianfan_auth"] == "access_key"
+    assert run["completed"] == 6
+
+
+def test_no_stream_counts_one_chunk_per_request(tmp_path: Path) -> None:
+    lines = tmp_path / "requests.jsonl"
+    assert bench(
+        "--mock-workers", "0", "--no-stream", "--concurrency", "3", "--requests", "9",
+        "--warmup", "0", *SMALL_ANSWER, "--requests-jsonl", str(lines), "--quiet",
+    ) == 0
+    records = read_lines(lines)
+    assert len(records) == 9
+    assert {record["chunks"] for record in records} == {1}
+    assert all(record["itl_ms"] == [] and record["status"] == "ok" for record in records)
+    assert all(record["stream"] is False for record in records)
+
+
+def test_errors_are_counted_by_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    code = bench(
+        "--mock-workers", "0", "--concurrency", "2", "--requests", "8", "--warmup", "0",
+        *SMALL_ANSWER, "--mock-knob", "error_after=3", "--json", str(report),
+        "--requests-jsonl", str(lines),
+    )
+    assert code == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["completed"] == 0
+    assert run["failed"] == 8
+    assert sum(run["errors"].values()) == 8
+    (error_type,) = run["errors"]
+    assert error_type.endswith("Error")
+    assert run["total_chunks"] == 8 * 3
+    assert run["mean_ttft_ms"] is None
+    records = read_lines(lines)
+    assert {record["status"] for record in records} == {error_type}
+    assert {record["chunks"] for record in records} == {3}
+    assert {record["output_tokens"] for record in records} == {None}
+    assert f"{error_type} 8" in capsys.readouterr().out
+
+
+def test_base_url_uses_the_clients_environment_credentials_and_never_prints_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api_key, secret_key = "env-api-key-1234", "env-secret-key-5678"
+    for name in ("QIANFAN_ACCESS_TOKEN", "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_ACCESS_KEY",
+                 "QIANFAN_AK", "QIANFAN_SK", "QIANFAN_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("QIANFAN_API_KEY", api_key)
+    monkeypatch.setenv("QIANFAN_SECRET_KEY", secret_key)
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    credentials = MockCredentials(api_key=api_key, secret_key=secret_key)
+    with spawn_mock_workers(1, credentials=credentials) as url:
+        code = bench(
+            "--base-url", url, "--concurrency", "2", "--requests", "4", "--warmup", "1",
+            "--json", str(report), "--requests-jsonl", str(lines),
+        )
+    assert code == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["completed"] == 4
+    assert run["mock_workers"] is None
+    captured = capsys.readouterr()
+    written = report.read_text(encoding="utf-8") + lines.read_text(encoding="utf-8")
+    for text in (captured.out, captured.err, written):
+        assert api_key not in text
+        assert secret_key not in text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--provider", "dashscope", "--endpoint", "my_service"], "--endpoint"),
+        (["--base-url", "http://127.0.0.1:9", "--answer-chars", "10"], "mock knobs"),
+        (["--mock-knob", "no_such_knob=1"], "no_such_knob"),
+        (["--mock-knob", "chunk_chars=0"], "chunk_chars"),
+    ],
+)
+def test_bad_settings_are_refused_before_anything_runs(
+    arguments: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench("--mock-workers", "0", *arguments) == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_concurrency_and_rate_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        bench("--concurrency", "4", "--rate", "10")
+    assert exit_info.value.code == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+class CountingTarget:
+    """Streams three items per request, yielding to the loop between them, and records how
+    many requests were in flight at once."""
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.opened = 0
+
+    async def _items(self) -> AsyncIterator[int]:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            for item in (1, 2, 3):
+                await asyncio.sleep(0)
+                yield item
+        finally:
+            self.in_flight -= 1
+
+    def open_stream(self) -> AsyncIterator[int]:
+        self.opened += 1
+        return self._items()
+
+    def output_tokens(self, last_item: int) -> int | None:
+        return last_item * 10
+
+
+async def test_closed_loop_keeps_exactly_the_concurrency_in_flight() -> None:
+    target = CountingTarget()
+    measurement = await run_load(target, LoadPlan(concurrency=5, requests=40, warmup=7))
+    assert target.opened == 47
+    assert target.most_in_flight == 5
+    assert [record.index for record in measurement.records] == list(range(40))
+    assert all(record.chunks == 3 and record.output_tokens == 30 for record in measurement.records)
+    assert all(len(record.gaps) == 2 for record in measurement.records)
+
+
+async def test_failed_requests_keep_their_chunks_and_error_type() -> None:
+    class Broken(CountingTarget):
+        async def _items(self) -> AsyncIterator[int]:
+            yield 1
+            raise ConnectionResetError("gone")
+
+    measurement = await run_load(Broken(), LoadPlan(concurrency=2, requests=4))
+    assert {record.status for record in measurement.records} == {"ConnectionResetError"}
+    assert {record.chunks for record in measurement.records} == {1}
+    assert {record.output_tokens for record in measurement.records} == {None}
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {},
+        {"concurrency": 1, "rate": 1.0, "requests": 1},
+        {"concurrency": 1},
+        {"concurrency": 0, "requests": 1},
+        {"rate": 0.0, "requests": 1},
+        {"concurrency": 1, "requests": 1, "warmup": -1},
+    ],
+)
+def test_load_plan_refuses_impossible_plans(arguments: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        LoadPlan(**arguments)
+
+
+def test_percentiles_interpolate_like_numpy() -> None:
+    values = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+    assert percentile(values, 50) == pytest.approx(5.5)
+    assert percentile(values, 90) == pytest.approx(9.1)
+    assert percentile(values, 99) == pytest.approx(9.91)
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 10.0
+    assert percentile([4.0], 99) == 4.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_distribution_in_milliseconds_and_empty() -> None:
+    distribution = Distribution.of_seconds([0.001, 0.002, 0.003])
+    assert distribution.mean == pytest.approx(2.0)
+    assert distribution.median == pytest.approx(2.0)
+    assert distribution.at(99) == pytest.approx(2.98)
+    assert Distribution.of_seconds([]).fields("ttft")["mean_ttft_ms"] is None
+
+
+def test_summary_counts_only_successes_in_latency_but_every_chunk_in_throughput() -> None:
+    good = RequestRecord(0, 0.0, 0.010, 0.030, (0.01, 0.01), 3, 7, "ok")
+    bad = RequestRecord(1, 0.0, 0.500, 0.900, (0.4,), 2, None, "StreamInterruptedError")
+    summary = summarize([good, bad], duration=2.0, cpu_seconds=0.5, peak_rss_mb=10.0)
+    fields = summary.to_json()
+    assert fields["completed"] == 1
+    assert fields["failed"] == 1
+    assert fields["errors"] == {"StreamInterruptedError": 1}
+    assert fields["total_chunks"] == 5
+    assert fields["chunk_throughput"] == 2.5
+    assert fields["request_throughput"] == 0.5
+    assert fields["output_throughput"] == 3.5
+    assert fields["mean_ttft_ms"] == pytest.approx(10.0)
+    assert fields["p99_itl_ms"] == pytest.approx(10.0)
+    assert fields["cpu_s_per_1k_chunks"] == pytest.approx(100.0)
+    assert fields["client_cpu_utilization"] == 0.25
