@@ -1,13 +1,23 @@
-"""A minimal vendor-free `Exchange` for testing the core: one JSON object per line.
+"""Shared test support.
 
-Each line is `{"text": str, "end": bool}` or `{"error": code, "retryable": bool}`.
+`LinesExchange`: a minimal vendor-free `Exchange` for testing the core, one JSON object per
+line: `{"text": str, "end": bool}` or `{"error": code, "retryable": bool}`. And helpers that
+run documentation examples in a fresh interpreter.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 
 from llmstreams.errors import APIError, StreamInterruptedError
+from llmstreams.mock.workers import READY_PREFIX
 from llmstreams.transport import HttpRequest, ResponseHead
 from llmstreams.types import Chunk
 
@@ -84,3 +94,46 @@ class LinesExchange:
             self.recoveries += 1
             return True
         return False
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def python_examples(document: Path) -> list[str]:
+    """The ```python blocks of a Markdown document, in order."""
+    return re.findall(r"```python\n(.*?)```", document.read_text(encoding="utf-8"), flags=re.DOTALL)
+
+
+async def run_example(code: str, environment: Mapping[str, str]) -> str:
+    """Run `code` in a fresh interpreter with `environment`; its stdout (it must exit 0)."""
+    environment = dict(environment)
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")]))
+    environment["PYTHONIOENCODING"] = "utf-8"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, cwd=ROOT, env=environment,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        stdout, stderr = await process.communicate()
+    assert process.returncode == 0, stderr.decode()
+    return stdout.decode()
+
+
+@contextlib.asynccontextmanager
+async def mock_command() -> AsyncIterator[str]:
+    """`python -m llmstreams mock --port 0` running, as the docs start it; yields its URL."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "llmstreams", "mock", "--port", "0", cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        async with asyncio.timeout(30):
+            ready = (await process.stdout.readline()).decode()
+        if not ready.startswith(READY_PREFIX):
+            raise AssertionError(f"the mock command did not start: {ready}{(await process.stderr.read()).decode()}")
+        yield ready[len(READY_PREFIX):].split()[0]
+    finally:
+        process.terminate()
+        await process.wait()

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import re
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from llmstreams.mock import MockServer
-from llmstreams.mock.workers import READY_PREFIX
+from tests.support import ROOT, mock_command, python_examples
+from tests.support import run_example as run_python
 
-ROOT = Path(__file__).resolve().parent.parent
-DOC = ROOT / "docs" / "dashscope.md"
-EXAMPLES = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.DOTALL)
+EXAMPLES = python_examples(ROOT / "docs" / "dashscope.md")
 
 
 @pytest.fixture
@@ -26,21 +21,9 @@ async def server() -> AsyncIterator[MockServer]:
 
 
 async def run_example(code: str, base_url: str) -> str:
-    environment = dict(os.environ)
-    environment.update(
-        DASHSCOPE_API_KEY="any-key",
-        DASHSCOPE_BASE_URL=base_url,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")])),
-        PYTHONIOENCODING="utf-8",
+    return await run_python(
+        code, {**os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": base_url}
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
 
 
 def test_the_examples_were_found() -> None:
@@ -74,21 +57,6 @@ async def test_error_example(server: MockServer) -> None:
 
 async def test_examples_against_the_mock_command() -> None:
     """The documented way: `python -m llmstreams mock`, then the environment variables."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmstreams", "mock", "--port", "0", cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            ready = (await process.stdout.readline()).decode()
-        if not ready.startswith(READY_PREFIX):
-            assert process.stderr is not None
-            pytest.fail(f"the mock command did not start: {ready}{(await process.stderr.read()).decode()}")
-        url = ready[len(READY_PREFIX):].split()[0]
+    async with mock_command() as url:
         output = await run_example(EXAMPLES[0], url)
-        assert "finish_reason: stop" in output
-    finally:
-        process.terminate()
-        await process.wait()
+    assert "finish_reason: stop" in output

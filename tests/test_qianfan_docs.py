@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
-import sys
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from llmstreams.mock import MockServer
-from llmstreams.mock.workers import READY_PREFIX
 from llmstreams.qianfan import MODELS
 from llmstreams.qianfan.auth import ENV_LAYOUTS
+from tests.support import ROOT, mock_command, python_examples
+from tests.support import run_example as run_python
 
-ROOT = Path(__file__).resolve().parent.parent
 DOC_TEXT = (ROOT / "docs" / "qianfan.md").read_text(encoding="utf-8")
-EXAMPLES = re.findall(r"```python\n(.*?)```", DOC_TEXT, flags=re.DOTALL)
+EXAMPLES = python_examples(ROOT / "docs" / "qianfan.md")
 CREDENTIAL_VARIABLES = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
 
 
@@ -35,20 +32,9 @@ async def run_example(code: str, base_url: str) -> str:
         if name not in CREDENTIAL_VARIABLES and name != "QIANFAN_BASE_URL"
     }
     environment.update(
-        QIANFAN_API_KEY="any-key",
-        QIANFAN_SECRET_KEY="any-secret",
-        QIANFAN_BASE_URL=base_url,
-        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), environment.get("PYTHONPATH")])),
-        PYTHONIOENCODING="utf-8",
+        QIANFAN_API_KEY="any-key", QIANFAN_SECRET_KEY="any-secret", QIANFAN_BASE_URL=base_url
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", code, cwd=ROOT, env=environment,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        stdout, stderr = await process.communicate()
-    assert process.returncode == 0, stderr.decode()
-    return stdout.decode()
+    return await run_python(code, environment)
 
 
 def test_the_examples_were_found() -> None:
@@ -92,24 +78,9 @@ async def test_broken_stream_example(server: MockServer) -> None:
 
 async def test_examples_against_the_mock_command() -> None:
     """The documented way: `python -m llmstreams mock`, then the environment variables."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "llmstreams", "mock", "--port", "0", cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stdout is not None
-        async with asyncio.timeout(30):
-            ready = (await process.stdout.readline()).decode()
-        if not ready.startswith(READY_PREFIX):
-            assert process.stderr is not None
-            pytest.fail(f"the mock command did not start: {ready}{(await process.stderr.read()).decode()}")
-        url = ready[len(READY_PREFIX):].split()[0]
+    async with mock_command() as url:
         output = await run_example(EXAMPLES[0], url)
-        assert "finish_reason: normal" in output
-    finally:
-        process.terminate()
-        await process.wait()
+    assert "finish_reason: normal" in output
 
 
 def test_the_model_table_is_the_registry() -> None:
