@@ -90,8 +90,8 @@ class Progress:
             self._stream.write("\n")
             self._stream.flush()
 
-    def line(self, now: float | None = None) -> str:
-        """The status text, without the bar."""
+    def line(self, now: float | None = None, *, compact: bool = False) -> str:
+        """The status text, without the bar (`compact`: without the elapsed time)."""
         now = self._clock() if now is None else now
         elapsed = max(now - self._started, 1e-9)
         rate = self.done / elapsed
@@ -100,7 +100,8 @@ class Progress:
             parts[0] += f" ({100 * self.done / self.total:.0f}%)"
         parts.append(f"{self.failed} failed")
         parts.append(f"{rate:.1f}/s")
-        parts.append(f"elapsed {format_duration(elapsed)}")
+        if not compact:
+            parts.append(f"elapsed {format_duration(elapsed)}")
         if self.total is not None and self.done < self.total:
             eta = format_duration((self.total - self.done) / rate) if rate > 0 else "?"
             parts.append(f"ETA {eta}")
@@ -115,6 +116,9 @@ class Progress:
             self._stream.flush()
             return
         columns = shutil.get_terminal_size((80, 24)).columns
+        if columns - len(text) - 4 < _BAR_MIN:
+            # On a narrow terminal the bar matters more than the elapsed time.
+            text = self.line(now, compact=True)
         bar_width = min(_BAR_MAX, columns - len(text) - 4)
         if self.total and bar_width >= _BAR_MIN:
             filled = min(bar_width, bar_width * self.done // self.total)

@@ -339,6 +339,20 @@ def test_progress_redraws_one_line_on_a_terminal(monkeypatch: pytest.MonkeyPatch
     assert last.startswith("[####" + "." * 36 + "] batch: ")
 
 
+def test_progress_keeps_its_bar_on_an_80_column_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    now = [0.0]
+    stream = io.StringIO()
+    progress = Progress(200, label="fan-out", stream=stream, is_tty=True, clock=lambda: now[0])
+    for _ in range(150):
+        now[0] += 0.01
+        progress.advance()
+    frames = stream.getvalue().split("\r")[1:]
+    assert frames and all(frame.startswith("[") for frame in frames)
+    assert all(len(frame.rstrip()) < 80 for frame in frames)
+    assert "ETA" in frames[-1]
+
+
 def test_progress_writes_plain_lines_elsewhere_at_most_every_interval() -> None:
     now = [0.0]
     stream = io.StringIO()
