@@ -322,23 +322,14 @@ async def _attempt(
                 request.method, request.url, params=request.params,
                 headers=request.headers, data=request.body,
             )
-    except TimeoutError as error:
-        connect_failed = isinstance(error, aiohttp.ServerTimeoutError)
-        phase = "connect" if connect_failed else (
-            "total" if header_deadline == total_deadline else "first_chunk"
+    except (TimeoutError, *_READ_ERRORS) as error:
+        timeout_phase = "total" if header_deadline == total_deadline else "first_chunk"
+        failure = request_failure(
+            error, where=_where(request), provider=exchange.provider, timeout_phase=timeout_phase
         )
-        raise _NoResponse(APITimeoutError(
-            f"no response from {_where(request)} within the {phase} timeout",
-            phase=phase, provider=exchange.provider,
-        )) from None
-    except aiohttp.ClientResponseError as error:
-        raise ProtocolError(
-            f"{_where(request)} did not answer in HTTP: {error.message}", provider=exchange.provider
-        ) from None
-    except _READ_ERRORS as error:
-        raise _NoResponse(APIConnectionError(
-            f"could not reach {_where(request)}: {_describe(error)}", provider=exchange.provider
-        )) from None
+        if isinstance(failure, APIConnectionError):
+            raise _NoResponse(failure) from None
+        raise failure from None
 
     head = ResponseHead(
         status=response.status,
@@ -364,6 +355,33 @@ async def _attempt(
     except BaseException:
         reader.abort()
         raise
+
+
+def request_failure(
+    error: BaseException,
+    *,
+    where: str,
+    provider: str,
+    timeout_phase: str,
+    wanted: str = "response",
+    purpose: str = "",
+) -> LLMStreamsError:
+    """The llmstreams error for a request that failed before its response began.
+
+    `error` is a TimeoutError (the caller's `timeout_phase` deadline, or aiohttp's connect
+    timeout), a non-HTTP answer, or a connection failure. `wanted` names what did not come.
+    Messages quote `where` (a URL without its query, which may carry secrets), never the request.
+    """
+    if isinstance(error, TimeoutError):
+        phase = "connect" if isinstance(error, aiohttp.ServerTimeoutError) else timeout_phase
+        return APITimeoutError(
+            f"no {wanted} from {where} within the {phase} timeout", phase=phase, provider=provider
+        )
+    if isinstance(error, aiohttp.ClientResponseError):
+        return ProtocolError(f"{where} did not answer in HTTP: {error.message}", provider=provider)
+    return APIConnectionError(
+        f"could not reach {where}{purpose}: {_describe(error)}", provider=provider
+    )
 
 
 async def read_body(reader: BodyReader, provider: str) -> bytes:

@@ -28,9 +28,7 @@ import aiohttp
 import attrs
 
 from llmstreams.errors import (
-    APIConnectionError,
     APIError,
-    APITimeoutError,
     AuthenticationError,
     InvalidParameterError,
     LLMStreamsError,
@@ -43,7 +41,7 @@ from llmstreams.options import Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, TOKEN_ERROR_CODES
-from llmstreams.transport import parse_retry_after
+from llmstreams.transport import parse_retry_after, request_failure
 
 logger = logging.getLogger("llmstreams")
 
@@ -309,22 +307,10 @@ class TokenAuthenticator:
                     body = await response.read()
                     status = response.status
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        except TimeoutError as error:
-            if isinstance(error, aiohttp.ServerTimeoutError):
-                phase = "connect"
-            raise APITimeoutError(
-                f"no access token from {url} within the {phase} timeout",
-                phase=phase, provider=PROVIDER,
-            ) from None
-        except aiohttp.ClientResponseError as error:
-            # Its str() holds the request URL, whose query carries the secret key: not quoted.
-            raise ProtocolError(
-                f"{url} did not answer in HTTP: {error.message}", provider=PROVIDER
-            ) from None
-        except (aiohttp.ClientError, OSError) as error:
-            raise APIConnectionError(
-                f"could not reach {url} for an access token: {type(error).__name__}: {error}",
-                provider=PROVIDER,
+        except (TimeoutError, aiohttp.ClientError, OSError) as error:
+            raise request_failure(
+                error, where=url, provider=PROVIDER, timeout_phase=phase,
+                wanted="access token", purpose=" for an access token",
             ) from None
         token = parse_token_response(status, body, retry_after, now=time.monotonic())
         logger.info("%s: fetched an access token from %s", PROVIDER, url)
