@@ -26,7 +26,7 @@ from llmstreams.pool import Pool, PoolStats
 from llmstreams.qianfan import QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
-from llmstreams.types import Chunk, Completion, Usage
+from llmstreams.types import Chunk, Completion, ToolCall, ToolCallDelta, Usage
 
 __version__ = "0.1.0"
 
@@ -64,6 +64,8 @@ __all__ = [
     "StreamInterruptedError",
     "StreamTimeoutError",
     "Timeout",
+    "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "fan_out",
     "fan_out_as_completed",

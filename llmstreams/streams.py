@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 
 from llmstreams.errors import LLMStreamsError
@@ -26,7 +27,7 @@ class ChunkStream:
 
     __slots__ = (
         "_pool", "_exchange", "_timeout", "_retry", "_builder", "_pending", "_reader",
-        "_parser", "_state", "attempts",
+        "_parser", "_state", "_loop", "attempts", "last_read_at",
     )
 
     def __init__(self, pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy) -> None:
@@ -39,7 +40,11 @@ class ChunkStream:
         self._reader: BodyReader | None = None
         self._parser: ResponseParser | None = None
         self._state = "new"
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.attempts = 0
+        # Loop time of the network read that carried the chunk yielded last (every chunk of one
+        # read shares it): a timestamp taken at the socket, not when the caller got round to it.
+        self.last_read_at: float | None = None
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +95,7 @@ class ChunkStream:
 
     async def _open(self) -> None:
         self._state = "opening"
+        self._loop = asyncio.get_running_loop()
         self._pool.stream_opened()
         try:
             opened = await open_exchange(
@@ -100,6 +106,7 @@ class ChunkStream:
             self._close(abort=True)
             self._attach_partial(error)
             raise
+        self.last_read_at = self._loop.time()
         self._reader = opened.reader
         self._parser = opened.parser
         self._pending = opened.first_chunks
@@ -118,6 +125,8 @@ class ChunkStream:
                 self._close(abort=False)
                 return
             data = await read_body(self._reader, self._exchange.provider)
+            assert self._loop is not None
+            self.last_read_at = self._loop.time()
             self._pending = self._parser.feed(data) if data else self._parser.close()
         except BaseException as error:
             self._close(abort=True)

@@ -18,11 +18,44 @@ class Usage:
 
 
 @attrs.frozen(slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as it streams in (OpenAI-compatible dialects).
+
+    Pieces with the same `index` belong to one call: `id`, `type` and `name` usually come
+    with the first piece, `arguments` is a piece of the JSON arguments string to append.
+    """
+
+    index: int
+    id: str | None = None
+    type: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@attrs.frozen(slots=True)
+class ToolCall:
+    """One whole tool call the model asked for, assembled from its `ToolCallDelta` pieces.
+
+    `arguments` is the full arguments string exactly as the model wrote it (usually JSON; it is
+    not parsed, since a model may write invalid JSON).
+    """
+
+    index: int
+    id: str | None
+    name: str
+    arguments: str
+    type: str = "function"
+
+
+@attrs.frozen(slots=True)
 class Chunk:
     """One streamed piece of a generation.
 
     `text` is only the text new in this chunk, whichever way the server sends it
-    (DashScope's cumulative mode included). `raw` is the decoded JSON the chunk came from.
+    (DashScope's cumulative mode included); `reasoning` likewise for a reasoning model's
+    thinking text. `sentence_id` is the server's own where it sends one, else the chunk's
+    position in the stream from 0. Exactly one chunk of a stream has `is_end=True`: the last.
+    `raw` is the decoded JSON the chunk came from.
     """
 
     text: str
@@ -37,6 +70,9 @@ class Chunk:
     id: str | None = None
     created: int | None = None
     request_id: str | None = None
+    reasoning: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+    model: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, hash=False)
 
 
@@ -45,6 +81,8 @@ class Completion:
     """A whole generation, or (as an error's `.partial`) everything received before it broke.
 
     `is_complete` is True only when the server marked the end (`is_end` / a final finish_reason).
+    `sentence_id_anomalies` counts the chunks whose server-sent `sentence_id` was not the one due
+    (a gap or a repeat): recorded rather than raised, since no text is lost by it.
     """
 
     text: str
@@ -59,27 +97,77 @@ class Completion:
     request_id: str | None = None
     chunk_count: int = 0
     is_complete: bool = False
+    reasoning: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    model: str | None = None
+    sentence_id_anomalies: int = 0
+
+
+class _ToolCallParts:
+    __slots__ = ("index", "id", "type", "name", "arguments")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.id: str | None = None
+        self.type: str | None = None
+        self.name = ""
+        self.arguments: list[str] = []
+
+    def add(self, delta: ToolCallDelta) -> None:
+        if delta.id is not None:
+            self.id = delta.id
+        if delta.type is not None:
+            self.type = delta.type
+        if delta.name:
+            self.name += delta.name
+        if delta.arguments:
+            self.arguments.append(delta.arguments)
+
+    def build(self) -> ToolCall:
+        return ToolCall(
+            self.index, self.id, self.name, "".join(self.arguments), self.type or "function"
+        )
 
 
 class CompletionBuilder:
     """Folds chunks into a `Completion`.
 
     The last value the server sent wins, except `need_clear_history`: once any chunk raises it,
-    the whole completion carries it (with that chunk's `ban_round`).
+    the whole completion carries it (with that chunk's `ban_round`). Tool-call pieces are
+    joined per index; a `sentence_id` other than the one due is counted, not refused.
     """
 
-    __slots__ = ("_parts", "_last", "_chunk_count", "_usage", "_finish_reason", "_clear_history")
+    __slots__ = (
+        "_parts", "_reasoning", "_tool_calls", "_last", "_chunk_count", "_usage",
+        "_finish_reason", "_clear_history", "_model", "_next_sentence_id", "_anomalies",
+    )
 
     def __init__(self) -> None:
         self._parts: list[str] = []
+        self._reasoning: list[str] = []
+        self._tool_calls: dict[int, _ToolCallParts] = {}
         self._last: Chunk | None = None
         self._chunk_count = 0
         self._usage: Usage | None = None
         self._finish_reason: str | None = None
         self._clear_history: Chunk | None = None
+        self._model: str | None = None
+        self._next_sentence_id = 0
+        self._anomalies = 0
 
     def add(self, chunk: Chunk) -> None:
         self._parts.append(chunk.text)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        if chunk.tool_calls:
+            for delta in chunk.tool_calls:
+                parts = self._tool_calls.get(delta.index)
+                if parts is None:
+                    parts = self._tool_calls[delta.index] = _ToolCallParts(delta.index)
+                parts.add(delta)
+        if chunk.sentence_id != self._next_sentence_id:
+            self._anomalies += 1
+        self._next_sentence_id = chunk.sentence_id + 1
         self._chunk_count += 1
         self._last = chunk
         if chunk.usage is not None:
@@ -88,6 +176,8 @@ class CompletionBuilder:
             self._finish_reason = chunk.finish_reason
         if chunk.need_clear_history:
             self._clear_history = chunk
+        if chunk.model is not None:
+            self._model = chunk.model
 
     @property
     def chunk_count(self) -> int:
@@ -114,4 +204,10 @@ class CompletionBuilder:
             request_id=last.request_id,
             chunk_count=self._chunk_count,
             is_complete=last.is_end,
+            reasoning="".join(self._reasoning),
+            tool_calls=tuple(
+                parts.build() for _, parts in sorted(self._tool_calls.items())
+            ),
+            model=self._model,
+            sentence_id_anomalies=self._anomalies,
         )

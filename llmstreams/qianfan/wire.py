@@ -316,7 +316,7 @@ def _chunk(payload: dict[str, Any], sentence_id: int, is_end: bool) -> Chunk:
         response_id,
         payload.get("created"),
         response_id,
-        payload,
+        raw=payload,
     )
 
 
