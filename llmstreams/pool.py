@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import attrs
@@ -12,6 +13,12 @@ import attrs
 from llmstreams.errors import InvalidParameterError
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.ratelimit import RateLimit, RateLimiter
+
+if TYPE_CHECKING:
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
 
 T = TypeVar("T")
 
@@ -24,10 +31,37 @@ class PoolStats:
 
     `open_streams`: requests started and not yet finished or closed.
     `connections_in_use`: HTTP responses open on a connection (released at the end of each body).
+    `requests_sent`: HTTP requests sent through the pool so far (retries and token fetches
+    included), and `connections_opened`: how many of them had to open a new connection;
+    `connections_opened / requests_sent` is the connections opened per request (0 once warm).
+    These two count history, not holdings, so equality compares only the first two.
     """
 
     open_streams: int
     connections_in_use: int
+    requests_sent: int = attrs.field(default=0, eq=False)
+    connections_opened: int = attrs.field(default=0, eq=False)
+
+
+class _CountingConnector(aiohttp.TCPConnector):
+    """A `TCPConnector` that counts the connections it hands out and how many of them are new."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connections_requested = 0
+        self.connections_opened = 0
+        self._known: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        self.connections_requested += 1
+        protocol = connection.protocol
+        if protocol is not None and protocol not in self._known:
+            self._known.add(protocol)
+            self.connections_opened += 1
+        return connection
 
 
 class Pool:
@@ -69,6 +103,7 @@ class Pool:
         self._keepalive_timeout = keepalive_timeout
         self.rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         self._session: aiohttp.ClientSession | None = None
+        self._connector: _CountingConnector | None = None
         self._closed = False
         self._shared: dict[Any, Any] = {}
         self._open_streams = 0
@@ -102,7 +137,7 @@ class Pool:
         if self._closed:
             raise RuntimeError("this Pool is closed; create a new one")
         if self._session is None:
-            connector = aiohttp.TCPConnector(
+            connector = self._connector = _CountingConnector(
                 limit=self.max_connections,
                 limit_per_host=self.max_connections_per_host,
                 keepalive_timeout=self._keepalive_timeout,
@@ -134,7 +169,13 @@ class Pool:
         return value
 
     def stats(self) -> PoolStats:
-        return PoolStats(open_streams=self._open_streams, connections_in_use=self._connections_in_use)
+        connector = self._connector
+        return PoolStats(
+            open_streams=self._open_streams,
+            connections_in_use=self._connections_in_use,
+            requests_sent=0 if connector is None else connector.connections_requested,
+            connections_opened=0 if connector is None else connector.connections_opened,
+        )
 
     def stream_opened(self) -> None:
         self._open_streams += 1

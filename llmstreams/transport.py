@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 import aiohttp
@@ -36,6 +37,10 @@ from llmstreams.types import Chunk
 logger = logging.getLogger("llmstreams")
 
 _READ_ERRORS = (aiohttp.ClientError, OSError)
+# After the generation's end: how long to wait for the body's end when no idle or total timeout
+# bounds it, and how many bytes after the last event are read before giving up on the connection.
+_END_WAIT = 5.0
+_MAX_TAIL = 64 * 1024
 
 
 @attrs.frozen(slots=True, repr=False)
@@ -71,17 +76,19 @@ class ResponseHead:
 class ResponseParser(Protocol):
     """Turns one response body into chunks, raising `APIError` for the vendor's error bodies.
 
-    Nothing may be lost: when one `feed` holds good events followed by a bad one, it returns
-    the good chunks, reports `finished`, and raises the error from `close()`.
+    `feed` and `close` return iterables that the caller exhausts, in order, before it feeds
+    again. A parser may (and the stream parsers do) decode each event only when its chunk is
+    asked for, so a bad event raises its error from the iterator in its turn: after the good
+    chunks before it, before anything after it is decoded.
     """
 
     @property
     def finished(self) -> bool:
-        """True once nothing more needs reading: the generation's end was seen, or an error waits."""
+        """True once the generation's end was seen (set before that last chunk is yielded)."""
 
-    def feed(self, data: bytes) -> list[Chunk]: ...
+    def feed(self, data: bytes) -> Iterable[Chunk]: ...
 
-    def close(self) -> list[Chunk]:
+    def close(self) -> Iterable[Chunk]:
         """The body ended (or `finished` is True): the last chunks, or the error that ended it,
         or `StreamInterruptedError` if the generation's end never came."""
 
@@ -199,6 +206,34 @@ class BodyReader:
         """Return the connection to the pool (the body was read to its end)."""
         self._finish(self._response.release)
 
+    async def release_at_end(self) -> None:
+        """The generation has ended: read the body to its end, then release the connection.
+
+        The body's end (a chunked body's last, empty chunk) may come in a read of its own
+        after the last event; a connection released before it is closed rather than reused,
+        and the next request pays for a new one. The wait is bounded by the idle timeout (and
+        the total deadline, else `_END_WAIT`) and at most `_MAX_TAIL` bytes are read; a body
+        that does not end within them is closed.
+        """
+        content = self._response.content
+        if not content.at_eof():
+            if self._idle is None and self._total_deadline is None:
+                self._total_deadline = self._loop.time() + _END_WAIT
+            tail = 0
+            try:
+                while (data := await self.read()) and tail <= _MAX_TAIL:
+                    tail += len(data)
+            except (_ReadDeadline, *_READ_ERRORS):
+                self.abort()
+                return
+            except BaseException:
+                self.abort()
+                raise
+            if tail > _MAX_TAIL:
+                self.abort()
+                return
+        self.release()
+
     def abort(self) -> None:
         """Close the connection at once (the body was not read to its end)."""
         self._finish(self._response.close)
@@ -215,11 +250,14 @@ class BodyReader:
 
 @attrs.define(slots=True)
 class OpenExchange:
-    """A response whose first chunks have arrived (or whose body has ended)."""
+    """A response whose first chunk has arrived (or whose body has ended).
+
+    `first_chunks` yields that chunk, then the rest of the chunks of the same read.
+    """
 
     reader: BodyReader
     parser: ResponseParser
-    first_chunks: list[Chunk]
+    first_chunks: Iterator[Chunk]
     ended: bool
     attempts: int
 
@@ -346,12 +384,17 @@ async def _attempt(
         while True:
             data = await read_body(reader, exchange.provider)
             if not data:
-                chunks = parser.close()
+                # An error body is decoded here, so that the retry decision can see it.
+                chunks = list(parser.close())
                 reader.release()
-                return OpenExchange(reader, parser, chunks, ended=True, attempts=0)
-            chunks = parser.feed(data)
-            if chunks or parser.finished:
-                return OpenExchange(reader, parser, chunks, ended=False, attempts=0)
+                return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
+            # The first chunk is decoded here: an error event before it is still retryable.
+            rest = iter(parser.feed(data))
+            first = next(rest, None)
+            if first is not None:
+                return OpenExchange(
+                    reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
+                )
     except BaseException:
         reader.abort()
         raise
