@@ -160,13 +160,19 @@ class BodyReader:
 
     async def read(self) -> bytes:
         """The next bytes of the body; b"" at its end."""
+        content = self._response.content
+        # What has already arrived needs no wait, so no deadline either.
+        data = content.read_nowait()
+        if data or content.at_eof():
+            self.bytes_received += len(data)
+            return data
         deadline = self._next_deadline()
         if deadline is not None:
             self._waiting_until = deadline
             if self._timer is None or self._timer_when > deadline:
                 self._arm(deadline)
         try:
-            data = await self._response.content.readany()
+            data = await content.readany()
         finally:
             self._waiting_until = None
         self.bytes_received += len(data)

@@ -1,0 +1,515 @@
+"""The client as the bottleneck: llmstreams against a bare aiohttp loop, side by side in one process.
+
+Usage: .venv/bin/python benchmarks/client_bound.py [--rounds 7] [--out benchmarks/results]
+(also `benchmarks/compare_clients.py --client-bound`).
+
+A server in another process answers every request with pre-built bytes (the whole chunked
+response in one write), so it costs almost nothing and each read of the client carries many
+events, as when a fast model's tokens bunch up or the client falls behind. The clients run in
+this process, one block after another; the order of the blocks is alternated and reversed
+every round, and each figure is the median over rounds of the ratio to the bare loop of the
+same round (with the lowest and highest ratio as the spread). Measured:
+
+  cpu        client CPU (`time.process_time`) per chunk: long answers (STREAMS concurrent
+             streams of 4,000 chunks) and 10-chunk answers (STREAMS concurrent workers, one
+             request after another), for Qianfan v1, DashScope native and OpenAI-compatible
+             (where this llmstreams has it), against `aiohttp` + `json.loads` of each `data:`
+             line (`iter_any`, split into lines: the cheapest hand-written loop) and, for scale,
+             the same loop with `orjson.loads` (when orjson is installed).
+  latency    end-to-end latency p50/p99/p99.9 at saturation (SATURATION concurrent workers
+             of 100-chunk answers), llmstreams Qianfan against the bare loop, and the
+             connections each opened beyond the concurrency.
+  open       RSS per open stream and event-loop lag p99 with OPEN_STREAMS streams open at
+             once (each gets its first chunk, then the server holds it for a few seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import llmstreams
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STREAMS = 24
+LONG_CHUNKS = 4000
+SHORT_CHUNKS = 10
+SHORT_REQUESTS = 1200
+SATURATION = 64
+SATURATION_REQUESTS = 3000
+OPEN_STREAMS = 10_000
+HOLD_SECONDS = 4.0
+PIECE = "流式输出的好处"  # 7 characters per chunk
+TOKEN = "bench-token"
+
+QIANFAN_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/ernie_speed"
+DASHSCOPE_PATH = "/api/v1/services/aigc/text-generation/generation"
+OPENAI_PATH = "/v1/chat/completions"
+PATHS = {"qianfan": QIANFAN_PATH, "dashscope": DASHSCOPE_PATH, "openai": OPENAI_PATH}
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _chunked(body: bytes) -> bytes:
+    return b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+
+
+def qianfan_body(chunks: int) -> bytes:
+    events = []
+    for number in range(chunks):
+        last = number == chunks - 1
+        payload = {
+            "id": "as-bench0001", "object": "chat.completion", "created": 1700000000,
+            "sentence_id": number, "is_end": last, "is_truncated": False, "result": PIECE,
+            "need_clear_history": False, "finish_reason": "normal",
+            "usage": {"prompt_tokens": 12, "completion_tokens": number + 1, "total_tokens": 13 + number},
+        }
+        events.append(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+    return b"".join(events)
+
+
+def dashscope_body(chunks: int) -> bytes:
+    events = []
+    for number in range(chunks):
+        payload = {
+            "output": {"text": PIECE, "finish_reason": "stop" if number == chunks - 1 else "null"},
+            "usage": {"total_tokens": 13 + number, "input_tokens": 12, "output_tokens": number + 1},
+            "request_id": "4e9c8e1c-0000-4000-8000-000000000001",
+        }
+        data = json.dumps(payload, ensure_ascii=False).encode()
+        events.append(b"id:%d\nevent:result\n:HTTP_STATUS/200\ndata:%s\n\n" % (number + 1, data))
+    return b"".join(events)
+
+
+def openai_body(chunks: int) -> bytes:
+    events = []
+    for number in range(chunks):
+        last = number == chunks - 1
+        payload: dict[str, Any] = {
+            "id": "chatcmpl-bench0001", "object": "chat.completion.chunk", "created": 1700000000,
+            "model": "bench-model",
+            "choices": [{"index": 0, "delta": {"content": PIECE},
+                         "finish_reason": "stop" if last else None}],
+        }
+        events.append(b"data: " + json.dumps(payload, ensure_ascii=False).encode() + b"\n\n")
+    events.append(b"data: [DONE]\n\n")
+    return b"".join(events)
+
+
+BODIES: dict[str, Callable[[int], bytes]] = {
+    "qianfan": qianfan_body, "dashscope": dashscope_body, "openai": openai_body,
+}
+
+
+def responses() -> dict[tuple[str, int], bytes]:
+    """Every answer the server gives, by (vendor, chunks)."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: keep-alive\r\n\r\n"
+    )
+    return {
+        (vendor, chunks): head + _chunked(make(chunks))
+        for vendor, make in BODIES.items()
+        for chunks in (SHORT_CHUNKS, 100, LONG_CHUNKS)
+    }
+
+
+def base_url(server: str, chunks: int, *, hold: bool = False) -> str:
+    """The base URL under which `server` answers with `chunks` chunks (held: see `answer`)."""
+    return f"{server}/n{chunks}{'h' if hold else ''}"
+
+
+class PrebuiltProtocol(asyncio.Protocol):
+    """HTTP/1.1 keep-alive, one request at a time, answered with pre-built bytes: the answer of
+    `chunks` chunks in the dialect the rest of the path names, for a path `/n<chunks>[h]/...`."""
+
+    def __init__(self, answers: dict[tuple[str, int], bytes]) -> None:
+        self.answers = answers
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length:]
+            self.answer(head.split(" ", 2)[1])
+
+    def answer(self, target: str) -> None:
+        assert self.transport is not None
+        prefix, _, path = target.lstrip("/").partition("/")
+        hold = prefix.endswith("h")
+        chunks = int(prefix[1:].rstrip("h"))
+        vendor = next(name for name, known in PATHS.items() if ("/" + path).startswith(known))
+        response = self.answers[vendor, chunks]
+        if not hold:
+            self.transport.write(response)
+            return
+        # The head and the first event now, the rest HOLD_SECONDS later.
+        body_start = response.index(b"\r\n\r\n") + 4
+        body = response[response.index(b"\r\n", body_start) + 2: response.rindex(b"\r\n0\r\n\r\n")]
+        split = body.index(b"\n\n") + 2
+        first, rest = body[:split], body[split:]
+        self.transport.write(response[:body_start] + b"%x\r\n%s\r\n" % (len(first), first))
+        asyncio.get_running_loop().call_later(HOLD_SECONDS, self._write_rest, rest)
+
+    def _write_rest(self, rest: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+
+
+def serve(port_out: Any) -> None:
+    async def main() -> None:
+        answers = responses()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: PrebuiltProtocol(answers), "127.0.0.1", 0, backlog=16384
+        )
+        port_out.send(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def prebuilt_server() -> Any:
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    process = multiprocessing.Process(target=serve, args=(sending,), daemon=True)
+    process.start()
+    try:
+        yield f"http://127.0.0.1:{receiving.recv()}"
+    finally:
+        process.terminate()
+        process.join()
+
+
+# --------------------------------------------------------------------------- the clients
+
+
+def bare_session() -> aiohttp.ClientSession:
+    # The connector llmstreams' Pool uses (same limits, same connection counting), so the
+    # connections opened compare like for like.
+    from llmstreams.pool import _CountingConnector
+
+    return aiohttp.ClientSession(
+        connector=_CountingConnector(limit=10_000, limit_per_host=0, keepalive_timeout=30.0)
+    )
+
+
+class BareLoop:
+    """The hand-written floor: aiohttp, `iter_any`, split into lines, `loads` of each `data:` line."""
+
+    def __init__(self, vendor: str, loads: Callable[[bytes], Any]) -> None:
+        self.vendor = vendor
+        self.loads = loads
+        self.session = bare_session()
+        self.body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+        self.reads = 0
+        self.events = 0
+
+    async def stream(self, server: str, chunks: int, *, hold: bool = False) -> int:
+        loads = self.loads
+        count = reads = 0
+        url = base_url(server, chunks, hold=hold) + PATHS[self.vendor]
+        async with self.session.post(url, data=self.body, headers={"Content-Type": "application/json"}) as response:
+            pending = b""
+            async for data in response.content.iter_any():
+                reads += 1
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.startswith(b"data:") and line != b"data: [DONE]":
+                        loads(line[5:])
+                        count += 1
+        self.reads += reads
+        self.events += count
+        return count
+
+    def connections_opened(self) -> int:
+        connector = self.session.connector
+        return getattr(connector, "connections_opened", 0)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class Llmstreams:
+    """llmstreams' own client for the vendor, through one Pool; every chunk is read."""
+
+    def __init__(self, vendor: str) -> None:
+        self.vendor = vendor
+        self.pool = llmstreams.Pool(max_retries=0)
+        self.clients: dict[str, Any] = {}
+
+    def _client(self, url: str) -> Any:
+        client = self.clients.get(url)
+        if client is None:
+            client = self.clients[url] = self._new_client(url)
+        return client
+
+    def _new_client(self, url: str) -> Any:
+        if self.vendor == "qianfan":
+            return llmstreams.QianfanClient(access_token=TOKEN, base_url=url, pool=self.pool)
+        if self.vendor == "dashscope":
+            return llmstreams.DashScopeClient(api_key=TOKEN, base_url=url, pool=self.pool)
+        return llmstreams.OpenAICompatibleClient(  # type: ignore[attr-defined]
+            api_key=TOKEN, base_url=url + "/v1", pool=self.pool
+        )
+
+    async def stream(self, server: str, chunks: int, *, hold: bool = False) -> int:
+        client = self._client(base_url(server, chunks, hold=hold))
+        messages = [{"role": "user", "content": "hi"}]
+        if self.vendor == "qianfan":
+            stream = client.stream_chat(messages, model="ERNIE-Speed-8K")
+        elif self.vendor == "dashscope":
+            stream = client.stream_generate("hi", model="billa-7b-sft-v1", incremental_output=True)
+        else:
+            stream = client.stream_chat(messages, model="bench-model")
+        count = 0
+        async for _ in stream:
+            count += 1
+        return count
+
+    def connections_opened(self) -> int:
+        return self.pool.stats().connections_opened
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+
+Client = BareLoop | Llmstreams
+
+
+def make_clients(vendor: str) -> dict[str, Client]:
+    clients: dict[str, Client] = {f"llmstreams-{vendor}": Llmstreams(vendor)}
+    clients[f"bare-json-{vendor}"] = BareLoop(vendor, json.loads)
+    with contextlib.suppress(ImportError):
+        import orjson
+
+        clients[f"bare-orjson-{vendor}"] = BareLoop(vendor, orjson.loads)
+    return clients
+
+
+def vendors() -> list[str]:
+    available = ["qianfan", "dashscope"]
+    if hasattr(llmstreams, "OpenAICompatibleClient"):
+        available.append("openai")
+    return available
+
+
+# --------------------------------------------------------------------------- the workloads
+
+
+async def long_streams(client: Client, server: str) -> int:
+    counts = await asyncio.gather(*(client.stream(server, LONG_CHUNKS) for _ in range(STREAMS)))
+    return sum(counts)
+
+
+async def short_answers(client: Client, server: str) -> int:
+    async def worker(requests: int) -> int:
+        return sum([await client.stream(server, SHORT_CHUNKS) for _ in range(requests)])
+
+    counts = await asyncio.gather(*(worker(SHORT_REQUESTS // STREAMS) for _ in range(STREAMS)))
+    return sum(counts)
+
+
+async def cpu_per_chunk(workload: Callable[[Client, str], Awaitable[int]], client: Client, server: str) -> float:
+    gc.collect()
+    started = time.process_time()
+    chunks = await workload(client, server)
+    return (time.process_time() - started) / chunks * 1e6
+
+
+async def latencies(client: Client, server: str) -> tuple[list[float], int]:
+    """End-to-end seconds of every request at saturation, and the connections it opened."""
+    opened = client.connections_opened()
+    times: list[float] = []
+    loop = asyncio.get_running_loop()
+
+    async def worker(requests: int) -> None:
+        for _ in range(requests):
+            started = loop.time()
+            await client.stream(server, 100)
+            times.append(loop.time() - started)
+
+    await asyncio.gather(*(worker(SATURATION_REQUESTS // SATURATION) for _ in range(SATURATION)))
+    return times, client.connections_opened() - opened
+
+
+def percentile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+async def open_streams(client: Client, server: str, streams: int) -> dict[str, float]:
+    """RSS per open stream (peak RSS over the block less the RSS before it) and event-loop lag
+    (how late a 1 ms sleep wakes, p99 over the block, opening included) with `streams` streams
+    open at once."""
+    loop = asyncio.get_running_loop()
+    lags: list[float] = []
+    done = asyncio.Event()
+    gc.collect()
+    baseline = peak = rss_bytes()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            before = loop.time()
+            await asyncio.sleep(0.001)
+            lags.append(loop.time() - before - 0.001)
+            peak = max(peak, rss_bytes())
+
+    watching = asyncio.create_task(watch())
+    counts = await asyncio.gather(
+        *(client.stream(server, SHORT_CHUNKS, hold=True) for _ in range(streams))
+    )
+    done.set()
+    await watching
+    return {
+        "rss_per_stream_kib": round((peak - baseline) / streams / 1024, 1),
+        "loop_lag_p99_ms": round(percentile(lags, 0.99) * 1000, 2),
+        "chunks": sum(counts),
+    }
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def summary(ratios: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(ratios), 3), "low": round(min(ratios), 3),
+            "high": round(max(ratios), 3)}
+
+
+async def measure(rounds: int, server: str, *, open_count: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpu": {}, "latency": {}, "open": {}}
+    for vendor in vendors():
+        clients = make_clients(vendor)
+        names = list(clients)
+        for client in clients.values():  # warm-up: connections, caches
+            await long_streams(client, server)
+            await short_answers(client, server)
+        for label, workload in (("long", long_streams), ("short", short_answers)):
+            per_round: dict[str, list[float]] = {name: [] for name in names}
+            for number in range(rounds):
+                order = names if number % 2 == 0 else names[::-1]
+                for name in order:
+                    per_round[name].append(await cpu_per_chunk(workload, clients[name], server))
+            baseline = per_round[f"bare-json-{vendor}"]
+            report["cpu"][f"{vendor}-{label}"] = {
+                name: {
+                    "us_per_chunk": round(statistics.median(values), 3),
+                    "vs_bare_json": summary([value / base for value, base in zip(values, baseline, strict=True)]),
+                }
+                for name, values in per_round.items()
+            }
+            print(f"{vendor} {label}: " + ", ".join(
+                f"{name} {report['cpu'][f'{vendor}-{label}'][name]['vs_bare_json']['median']}x"
+                for name in names), flush=True)
+        bare = clients[f"bare-json-{vendor}"]
+        assert isinstance(bare, BareLoop)
+        report.setdefault("events_per_read", {})[vendor] = round(bare.events / max(bare.reads, 1), 1)
+        for client in clients.values():
+            await client.close()
+
+    # Latency at saturation and connections opened: Qianfan, llmstreams against the bare loop.
+    clients = {"llmstreams-qianfan": Llmstreams("qianfan"), "bare-json-qianfan": BareLoop("qianfan", json.loads)}
+    for client in clients.values():
+        await latencies(client, server)  # warm: every connection open
+    figures: dict[str, dict[str, list[float]]] = {
+        name: {"p50": [], "p99": [], "p999": [], "extra_connections": []} for name in clients
+    }
+    for number in range(rounds):
+        order = list(clients) if number % 2 == 0 else list(clients)[::-1]
+        for name in order:
+            times, opened = await latencies(clients[name], server)
+            figures[name]["p50"].append(percentile(times, 0.5))
+            figures[name]["p99"].append(percentile(times, 0.99))
+            figures[name]["p999"].append(percentile(times, 0.999))
+            figures[name]["extra_connections"].append(opened)
+    for name, values in figures.items():
+        base = figures["bare-json-qianfan"]
+        report["latency"][name] = {
+            "p50_ms": round(statistics.median(values["p50"]) * 1000, 2),
+            "p99_ms": round(statistics.median(values["p99"]) * 1000, 2),
+            "p999_ms": round(statistics.median(values["p999"]) * 1000, 2),
+            "p99_vs_bare": summary([a / b for a, b in zip(values["p99"], base["p99"], strict=True)]),
+            "p999_vs_bare": summary([a / b for a, b in zip(values["p999"], base["p999"], strict=True)]),
+            "extra_connections": sum(values["extra_connections"]),
+        }
+    print("latency:", json.dumps(report["latency"]), flush=True)
+    for client in clients.values():
+        await client.close()
+
+    if open_count:
+        for name, client in (("llmstreams-qianfan", Llmstreams("qianfan")), ("bare-json-qianfan", BareLoop("qianfan", json.loads))):
+            runs = [await open_streams(client, server, open_count) for _ in range(3)]
+            report["open"][name] = {
+                "streams": open_count,
+                "rss_per_stream_kib": statistics.median(run["rss_per_stream_kib"] for run in runs),
+                "rss_per_stream_kib_runs": [run["rss_per_stream_kib"] for run in runs],
+                "loop_lag_p99_ms": statistics.median(run["loop_lag_p99_ms"] for run in runs),
+                "loop_lag_p99_ms_runs": [run["loop_lag_p99_ms"] for run in runs],
+            }
+            await client.close()
+        print("open:", json.dumps(report["open"]), flush=True)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating blocks (7)")
+    parser.add_argument("--open-streams", type=int, default=OPEN_STREAMS,
+                        help=f"streams held open at once for RSS and loop lag; 0 to skip ({OPEN_STREAMS})")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    args = parser.parse_args(argv)
+    with prebuilt_server() as server:
+        report = asyncio.run(measure(args.rounds, server, open_count=args.open_streams))
+    report["config"] = {
+        "rounds": args.rounds, "streams": STREAMS, "long_chunks": LONG_CHUNKS,
+        "short_chunks": SHORT_CHUNKS, "short_requests": SHORT_REQUESTS,
+        "saturation_concurrency": SATURATION, "saturation_requests": SATURATION_REQUESTS,
+        "python": sys.version.split()[0], "aiohttp": aiohttp.__version__,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "client_bound.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
