@@ -16,7 +16,7 @@ from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
 from llmstreams.transport import HttpRequest, ResponseHead, ResponseParser
 from llmstreams.types import Completion
-from llmstreams.validation import check_headers, check_text
+from llmstreams.validation import check_api_key, check_headers, check_text
 
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
@@ -71,7 +71,9 @@ class DashScopeClient(BaseClient):
         max_retries: int | None = None,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
-        api_key = _check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
+        api_key = check_api_key(
+            api_key if api_key is not None else os.environ.get(API_KEY_ENV), variable=API_KEY_ENV
+        )
         headers = check_headers("extra_headers", extra_headers)
         if workspace is not None:
             check_text("workspace", workspace)
@@ -177,21 +179,3 @@ class DashScopeClient(BaseClient):
         headers.update(call_headers)
         request = HttpRequest(method="POST", url=self._url, body=generation.body, headers=headers)
         return GenerationExchange(request, generation)
-
-
-def _check_api_key(api_key: str | None) -> str:
-    # The key's value never appears in an error: only what is wrong with it.
-    if api_key is None:
-        raise InvalidParameterError(
-            "api_key", f"is required: pass api_key= or set the {API_KEY_ENV} environment variable"
-        )
-    if not isinstance(api_key, str):
-        raise InvalidParameterError("api_key", "must be a string", type(api_key).__name__)
-    api_key = api_key.strip()
-    if not api_key:
-        raise InvalidParameterError(
-            "api_key", f"is empty: pass api_key= or set the {API_KEY_ENV} environment variable"
-        )
-    if any(character.isspace() or not character.isprintable() for character in api_key):
-        raise InvalidParameterError("api_key", "must not contain spaces or control characters")
-    return api_key
