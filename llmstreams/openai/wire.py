@@ -67,41 +67,42 @@ _RESERVED_BODY_FIELDS: Final = ("model", "messages", "prompt", "stream", "stream
 
 
 class ChatParams(TypedDict, total=False):
-    """The optional keyword arguments of a chat call (`stream_chat` / `chat`)."""
+    """The optional keyword arguments of a chat call (`stream_chat` / `chat`); None (as leaving
+    one out) sends nothing, so the server's default applies."""
 
-    temperature: float
-    top_p: float
-    max_tokens: int
-    max_completion_tokens: int
-    stop: str | Sequence[str]
-    seed: int
-    presence_penalty: float
-    frequency_penalty: float
-    n: int
-    user: str
-    tools: Sequence[Mapping[str, Any]]
-    tool_choice: str | Mapping[str, Any]
-    response_format: Mapping[str, Any]
-    include_usage: bool
-    extra_body: Mapping[str, Any]
-    extra_headers: Mapping[str, str]
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    stop: str | Sequence[str] | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    n: int | None
+    user: str | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    response_format: Mapping[str, Any] | None
+    include_usage: bool | None
+    extra_body: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
 
 
 class CompleteParams(TypedDict, total=False):
     """The optional keyword arguments of a legacy text completion (`stream_complete` / `complete`)."""
 
-    temperature: float
-    top_p: float
-    max_tokens: int
-    stop: str | Sequence[str]
-    seed: int
-    presence_penalty: float
-    frequency_penalty: float
-    n: int
-    user: str
-    include_usage: bool
-    extra_body: Mapping[str, Any]
-    extra_headers: Mapping[str, str]
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    stop: str | Sequence[str] | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    n: int | None
+    user: str | None
+    include_usage: bool | None
+    extra_body: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
 
 
 CHAT_PARAMETERS: Final = tuple(ChatParams.__annotations__)
@@ -322,7 +323,7 @@ def build_body(
     call's keyword arguments other than `extra_headers`.
     """
     if kind == "completions":
-        chat_only = sorted(_CHAT_ONLY.intersection(params))
+        chat_only = sorted(name for name in _CHAT_ONLY.intersection(params) if params[name] is not None)
         if chat_only:
             raise InvalidParameterError(chat_only[0], "applies to chat calls (stream_chat / chat) only")
     names = (*(CHAT_PARAMETERS if kind == "chat" else COMPLETE_PARAMETERS), *dialect.extras)
@@ -339,10 +340,10 @@ def build_body(
     else:
         body["prompt"] = check_text("prompt", input_value)
     body["stream"] = stream
-    include_usage = params.get("include_usage", True)
+    include_usage = params.get("include_usage")
     if include_usage is not None:
         check_bool("include_usage", include_usage)
-    if stream and include_usage:
+    if stream and include_usage is not False:
         body["stream_options"] = {"include_usage": True}
     body.update(_sampling_fields(params, dialect))
     body.update(_check_extra_body(params.get("extra_body"), names))
