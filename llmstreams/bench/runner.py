@@ -57,6 +57,7 @@ class BenchConfig:
             "endpoint": self.workload.endpoint,
             "stream": self.workload.stream,
             "incremental_output": self.workload.incremental_output,
+            "protocol": self.workload.protocol if self.workload.provider == "dashscope" else None,
             "prompt_chars": len(self.workload.prompt),
             "concurrencies": None if self.rate is not None else list(self.concurrencies),
             "request_rate": self.rate,
@@ -90,6 +91,7 @@ async def run_benchmark(
             client = make_client(
                 config.workload.provider, base_url=base_url, pool=pool,
                 max_retries=config.max_retries, mock_auth=mock_auth,
+                protocol=config.workload.protocol,
             )
             target = ClientTarget(client, config.workload)
             for plan in config.plans():

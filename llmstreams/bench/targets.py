@@ -7,10 +7,24 @@ from typing import Any
 
 import attrs
 
-from llmstreams import Chunk, ChunkStream, Completion, DashScopeClient, Pool, QianfanClient
+from llmstreams import (
+    Chunk,
+    ChunkStream,
+    Completion,
+    DashScopeClient,
+    OpenAICompatibleClient,
+    Pool,
+    QianfanClient,
+)
 
-PROVIDERS: tuple[str, ...] = ("qianfan", "dashscope")
-DEFAULT_MODELS: Mapping[str, str] = {"qianfan": "ERNIE-Speed-8K", "dashscope": "billa-7b-sft-v1"}
+PROVIDERS: tuple[str, ...] = ("qianfan", "dashscope", "openai")
+DEFAULT_MODELS: Mapping[str, str] = {
+    "qianfan": "ERNIE-Speed-8K", "dashscope": "billa-7b-sft-v1", "openai": "mock-model",
+}
+# The v2 model id of the Qianfan default, for a QianfanClient on API v2.
+QIANFAN_V2_DEFAULT_MODEL = "ernie-speed-8k"
+DASHSCOPE_PROTOCOLS: tuple[str, ...] = ("native", "openai")
+AnyClient = QianfanClient | DashScopeClient | OpenAICompatibleClient
 DEFAULT_PROMPT = "请用三句话介绍一下流式输出的好处。"
 
 # Any non-empty credentials satisfy the mock server.
@@ -18,8 +32,10 @@ MOCK_API_KEY = "bench-api-key"
 MOCK_SECRET_KEY = "bench-secret-key"
 
 # How a QianfanClient authenticates to the mock: "api_key" (access tokens fetched with
-# api_key/secret_key) or "access_key" (every request signed with access_key/secret_access_key).
-QIANFAN_AUTH_METHODS: tuple[str, ...] = ("api_key", "access_key")
+# api_key/secret_key), "access_key" (every request signed with access_key/secret_access_key),
+# both on API v1, or "v2" (a bce-v3/ API key: API v2).
+QIANFAN_AUTH_METHODS: tuple[str, ...] = ("api_key", "access_key", "v2")
+MOCK_V2_API_KEY = "bce-v3/ALTAK-bench/bench-secret"
 
 
 @attrs.frozen(slots=True)
@@ -27,7 +43,8 @@ class Workload:
     """The one request a benchmark sends over and over.
 
     `model` / `endpoint` as the client takes them (None: the provider's default model).
-    `incremental_output` only applies to DashScope (False: each event repeats the whole text).
+    `incremental_output` only applies to DashScope's native protocol (False: each event repeats
+    the whole text); `protocol` is DashScope's ("native" or "openai": the compatible mode).
     """
 
     provider: str = "qianfan"
@@ -37,10 +54,13 @@ class Workload:
     stream: bool = True
     incremental_output: bool = True
     extra_headers: Mapping[str, str] | None = None
+    protocol: str = "native"
 
     def __attrs_post_init__(self) -> None:
         if self.provider not in PROVIDERS:
             raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}, got {self.provider!r}")
+        if self.protocol not in DASHSCOPE_PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(DASHSCOPE_PROTOCOLS)}")
 
     @property
     def model_or_default(self) -> str | None:
@@ -56,19 +76,33 @@ def make_client(
     pool: Pool,
     max_retries: int,
     mock_auth: str | None = None,
-) -> QianfanClient | DashScopeClient:
+    protocol: str = "native",
+) -> AnyClient:
     """A client of `provider` on `pool`.
 
     `mock_auth` None: a real server; the client reads its credentials (and, without
     `base_url`, its base URL) from the environment as usual. Otherwise the target is the mock
     and the client gets throwaway credentials: for Qianfan those of `mock_auth`, one of
-    QIANFAN_AUTH_METHODS.
+    QIANFAN_AUTH_METHODS. An OpenAI-compatible client of the mock uses its generic `/v1` routes.
     """
+    if provider == "openai":
+        if mock_auth is None:
+            return OpenAICompatibleClient(base_url=base_url, pool=pool, max_retries=max_retries)
+        return OpenAICompatibleClient(
+            base_url=f"{base_url}/v1", api_key=MOCK_API_KEY, pool=pool, max_retries=max_retries
+        )
     if provider == "dashscope":
         api_key = None if mock_auth is None else MOCK_API_KEY
-        return DashScopeClient(api_key=api_key, base_url=base_url, pool=pool, max_retries=max_retries)
+        return DashScopeClient(
+            api_key=api_key, base_url=base_url, pool=pool, max_retries=max_retries,
+            protocol="openai" if protocol == "openai" else "native",
+        )
     if mock_auth is None:
         return QianfanClient(base_url=base_url, pool=pool, max_retries=max_retries)
+    if mock_auth == "v2":
+        return QianfanClient(
+            api_key=MOCK_V2_API_KEY, base_url=base_url, pool=pool, max_retries=max_retries
+        )
     if mock_auth == "access_key":
         return QianfanClient(
             access_key=MOCK_API_KEY, secret_access_key=MOCK_SECRET_KEY,
@@ -88,7 +122,7 @@ class ClientTarget:
     rejects fails here rather than as an error on every request.
     """
 
-    def __init__(self, client: QianfanClient | DashScopeClient, workload: Workload) -> None:
+    def __init__(self, client: AnyClient, workload: Workload) -> None:
         self._stream_once = _stream_opener(client, workload)
         self._complete_once = _completion_opener(client, workload)
         self._streaming = workload.stream
@@ -107,29 +141,42 @@ class ClientTarget:
         return None if usage is None else usage.completion_tokens
 
 
-def _stream_opener(
-    client: QianfanClient | DashScopeClient, workload: Workload
-) -> Callable[[], ChunkStream]:
+def _model(client: AnyClient, workload: Workload) -> str | None:
+    if (
+        isinstance(client, QianfanClient) and client.api_version == "v2"
+        and workload.model is None and workload.endpoint is None
+    ):
+        return QIANFAN_V2_DEFAULT_MODEL
+    return workload.model_or_default
+
+
+def _stream_opener(client: AnyClient, workload: Workload) -> Callable[[], ChunkStream]:
     headers = workload.extra_headers
+    messages = [{"role": "user", "content": workload.prompt}]
+    model = _model(client, workload)
     if isinstance(client, QianfanClient):
-        messages = [{"role": "user", "content": workload.prompt}]
-        model, endpoint = workload.model_or_default, workload.endpoint
+        endpoint = workload.endpoint
         return lambda: client.stream_chat(
             messages, model=model, endpoint=endpoint, extra_headers=headers
         )
-    prompt, model, incremental = workload.prompt, workload.model_or_default, workload.incremental_output
-    return lambda: client.stream_generate(
-        prompt, model=model, incremental_output=incremental, extra_headers=headers
-    )
+    if isinstance(client, DashScopeClient) and client.protocol == "native":
+        prompt, incremental = workload.prompt, workload.incremental_output
+        return lambda: client.stream_generate(
+            prompt, model=model, incremental_output=incremental, extra_headers=headers
+        )
+    assert model is not None
+    return lambda: client.stream_chat(messages, model=model, extra_headers=headers)
 
 
-def _completion_opener(
-    client: QianfanClient | DashScopeClient, workload: Workload
-) -> Callable[[], Any]:
+def _completion_opener(client: AnyClient, workload: Workload) -> Callable[[], Any]:
     headers = workload.extra_headers
+    messages = [{"role": "user", "content": workload.prompt}]
+    model = _model(client, workload)
     if isinstance(client, QianfanClient):
-        messages = [{"role": "user", "content": workload.prompt}]
-        model, endpoint = workload.model_or_default, workload.endpoint
+        endpoint = workload.endpoint
         return lambda: client.chat(messages, model=model, endpoint=endpoint, extra_headers=headers)
-    prompt, model = workload.prompt, workload.model_or_default
-    return lambda: client.generate(prompt, model=model, extra_headers=headers)
+    if isinstance(client, DashScopeClient) and client.protocol == "native":
+        prompt = workload.prompt
+        return lambda: client.generate(prompt, model=model, extra_headers=headers)
+    assert model is not None
+    return lambda: client.chat(messages, model=model, extra_headers=headers)
