@@ -282,7 +282,7 @@ class Llmstreams:
             return llmstreams.QianfanClient(access_token=TOKEN, base_url=url, pool=self.pool)
         if self.vendor == "dashscope":
             return llmstreams.DashScopeClient(api_key=TOKEN, base_url=url, pool=self.pool)
-        return llmstreams.OpenAICompatibleClient(  # type: ignore[attr-defined]
+        return llmstreams.OpenAICompatibleClient(
             api_key=TOKEN, base_url=url + "/v1", pool=self.pool
         )
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -38,6 +37,7 @@ from llmstreams.errors import (
     ServerError,
     snippet,
 )
+from llmstreams.jsoncodec import JSON_ERRORS, decode_json
 from llmstreams.options import Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
@@ -352,8 +352,8 @@ def parse_token_response(
 ) -> AccessToken:
     """The token from `/oauth/2.0/token`'s answer, or the error it stands for."""
     try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
+        payload = decode_json(body)
+    except JSON_ERRORS:
         payload = None
     if status == 429 or status >= 500:
         cls = RateLimitError if status == 429 else ServerError
