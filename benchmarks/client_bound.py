@@ -268,7 +268,8 @@ class Llmstreams:
 
     def __init__(self, vendor: str) -> None:
         self.vendor = vendor
-        self.pool = llmstreams.Pool(max_retries=0)
+        # Thousands of connections opened at once can take longer than the default 10 s.
+        self.pool = llmstreams.Pool(max_retries=0, timeout=llmstreams.Timeout(connect=120.0))
         self.clients: dict[str, Any] = {}
 
     def _client(self, url: str) -> Any:
@@ -415,9 +416,9 @@ def summary(ratios: list[float]) -> dict[str, float]:
             "high": round(max(ratios), 3)}
 
 
-async def measure(rounds: int, server: str, *, open_count: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"cpu": {}, "latency": {}, "open": {}}
-    for vendor in vendors():
+async def measure(rounds: int, server: str, *, parts: list[str], open_count: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"cpu": {}, "latency": {}, "open": {}, "events_per_read": {}}
+    for vendor in vendors() if "cpu" in parts else ():
         clients = make_clients(vendor)
         names = list(clients)
         for client in clients.values():  # warm-up: connections, caches
@@ -442,11 +443,20 @@ async def measure(rounds: int, server: str, *, open_count: int) -> dict[str, Any
                 for name in names), flush=True)
         bare = clients[f"bare-json-{vendor}"]
         assert isinstance(bare, BareLoop)
-        report.setdefault("events_per_read", {})[vendor] = round(bare.events / max(bare.reads, 1), 1)
+        report["events_per_read"][vendor] = round(bare.events / max(bare.reads, 1), 1)
         for client in clients.values():
             await client.close()
 
-    # Latency at saturation and connections opened: Qianfan, llmstreams against the bare loop.
+    if "latency" in parts:
+        report["latency"] = await saturation_latency(rounds, server)
+    if "open" in parts:
+        report["open"] = await held_streams(server, open_count)
+    return report
+
+
+async def saturation_latency(rounds: int, server: str) -> dict[str, Any]:
+    """Latency at saturation and connections opened: Qianfan, llmstreams against the bare loop."""
+    report: dict[str, Any] = {"latency": {}}
     clients = {"llmstreams-qianfan": Llmstreams("qianfan"), "bare-json-qianfan": BareLoop("qianfan", json.loads)}
     for client in clients.values():
         await latencies(client, server)  # warm: every connection open
@@ -474,7 +484,11 @@ async def measure(rounds: int, server: str, *, open_count: int) -> dict[str, Any
     print("latency:", json.dumps(report["latency"]), flush=True)
     for client in clients.values():
         await client.close()
+    return report["latency"]
 
+
+async def held_streams(server: str, open_count: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"open": {}}
     if open_count:
         for name, client in (("llmstreams-qianfan", Llmstreams("qianfan")), ("bare-json-qianfan", BareLoop("qianfan", json.loads))):
             runs = [await open_streams(client, server, open_count) for _ in range(3)]
@@ -487,7 +501,57 @@ async def measure(rounds: int, server: str, *, open_count: int) -> dict[str, Any
             }
             await client.close()
         print("open:", json.dumps(report["open"]), flush=True)
-    return report
+    return report["open"]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as the targets table of issue 12 and the figures behind it."""
+    config = report["config"]
+    lines = [
+        "# The client as the bottleneck",
+        "",
+        f"Recorded by `benchmarks/client_bound.py` (Python {config['python']}, aiohttp "
+        f"{config['aiohttp']}); {config['rounds']} rounds of alternating blocks, medians, "
+        "spread = lowest-highest ratio over rounds. Events per read (bare loop): "
+        + ", ".join(f"{vendor} {value}" for vendor, value in report["events_per_read"].items())
+        + ".",
+        "",
+        "| client CPU per chunk | us/chunk | vs bare aiohttp + json.loads (spread) |",
+        "|---|---:|---:|",
+    ]
+    for workload, clients in report["cpu"].items():
+        for name, figures in clients.items():
+            ratio = figures["vs_bare_json"]
+            lines.append(
+                f"| {name}, {workload} | {figures['us_per_chunk']:.2f} | "
+                f"{ratio['median']:.2f}x ({ratio['low']:.2f}-{ratio['high']:.2f}) |"
+            )
+    if report["latency"]:
+        lines += [
+        "",
+        f"Latency at saturation ({config['saturation_concurrency']} workers, 100-chunk answers):",
+        "",
+        "| client | p50 ms | p99 ms | p99.9 ms | p99 vs bare | p99.9 vs bare | connections beyond the concurrency |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+    for name, figures in report["latency"].items():
+        lines.append(
+            f"| {name} | {figures['p50_ms']} | {figures['p99_ms']} | {figures['p999_ms']} | "
+            f"{figures['p99_vs_bare']['median']:.2f}x ({figures['p99_vs_bare']['low']:.2f}-"
+            f"{figures['p99_vs_bare']['high']:.2f}) | {figures['p999_vs_bare']['median']:.2f}x "
+            f"({figures['p999_vs_bare']['low']:.2f}-{figures['p999_vs_bare']['high']:.2f}) | "
+            f"{figures['extra_connections']} |"
+        )
+    if report["open"]:
+        lines += ["", "| open streams | client | RSS per stream KiB (runs) | loop lag p99 ms (runs) |",
+                  "|---:|---|---:|---:|"]
+        for name, figures in report["open"].items():
+            lines.append(
+                f"| {figures['streams']:,} | {name} | {figures['rss_per_stream_kib']} "
+                f"({', '.join(map(str, figures['rss_per_stream_kib_runs']))}) | "
+                f"{figures['loop_lag_p99_ms']} ({', '.join(map(str, figures['loop_lag_p99_ms_runs']))}) |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -495,10 +559,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating blocks (7)")
     parser.add_argument("--open-streams", type=int, default=OPEN_STREAMS,
                         help=f"streams held open at once for RSS and loop lag; 0 to skip ({OPEN_STREAMS})")
+    parser.add_argument("--parts", type=lambda text: text.split(","), default=["cpu", "latency", "open"],
+                        help="which measurements (cpu,latency,open)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
     with prebuilt_server() as server:
-        report = asyncio.run(measure(args.rounds, server, open_count=args.open_streams))
+        report = asyncio.run(
+            measure(args.rounds, server, parts=args.parts, open_count=args.open_streams)
+        )
     report["config"] = {
         "rounds": args.rounds, "streams": STREAMS, "long_chunks": LONG_CHUNKS,
         "short_chunks": SHORT_CHUNKS, "short_requests": SHORT_REQUESTS,
@@ -507,7 +575,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "client_bound.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    (args.out / "client_bound.md").write_text(markdown(report))
+    print(markdown(report))
     return 0
 
 
