@@ -20,7 +20,8 @@ same round (with the lowest and highest ratio as the spread). Measured:
              of 100-chunk answers), llmstreams Qianfan against the bare loop, and the
              connections each opened beyond the concurrency.
   open       RSS per open stream and event-loop lag p99 with OPEN_STREAMS streams open at
-             once (each gets its first chunk, then the server holds it for a few seconds).
+             once (each gets its first event at once, then one every 10 s): each client in a
+             fresh process, RSS and lag measured once every stream has its first chunk.
 """
 
 from __future__ import annotations
@@ -53,7 +54,11 @@ SHORT_REQUESTS = 1200
 SATURATION = 64
 SATURATION_REQUESTS = 3000
 OPEN_STREAMS = 10_000
-HOLD_SECONDS = 4.0
+# Held streams: the first event at once, then one every PACE_SECONDS (PACED_CHUNKS in all, longer
+# than opening every stream takes); measured for LAG_WINDOW seconds once every stream is open.
+PACE_SECONDS = 10.0
+PACED_CHUNKS = 30
+LAG_WINDOW = 3.0
 PIECE = "流式输出的好处"  # 7 characters per chunk
 TOKEN = "bench-token"
 
@@ -130,9 +135,9 @@ def responses() -> dict[tuple[str, int], bytes]:
     }
 
 
-def base_url(server: str, chunks: int, *, hold: bool = False) -> str:
-    """The base URL under which `server` answers with `chunks` chunks (held: see `answer`)."""
-    return f"{server}/n{chunks}{'h' if hold else ''}"
+def base_url(server: str, chunks: int, *, paced: bool = False) -> str:
+    """The base URL under which `server` answers with `chunks` chunks (paced: see `answer`)."""
+    return f"{server}/n{chunks}{'p' if paced else ''}"
 
 
 class PrebuiltProtocol(asyncio.Protocol):
@@ -168,24 +173,29 @@ class PrebuiltProtocol(asyncio.Protocol):
     def answer(self, target: str) -> None:
         assert self.transport is not None
         prefix, _, path = target.lstrip("/").partition("/")
-        hold = prefix.endswith("h")
-        chunks = int(prefix[1:].rstrip("h"))
+        paced = prefix.endswith("p")
+        chunks = int(prefix[1:].rstrip("p"))
         vendor = next(name for name, known in PATHS.items() if ("/" + path).startswith(known))
-        response = self.answers[vendor, chunks]
-        if not hold:
-            self.transport.write(response)
+        if not paced:
+            self.transport.write(self.answers[vendor, chunks])
             return
-        # The head and the first event now, the rest HOLD_SECONDS later.
+        # The head and the first event now, then one event every PACE_SECONDS.
+        response = self.answers[vendor, LONG_CHUNKS]
         body_start = response.index(b"\r\n\r\n") + 4
-        body = response[response.index(b"\r\n", body_start) + 2: response.rindex(b"\r\n0\r\n\r\n")]
-        split = body.index(b"\n\n") + 2
-        first, rest = body[:split], body[split:]
-        self.transport.write(response[:body_start] + b"%x\r\n%s\r\n" % (len(first), first))
-        asyncio.get_running_loop().call_later(HOLD_SECONDS, self._write_rest, rest)
+        body = response[response.index(b"\r\n", body_start) + 2:]
+        events = [event + b"\n\n" for event in body.split(b"\n\n")[:chunks]]
+        self.transport.write(response[:body_start])
+        self._write_paced(events, 0)
 
-    def _write_rest(self, rest: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(rest), rest))
+    def _write_paced(self, events: list[bytes], number: int) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        event = events[number]
+        self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
+        if number + 1 < len(events):
+            asyncio.get_running_loop().call_later(PACE_SECONDS, self._write_paced, events, number + 1)
+        else:
+            self.transport.write(b"0\r\n\r\n")
 
 
 def serve(port_out: Any) -> None:
@@ -234,14 +244,23 @@ class BareLoop:
         self.loads = loads
         self.session = bare_session()
         self.body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode()
+        # The same query and headers as llmstreams sends for the vendor.
+        self.params = {"access_token": TOKEN} if vendor == "qianfan" else None
+        self.headers = {"Content-Type": "application/json"}
+        if vendor != "qianfan":
+            self.headers |= {"Authorization": f"Bearer {TOKEN}", "Accept": "text/event-stream"}
+        if vendor == "dashscope":
+            self.headers["X-DashScope-SSE"] = "enable"
         self.reads = 0
         self.events = 0
 
-    async def stream(self, server: str, chunks: int, *, hold: bool = False) -> int:
+    async def stream(
+        self, server: str, chunks: int, *, paced: bool = False, on_first: Callable[[], None] | None = None
+    ) -> int:
         loads = self.loads
         count = reads = 0
-        url = base_url(server, chunks, hold=hold) + PATHS[self.vendor]
-        async with self.session.post(url, data=self.body, headers={"Content-Type": "application/json"}) as response:
+        url = base_url(server, chunks, paced=paced) + PATHS[self.vendor]
+        async with self.session.post(url, params=self.params, data=self.body, headers=self.headers) as response:
             pending = b""
             async for data in response.content.iter_any():
                 reads += 1
@@ -251,6 +270,8 @@ class BareLoop:
                     if line.startswith(b"data:") and line != b"data: [DONE]":
                         loads(line[5:])
                         count += 1
+                        if count == 1 and on_first is not None:
+                            on_first()
         self.reads += reads
         self.events += count
         return count
@@ -287,8 +308,10 @@ class Llmstreams:
             api_key=TOKEN, base_url=url + "/v1", pool=self.pool
         )
 
-    async def stream(self, server: str, chunks: int, *, hold: bool = False) -> int:
-        client = self._client(base_url(server, chunks, hold=hold))
+    async def stream(
+        self, server: str, chunks: int, *, paced: bool = False, on_first: Callable[[], None] | None = None
+    ) -> int:
+        client = self._client(base_url(server, chunks, paced=paced))
         messages = [{"role": "user", "content": "hi"}]
         if self.vendor == "qianfan":
             stream = client.stream_chat(messages, model="ERNIE-Speed-8K")
@@ -299,6 +322,8 @@ class Llmstreams:
         count = 0
         async for _ in stream:
             count += 1
+            if count == 1 and on_first is not None:
+                on_first()
         return count
 
     def connections_opened(self) -> int:
@@ -378,34 +403,65 @@ def rss_bytes() -> int:
 
 
 async def open_streams(client: Client, server: str, streams: int) -> dict[str, float]:
-    """RSS per open stream (peak RSS over the block less the RSS before it) and event-loop lag
-    (how late a 1 ms sleep wakes, p99 over the block, opening included) with `streams` streams
-    open at once."""
+    """RSS per open stream and event-loop lag (how late a 1 ms sleep wakes, p99) over LAG_WINDOW
+    seconds once `streams` paced streams are all open, each having yielded its first chunk."""
     loop = asyncio.get_running_loop()
-    lags: list[float] = []
-    done = asyncio.Event()
+    await client.stream(server, SHORT_CHUNKS)  # imports, caches, one connection
     gc.collect()
-    baseline = peak = rss_bytes()
+    baseline = rss_bytes()
+    opened = 0
+    all_open = asyncio.Event()
 
-    async def watch() -> None:
-        nonlocal peak
-        while not done.is_set():
-            before = loop.time()
-            await asyncio.sleep(0.001)
-            lags.append(loop.time() - before - 0.001)
-            peak = max(peak, rss_bytes())
+    def on_first() -> None:
+        nonlocal opened
+        opened += 1
+        if opened == streams:
+            all_open.set()
 
-    watching = asyncio.create_task(watch())
-    counts = await asyncio.gather(
-        *(client.stream(server, SHORT_CHUNKS, hold=True) for _ in range(streams))
-    )
-    done.set()
-    await watching
+    tasks = [
+        asyncio.create_task(client.stream(server, PACED_CHUNKS, paced=True, on_first=on_first))
+        for _ in range(streams)
+    ]
+    await asyncio.wait_for(all_open.wait(), timeout=PACED_CHUNKS * PACE_SECONDS)
+    lags: list[float] = []
+    peak = rss_bytes()
+    until = loop.time() + LAG_WINDOW
+    while loop.time() < until:
+        before = loop.time()
+        await asyncio.sleep(0.001)
+        lags.append(loop.time() - before - 0.001)
+        peak = max(peak, rss_bytes())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     return {
         "rss_per_stream_kib": round((peak - baseline) / streams / 1024, 1),
         "loop_lag_p99_ms": round(percentile(lags, 0.99) * 1000, 2),
-        "chunks": sum(counts),
     }
+
+
+def _held_child(name: str, server: str, streams: int, results: Any) -> None:
+    async def run() -> dict[str, float]:
+        client: Client = Llmstreams("qianfan") if name.startswith("llmstreams") else BareLoop("qianfan", json.loads)
+        try:
+            return await open_streams(client, server, streams)
+        finally:
+            await client.close()
+
+    results.send(asyncio.run(run()))
+
+
+def held_in_fresh_process(name: str, server: str, streams: int) -> dict[str, float]:
+    """`open_streams` in a new interpreter, so that RSS counts that client's streams alone."""
+    context = multiprocessing.get_context("spawn")
+    receiving, sending = context.Pipe(duplex=False)
+    process = context.Process(target=_held_child, args=(name, server, streams, sending))
+    process.start()
+    try:
+        result: dict[str, float] = receiving.recv()
+    finally:
+        process.join()
+    return result
 
 
 # --------------------------------------------------------------------------- rounds
@@ -487,21 +543,23 @@ async def saturation_latency(rounds: int, server: str) -> dict[str, Any]:
     return report["latency"]
 
 
-async def held_streams(server: str, open_count: int) -> dict[str, Any]:
-    report: dict[str, Any] = {"open": {}}
-    if open_count:
-        for name, client in (("llmstreams-qianfan", Llmstreams("qianfan")), ("bare-json-qianfan", BareLoop("qianfan", json.loads))):
-            runs = [await open_streams(client, server, open_count) for _ in range(3)]
-            report["open"][name] = {
-                "streams": open_count,
-                "rss_per_stream_kib": statistics.median(run["rss_per_stream_kib"] for run in runs),
-                "rss_per_stream_kib_runs": [run["rss_per_stream_kib"] for run in runs],
-                "loop_lag_p99_ms": statistics.median(run["loop_lag_p99_ms"] for run in runs),
-                "loop_lag_p99_ms_runs": [run["loop_lag_p99_ms"] for run in runs],
-            }
-            await client.close()
-        print("open:", json.dumps(report["open"]), flush=True)
-    return report["open"]
+async def held_streams(server: str, open_count: int, rounds: int = 3) -> dict[str, Any]:
+    report: dict[str, Any] = {}
+    names = ("llmstreams-qianfan", "bare-json-qianfan")
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in names}
+    for number in range(rounds):
+        for name in names if number % 2 == 0 else names[::-1]:
+            runs[name].append(held_in_fresh_process(name, server, open_count))
+    for name, results in runs.items():
+        report[name] = {
+            "streams": open_count,
+            "rss_per_stream_kib": statistics.median(run["rss_per_stream_kib"] for run in results),
+            "rss_per_stream_kib_runs": [run["rss_per_stream_kib"] for run in results],
+            "loop_lag_p99_ms": statistics.median(run["loop_lag_p99_ms"] for run in results),
+            "loop_lag_p99_ms_runs": [run["loop_lag_p99_ms"] for run in results],
+        }
+    print("open:", json.dumps(report), flush=True)
+    return report
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -574,7 +632,16 @@ def main(argv: list[str] | None = None) -> int:
         "python": sys.version.split()[0], "aiohttp": aiohttp.__version__,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "client_bound.json").write_text(json.dumps(report, indent=2) + "\n")
+    path = args.out / "client_bound.json"
+    if path.exists():
+        # Keep the parts of the previous report that this run did not measure again.
+        previous = json.loads(path.read_text())
+        measured = {"cpu": ("cpu", "events_per_read"), "latency": ("latency",), "open": ("open",)}
+        for part, keys in measured.items():
+            if part not in args.parts:
+                for key in keys:
+                    report[key] = previous.get(key, report[key])
+    path.write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "client_bound.md").write_text(markdown(report))
     print(markdown(report))
     return 0
