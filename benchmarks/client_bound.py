@@ -232,7 +232,8 @@ def bare_session() -> aiohttp.ClientSession:
     from llmstreams.pool import _CountingConnector
 
     return aiohttp.ClientSession(
-        connector=_CountingConnector(limit=10_000, limit_per_host=0, keepalive_timeout=30.0)
+        connector=_CountingConnector(limit=10_000, limit_per_host=0, keepalive_timeout=30.0),
+        timeout=aiohttp.ClientTimeout(total=None),
     )
 
 
@@ -457,6 +458,7 @@ def held_in_fresh_process(name: str, server: str, streams: int) -> dict[str, flo
     receiving, sending = context.Pipe(duplex=False)
     process = context.Process(target=_held_child, args=(name, server, streams, sending))
     process.start()
+    sending.close()  # so that a child that dies makes recv() fail instead of wait
     try:
         result: dict[str, float] = receiving.recv()
     finally:

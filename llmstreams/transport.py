@@ -37,8 +37,8 @@ from llmstreams.types import Chunk
 logger = logging.getLogger("llmstreams")
 
 _READ_ERRORS = (aiohttp.ClientError, OSError)
-# After the generation's end: how long to wait for the body's end when no idle or total timeout
-# bounds it, and how many bytes after the last event are read before giving up on the connection.
+# After the generation's end: the longest wait for the body's end, and how many bytes after the
+# last event are read before giving up on the connection.
 _END_WAIT = 5.0
 _MAX_TAIL = 64 * 1024
 
@@ -217,14 +217,14 @@ class BodyReader:
 
         The body's end (a chunked body's last, empty chunk) may come in a read of its own
         after the last event; a connection released before it is closed rather than reused,
-        and the next request pays for a new one. The wait is bounded by the idle timeout (and
-        the total deadline, else `_END_WAIT`) and at most `_MAX_TAIL` bytes are read; a body
-        that does not end within them is closed.
+        and the next request pays for a new one. The wait is bounded by the idle timeout, at
+        most `_END_WAIT` (a reused connection is not worth a longer wait), and at most
+        `_MAX_TAIL` bytes are read; a body that does not end within them is closed.
         """
         content = self._response.content
         if not content.at_eof():
-            if self._idle is None and self._total_deadline is None:
-                self._total_deadline = self._loop.time() + _END_WAIT
+            if self._idle is None or self._idle > _END_WAIT:
+                self._idle = _END_WAIT
             tail = 0
             try:
                 while (data := await self.read()) and tail <= _MAX_TAIL:
