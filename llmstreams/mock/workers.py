@@ -4,6 +4,11 @@ Each worker is `python -m llmstreams.mock --workers 1 --reuse-port ...` (the `ll
 command, without importing the other commands); the kernel spreads the connections over them
 (SO_REUSEPORT, Linux). The parent picks the port by binding a SO_REUSEPORT socket and keeps it
 bound, never listening, so nothing else can take the port while the workers run.
+
+Every worker holds the read end of a pipe whose write end only the parent holds: when the parent
+ends in any way (SIGKILL included) the kernel closes the write end, the workers read end-of-file
+and stop. (PR_SET_PDEATHSIG would fire when the parent's spawning *thread* ends, which
+`async with` does at once, since it starts the workers from a worker thread.)
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 
 READY_PREFIX = "llmstreams mock listening on "
+PARENT_FD_OPTION = "--parent-fd"
 _STOP_TIMEOUT = 5.0
 
 
@@ -101,6 +107,8 @@ class MockWorkers:
         self._reservation: socket.socket | None = None
         self._secrets_dir: tempfile.TemporaryDirectory[str] | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._lifeline: int | None = None
+        """The write end of the pipe whose end-of-file tells the workers to stop."""
         self.url = ""
 
     def start(self) -> str:
@@ -113,10 +121,21 @@ class MockWorkers:
             command += self._credentials_option()
             env = _child_env()
             env[TOKEN_KEY_ENV] = secrets.token_hex(32)
-            self._processes = [
-                subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
-                for _ in range(self._workers)
-            ]
+            lifeline, self._lifeline = os.pipe()
+            try:
+                command += [PARENT_FD_OPTION, str(lifeline)]
+                self._processes = [
+                    subprocess.Popen(
+                        command,
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        env=env,
+                        pass_fds=(lifeline,),
+                    )
+                    for _ in range(self._workers)
+                ]
+            finally:
+                os.close(lifeline)
             deadline = time.monotonic() + self._ready_timeout
             for process in self._processes:
                 line = _read_line(process, deadline)
@@ -143,6 +162,9 @@ class MockWorkers:
             if process.stdout is not None:
                 process.stdout.close()
         self._processes = []
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
