@@ -55,7 +55,9 @@ _SENT_AT = re.compile(rb'"x_sent_at":([0-9.]+)')
 def prebuilt_frames(chunks: int) -> list[bytes]:
     frames = []
     for index in range(chunks):
-        piece = json.dumps(("abcdefghijklmnopqrstuvwxyz" * 2)[index % 26 : index % 26 + CHUNK_CHARS])
+        piece = json.dumps(
+            ("abcdefghijklmnopqrstuvwxyz" * 2)[index % 26 : index % 26 + CHUNK_CHARS]
+        )
         frames.append(
             b'data: {"id":"chatcmpl-0123456789abcdef01234567","object":"chat.completion.chunk",'
             b'"created":1790000000,"model":"m","choices":[{"index":0,"delta":{"content":'
@@ -96,8 +98,7 @@ def serve_aiohttp_prebuilt(chunks: int) -> None:
 def serve_raw_asyncio(chunks: int) -> None:
     frames = [b"%x\r\n%s\r\n" % (len(frame), frame) for frame in prebuilt_frames(chunks)]
     head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
     class Protocol(asyncio.Protocol):
@@ -136,17 +137,23 @@ def serve_raw_asyncio(chunks: int) -> None:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], route: str) -> None:
+    def __init__(self, name: str, command: list[str], route: str, checkout: Path = REPO) -> None:
         self.name = name
         self.command = command
-        self.env = env
         self.route = route
+        # `python -m` imports from the working directory first: run in the checkout to measure.
+        self.checkout = checkout
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(self.checkout))
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env
+            self.command,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.checkout,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -154,6 +161,12 @@ class Server:
         if match is None:
             raise RuntimeError(f"{self.name} did not start: {line!r}")
         self.url = match.group(1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -182,20 +195,18 @@ def request_bytes(route: str, url: str, knobs: str = "") -> bytes:
 
 
 def servers(chunks: int, before: Path | None) -> list[Server]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    script = [sys.executable, __file__]
+    script = [sys.executable, str(Path(__file__).resolve())]
     mock = [sys.executable, "-m", "llmstreams.mock", "--port", "0"]
     mock += ["--answer-chars", str(chunks * CHUNK_CHARS), "--chunk-chars", str(CHUNK_CHARS)]
     found = [
-        Server("aiohttp-prebuilt", [*script, "--serve", "aiohttp", str(chunks)], env, "openai"),
-        Server("raw-asyncio", [*script, "--serve", "raw", str(chunks)], env, "openai"),
-        Server("mock-dashscope", mock, env, "dashscope"),
-        Server("mock-openai", mock, env, "openai"),
+        Server("aiohttp-prebuilt", [*script, "--serve", "aiohttp", str(chunks)], "openai"),
+        Server("raw-asyncio", [*script, "--serve", "raw", str(chunks)], "openai"),
+        Server("mock-dashscope", mock, "dashscope"),
+        Server("mock-openai", mock, "openai"),
     ]
     if before is not None:
-        old_env = dict(os.environ, PYTHONPATH=str(before))
-        found.append(Server("before-dashscope", mock, old_env, "dashscope"))
-        found.append(Server("before-openai", mock, old_env, "openai"))
+        found.append(Server("before-dashscope", mock, "dashscope", before.resolve()))
+        found.append(Server("before-openai", mock, "openai", before.resolve()))
     return found
 
 
@@ -262,6 +273,7 @@ def measure_throughput(
     server: Server, connections: int, clients: int, duration: float
 ) -> dict[str, float]:
     request = request_bytes(server.route, server.url)
+    cpu_before = server.cpu_seconds()
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for _ in range(clients):
@@ -275,10 +287,12 @@ def measure_throughput(
     results = [pipe.recv() for pipe in pipes]
     for process in processes:
         process.join()
+    cpu = server.cpu_seconds() - cpu_before
     seconds = max(result["seconds"] for result in results)
     events = sum(result["events"] for result in results)
     return {
         "events_per_second": events / seconds,
+        "events_per_cpu_second": events / cpu,
         "responses": sum(result["responses"] for result in results),
         "errors": sum(result["errors"] for result in results),
     }
@@ -383,13 +397,46 @@ def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]
 # -- the run -------------------------------------------------------------------------------------
 
 
+MEASURES = {
+    "events_per_cpu_second": "events per second of server CPU (one busy worker's rate)",
+    "events_per_second": "events per wall-clock second",
+}
+
+
+def summarize(rounds: dict[str, list[float]]) -> dict[str, Any]:
+    baseline = rounds["aiohttp-prebuilt"]
+    table: dict[str, Any] = {
+        name: {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "ratio_to_aiohttp": statistics.median(
+                value / base for value, base in zip(values, baseline, strict=True)
+            ),
+        }
+        for name, values in rounds.items()
+    }
+    table["mock_over_before"] = {
+        route: statistics.median(
+            new / old
+            for new, old in zip(rounds[f"mock-{route}"], rounds[f"before-{route}"], strict=True)
+        )
+        for route in ("dashscope", "openai")
+        if f"before-{route}" in rounds
+    }
+    return table
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"throughput": {}, "settings": vars(args) | {"before": str(args.before)}}
+    results: dict[str, Any] = {
+        "throughput": {},
+        "settings": vars(args) | {"before": str(args.before)},
+    }
     for chunks in args.chunks:
         found = servers(chunks, args.before)
         for server in found:
             server.start()
-        rounds: dict[str, list[float]] = {server.name: [] for server in found}
+        rounds = {measure: {server.name: [] for server in found} for measure in MEASURES}
         errors = 0
         try:
             for round_number in range(args.rounds):
@@ -398,24 +445,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     figures = measure_throughput(
                         server, args.connections, args.clients, args.duration
                     )
-                    rounds[server.name].append(figures["events_per_second"])
+                    for measure, table in rounds.items():
+                        table[server.name].append(figures[measure])
                     errors += int(figures["errors"])
         finally:
             for server in found:
                 server.stop()
-        baseline = rounds["aiohttp-prebuilt"]
         results["throughput"][chunks] = {
-            name: {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-                "ratio_to_aiohttp": statistics.median(
-                    value / base for value, base in zip(values, baseline, strict=True)
-                ),
-            }
-            for name, values in rounds.items()
-        }
-        results["throughput"][chunks]["errors"] = errors
+            measure: summarize(table) for measure, table in rounds.items()
+        } | {"errors": errors}
     if args.paced_streams:
         mock = servers(1, None)[2]
         mock.start()
@@ -428,16 +466,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     lines = []
-    for chunks, table in results["throughput"].items():
-        lines.append(f"\n{chunks}-chunk answers: events/s per server process (errors: {table['errors']})")
-        lines.append(f"{'server':<18} {'median':>9} {'min':>9} {'max':>9} {'x aiohttp':>10}")
-        for name, row in table.items():
-            if name == "errors":
-                continue
-            lines.append(
-                f"{name:<18} {row['median']:>9.0f} {row['min']:>9.0f} {row['max']:>9.0f} "
-                f"{row['ratio_to_aiohttp']:>10.2f}"
-            )
+    for chunks, tables in results["throughput"].items():
+        for measure, title in MEASURES.items():
+            table = tables[measure]
+            lines.append(f"\n{chunks}-chunk answers, {title} (errors: {tables['errors']})")
+            lines.append(f"{'server':<18} {'median':>9} {'min':>9} {'max':>9} {'x aiohttp':>10}")
+            for name, row in table.items():
+                if name == "mock_over_before":
+                    continue
+                lines.append(
+                    f"{name:<18} {row['median']:>9.0f} {row['min']:>9.0f} {row['max']:>9.0f} "
+                    f"{row['ratio_to_aiohttp']:>10.2f}"
+                )
+            for route, ratio in table["mock_over_before"].items():
+                lines.append(f"mock-{route} / before-{route}: median per-round ratio {ratio:.2f}")
     pacing = results.get("pacing")
     if pacing:
         lines.append(
@@ -446,7 +488,9 @@ def report(results: dict[str, Any]) -> str:
         )
         for key in ("server_lateness_ms", "client_lateness_ms", "gap_over_pace"):
             row = pacing[key]
-            lines.append(f"  {key:<20} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  max {row['max']:8.3f}")
+            lines.append(
+                f"  {key:<20} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  max {row['max']:8.3f}"
+            )
         lines.append(f"  gap_over_pace min {pacing['gap_over_pace_min']:.3f}")
     return "\n".join(lines)
 
@@ -457,7 +501,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument(
-        "--chunks", type=lambda text: [int(part) for part in text.split(",")], default=[100, 10]
+        "--chunks",
+        type=lambda text: [int(part) for part in text.split(",") if part],
+        default=[100, 10],
+        help="answer lengths in chunks, comma-separated (empty: pacing only)",
     )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--clients", type=int, default=2)
