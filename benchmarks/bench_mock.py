@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -323,11 +325,10 @@ class _PacedConnection(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def _paced(url: str, streams: int, pipe: Connection) -> None:
-    knobs = (
-        f"chunks_per_second={PACE}; answer_chars={PACED_EVENTS * CHUNK_CHARS}; "
-        "stamp_send_times=true"
-    )
+def _paced(url: str, streams: int, stamps: bool, pipe: Connection) -> None:
+    knobs = f"chunks_per_second={PACE}; answer_chars={PACED_EVENTS * CHUNK_CHARS}"
+    if stamps:
+        knobs += "; stamp_send_times=true"
     request = request_bytes("dashscope", url, knobs)
 
     async def run() -> list[list[tuple[float, float]]]:
@@ -339,12 +340,15 @@ def _paced(url: str, streams: int, pipe: Connection) -> None:
                 lambda: _PacedConnection(request), host, int(port)
             )
             protocols.append(protocol)
-        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 120)
+        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 300)
         found = []
         for protocol in protocols:
-            events = []
+            events: list[tuple[float, float]] = []
             for arrived, data in protocol.arrivals:
-                events += [(float(sent), arrived) for sent in _SENT_AT.findall(data)]
+                if stamps:
+                    events += [(float(sent), arrived) for sent in _SENT_AT.findall(data)]
+                else:
+                    events += [(math.nan, arrived)] * data.count(b"data:")
             found.append(events)
         return found
 
@@ -360,12 +364,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p99": at(0.99), "max": ordered[-1]}
 
 
-def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]:
+def measure_pacing(server: Server, streams: int, clients: int, stamps: bool) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for _ in range(clients):
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_paced, args=(server.url, streams // clients, sender))
+        process = context.Process(
+            target=_paced, args=(server.url, streams // clients, stamps, sender)
+        )
         process.start()
         pipes.append(receiver)
         processes.append(process)
@@ -373,7 +379,7 @@ def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]
     for process in processes:
         process.join()
     interval = 1 / PACE
-    late_sent, late_arrived, gaps = [], [], []
+    late_sent, late_arrived, gaps_sent, gaps_arrived = [], [], [], []
     complete = 0
     for events in per_stream:
         if len(events) != PACED_EVENTS:
@@ -383,15 +389,20 @@ def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]
         for index, (sent, arrived) in enumerate(events):
             late_sent.append((sent - first_sent - index * interval) * 1000)
             late_arrived.append((arrived - first_arrived - index * interval) * 1000)
-        gaps += [(later[0] - earlier[0]) / interval for earlier, later in zip(events, events[1:])]
-    return {
+        pairs = list(itertools.pairwise(events))
+        gaps_sent += [(later[0] - earlier[0]) / interval for earlier, later in pairs]
+        gaps_arrived += [(later[1] - earlier[1]) / interval for earlier, later in pairs]
+    figures: dict[str, Any] = {
+        "server": server.name,
         "streams": len(per_stream),
         "complete": complete,
-        "server_lateness_ms": _percentiles(late_sent),
         "client_lateness_ms": _percentiles(late_arrived),
-        "gap_over_pace": _percentiles(gaps),
-        "gap_over_pace_min": min(gaps),
+        "client_gap_over_pace": _percentiles(gaps_arrived),
     }
+    if stamps:
+        figures["server_lateness_ms"] = _percentiles(late_sent)
+        figures["server_gap_over_pace"] = _percentiles(gaps_sent)
+    return figures
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -455,12 +466,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             measure: summarize(table) for measure, table in rounds.items()
         } | {"errors": errors}
     if args.paced_streams:
-        mock = servers(1, None)[2]
-        mock.start()
-        try:
-            results["pacing"] = measure_pacing(mock, args.paced_streams, args.clients)
-        finally:
-            mock.stop()
+        paced = [server for server in servers(1, args.before) if server.route == "dashscope"]
+        results["pacing"] = []
+        for server in paced:
+            server.start()
+            try:
+                stamps = server.checkout == REPO
+                results["pacing"].append(
+                    measure_pacing(server, args.paced_streams, args.clients, stamps)
+                )
+            finally:
+                server.stop()
     return results
 
 
@@ -480,18 +496,23 @@ def report(results: dict[str, Any]) -> str:
                 )
             for route, ratio in table["mock_over_before"].items():
                 lines.append(f"mock-{route} / before-{route}: median per-round ratio {ratio:.2f}")
-    pacing = results.get("pacing")
-    if pacing:
+    for pacing in results.get("pacing", []):
         lines.append(
-            f"\npacing: {pacing['complete']}/{pacing['streams']} streams of {PACED_EVENTS} events "
-            f"at {PACE:g}/s"
+            f"\npacing of {pacing['server']}: {pacing['complete']}/{pacing['streams']} streams of "
+            f"{PACED_EVENTS} events at {PACE:g}/s"
         )
-        for key in ("server_lateness_ms", "client_lateness_ms", "gap_over_pace"):
-            row = pacing[key]
-            lines.append(
-                f"  {key:<20} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  max {row['max']:8.3f}"
-            )
-        lines.append(f"  gap_over_pace min {pacing['gap_over_pace_min']:.3f}")
+        for key in (
+            "server_lateness_ms",
+            "client_lateness_ms",
+            "server_gap_over_pace",
+            "client_gap_over_pace",
+        ):
+            if key in pacing:
+                row = pacing[key]
+                lines.append(
+                    f"  {key:<22} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  "
+                    f"max {row['max']:8.3f}"
+                )
     return "\n".join(lines)
 
 
