@@ -10,8 +10,8 @@ import pytest
 
 from llmstreams.mock import MockServer
 from llmstreams.qianfan import MODELS
-from llmstreams.qianfan.models import V2_MODEL_IDS
 from llmstreams.qianfan.auth import ENV_LAYOUTS
+from llmstreams.qianfan.models import V2_MODEL_IDS
 from tests.support import ROOT, mock_command, python_examples
 from tests.support import run_example as run_python
 
