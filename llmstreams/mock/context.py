@@ -10,7 +10,7 @@ from aiohttp import web
 from llmstreams.mock.behaviour import BEHAVIOUR_HEADER, Behaviour, parse_behaviour_header
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TokenStore
-from llmstreams.mock.stats import StatsRecorder
+from llmstreams.mock.stats import SharedCounters, StatsRecorder
 
 
 class ServerClosing(Exception):
@@ -26,11 +26,12 @@ class MockContext:
         token_ttl: int,
         trigger_phrase: str,
         token_key: bytes | None = None,
+        shared_stats: SharedCounters | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.credentials = credentials
         self.trigger_phrase = trigger_phrase
-        self.stats = StatsRecorder()
+        self.stats = StatsRecorder(shared_stats)
         self.tokens = TokenStore(token_ttl, token_key)
         self._attempts: Counter[bytes] = Counter()
         self._closing = asyncio.Event()
