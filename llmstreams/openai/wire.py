@@ -508,6 +508,7 @@ def _json_or_none(body: bytes | str) -> Any:
 
 _UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
 _BOM: Final = b"\xef\xbb\xbf"
+_NO_DELTA: Final[Mapping[str, Any]] = {}
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -703,7 +704,7 @@ class DialectParser:
                 self._finish_reason = finish_reason
                 self._finish_seen = True
             if self._kind == "chat":
-                delta = choice["delta"]
+                delta = choice.get("delta") or _NO_DELTA
                 text = delta.get("content") or ""
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 tool_calls = delta.get("tool_calls")
@@ -728,8 +729,6 @@ class DialectParser:
             self._last = payload
             if not (text or reasoning or deltas or need_clear_history):
                 return None
-        except LLMStreamsError:
-            raise
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as error:
             raise ProtocolError(
                 f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
