@@ -474,3 +474,23 @@ async def test_the_openai_sdk_calls_the_tools_llmstreams_assembles(
     assert (call.id, call.name, call.arguments) == (
         sdk_call.id, sdk_call.function.name, sdk_call.function.arguments
     )
+
+
+async def test_switching_vendors_is_switching_the_client(server: MockServer, pool: Pool) -> None:
+    """Every client takes stream_chat(messages, model=...) and chat(messages, model=...)."""
+    clients: list[tuple[Client, str]] = [
+        (QianfanClient(api_key=V2_KEY, base_url=server.url, pool=pool), "ernie-speed-8k"),
+        (QianfanClient(api_key="v1-key", secret_key="v1-secret", base_url=server.url, pool=pool),
+         "ERNIE-Speed-8K"),
+        (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool, protocol="openai"),
+         "qwen-plus"),
+        (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool), "qwen-plus"),
+        (OpenAICompatibleClient(base_url=server.url + "/v1", pool=pool), "any-model"),
+    ]
+    for client, model in clients:
+        streamed = await collect(client.stream_chat(MESSAGES, model=model))
+        whole = await client.chat(MESSAGES, model=model)
+        assert len(streamed.text) == 240 and streamed.text == whole.text, client
+        assert streamed.is_complete and whole.is_complete
+    assert server.stats.requests["qianfan.chat"] == 2
+    assert server.stats.requests["dashscope.generation"] == 2
