@@ -622,7 +622,7 @@ class DialectParser:
                 "the stream ended before its end (a finish_reason, then data: [DONE])",
                 provider=provider, request_id=request_id,
             )
-        received = self._body() if self._mode == _UNDECIDED else b"".join(self._buffer)
+        received = self._body()
         if not received.strip():
             raise ProtocolError(
                 f"the response (HTTP {self._head.status}) had no events", provider=provider
@@ -660,12 +660,8 @@ class DialectParser:
         self._events_seen = True
         for event in events:
             data = event.data
-            if data == _DONE:
-                self._done = True
-                chunks.append(self._end_chunk())
-                break
             try:
-                chunk = self._event_chunk(data)
+                chunk = self._end_chunk() if data == _DONE else self._event_chunk(data)
             except LLMStreamsError as error:
                 if not chunks:
                     raise
@@ -674,6 +670,9 @@ class DialectParser:
                 return chunks
             if chunk is not None:
                 chunks.append(chunk)
+                if chunk.is_end:
+                    self._done = True
+                    break
         return chunks
 
     def _event_chunk(self, data: str) -> Chunk | None:
