@@ -335,3 +335,12 @@ def test_bad_usage_at_the_end_comes_after_the_text_before_it() -> None:
     assert [c.text for c in chunks] == ["kept"] and parser.finished
     with pytest.raises(ProtocolError, match="usage"):
         parser.close()
+
+
+def test_a_baidu_style_error_event_is_raised_not_ignored() -> None:
+    parser = DialectParser(head(), GENERIC, "chat")
+    chunks = parser.feed(delta_event({"content": "so far"}) + event({"error_code": 336100, "error_msg": "busy"}))
+    assert [c.text for c in chunks] == ["so far"]
+    with pytest.raises(APIError, match="busy") as caught:
+        parser.close()
+    assert caught.value.code == 336100

@@ -427,7 +427,8 @@ def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> t
 
 def _error_object(payload: Any) -> Mapping[str, Any] | None:
     """The error a decoded body or event describes: `{"error": {...}}`, vLLM's older top-level
-    `{"object": "error", ...}`, or a bare `{"error": "text"}`; None when it is no error."""
+    `{"object": "error", ...}`, a bare `{"error": "text"}`, or Baidu's `{"error_code",
+    "error_msg"}`; None when it is no error."""
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
@@ -437,6 +438,8 @@ def _error_object(payload: Any) -> Mapping[str, Any] | None:
         return {"message": error}
     if payload.get("object") == "error":
         return payload
+    if "error_code" in payload:
+        return {"code": payload["error_code"], "message": payload.get("error_msg")}
     return None
 
 
