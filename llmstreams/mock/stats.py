@@ -137,6 +137,7 @@ class StatsRecorder:
         self._counters = [0] * len(COUNTER_NAMES)
         self._shared = shared
         self._changed = asyncio.Event()
+        self._waiters = 0
 
     @property
     def workers(self) -> int:
@@ -184,8 +185,9 @@ class StatsRecorder:
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+        if self._waiters:
+            self._changed.set()
+            self._changed = asyncio.Event()
 
     async def wait_for(
         self, predicate: Callable[[MockStats], bool], timeout: float = 5.0
@@ -195,7 +197,11 @@ class StatsRecorder:
         try:
             async with asyncio.timeout(timeout):
                 while not predicate(snapshot):
-                    await self._changed.wait()
+                    self._waiters += 1
+                    try:
+                        await self._changed.wait()
+                    finally:
+                        self._waiters -= 1
                     snapshot = self.snapshot()
         except TimeoutError:
             raise TimeoutError(
