@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 
-from llmstreams.bench.metrics import OK, RequestRecord
+from llmstreams.bench.metrics import OK, SENT_AT_FIELD, RequestRecord
 from llmstreams.bench.schedule import closed_loop_starts, open_loop_arrivals
 
 try:
@@ -36,9 +36,6 @@ except ImportError:  # not on Windows
 OPEN_LOOP_WARMUP_CONCURRENCY = 32
 # How often the loop-lag watcher asks to be woken.
 LOOP_LAG_INTERVAL = 0.005
-# The field of a streamed event in which a server (the ruler, the mock with `stamp_sent_at`)
-# writes the `time.monotonic()` at which it wrote the event.
-SENT_AT_FIELD = "x_sent_at"
 
 
 class Target(Protocol):

@@ -24,6 +24,9 @@ SLO_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2el")
 CLIENT_CPU_LIMIT = 0.8  # share of one core
 LOOP_LAG_LIMIT_MS = 10.0  # p99 of the event loop's lateness
 LOOP_LAG_PERCENTILES: tuple[float, ...] = (50, 99)
+# The field of a streamed event in which a server (the ruler, the mock) writes the
+# `time.monotonic()` at which it wrote the event.
+SENT_AT_FIELD = "x_sent_at"
 
 
 @attrs.frozen(slots=True)
