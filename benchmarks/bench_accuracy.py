@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import multiprocessing
 import statistics
@@ -44,11 +45,12 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from llmstreams import Pool, QianfanClient  # noqa: E402
-from llmstreams.bench import ClientTarget, LoadPlan, RequestRecord, Workload, run_load, summarize  # noqa: E402
-from llmstreams.bench.metrics import SENT_AT_FIELD  # noqa: E402
-from llmstreams.bench.report import environment  # noqa: E402
-from llmstreams.bench.ruler import RESET_PATH, STATS_PATH, Pace, spawn_ruler  # noqa: E402
+from benchmarks.accuracy_anchors import ANCHORS, run_anchor
+from llmstreams import Pool, QianfanClient
+from llmstreams.bench import ClientTarget, LoadPlan, RequestRecord, Workload, run_load, summarize
+from llmstreams.bench.metrics import SENT_AT_FIELD
+from llmstreams.bench.report import environment
+from llmstreams.bench.ruler import RESET_PATH, STATS_PATH, Pace, spawn_ruler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_accuracy.json"
 CLIENTS = ("llmstreams", "aiohttp-bare", "aiohttp-bare-ramped")
@@ -95,7 +97,7 @@ async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> di
         end = loop.time()
         records.append(RequestRecord(
             index=len(records), start=start - origin, ttft=times[0] - start, e2el=end - start,
-            gaps=tuple(b - a for a, b in zip(times, times[1:], strict=False)), chunks=len(times),
+            gaps=tuple(b - a for a, b in itertools.pairwise(times)), chunks=len(times),
             output_tokens=None, status="ok",
             send_errors=tuple(t - s for t, s in zip(times, sent, strict=True)),
         ))
@@ -144,7 +146,7 @@ def measure(client: str, url: str, streams: int, seconds: float, ramp_up: float)
 
 
 KEPT = (
-    "completed", "chunk_throughput", "client_cpu_utilization", "p99_loop_lag_ms",
+    "completed", "chunk_throughput", "median_itl_ms", "median_ttft_ms", "p99_ttft_ms", "client_cpu_utilization", "p99_loop_lag_ms",
     "median_harness_ttft_error_ms", "p99_harness_ttft_error_ms",
     "median_harness_itl_error_ms", "p99_harness_itl_error_ms",
     "p99_itl_ms", "p99_true_itl_ms", "client_bound",
@@ -207,6 +209,40 @@ def _percent(value: Any) -> Any:
     return {key: number * 100 for key, number in value.items()}
 
 
+def anchor_table(rows: list[dict[str, Any]], anchors: list[dict[str, Any]]) -> str:
+    """Each anchor's own TTFT and ITL next to ours and to the truth, at the same streams."""
+    ours = {row["streams"]: row["median"] for row in rows if row["client"] == "llmstreams"}
+    lines = [
+        "| streams | tool | status | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | ITL kind "
+        "| true ITL p99 ms |",
+        "|" + "---|" * 9,
+    ]
+    for row in rows:
+        if row["client"] != "llmstreams":
+            continue
+        m = row["median"]
+        lines.append("| " + " | ".join([
+            str(row["streams"]), "llmstreams bench", "ok", cell(m["median_ttft_ms"]),
+            cell(m["p99_ttft_ms"]), cell(m["median_itl_ms"]), cell(m["p99_itl_ms"]),
+            "per chunk", cell(m["p99_true_itl_ms"]),
+        ]) + " |")
+        for found in anchors:
+            if found["streams"] != row["streams"]:
+                continue
+            ttft, itl = found.get("ttft_ms") or {}, found.get("itl_ms") or {}
+            lines.append("| " + " | ".join([
+                str(found["streams"]), found["anchor"], found.get("status", "-"),
+                _number(ttft.get("p50")), _number(ttft.get("p99")), _number(itl.get("p50")),
+                _number(itl.get("p99")), found.get("itl_kind", "-"),
+                cell(ours.get(found["streams"], {}).get("p99_true_itl_ms")),
+            ]) + " |")
+    return "\n".join(lines)
+
+
+def _number(value: Any) -> str:
+    return "-" if value is None else f"{value:,.1f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--streams", default="16,64,256,1000,2000")
@@ -244,18 +280,22 @@ def main() -> None:
             if args.anchors_venv is not None:
                 for anchor in ANCHORS:
                     ruler_get(url, RESET_PATH)
-                    found = run_anchor(anchor, args.anchors_venv, url, streams, args.seconds, pace)
+                    found = run_anchor(anchor, args.anchors_venv.resolve(), url, streams, args.seconds)
                     found["ruler"] = ruler_get(url, STATS_PATH)
                     found["streams"] = streams
                     anchors.append(found)
                     print(f"{streams:>5} streams  {anchor:<20} {found}", flush=True)
     print()
     print(table(rows))
+    if anchors:
+        print()
+        print(anchor_table(rows, anchors))
     document = {
         "pace": {"ttft_s": pace.ttft, "gap_s": pace.gap, "chunks": pace.chunks, "spread": pace.spread},
         "ramp_up_s": ramp_up, "seconds": args.seconds, "rounds": args.rounds,
         "environment": environment(), "rows": rows, "anchors": anchors,
         "table": table(rows),
+        "anchor_table": anchor_table(rows, anchors) if anchors else None,
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

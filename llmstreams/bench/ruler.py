@@ -11,6 +11,7 @@ tell its measurement error exactly: observed arrival minus `x_sent_at`.
 
 How late the ruler wrote each event against its schedule is recorded too (`GET /ruler/stats`;
 `GET /ruler/reset` starts afresh), so that a late server is not mistaken for a slow client.
+`GET /health` and `GET .../models` answer as OpenAI-compatible servers do, for tools that ask.
 
 Run it in a process of its own: `python -m llmstreams.bench.ruler --gap 0.1 --chunks 20`
 prints its URL; `spawn_ruler(...)` does that from Python.
@@ -153,6 +154,10 @@ class RulerProtocol(asyncio.Protocol):
         path = target.partition("?")[0]
         if method == "GET" and path == STATS_PATH:
             self._reply(200, self._ruler.stats())
+        elif method == "GET" and path == "/health":
+            self._reply(200, {"status": "ok"})
+        elif method == "GET" and path.endswith("/models"):
+            self._reply(200, {"object": "list", "data": [{"id": "ruler", "object": "model"}]})
         elif method == "GET" and path == RESET_PATH:
             self._ruler.reset()
             self._reply(200, {"reset": True})
