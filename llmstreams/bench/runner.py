@@ -91,6 +91,7 @@ class BenchConfig:
             "endpoint": self.workload.endpoint,
             "stream": self.workload.stream,
             "incremental_output": self.workload.incremental_output,
+            "protocol": self.workload.protocol if self.workload.provider == "dashscope" else None,
             "prompts": len(self.workload.requests()),
             "max_tokens": self.workload.max_tokens,
             "concurrencies": list(self.concurrencies),
@@ -134,6 +135,7 @@ class ClientSpec:
             client = make_client(
                 self.workload.provider, base_url=self.base_url, pool=pool,
                 max_retries=self.max_retries, mock_auth=self.mock_auth,
+                protocol=self.workload.protocol,
             )
             yield ClientTarget(client, self.workload, reads_sent_at=self.mock_auth is not None)
 

@@ -11,14 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmstreams import LLMStreamsError
-from llmstreams.bench.report import (
-    environment,
-    format_table,
-    print_run,
-    report_document,
-    write_json,
-    write_request_lines,
-)
 from llmstreams.bench.metrics import PERCENTILES, SLO_METRICS
 from llmstreams.bench.prompts import (
     Prompt,
@@ -27,9 +19,18 @@ from llmstreams.bench.prompts import (
     from_sharegpt,
     random_prompts,
 )
+from llmstreams.bench.report import (
+    environment,
+    format_table,
+    print_run,
+    report_document,
+    write_json,
+    write_request_lines,
+)
 from llmstreams.bench.runner import BenchConfig, RunResult, run_benchmark
 from llmstreams.bench.schedule import TraceError, read_trace
 from llmstreams.bench.targets import (
+    DASHSCOPE_PROTOCOLS,
     DEFAULT_MODELS,
     DEFAULT_PROMPT,
     PROVIDERS,
@@ -53,14 +54,17 @@ _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 _DESCRIPTION = """\
-Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient)
-under load, timing every chunk of every request.
+Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient,
+OpenAICompatibleClient) under load, timing every chunk of every request.
 
 By default the target is the embedded mock server, started in separate worker processes so
 that the client's CPU figures are its own. --base-url benchmarks any server speaking the
 vendor's protocol instead, with the credentials the clients read from the environment
-(QIANFAN_API_KEY + QIANFAN_SECRET_KEY, QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY +
-QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY). Credentials are never printed or recorded.
+(QIANFAN_API_KEY: a bce-v3/ key for API v2, or with QIANFAN_SECRET_KEY for v1;
+QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY;
+OPENAI_API_KEY, optional). --provider openai --base-url http://host:port/v1 --model M
+benchmarks any OpenAI-compatible server (vLLM, SGLang). Credentials are never printed or
+recorded.
 
 Load: a closed loop keeps --concurrency requests in flight (a comma list such as 1,16,256
 sweeps); an open loop (--rate) starts requests at Poisson-distributed times whatever the
@@ -86,6 +90,7 @@ examples:
   llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
   llmstreams bench --provider dashscope --no-stream --requests 500
   llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
+  llmstreams bench --provider openai --base-url http://127.0.0.1:8000/v1 --model qwen2.5-7b
 """
 
 
@@ -169,7 +174,8 @@ def register(subparsers: Any) -> None:
     target.add_argument(
         "--qianfan-auth", choices=QIANFAN_AUTH_METHODS, default="api_key",
         help="mock: how the QianfanClient authenticates: api_key (default; an access token "
-        "fetched once) or access_key (every request signed, bce-auth-v1)",
+        "fetched once) or access_key (every request signed, bce-auth-v1), both API v1, or v2 "
+        "(a bce-v3/ API key: API v2, OpenAI-compatible)",
     )
 
     request = parser.add_argument_group("request")
@@ -178,6 +184,10 @@ def register(subparsers: Any) -> None:
         "--model", help=f"model name (default {', '.join(f'{p}: {m}' for p, m in DEFAULT_MODELS.items())})"
     )
     request.add_argument("--endpoint", help="Qianfan endpoint name (a deployed service), instead of --model")
+    request.add_argument(
+        "--protocol", choices=DASHSCOPE_PROTOCOLS, default="native",
+        help="DashScope: its native API (default) or its OpenAI-compatible mode",
+    )
     prompts = request.add_mutually_exclusive_group()
     prompts.add_argument(
         "--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends (default: a short question)"
@@ -285,10 +295,13 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         raise ValueError("--endpoint is a Qianfan setting; DashScope takes --model")
     if args.endpoint is not None and args.model is not None:
         raise ValueError("give --model or --endpoint, not both")
+    if args.protocol != "native" and args.provider != "dashscope":
+        raise ValueError("--protocol is a DashScope setting")
+    if args.provider == "openai" and args.base_url is not None and args.model is None:
+        raise ValueError("--provider openai with --base-url needs --model (a model the server serves)")
     open_loop = args.rate is not None or args.trace is not None
-    if len(args.burstiness) > 1 or args.burstiness != (1.0,):
-        if args.rate is None:
-            raise ValueError("--burstiness shapes the arrivals of --rate; give a rate")
+    if args.burstiness != (1.0,) and args.rate is None:
+        raise ValueError("--burstiness shapes the arrivals of --rate; give a rate")
     requests = args.requests
     if requests is None and args.duration is None and args.trace is None:
         requests = DEFAULT_REQUESTS
@@ -302,6 +315,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         prompt=args.prompt,
         stream=args.stream,
         incremental_output=args.incremental_output,
+        protocol=args.protocol,
         prompts=_prompts(args, requests),
         max_tokens=args.max_tokens,
     )

@@ -34,6 +34,8 @@ from llmstreams.mock.vendor_errors import (
 
 GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
 SSE_HEADER = "X-DashScope-SSE"
+# Options that shape only how a stream is sent; the answer itself must not depend on them.
+STREAM_ONLY_FIELDS = ("parameters.incremental_output",)
 _MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 _RESULT_FORMATS = frozenset({"text", "message"})
 _INPUT_REQUIRED = 'Either "prompt" or "messages" must exist and cannot both be none'
@@ -59,7 +61,7 @@ class _GenerationRoute:
     async def generation(self, request: web.Request) -> web.StreamResponse:
         self._context.stats.request("dashscope.generation")
         body = await request.read()
-        digest = request_digest(request.path, body)
+        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
         request_id = request_uuid(digest)
         behaviour = self._context.behaviour_for(request)
         injected = _injected_failure(behaviour)
@@ -217,6 +219,10 @@ class _Reply:
     @property
     def chunk_count(self) -> int:
         return len(self.answer.chunks)
+
+    @property
+    def closing(self) -> bytes:
+        return b""
 
     def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
         output: dict[str, Any]

@@ -41,6 +41,11 @@ class StreamEvents(Protocol):
 
     def error(self, event_number: int) -> bytes: ...
 
+    @property
+    def closing(self) -> bytes:
+        """Written after the last event of a complete answer (`data: [DONE]`), or nothing."""
+        ...
+
 
 class Answer(StreamEvents, Protocol):
     """One vendor's rendering of one answer, whole (JSON) or as events."""
@@ -61,7 +66,10 @@ async def send_answer(
     """A successful answer: one JSON body, or a stream shaped by the knobs."""
     if not stream:
         return await send_body(
-            request, behaviour, status=200, content_type="application/json",
+            request,
+            behaviour,
+            status=200,
+            content_type="application/json",
             body=compact_json(answer.whole()),
         )
     if behaviour.huge_line_bytes is not None:
@@ -174,6 +182,8 @@ async def _write_events(
             await context.pause(max(0.0, due - loop.time()))
         event_number += 1
         await _write(response, events.chunk(index, event_number), trickle=behaviour.trickle)
+    if events.closing:
+        await _write(response, events.closing, trickle=behaviour.trickle)
     await response.write_eof()
     return True
 

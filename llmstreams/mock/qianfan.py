@@ -108,7 +108,7 @@ class _QianfanRoutes:
     async def _generate(self, request: web.Request, kind: _Kind) -> web.StreamResponse:
         self._context.stats.request(kind.value)
         body = await request.read()
-        digest = request_digest(request.path, body, ignored_field="stream")
+        digest = request_digest(request.path, body, ignored_fields=("stream",))
         response_id = qianfan_id(digest)
         behaviour = self._context.behaviour_for(request)
         injected_code = _injected_failure_code(behaviour)
@@ -322,6 +322,10 @@ class _Reply:
     @property
     def chunk_count(self) -> int:
         return len(self.answer.chunks)
+
+    @property
+    def closing(self) -> bytes:
+        return b""
 
     def _common(self) -> dict[str, Any]:
         return {"id": self.response_id, "object": CHAT_OBJECT, "created": self.created}

@@ -9,7 +9,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from llmstreams.mock import dashscope, qianfan, qianfan_console
+from llmstreams.mock import dashscope, openai_vendors, qianfan, qianfan_console
 from llmstreams.mock.behaviour import Behaviour, BehaviourError
 from llmstreams.mock.context import MockContext, ServerClosing
 from llmstreams.mock.credentials import MockCredentials
@@ -115,6 +115,7 @@ class MockServer:
         qianfan.add_routes(app, self._context)
         qianfan_console.add_routes(app, self._context)
         dashscope.add_routes(app, self._context)
+        openai_vendors.add_routes(app, self._context)
         runner = web.AppRunner(
             app,
             handler_cancellation=True,

@@ -14,6 +14,11 @@ ROUTE_NAMES = (
     "qianfan.completions",
     "qianfan.service_list",
     "dashscope.generation",
+    "qianfan.v2.chat",
+    "qianfan.v2.completions",
+    "dashscope.compatible.chat",
+    "openai.chat",
+    "openai.completions",
 )
 
 
@@ -28,8 +33,9 @@ class MockStats:
 
     requests: Mapping[str, int]
     """Requests received per route: "token", "qianfan.chat", "qianfan.completions",
-    "qianfan.service_list" (the console route the official SDK calls) and
-    "dashscope.generation"."""
+    "qianfan.service_list" (the console route the official SDK calls), "dashscope.generation",
+    and the OpenAI-compatible "qianfan.v2.chat", "qianfan.v2.completions",
+    "dashscope.compatible.chat", "openai.chat", "openai.completions"."""
     streams_started: int
     streams_completed: int
     streams_aborted: int

@@ -13,7 +13,8 @@ import re
 import string
 import uuid
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 # fmt: off
 _WORDS = (
@@ -39,20 +40,35 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+|\S")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def request_digest(path: str, body: bytes, *, ignored_field: str | None = None) -> bytes:
+def request_digest(path: str, body: bytes, *, ignored_fields: Collection[str] = ()) -> bytes:
     """The key of a request: equal for two attempts of the same request.
 
-    A JSON object body is keyed by its canonical form without `ignored_field`, so that a request
-    asking for a stream and the same request asking for a whole answer get the same answer.
+    A JSON object body is keyed by its canonical form without `ignored_fields` (a dotted name
+    reaches into a nested object: "parameters.incremental_output"), so that a request asking for
+    a stream and the same request asking for a whole answer get the same answer.
     """
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict):
-        payload.pop(ignored_field, None)
+        for name in ignored_fields:
+            _drop_field(payload, name.split("."))
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(path.encode() + b"\n" + body).digest()
+
+
+def _drop_field(payload: dict[str, Any], names: list[str]) -> None:
+    """Remove the dotted field; an object left empty by that goes too (as if never sent)."""
+    name, *inner_names = names
+    if not inner_names:
+        payload.pop(name, None)
+        return
+    inner = payload.get(name)
+    if isinstance(inner, dict):
+        _drop_field(inner, inner_names)
+        if not inner:
+            del payload[name]
 
 
 def answer_text(digest: bytes, length: int) -> str:

@@ -114,9 +114,7 @@ class MockWorkers:
             env = _child_env()
             env[TOKEN_KEY_ENV] = secrets.token_hex(32)
             self._processes = [
-                subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
-                )
+                subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
                 for _ in range(self._workers)
             ]
             deadline = time.monotonic() + self._ready_timeout
