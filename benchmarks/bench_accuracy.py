@@ -46,7 +46,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.accuracy_anchors import ANCHORS, run_anchor
-from llmstreams import Pool, QianfanClient
+from llmstreams import OpenAICompatibleClient, Pool
 from llmstreams.bench import ClientTarget, LoadPlan, RequestRecord, Workload, run_load, summarize
 from llmstreams.bench.metrics import SENT_AT_FIELD
 from llmstreams.bench.report import environment
@@ -54,8 +54,8 @@ from llmstreams.bench.ruler import RESET_PATH, STATS_PATH, Pace, spawn_ruler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_accuracy.json"
 CLIENTS = ("llmstreams", "aiohttp-bare", "aiohttp-bare-ramped")
-QIANFAN_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/ernie-speed-8k"
-BODY = {"messages": [{"role": "user", "content": "tick"}], "stream": True}
+CHAT_PATH = "/v1/chat/completions"
+BODY = {"model": "ruler", "messages": [{"role": "user", "content": "tick"}], "stream": True}
 
 
 def ruler_get(url: str, path: str) -> dict[str, Any]:
@@ -66,8 +66,9 @@ def ruler_get(url: str, path: str) -> dict[str, Any]:
 
 async def run_llmstreams(url: str, streams: int, seconds: float, ramp_up: float) -> dict[str, Any]:
     async with Pool() as pool:
-        client = QianfanClient(access_token="ruler", base_url=url, pool=pool)
-        target = ClientTarget(client, Workload(model="ERNIE-Speed-8K", prompt="tick"), reads_sent_at=True)
+        client = OpenAICompatibleClient(base_url=url + "/v1", pool=pool)
+        workload = Workload(provider="openai", model="ruler", prompt="tick")
+        target = ClientTarget(client, workload, reads_sent_at=True)
         plan = LoadPlan(concurrency=streams, ramp_up=ramp_up, duration=seconds)
         measurement = await run_load(target, plan)
     return summarize(
@@ -88,9 +89,9 @@ async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> di
         times: list[float] = []
         sent: list[float] = []
         start = loop.time()
-        async with session.post(url + QIANFAN_PATH + "?access_token=ruler", json=BODY) as response:
+        async with session.post(url + CHAT_PATH, json=BODY) as response:
             async for line in response.content:
-                if line.startswith(b"data: "):
+                if line.startswith(b"data: {"):
                     event = json.loads(line[6:])
                     times.append(loop.time())
                     sent.append(event[SENT_AT_FIELD])

@@ -198,3 +198,13 @@ def test_random_prompts_have_the_asked_lengths_and_repeat_with_the_seed() -> Non
     assert [len((p.text or "").split()) for p in prompts] == [3, 5, 3, 5]
     assert prompts == random_prompts([3, 5], 4, seed=1)
     assert prompts != random_prompts([3, 5], 4, seed=2)
+
+
+def test_chunks_without_a_stamp_of_their_own_are_left_out_of_the_harness_error() -> None:
+    nan = float("nan")
+    # A client-made end chunk after the last event carries no stamp of its own.
+    stamped = record(gaps=(0.101, 0.0), send_errors=(0.002, 0.003, nan))
+    fields = summary_of([stamped])
+    assert fields["mean_harness_itl_error_ms"] == pytest.approx(1.0)
+    assert fields["mean_true_itl_ms"] == pytest.approx(100.0)
+    assert stamped.to_json()["send_error_ms"] == [2.0, 3.0, None]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import math
 import random
 import sys
 import time
@@ -275,10 +276,15 @@ async def measure_request(
 
 
 def _send_errors(times: Sequence[float], sent: Sequence[Any]) -> tuple[float, ...]:
-    """Observed minus true send time of each chunk, when the server stamped every one."""
-    if not sent or any(not isinstance(value, float) for value in sent):
-        return ()
-    return tuple(seen - true for seen, true in zip(times, sent, strict=True))
+    """Observed minus true send time of each chunk, when the server stamped its events: NaN for
+    a chunk without a stamp of its own (a client-made end chunk repeats the last event's)."""
+    errors = []
+    previous = None
+    for seen, true in zip(times, sent, strict=True):
+        stamped = isinstance(true, float) and true != previous
+        errors.append(seen - true if stamped else math.nan)
+        previous = true
+    return tuple(errors) if any(error == error for error in errors) else ()
 
 
 async def _closed_loop(

@@ -40,7 +40,7 @@ class RequestRecord:
     `start` to the end of the request. `status` is "ok" or the name of the error's type.
     `output_tokens` / `input_tokens` are the server's `usage` counts when it sent them.
     `send_errors`: for a server that stamps each event with its true send time, the observed
-    arrival minus that time, per chunk (empty otherwise).
+    arrival minus that time, per chunk (NaN for a chunk without a stamp; empty when none had).
     """
 
     index: int
@@ -105,7 +105,9 @@ class RequestRecord:
             "output_tokens": self.output_tokens,
         }
         if self.send_errors:
-            line["send_error_ms"] = [_ms(error) for error in self.send_errors]
+            line["send_error_ms"] = [
+                None if math.isnan(error) else _ms(error) for error in self.send_errors
+            ]
         return line
 
 
@@ -323,8 +325,11 @@ class RunSummary:
 
 
 def _gap_errors(record: RequestRecord) -> Iterable[float]:
-    errors = record.send_errors
-    return (abs(later - earlier) for earlier, later in itertools.pairwise(errors))
+    return (
+        abs(later - earlier)
+        for earlier, later in itertools.pairwise(record.send_errors)
+        if not (math.isnan(earlier) or math.isnan(later))
+    )
 
 
 def _true_gaps(record: RequestRecord) -> Iterable[float]:
@@ -332,6 +337,7 @@ def _true_gaps(record: RequestRecord) -> Iterable[float]:
     return (
         gap - (later - earlier)
         for gap, earlier, later in zip(record.gaps, errors, errors[1:], strict=False)
+        if not (math.isnan(earlier) or math.isnan(later))
     )
 
 
@@ -381,7 +387,9 @@ def summarize(
         client_queue=each(lambda record: record.client_queue),
         e2el_including_queue=each(lambda record: record.e2el_including_queue),
         loop_lag=Distribution.of_seconds(loop_lags, LOOP_LAG_PERCENTILES),
-        ttft_error=spread(abs(record.send_errors[0]) for record in stamped),
+        ttft_error=spread(
+            abs(record.send_errors[0]) for record in stamped if not math.isnan(record.send_errors[0])
+        ),
         itl_error=spread(error for record in stamped for error in _gap_errors(record)),
         true_itl=spread(gap for record in stamped for gap in _true_gaps(record)),
         cpu_seconds=cpu_seconds,
