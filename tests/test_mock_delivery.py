@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -15,18 +14,6 @@ from llmstreams.mock.dashscope import GENERATION_PATH
 from llmstreams.mock.qianfan import API_PREFIX, TOKEN_PATH
 
 DATA_LINE = re.compile(rb"^data: ?(.*)$", re.MULTILINE)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
-        yield client
 
 
 async def stream_body(
