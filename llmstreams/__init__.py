@@ -19,6 +19,7 @@ from llmstreams.errors import (
     ServerError,
     StreamInterruptedError,
     StreamTimeoutError,
+    UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
 from llmstreams.options import RetryPolicy, Timeout
@@ -67,6 +68,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "UsageError",
     "fan_out",
     "fan_out_as_completed",
 ]
