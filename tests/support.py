@@ -226,3 +226,28 @@ class Terminal:
         os.close(self._master)
         if self.process.returncode is None:
             self.process.kill()
+
+
+def render(output: str) -> list[str]:
+    """The lines a terminal shows for `output`: CR returns to the line's start, ESC[K clears
+    the rest of the line, other escape sequences (colours) are dropped."""
+    lines: list[list[str]] = [[]]
+    column = 0
+    for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|\r\n|.", output, flags=re.S):
+        line = lines[-1]
+        if token in ("\n", "\r\n"):
+            lines.append([])
+            column = 0
+        elif token == "\r":
+            column = 0
+        elif token == "\x1b[K":
+            del line[column:]
+        elif token.startswith("\x1b["):
+            continue
+        else:
+            if column < len(line):
+                line[column] = token
+            else:
+                line.append(token)
+            column += 1
+    return ["".join(line).rstrip() for line in lines]
