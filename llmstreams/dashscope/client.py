@@ -21,6 +21,7 @@ from llmstreams.validation import check_headers, check_text
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
+_API_VERSION_SUFFIX = "/api/v1"
 
 
 class GenerationExchange:
@@ -79,6 +80,7 @@ class DashScopeClient(BaseClient):
                 raise InvalidParameterError("workspace", "must not contain line breaks", workspace)
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
+        base_url = _without_api_version(base_url)
         super().__init__(
             base_url=base_url, pool=pool, timeout=timeout, retry=retry, max_retries=max_retries
         )
@@ -177,6 +179,16 @@ class DashScopeClient(BaseClient):
         headers.update(call_headers)
         request = HttpRequest(method="POST", url=self._url, body=generation.body, headers=headers)
         return GenerationExchange(request, generation)
+
+
+def _without_api_version(base_url: str) -> str:
+    """The official SDK's base URLs end in /api/v1 (https://dashscope.aliyuncs.com/api/v1):
+    this client adds that part itself, so it takes such a URL without it."""
+    if isinstance(base_url, str):
+        trimmed = base_url.rstrip("/")
+        if trimmed.endswith(_API_VERSION_SUFFIX):
+            return trimmed[: -len(_API_VERSION_SUFFIX)]
+    return base_url
 
 
 def _check_api_key(api_key: str | None) -> str:

@@ -160,7 +160,7 @@ class QianfanClient(BaseClient):
 
         Parameters are checked here, before anything is sent.
         """
-        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params")
+        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS)
         return self._stream(self._exchange(
             "chat", {"messages": wire.check_messages(messages, max_input_chars=self.max_input_chars)},
             stream=True, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
@@ -185,7 +185,7 @@ class QianfanClient(BaseClient):
         **unknown: Any,
     ) -> Completion:
         """A whole chat answer, from one non-stream request."""
-        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params")
+        reject_unknown(unknown, _CHAT_PARAMETERS, escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS)
         return await self._complete(self._exchange(
             "chat", {"messages": wire.check_messages(messages, max_input_chars=self.max_input_chars)},
             stream=False, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
@@ -210,7 +210,7 @@ class QianfanClient(BaseClient):
         **unknown: Any,
     ) -> ChunkStream:
         """Stream a continuation of `prompt` (completions models such as CodeLlama-7b-Instruct)."""
-        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params")
+        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS)
         return self._stream(self._exchange(
             "completions", {"prompt": wire.check_prompt(prompt)},
             stream=True, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
@@ -235,7 +235,7 @@ class QianfanClient(BaseClient):
         **unknown: Any,
     ) -> Completion:
         """A whole continuation of `prompt`, from one non-stream request."""
-        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params")
+        reject_unknown(unknown, _COMPLETE_PARAMETERS, escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS)
         return await self._complete(self._exchange(
             "completions", {"prompt": wire.check_prompt(prompt)},
             stream=False, model=model, endpoint=endpoint, temperature=temperature, top_k=top_k,
