@@ -1,4 +1,5 @@
-"""llmstreams: async streaming text generation from Baidu Qianfan and Alibaba DashScope."""
+"""llmstreams: async streaming text generation from Baidu Qianfan, Alibaba DashScope and any
+OpenAI-compatible server."""
 
 import logging
 
@@ -22,6 +23,7 @@ from llmstreams.errors import (
     UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
+from llmstreams.openai import OpenAICompatibleClient
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
 from llmstreams.qianfan import QianfanClient
@@ -51,6 +53,7 @@ __all__ = [
     "InvalidRequestError",
     "LLMStreamsError",
     "NotFoundError",
+    "OpenAICompatibleClient",
     "Outcome",
     "PermissionDeniedError",
     "Pool",

@@ -193,7 +193,7 @@ class Terminal:
         """Everything shown so far."""
         return self._output.decode("utf-8", "replace")
 
-    async def expect(self, pattern: str, timeout: float = 30) -> str:
+    async def expect(self, pattern: str, timeout: float = 90) -> str:
         """Wait until `pattern` (a regex) shows after what earlier calls matched; the text up to it."""
         regex = re.compile(pattern)
         async with asyncio.timeout(timeout):
@@ -211,7 +211,7 @@ class Terminal:
     def send(self, text: str) -> None:
         os.write(self._master, text.encode())
 
-    async def wait(self, timeout: float = 30) -> int:
+    async def wait(self, timeout: float = 90) -> int:
         """The exit status, once everything it showed has been read."""
         async with asyncio.timeout(timeout):
             status = await self.process.wait()

@@ -91,10 +91,45 @@ async def test_a_failed_request_exits_1_with_the_typed_error(
 
 
 async def test_invalid_options_are_usage_errors() -> None:
-    status, _, stderr = await chat("--mock", "--temperature", "0", "Hello")
-    assert status == 2 and "temperature" in stderr
+    status, _, stderr = await chat("--mock", "--top-p", "2", "Hello")
+    assert status == 2 and "'top_p'" in stderr
     status, _, stderr = await chat("--mock", "--provider", "dashscope", "--endpoint", "x", "Hello")
     assert status == 2 and "--endpoint is for --provider qianfan" in stderr
+
+
+async def test_reasoning_goes_to_stderr_apart_from_the_answer() -> None:
+    status, stdout, stderr = await chat("--mock", "--provider", "openai", "--model", "deepseek-r1", "Why?")
+    assert status == 0, stderr
+    reasoning, summary = stderr.rstrip("\n").rsplit("\n", 1)
+    assert SUMMARY.fullmatch(summary) and len(reasoning) > 20
+    assert stdout.count("\n") == 1 and len(stdout.strip()) > 20  # the answer alone
+    assert "\x1b[" not in stderr
+
+
+async def test_on_a_terminal_reasoning_is_dimmed() -> None:
+    terminal = await Terminal.start(
+        sys.executable, "-m", "llmstreams", "chat", "--mock", "--provider", "openai",
+        "--model", "deepseek-r1", "Why?", env=environment(),
+    )
+    try:
+        assert await terminal.wait() == 0
+    finally:
+        terminal.close()
+    dimmed = re.findall(r"\x1b\[2m(.*?)\x1b\[0m", terminal.output, flags=re.S)
+    assert dimmed and all(piece.strip() or piece == " " for piece in dimmed)
+    answer_line = terminal.output.split("\x1b[0m")[-1]
+    assert "\x1b[2m" not in answer_line and SUMMARY.search(answer_line)
+
+
+async def test_every_provider_and_protocol_answers_from_the_mock() -> None:
+    for options in (
+        ["--provider", "dashscope", "--protocol", "openai"],
+        ["--provider", "openai", "--model", "qwen-plus"],
+        ["--provider", "qianfan", "--model", "ernie-4.0-turbo-8k"],
+    ):
+        status, stdout, stderr = await chat("--mock", *options, "--system", "Be brief.", "Hello")
+        assert status == 0, (options, stderr)
+        assert stdout.strip() and "first chunk" in stderr
 
 
 async def test_version() -> None:

@@ -9,9 +9,10 @@ and no PROMPT is given, the chat is interactive: each answer is added to the his
 with the next question; Ctrl-D or Ctrl-C at the prompt ends it, Ctrl-C during an answer
 stops that answer.
 
-Credentials come from the environment, as for the clients: QIANFAN_API_KEY +
-QIANFAN_SECRET_KEY (or QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY),
-DASHSCOPE_API_KEY. --mock answers from a mock server started for the call instead.
+Credentials come from the environment, as for the clients: QIANFAN_API_KEY (a bce-v3/ key
+selects Qianfan v2; with QIANFAN_SECRET_KEY, v1), DASHSCOPE_API_KEY, OPENAI_API_KEY and
+OPENAI_BASE_URL. --mock answers from a mock server started for the call instead (Qianfan v2,
+DashScope, or /v1 for --provider openai).
 
 Exit status: 0 answered; 1 the request failed; 2 usage error (bad option, no credentials);
 130 interrupted.
@@ -23,18 +24,20 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 import llmstreams
+from llmstreams.batch import PROTOCOLS, PROVIDERS, Client, make_client
 from llmstreams.mock import MockServer
 from llmstreams.sync import SyncClient, SyncStream
 from llmstreams.sync import run as run_on_loop
 
-Provider = Literal["qianfan", "dashscope"]
-PROVIDERS: tuple[Provider, ...] = ("qianfan", "dashscope")
-DEFAULT_MODELS: dict[Provider, str] = {"qianfan": "ERNIE-Speed-8K", "dashscope": "qwen-turbo"}
-# The mock accepts any non-empty credentials.
-_MOCK_KEY = "mock-key"
+# The default model of each provider (Qianfan by API version); --provider openai needs --model.
+DEFAULT_MODELS: dict[str, str] = {
+    "qianfan v1": "ERNIE-Speed-8K", "qianfan v2": "ernie-speed-8k", "dashscope": "qwen-turbo",
+}
+# The mock accepts any non-empty credentials; a bce-v3/ key makes the Qianfan client speak v2.
+_MOCK_KEY = "bce-v3/mock-key"
 _DIM, _RESET = "\x1b[2m", "\x1b[0m"
 _PROMPT = "you> "
 
@@ -53,7 +56,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--model", help="model name (default: " + ", ".join(
             f"{name} for {provider}" for provider, name in DEFAULT_MODELS.items()
-        ) + ")",
+        ) + "; required for openai)",
+    )
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="native",
+        help="DashScope only: its native API or its OpenAI-compatible mode (default native)",
     )
     parser.add_argument("--endpoint", help="Qianfan only: the API name of a deployed service")
     parser.add_argument(
@@ -70,28 +77,30 @@ def register(subparsers: Any) -> None:
     sampling.add_argument("--top-k", type=int)
     sampling.add_argument("--max-tokens", type=int, help="at most this many tokens in the answer")
     sampling.add_argument("--stop", action="append", help="a stop string (repeat for more)")
-    sampling.add_argument("--seed", type=int, help="DashScope only")
+    sampling.add_argument("--seed", type=int)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.endpoint is not None and args.provider != "qianfan":
         return _usage_error("--endpoint is for --provider qianfan; give --model instead")
+    if args.protocol != "native" and args.provider != "dashscope":
+        return _usage_error("--protocol is for --provider dashscope")
     if args.mock and args.base_url is not None:
         return _usage_error("give --mock or --base-url, not both")
-    if args.seed is not None and args.provider == "qianfan":
-        return _usage_error("--seed is for --provider dashscope")
+    if args.provider == "openai" and args.model is None:
+        return _usage_error("--provider openai needs --model (the server's model id)")
     if args.prompt is None and not sys.stdin.isatty():
         args.prompt = sys.stdin.read()
     if args.prompt is not None and not args.prompt.strip():
         return _usage_error("the prompt is empty")
-    server = None
+    server = MockServer() if args.mock else None
+    pool = llmstreams.Pool()
     try:
-        if args.mock:
-            server = MockServer()
+        if server is not None:
             run_on_loop(server.start())
         try:
-            client = _make_client(args.provider, server, args.base_url)
+            client = _make_client(args, pool, server)
         except llmstreams.InvalidParameterError as error:
             if error.field not in _CREDENTIAL_FIELDS:
                 return _usage_error(str(error))
@@ -102,16 +111,20 @@ def run(args: argparse.Namespace) -> int:
                 return _interactive(start)
             return _one_answer(start, [{"role": "user", "content": args.prompt}])
     finally:
+        if pool.in_use:
+            run_on_loop(pool.close())
         if server is not None:
             run_on_loop(server.close())
 
 
-_CREDENTIAL_FIELDS = ("api_key", "secret_key", "access_token", "access_key", "secret_access_key")
+_CREDENTIAL_FIELDS = (
+    "api_key", "secret_key", "access_token", "access_key", "secret_access_key", "base_url",
+)
 _NO_CREDENTIALS = (
     "\nTo try the command without credentials: llmstreams chat --mock 'your question'"
     "\nor serve the local mock with `llmstreams mock --port 8000` and add"
-    " --base-url http://127.0.0.1:8000 (it accepts any key, e.g. QIANFAN_API_KEY=x"
-    " QIANFAN_SECRET_KEY=x or DASHSCOPE_API_KEY=x)"
+    " --base-url http://127.0.0.1:8000 (http://127.0.0.1:8000/v1 for --provider openai; it"
+    " accepts any key, e.g. QIANFAN_API_KEY=bce-v3/x or DASHSCOPE_API_KEY=x)"
 )
 
 
@@ -121,47 +134,55 @@ def _usage_error(message: str) -> int:
 
 
 def _make_client(
-    provider: Provider, server: MockServer | None, base_url: str | None
-) -> llmstreams.QianfanClient | llmstreams.DashScopeClient:
+    args: argparse.Namespace, pool: llmstreams.Pool, server: MockServer | None
+) -> Client:
     """A client with credentials from the environment, or any credentials for the mock."""
-    if server is not None:
-        if provider == "qianfan":
-            return llmstreams.QianfanClient(api_key=_MOCK_KEY, secret_key=_MOCK_KEY, base_url=server.url)
-        return llmstreams.DashScopeClient(api_key=_MOCK_KEY, base_url=server.url)
-    if provider == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url)
-    return llmstreams.DashScopeClient(base_url=base_url)
+    if server is None:
+        return make_client(args.provider, pool, base_url=args.base_url, protocol=args.protocol)
+    if args.provider == "qianfan":
+        return llmstreams.QianfanClient(api_key=_MOCK_KEY, base_url=server.url, pool=pool)
+    if args.provider == "dashscope":
+        return llmstreams.DashScopeClient(
+            api_key=_MOCK_KEY, base_url=server.url, protocol=args.protocol, pool=pool
+        )
+    return llmstreams.OpenAICompatibleClient(api_key=_MOCK_KEY, base_url=server.url + "/v1", pool=pool)
 
 
 Starter = Callable[[Messages], SyncStream]
 
 
 def _starter(chat: SyncClient[Any], args: argparse.Namespace) -> Starter:
-    """How one turn is sent: the provider's streaming call with the command's options."""
-    model = args.model if args.model is not None or args.endpoint is not None else DEFAULT_MODELS[args.provider]
-    sampling = {
-        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k, "stop": args.stop,
+    """How one turn is sent: the client's `stream_chat` with the command's options."""
+    client = chat.client
+    v1 = isinstance(client, llmstreams.QianfanClient) and client.api_version == "v1"
+    model = args.model
+    if model is None and args.endpoint is None:
+        model = DEFAULT_MODELS[f"qianfan {client.api_version}" if args.provider == "qianfan" else args.provider]
+    given = {
+        "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+        "stop": args.stop, "seed": args.seed, "endpoint": args.endpoint,
     }
-    if args.provider == "qianfan":
+    params: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
+    system: Messages = []
+    if v1:
         # Qianfan v1 takes the system prompt and the length limit as fields of their own.
         extra = {"system": args.system, "max_output_tokens": args.max_tokens}
+        extra_params = {name: value for name, value in extra.items() if value is not None}
+        if extra_params:
+            params["extra_params"] = extra_params
+    else:
+        if args.system:
+            system = [{"role": "system", "content": args.system}]
+        if args.max_tokens is not None:
+            params["max_tokens"] = args.max_tokens
+    if isinstance(client, llmstreams.DashScopeClient) and client.protocol == "native":
+        # Only the new text in each event, and the chat message format.
+        params.update(result_format="message", incremental_output=True)
 
-        def start_qianfan(messages: Messages) -> SyncStream:
-            return chat.stream_chat(
-                messages, model=model, endpoint=args.endpoint, **sampling,
-                extra_params={name: value for name, value in extra.items() if value is not None} or None,
-            )
+    def start(messages: Messages) -> SyncStream:
+        return chat.stream_chat(system + messages, model=model, **params)
 
-        return start_qianfan
-    system = [{"role": "system", "content": args.system}] if args.system else []
-
-    def start_dashscope(messages: Messages) -> SyncStream:
-        return chat.stream_generate(
-            messages=system + messages, model=model, result_format="message",
-            incremental_output=True, max_tokens=args.max_tokens, seed=args.seed, **sampling,
-        )
-
-    return start_dashscope
+    return start
 
 
 def _one_answer(start: Starter, messages: Messages) -> int:
