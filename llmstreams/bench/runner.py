@@ -10,6 +10,7 @@ import itertools
 import multiprocessing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -180,6 +181,9 @@ def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str
         "ramp_up": plan.ramp_up,
         "mock_workers": workers,
     }
+    if workers is None and config.base_url is not None:
+        parts = urlsplit(config.base_url)
+        label["server"] = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
     if config.workload.provider == "qianfan" and workers is not None:
         label["qianfan_auth"] = config.qianfan_auth
     return label

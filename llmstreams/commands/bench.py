@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from llmstreams.bench.prompts import (
     random_prompts,
 )
 from llmstreams.bench.report import (
+    compare_documents,
     environment,
     format_table,
     print_run,
@@ -245,8 +247,36 @@ def register(subparsers: Any) -> None:
         help="SLOs of the good requests counted in request_goodput, e.g. ttft:500 tpot:50 "
         f"({', '.join(SLO_METRICS)}, in milliseconds)",
     )
-    output.add_argument("--quiet", action="store_true", help="print only the summary table")
+    output.add_argument(
+        "--quiet", action="store_true",
+        help="print only the summary table (units under each heading)",
+    )
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="bench_command", metavar="{compare}")
+    compare = commands.add_parser(
+        "compare", help="print two JSON reports side by side, with ratios",
+        description="Print the runs of two `llmstreams bench --json` reports side by side, "
+        "run by run, with the ratio B/A of every figure.",
+    )
+    compare.add_argument("first", metavar="A.json", type=Path)
+    compare.add_argument("second", metavar="B.json", type=Path)
+    compare.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    documents = []
+    for path in (args.first, args.second):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            print(f"llmstreams bench compare: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+    try:
+        print(compare_documents(*documents))
+    except ValueError as error:
+        print(f"llmstreams bench compare: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
