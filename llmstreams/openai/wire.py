@@ -427,7 +427,8 @@ def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> t
 
 def _error_object(payload: Any) -> Mapping[str, Any] | None:
     """The error a decoded body or event describes: `{"error": {...}}`, vLLM's older top-level
-    `{"object": "error", ...}`, or a bare `{"error": "text"}`; None when it is no error."""
+    `{"object": "error", ...}`, a bare `{"error": "text"}`, or Baidu's `{"error_code",
+    "error_msg"}`; None when it is no error."""
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
@@ -437,6 +438,8 @@ def _error_object(payload: Any) -> Mapping[str, Any] | None:
         return {"message": error}
     if payload.get("object") == "error":
         return payload
+    if "error_code" in payload:
+        return {"code": payload["error_code"], "message": payload.get("error_msg")}
     return None
 
 
@@ -508,6 +511,7 @@ def _json_or_none(body: bytes | str) -> Any:
 
 _UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
 _BOM: Final = b"\xef\xbb\xbf"
+_NO_DELTA: Final[Mapping[str, Any]] = {}
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -621,7 +625,7 @@ class DialectParser:
                 "the stream ended before its end (a finish_reason, then data: [DONE])",
                 provider=provider, request_id=request_id,
             )
-        received = self._body() if self._mode == _UNDECIDED else b"".join(self._buffer)
+        received = self._body()
         if not received.strip():
             raise ProtocolError(
                 f"the response (HTTP {self._head.status}) had no events", provider=provider
@@ -659,12 +663,8 @@ class DialectParser:
         self._events_seen = True
         for event in events:
             data = event.data
-            if data == _DONE:
-                self._done = True
-                chunks.append(self._end_chunk())
-                break
             try:
-                chunk = self._event_chunk(data)
+                chunk = self._end_chunk() if data == _DONE else self._event_chunk(data)
             except LLMStreamsError as error:
                 if not chunks:
                     raise
@@ -673,6 +673,9 @@ class DialectParser:
                 return chunks
             if chunk is not None:
                 chunks.append(chunk)
+                if chunk.is_end:
+                    self._done = True
+                    break
         return chunks
 
     def _event_chunk(self, data: str) -> Chunk | None:
@@ -703,7 +706,7 @@ class DialectParser:
                 self._finish_reason = finish_reason
                 self._finish_seen = True
             if self._kind == "chat":
-                delta = choice["delta"]
+                delta = choice.get("delta") or _NO_DELTA
                 text = delta.get("content") or ""
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 tool_calls = delta.get("tool_calls")
@@ -728,8 +731,6 @@ class DialectParser:
             self._last = payload
             if not (text or reasoning or deltas or need_clear_history):
                 return None
-        except LLMStreamsError:
-            raise
         except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as error:
             raise ProtocolError(
                 f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
