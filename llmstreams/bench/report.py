@@ -100,7 +100,7 @@ def load_description(label: Mapping[str, Any]) -> str:
     if label.get("mode") == "trace":
         load = "trace replay"
     elif rate is None:
-        load = f"closed loop, {cap} streams"
+        load = f"closed loop, {cap} stream{'s' if cap != 1 else ''}"
     else:
         burstiness = label.get("burstiness") or 1.0
         shape = "Poisson" if burstiness == 1.0 else f"gamma, burstiness {burstiness:g}"
@@ -224,6 +224,7 @@ SWEEP_COLUMNS: tuple[Column, ...] = (
     Column("E2EL p99", "ms", "p99_e2el_ms"),
     Column("failed", "", "failed", ",d"),
     Column("CPU/chunk", "µs", "cpu_us_per_chunk", ",.1f"),
+    Column("ITL err p99", "ms", "p99_harness_itl_error_ms"),
     Column("client", "", "client_bound"),
 )
 

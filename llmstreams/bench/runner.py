@@ -286,9 +286,13 @@ async def _child_run(spec: ClientSpec, plan: LoadPlan, ready: Any) -> Measuremen
 async def _server(config: BenchConfig, workers: int | None) -> AsyncIterator[str | None]:
     if workers is None:
         yield config.base_url
-    elif workers == 0:
-        async with MockServer(behaviour=Behaviour(**config.knobs)) as server:
+        return
+    # The mock stamps each event with its true send time, so that every run against it also
+    # measures the harness's own error (unless the knob is set otherwise).
+    knobs = {"stamp_send_times": True, **config.knobs}
+    if workers == 0:
+        async with MockServer(behaviour=Behaviour(**knobs)) as server:
             yield server.url
     else:
-        async with spawn_mock_workers(workers, **config.knobs) as url:
+        async with spawn_mock_workers(workers, **knobs) as url:
             yield url
