@@ -1,10 +1,9 @@
 """The bench plots: every figure is drawn, checked for overlapping tick labels with the
-renderer's own bounding boxes, for units on its axes and a title naming what was measured,
+renderer's own bounding boxes (`overlapping_tick_labels`), for units on its axes and a title naming what was measured,
 and written as a PNG (run with --basetemp to keep and look at them)."""
 
 from __future__ import annotations
 
-import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from llmstreams.bench.metrics import RunSummary
 from llmstreams.bench.plots import (
     declutter,
     latency_figure,
+    overlapping_tick_labels,
     pyplot,
     sweep_figure,
     timeline_figure,
@@ -49,25 +49,9 @@ def closed(concurrency: int, seed: int = 0) -> Run:
                     seed=seed, scale=1 + concurrency / 256)
 
 
-def overlaps(figure: Any) -> list[tuple[str, str]]:
-    figure.canvas.draw()
-    renderer = figure.canvas.get_renderer()
-    found = []
-    for axis in figure.axes:
-        for ruler in (axis.xaxis, axis.yaxis):
-            labels = [
-                label for label in ruler.get_ticklabels() + ruler.get_ticklabels(minor=True)
-                if label.get_visible() and label.get_text()
-            ]
-            for a, b in itertools.combinations(labels, 2):
-                if a.get_window_extent(renderer).overlaps(b.get_window_extent(renderer)):
-                    found.append((a.get_text(), b.get_text()))
-    return found
-
-
 def check_and_save(figure: Any, path: Path) -> None:
     declutter(figure)
-    assert overlaps(figure) == []
+    assert overlapping_tick_labels(figure) == []
     for axis in figure.axes:
         if axis.get_xlabel():
             assert "(" in axis.get_xlabel() or axis.get_xlabel() in ("",), axis.get_xlabel()

@@ -344,42 +344,44 @@ def overlapping_tick_labels(figure: Any) -> list[tuple[str, str]]:
     """Pairs of visible tick labels of one axis whose drawn boxes overlap."""
     figure.canvas.draw()
     renderer = figure.canvas.get_renderer()
-    found = []
-    for axis in figure.axes:
-        for ruler in (axis.xaxis, axis.yaxis):
-            labels = [
-                label for label in ruler.get_ticklabels(minor=False) + ruler.get_ticklabels(minor=True)
-                if label.get_visible() and label.get_text()
-            ]
-            boxes = [(label.get_text(), label.get_window_extent(renderer)) for label in labels]
-            for (first, a), (second, b) in itertools.combinations(boxes, 2):
-                if a.overlaps(b):
-                    found.append((first, second))
-    return found
+    return [pair for ruler in _rulers(figure) for pair in _overlaps(ruler, renderer)]
 
 
 def declutter(figure: Any) -> None:
-    """Thin the tick labels of every axis (every other one, repeatedly) until none overlap."""
+    """Thin the tick labels of every crowded axis (every other one, repeatedly) until none
+    overlap; minor tick labels go first."""
     from matplotlib.ticker import NullFormatter
 
     for _ in range(8):
-        if not overlapping_tick_labels(figure):
+        figure.canvas.draw()
+        renderer = figure.canvas.get_renderer()
+        crowded = [ruler for ruler in _rulers(figure) if _overlaps(ruler, renderer)]
+        if not crowded:
             return
-        for axis in figure.axes:
-            for ruler in (axis.xaxis, axis.yaxis):
-                ruler.set_minor_formatter(NullFormatter())
-                labels = [label for label in ruler.get_ticklabels() if label.get_text()]
-                ticks = list(ruler.get_ticklocs())
-                if len(labels) == len(ticks) and len(ticks) > 2 and _crowded(figure, ruler):
-                    low, high = ruler.get_view_interval()
-                    kept = [tick for tick in ticks if min(low, high) <= tick <= max(low, high)]
-                    texts = {tick: label.get_text() for tick, label in zip(ticks, labels, strict=True)}
-                    thinned = kept[::2]
-                    ruler.set_ticks(thinned, [texts[tick] for tick in thinned])
+        for ruler in crowded:
+            ruler.set_minor_formatter(NullFormatter())
+            ticks = list(ruler.get_ticklocs())
+            texts = [label.get_text() for label in ruler.get_ticklabels()]
+            low, high = sorted(ruler.get_view_interval())
+            shown = [(tick, text) for tick, text in zip(ticks, texts, strict=True)
+                     if low <= tick <= high]
+            if len(shown) > 2:
+                kept = shown[::2]
+                ruler.set_ticks([tick for tick, _ in kept], [text for _, text in kept])
 
 
-def _crowded(figure: Any, ruler: Any) -> bool:
-    renderer = figure.canvas.get_renderer()
-    boxes = [label.get_window_extent(renderer) for label in ruler.get_ticklabels()
-             if label.get_visible() and label.get_text()]
-    return any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))
+def _rulers(figure: Any) -> list[Any]:
+    return [ruler for axis in figure.axes for ruler in (axis.xaxis, axis.yaxis)]
+
+
+def _overlaps(ruler: Any, renderer: Any) -> list[tuple[str, str]]:
+    labels = [
+        label for label in ruler.get_ticklabels(minor=False) + ruler.get_ticklabels(minor=True)
+        if label.get_visible() and label.get_text()
+    ]
+    boxes = [(label.get_text(), label.get_window_extent(renderer)) for label in labels]
+    return [
+        (first, second)
+        for (first, a), (second, b) in itertools.combinations(boxes, 2)
+        if a.overlaps(b)
+    ]
