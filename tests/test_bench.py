@@ -59,10 +59,13 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--chunks-per-second", "--first-chunk-delay", "--response-delay", "--mock-knob",
         "--qianfan-auth", "--provider", "--model", "--endpoint", "--prompt", "--stream",
         "--no-stream", "--incremental-output", "--max-retries", "--json", "--requests-jsonl",
-        "--plots", "--quiet",
+        "--plots", "--quiet", "--trace", "--burstiness", "--ramp-up", "--processes", "--prompts",
+        "--sharegpt", "--random-input-len", "--max-tokens", "--percentiles", "--goodput",
+        "compare",
     ):
         assert option in text, option
-    for field in ("request_throughput", "mean_ttft_ms", "chunk_throughput", "cpu_s_per_1k_chunks"):
+    for field in ("request_throughput", "mean_ttft_ms", "total_token_throughput", "request_goodput",
+                  "median_tpot_ms", "p99_itl_ms"):
         assert field in text
 
 
