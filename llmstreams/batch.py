@@ -19,7 +19,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeAlias
 
@@ -81,8 +81,14 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
         return InputProblem(line_number, "not UTF-8 text")
     except json.JSONDecodeError as error:
         return InputProblem(line_number, f"not valid JSON ({error.msg} at column {error.colno})")
+    return parse_item(line_number, item)
+
+
+def parse_item(line_number: int, item: object) -> BatchRequest | InputProblem:
+    """The request in one decoded input record (a JSON line, or a row of a table)."""
     if not isinstance(item, dict):
         return InputProblem(line_number, f"must be a JSON object, not {type(item).__name__}")
+    item = dict(item)
     if "id" not in item:
         return InputProblem(line_number, 'has no "id"')
     request_id = item.pop("id")
@@ -125,11 +131,17 @@ class Classified:
 def classify(path: Path, done: Mapping[IdKey, bool]) -> Iterator[Classified]:
     """Each non-blank input line with its fate. The first line with an id wins; later lines
     with the same id are duplicates. Ids in `done` already have a result line."""
+    parsed = (parse_line(line_number, raw) for line_number, raw in read_lines(path))
+    return classify_parsed((item for item in parsed if item is not None), done)
+
+
+def classify_parsed(
+    parsed_items: Iterable[BatchRequest | InputProblem], done: Mapping[IdKey, bool]
+) -> Iterator[Classified]:
+    """`classify` over input records already parsed (`parse_line`, `parse_item`)."""
     first_lines: dict[IdKey, int] = {}
-    for line_number, raw in read_lines(path):
-        parsed = parse_line(line_number, raw)
-        if parsed is None:
-            continue
+    for parsed in parsed_items:
+        line_number = parsed.line
         key = id_key(parsed.id)
         if key is not None:
             if key in first_lines:
@@ -276,7 +288,7 @@ def result_record(request: BatchRequest, outcome: Outcome) -> dict[str, Any]:
             "request_id": completion.request_id,
             "chunks": completion.chunk_count,
             **timings,
-        }
+        } | ({"reasoning": completion.reasoning} if completion.reasoning else {})
     error = outcome.error
     assert error is not None
     details: dict[str, Any] = {"type": type(error).__name__, "message": error.message}
@@ -304,11 +316,19 @@ def problem_record(problem: InputProblem) -> dict[str, Any]:
 Client: TypeAlias = llmstreams.QianfanClient | llmstreams.DashScopeClient
 
 
-def make_client(provider: Provider, pool: llmstreams.Pool, *, base_url: str | None = None) -> Client:
-    """A client of `provider` on `pool`, with credentials from the environment."""
+def make_client(
+    provider: Provider,
+    pool: llmstreams.Pool,
+    *,
+    base_url: str | None = None,
+    credentials: Mapping[str, str] | None = None,
+) -> Client:
+    """A client of `provider` on `pool`; `credentials` are the client's keyword arguments
+    (`api_key`, `secret_key`, ...), else they come from the environment."""
+    given: dict[str, Any] = dict(credentials or {})
     if provider == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url, pool=pool)
-    return llmstreams.DashScopeClient(base_url=base_url, pool=pool)
+        return llmstreams.QianfanClient(base_url=base_url, pool=pool, **given)
+    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, **given)
 
 
 @attrs.frozen(slots=True)
