@@ -21,7 +21,7 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeAlias
+from typing import Any, Literal, Protocol, TextIO, TypeAlias
 
 import attrs
 
@@ -416,22 +416,10 @@ async def run_batch(
     started = time.perf_counter()
     summary = BatchSummary()
     previous = load_previous(output_path, mode)
-    summary.cut_bytes = previous.cut_bytes
-    summary.unreadable_output_lines = len(previous.unreadable_lines)
-    if previous.cut_bytes:
-        report(
-            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
-            " left by an interrupted run"
-        )
-    if previous.unreadable_lines:
-        report(
-            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
-            f" results (lines {_some(previous.unreadable_lines)})"
-        )
-
+    report_previous(output_path, previous, summary, report)
     writer = ResultWriter(output_path)
     try:
-        _plan(input_path, previous, writer, summary, report)
+        plan(input_path, classify(input_path, previous.done), writer, summary, report)
         await _run_requests(
             input_path, previous, target, writer, summary,
             concurrency=concurrency, progress_stream=progress_stream,
@@ -448,16 +436,40 @@ def _some(numbers: list[int], limit: int = 10) -> str:
     return shown + (", ..." if len(numbers) > limit else "")
 
 
-def _plan(
+def report_previous(
+    output_path: Path, previous: PreviousResults, summary: BatchSummary, report: Reporter
+) -> None:
+    """Count and report what was repaired or ignored in the output of an earlier run."""
+    summary.cut_bytes = previous.cut_bytes
+    summary.unreadable_output_lines = len(previous.unreadable_lines)
+    if previous.cut_bytes:
+        report(
+            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
+            " left by an interrupted run"
+        )
+    if previous.unreadable_lines:
+        report(
+            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
+            f" results (lines {_some(previous.unreadable_lines)})"
+        )
+
+
+class RecordWriter(Protocol):
+    """Where result records go (`ResultWriter`, or a table format's writer)."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+
+def plan(
     input_path: Path,
-    previous: PreviousResults,
-    writer: ResultWriter,
+    items: Iterable[Classified],
+    writer: RecordWriter,
     summary: BatchSummary,
     report: Reporter,
 ) -> None:
     """First pass over the input: count what will run, report and record the bad lines."""
     reported = 0
-    for item in classify(input_path, previous.done):
+    for item in items:
         summary.input_lines += 1
         if item.action == "run":
             summary.to_run += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from llmstreams.commands import library_log_level
 from llmstreams.progress import format_duration
 
 DEFAULT_CONCURRENCY = 16
+DEFAULT_ACTORS = 2
+RAY_INSTALL = "pip install 'llmstreams[ray]'"
 
 DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
@@ -76,6 +79,18 @@ def register(subparsers: Any) -> None:
         "-v", "--verbose", action="store_true",
         help="log each retry (by default only the summary tells how many attempts were made)",
     )
+    parser.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="run the requests on Ray actors: a local Ray without ADDRESS, 'auto' for the one "
+        "running on this machine, ray://HOST:10001 for a remote cluster (give INPUT first, or "
+        "write --ray=ADDRESS); INPUT and OUTPUT may then be .parquet too. "
+        f"Needs the ray extra: {RAY_INSTALL}",
+    )
+    parser.add_argument(
+        "--actors", type=_positive_int, default=DEFAULT_ACTORS,
+        help=f"with --ray: actors streaming requests, each with --concurrency in flight "
+        f"(default {DEFAULT_ACTORS})",
+    )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
         "--overwrite", action="store_const", dest="mode", const="overwrite",
@@ -128,10 +143,15 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(f"{args.input}: no such file")
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         return _usage_error("OUTPUT must not be INPUT")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        return _usage_error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
     try:
         with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-            summary = asyncio.run(_main(args, provider))
-    except llmstreams.InvalidParameterError as error:
+            summary = (
+                _run_on_ray(args, provider) if args.ray is not None
+                else asyncio.run(_main(args, provider))
+            )
+    except (llmstreams.InvalidParameterError, ValueError, ConnectionError) as error:
         return _usage_error(str(error))
     except KeyboardInterrupt:
         _report("interrupted; run the same command again to resume")
@@ -141,21 +161,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
-    limits = (args.rps, args.rpm, args.tpm)
-    rate_limit = (
-        llmstreams.RateLimit(
-            requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
-        )
-        if any(limit is not None for limit in limits)
-        else None
-    )
-    async with llmstreams.Pool(rate_limit=rate_limit, max_retries=args.max_retries) as pool:
+    async with llmstreams.Pool(rate_limit=_rate_limit(args), max_retries=args.max_retries) as pool:
         client = make_client(provider, pool, base_url=args.base_url)
         target = Target(client, model=args.model, endpoint=args.endpoint)
         return await run_batch(
             args.input, args.output, target,
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
         )
+
+
+def _rate_limit(args: argparse.Namespace) -> llmstreams.RateLimit | None:
+    limits = (args.rps, args.rpm, args.tpm)
+    if all(limit is None for limit in limits):
+        return None
+    return llmstreams.RateLimit(
+        requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+    )
+
+
+def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
+    from llmstreams.ray.batch import RayJob, credentials_from_environment, run_batch_on_ray
+
+    job = RayJob(
+        provider, model=args.model, endpoint=args.endpoint, base_url=args.base_url,
+        credentials=credentials_from_environment(provider), address=args.ray,
+        actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
+        rate_limit=_rate_limit(args),
+    )
+    return run_batch_on_ray(args.input, args.output, job, mode=args.mode, report=_report)
 
 
 def _per_second(count: int, seconds: float) -> str:

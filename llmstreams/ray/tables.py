@@ -1,0 +1,104 @@
+"""Parquet input and output for `llmstreams batch --ray`.
+
+Parquet output is a directory of part files (as Ray Data and Spark write it), with the columns
+of `RESULT_COLUMNS`. A part is written whole (to a temporary name, then renamed) every
+`PART_ROWS` results and at the end, so a killed run leaves only whole parts; the results not
+yet in a part run again on resume.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow
+import pyarrow.compute
+import pyarrow.parquet
+
+from llmstreams.batch import BatchRequest, InputProblem, Mode, PreviousResults, id_key, parse_item
+from llmstreams.ray.generate import columns_of, result_table, without_nulls
+
+PART_ROWS = 1000
+_TEMPORARY_SUFFIX = ".tmp"
+
+
+def is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+def read_parquet_requests(path: Path) -> Iterator[BatchRequest | InputProblem]:
+    """The request of each row of a Parquet file (its row number from 1 as its line)."""
+    source = pyarrow.parquet.ParquetFile(path)
+    numbers = itertools.count(1)
+    for batch in source.iter_batches():
+        for row in batch.to_pylist():
+            yield parse_item(next(numbers), without_nulls(row))
+
+
+def _parts(directory: Path) -> list[Path]:
+    return sorted(directory.glob("*.parquet")) if directory.is_dir() else []
+
+
+def load_previous_parts(directory: Path, mode: Mode) -> PreviousResults:
+    """`load_previous` for a Parquet output directory: ids done, after `mode` is applied."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for leftover in directory.glob(f"*{_TEMPORARY_SUFFIX}"):
+        leftover.unlink()
+    parts = _parts(directory)
+    if mode == "overwrite":
+        for part in parts:
+            part.unlink()
+        return PreviousResults({}, [], 0)
+    done = {}
+    kept: list[pyarrow.Table] = []
+    for part in parts:
+        table = pyarrow.parquet.read_table(part)
+        for identifier, error_type in zip(
+            table.column("id").to_pylist(), table.column("error_type").to_pylist(), strict=True
+        ):
+            key = id_key(identifier)
+            if key is not None and not (mode == "retry_errors" and error_type is not None):
+                done[key] = error_type is None
+        if mode == "retry_errors":
+            kept.append(table.filter(pyarrow.compute.is_null(table.column("error_type"))))
+    if mode == "retry_errors" and parts:
+        _write_part(directory, pyarrow.concat_tables(kept))
+        for part in parts:
+            part.unlink()
+    return PreviousResults(done, [], 0)
+
+
+def _write_part(directory: Path, table: pyarrow.Table) -> None:
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    temporary = directory / (name + _TEMPORARY_SUFFIX)
+    pyarrow.parquet.write_table(table, temporary)
+    os.replace(temporary, directory / name)
+
+
+class PartWriter:
+    """Result records into the Parquet parts of `directory`; see the module docstring."""
+
+    def __init__(self, directory: Path, part_rows: int = PART_ROWS) -> None:
+        self.directory = directory
+        self.part_rows = part_rows
+        self._rows: list[dict[str, Any]] = []
+
+    def __repr__(self) -> str:
+        return f"<PartWriter {str(self.directory)!r} waiting_rows={len(self._rows)}>"
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._rows.append(columns_of(record))
+        if len(self._rows) >= self.part_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            _write_part(self.directory, result_table(self._rows))
+            self._rows = []
+
+    def close(self) -> None:
+        self.flush()
