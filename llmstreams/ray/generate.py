@@ -169,17 +169,17 @@ class Generate:
         self.concurrency = concurrency
         self.fail_fast = fail_fast
         self.json_column = json_column
-        self._base_url = base_url
-        self._credentials = (
-            credentials if isinstance(credentials, Secrets) or credentials is None
-            else Secrets(credentials)
+        secrets = Secrets(credentials) if isinstance(credentials, Mapping) else credentials
+        # Made here, so that missing credentials fail the actor at its start; the pool opens
+        # its session on first use, in the event loop Ray runs the calls in.
+        pool = llmstreams.Pool(
+            max_retries=max_retries, timeout=timeout, rate_limit=rate_limit, rate_limiter=rate_limiter
         )
-        self._pool_options: dict[str, Any] = {
-            "max_retries": max_retries, "timeout": timeout,
-            "rate_limit": rate_limit, "rate_limiter": rate_limiter,
-        }
-        self._target: Target | None = None
-        self._slots: asyncio.Semaphore | None = None
+        client = make_client(
+            provider, pool, base_url=base_url, credentials=None if secrets is None else secrets.values
+        )
+        self._target = Target(client, model=model, endpoint=endpoint)
+        self._slots = asyncio.Semaphore(concurrency)
 
     def __repr__(self) -> str:
         what = f"model={self.model!r}" if self.model is not None else f"endpoint={self.endpoint!r}"
@@ -210,22 +210,9 @@ class Generate:
             if self.json_column is not None:
                 return problem_record(parsed)
             return {"id": parsed.id, "error": {"type": INPUT_ERROR, "message": parsed.message}}
-        target, slots = self._started()
-        async with slots:
-            outcome: Outcome = await run_job(0, target.job(parsed))
+        async with self._slots:
+            outcome: Outcome = await run_job(0, self._target.job(parsed))
         if self.fail_fast and outcome.error is not None:
             outcome.error.add_note(f"raised for the request with id {parsed.id!r} (fail_fast=True)")
             raise outcome.error
         return result_record(parsed, outcome)
-
-    def _started(self) -> tuple[Target, asyncio.Semaphore]:
-        """The actor's client and concurrency bound, made on first use in Ray's event loop."""
-        if self._target is None or self._slots is None:
-            pool = llmstreams.Pool(**self._pool_options)
-            credentials = None if self._credentials is None else self._credentials.values
-            client = make_client(
-                self.provider, pool, base_url=self._base_url, credentials=credentials
-            )
-            self._target = Target(client, model=self.model, endpoint=self.endpoint)
-            self._slots = asyncio.Semaphore(self.concurrency)
-        return self._target, self._slots
