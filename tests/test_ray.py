@@ -26,6 +26,7 @@ from llmstreams.cli import main
 from llmstreams.mock import BEHAVIOUR_HEADER
 from llmstreams.mock.workers import spawn_mock_workers
 from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets
+from tests.support import ROOT, python_examples, run_example
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "billa-7b-sft-v1"
@@ -318,3 +319,17 @@ def test_generate_rejects_bad_settings_before_any_ray_work() -> None:
         Generate("nowhere", model=MODEL)  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="concurrency"):
         Generate("dashscope", model=MODEL, concurrency=0)
+
+
+async def test_the_docs_example_runs(local_ray: None, mock_url: str) -> None:
+    examples = python_examples(ROOT / "docs" / "ray.md")
+    assert len(examples) == 1
+    environment = {
+        **os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": mock_url,
+        # The example's ray.init() joins the Ray of this session.
+        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+    }
+    output = await run_example(examples[0], environment)
+    counts, text = output.rstrip("\n").split("\n")[-2:]
+    assert counts == "101 answers, 0 failed"
+    assert len(text) == 30

@@ -43,6 +43,10 @@ Resuming: by default the ids already in OUTPUT are skipped, so after a crash or 
 command carries on where it stopped. --retry-errors runs the failed ids again;
 --overwrite starts OUTPUT afresh.
 
+On Ray (--ray, needs the ray extra): the same, with the requests streamed by --actors Ray
+actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUTPUT may be
+.parquet. See docs/ray.md.
+
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
 error (bad option, missing credentials, unreadable file); 130 when interrupted.
