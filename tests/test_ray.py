@@ -256,33 +256,45 @@ def test_batch_on_ray_reads_and_writes_parquet(
     assert set(again) == set(range(120)) and again[0] == found[0]
 
 
-async def test_a_killed_ray_batch_resumes_with_every_id_exactly_once(local_ray: None, tmp_path: Path) -> None:
+async def test_an_interrupted_or_killed_ray_batch_resumes_with_every_id_exactly_once(local_ray: None, tmp_path: Path) -> None:
     count = 200
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(count)])
     output = tmp_path / "output.jsonl"
     env = {**os.environ, "DASHSCOPE_API_KEY": "test-key", "PYTHONPATH": str(REPO)}
 
     async def start(url: str) -> asyncio.subprocess.Process:
-        # --ray=auto: the local Ray this test session started.
+        # --ray=ADDRESS: the local Ray this test session started.
         return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "llmstreams", *batch_args(source, output, url, "--concurrency", "4"),
-            "--ray=auto", env=env, cwd=REPO,
+            f"--ray={ray.get_runtime_context().gcs_address}", env=env, cwd=REPO,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
+
+    async def wait_for_lines(process: asyncio.subprocess.Process, lines: int) -> None:
+        """Poll the output of the batch (another process: nothing to await)."""
+        async with asyncio.timeout(90):
+            while not output.exists() or len(output.read_bytes().splitlines()) < lines:
+                assert process.returncode is None, (await process.communicate())[1].decode()
+                await asyncio.sleep(0.1)
 
     # 10 chunks at 20 per second: half a second per request, 8 in flight: about 12 s in all.
     async with spawn_mock_workers(1, chunks_per_second=20) as url:
         process = await start(url)
+        await wait_for_lines(process, 8)
+        process.send_signal(signal.SIGINT)
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode == 130
+        interrupted = len(read_jsonl(output))
+        assert f"interrupted: {count - interrupted} requests not run" in stdout.decode()
+
+        process = await start(url)
         try:
-            async with asyncio.timeout(90):
-                while not output.exists() or len(output.read_bytes().splitlines()) < 8:
-                    assert process.returncode is None, (await process.communicate())[1].decode()
-                    await asyncio.sleep(0.1)
+            await wait_for_lines(process, interrupted + 8)
         finally:
             process.send_signal(signal.SIGKILL)
             await process.communicate()
     written = len(read_jsonl(output))
-    assert 8 <= written < count
+    assert interrupted + 8 <= written < count
 
     async with spawn_mock_workers(1) as url:
         process = await start(url)
@@ -312,6 +324,17 @@ def test_ray_missing_says_how_to_install(tmp_path: Path) -> None:
     assert not (tmp_path / "out.jsonl").exists()
 
 
+def test_batch_on_a_local_ray_without_credentials_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
+    source = write_jsonl(tmp_path / "input.jsonl", [{"id": 1, "prompt": "x"}])
+    output = tmp_path / "out.jsonl"
+    assert main([*batch_args(source, output, "http://127.0.0.1:9"), "--ray"]) == 2
+    assert "DASHSCOPE_API_KEY" in capsys.readouterr().err
+    assert not output.exists()
+
+
 def test_generate_rejects_bad_settings_before_any_ray_work() -> None:
     with pytest.raises(InvalidParameterError, match="model"):
         Generate("dashscope")
@@ -321,14 +344,13 @@ def test_generate_rejects_bad_settings_before_any_ray_work() -> None:
         Generate("dashscope", model=MODEL, concurrency=0)
 
 
-async def test_the_docs_example_runs(local_ray: None, mock_url: str) -> None:
+async def test_the_docs_example_runs(mock_url: str) -> None:
     examples = python_examples(ROOT / "docs" / "ray.md")
     assert len(examples) == 1
-    environment = {
-        **os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": mock_url,
-        # The example's ray.init() joins the Ray of this session.
-        "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
-    }
+    # The example's ray.init() starts a Ray of its own, whose workers inherit this environment
+    # (the credentials and the mock's URL), as they would a user's.
+    environment = {**os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": mock_url}
+    environment.pop("RAY_ADDRESS", None)
     output = await run_example(examples[0], environment)
     counts, text = output.rstrip("\n").split("\n")[-2:]
     assert counts == "101 answers, 0 failed"

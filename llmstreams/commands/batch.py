@@ -186,9 +186,13 @@ def _rate_limit(args: argparse.Namespace) -> llmstreams.RateLimit | None:
 def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
     from llmstreams.ray.batch import RayJob, credentials_from_environment, run_batch_on_ray
 
+    credentials = credentials_from_environment(provider)
+    if credentials is None and args.ray == "local":
+        # A local Ray's workers have this environment: without credentials here, say so now.
+        make_client(provider, llmstreams.Pool(), base_url=args.base_url)
     job = RayJob(
         provider, model=args.model, endpoint=args.endpoint, base_url=args.base_url,
-        credentials=credentials_from_environment(provider), address=args.ray,
+        credentials=credentials, address=args.ray,
         actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
         rate_limit=_rate_limit(args),
     )

@@ -39,9 +39,8 @@ from llmstreams.batch import (
     report_previous,
 )
 from llmstreams.dashscope.client import API_KEY_ENV
-from llmstreams.errors import InvalidParameterError
 from llmstreams.progress import Progress
-from llmstreams.qianfan.auth import resolve_credentials
+from llmstreams.qianfan.auth import ENV_LAYOUTS, resolve_credentials
 from llmstreams.ratelimit import RateLimit
 from llmstreams.ray.generate import RESULT_JSON_COLUMN, Generate, Secrets
 from llmstreams.ray.ratelimit import ClusterRateLimiter
@@ -73,14 +72,15 @@ class MixedIdsError(ValueError):
 
 def credentials_from_environment(provider: Provider) -> Secrets | None:
     """The credentials this process's environment holds for `provider`, to hand to the actors
-    (None when it holds none: the workers' own environment must then have them)."""
+    (None when it holds none: the workers' own environment must then have them). Variables
+    that do not make one complete set raise `InvalidParameterError`, as for a client."""
     if provider == "dashscope":
         api_key = os.environ.get(API_KEY_ENV, "").strip()
         return Secrets({"api_key": api_key}) if api_key else None
-    try:
-        return Secrets(resolve_credentials({}, os.environ).values)
-    except InvalidParameterError:
+    variables = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
+    if not any(os.environ.get(variable, "").strip() for variable in variables):
         return None
+    return Secrets(resolve_credentials({}, os.environ).values)
 
 
 def connect(address: str | None) -> bool:
