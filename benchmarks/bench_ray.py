@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=RESULTS)
     args = parser.parse_args()
 
+    # Ray starts its workers at niceness 15: next to the other jobs of a shared machine that
+    # alone would starve them, against a local run at niceness 0.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
@@ -157,7 +161,7 @@ def main() -> None:
                 runs.setdefault(f"knee local c={concurrency * 2}", []).append(
                     timed(lambda c=concurrency: configs["local"](args.large, c * 2))
                 )
-            print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr)
+            print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
         limits: dict[str, list[float]] = {"divided": [], "cluster": []}
         for round_number in range(args.rounds):
@@ -190,6 +194,7 @@ def main() -> None:
     def cell(values: dict[str, float], digits: int = 0) -> str:
         return f"{values['median']:,.{digits}f} [{values['min']:,.{digits}f}, {values['max']:,.{digits}f}]"
 
+    print(f"Ray workers' niceness: {os.environ['RAY_worker_niceness']}")  # noqa: SIM112
     print(f"{'run':<24} {'seconds':>24} {'requests/s':>26} {'chunks/s':>28}")
     for name, values in table.items():
         print(f"{name:<24} {cell(values['seconds'], 2):>24} {cell(values['requests_per_s']):>26} "

@@ -27,6 +27,7 @@ from llmstreams.batch import (
     BatchSummary,
     InputProblem,
     Mode,
+    Protocol,
     Provider,
     RecordWriter,
     Reporter,
@@ -38,7 +39,8 @@ from llmstreams.batch import (
     read_lines,
     report_previous,
 )
-from llmstreams.dashscope.client import API_KEY_ENV
+from llmstreams.dashscope.client import API_KEY_ENV as DASHSCOPE_API_KEY_ENV
+from llmstreams.openai.client import API_KEY_ENV as OPENAI_API_KEY_ENV
 from llmstreams.progress import Progress
 from llmstreams.qianfan.auth import ENV_LAYOUTS, resolve_credentials
 from llmstreams.ratelimit import RateLimit
@@ -58,6 +60,7 @@ class RayJob:
     model: str | None = None
     endpoint: str | None = None
     base_url: str | None = None
+    protocol: Protocol = "native"
     credentials: Secrets | None = None
     address: str | None = None
     actors: int = 2
@@ -74,8 +77,9 @@ def credentials_from_environment(provider: Provider) -> Secrets | None:
     """The credentials this process's environment holds for `provider`, to hand to the actors
     (None when it holds none: the workers' own environment must then have them). Variables
     that do not make one complete set raise `InvalidParameterError`, as for a client."""
-    if provider == "dashscope":
-        api_key = os.environ.get(API_KEY_ENV, "").strip()
+    if provider in ("dashscope", "openai"):
+        variable = DASHSCOPE_API_KEY_ENV if provider == "dashscope" else OPENAI_API_KEY_ENV
+        api_key = os.environ.get(variable, "").strip()
         return Secrets({"api_key": api_key}) if api_key else None
     variables = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
     if not any(os.environ.get(variable, "").strip() for variable in variables):
@@ -196,6 +200,7 @@ def _run(
             fn_constructor_args=(job.provider,),
             fn_constructor_kwargs={
                 "model": job.model, "endpoint": job.endpoint, "base_url": job.base_url,
+                "protocol": job.protocol,
                 "credentials": job.credentials, "concurrency": job.concurrency,
                 "max_retries": job.max_retries, "rate_limiter": limiter,
                 "json_column": "request",

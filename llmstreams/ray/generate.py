@@ -16,6 +16,7 @@ from llmstreams.batch import (
     PROVIDERS,
     BatchRequest,
     InputProblem,
+    Protocol,
     Provider,
     Target,
     make_client,
@@ -144,6 +145,7 @@ class Generate:
         model: str | None = None,
         endpoint: str | None = None,
         base_url: str | None = None,
+        protocol: Protocol = "native",
         credentials: Mapping[str, str] | Secrets | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_retries: int | None = None,
@@ -176,7 +178,8 @@ class Generate:
             max_retries=max_retries, timeout=timeout, rate_limit=rate_limit, rate_limiter=rate_limiter
         )
         client = make_client(
-            provider, pool, base_url=base_url, credentials=None if secrets is None else secrets.values
+            provider, pool, base_url=base_url, protocol=protocol,
+            credentials=None if secrets is None else secrets.values,
         )
         self._target = Target(client, model=model, endpoint=endpoint)
         self._slots = asyncio.Semaphore(concurrency)
