@@ -12,9 +12,10 @@ Rounds alternate the order of the configurations; the table shows medians and [m
 Ray's overhead per request removes the fixed costs (actor start, Ray Data planning) by running
 two sizes: ((T_ray(large) - T_ray(small)) - (T_local(large) - T_local(small))) / (large - small).
 The knee: ray-2's requests/s on the large job as the concurrency per actor grows.
-The rate limits: 2 actors under 40 requests/s given once, either divided (each actor 20/s) or
-through one `ClusterRateLimiter`; the achieved rate counts the results from the first one to
-the last as they reach the driver (so the actors' start is left out).
+The rate limits: 2 actors (or an autoscaling pool of 1 to 2) under 40 requests/s given once,
+either divided (each actor 20/s) or through one `ClusterRateLimiter`, counting the requests at the mock (GET /stats every 50 ms):
+the steady rate from 10% to 90% of the requests, and the most in any one second. And what one
+permit costs: an `acquire` awaited from the driver, in a loop.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ import ray.data
 import llmstreams
 from llmstreams.batch import BatchSummary, Target, run_batch
 from llmstreams.mock import spawn_mock_workers
-from llmstreams.ray import ClusterRateLimiter, Generate, Secrets
+from llmstreams.ray import ClusterRateLimiter, Generate, Secrets, shared_out
 from llmstreams.ray.batch import RayJob, run_batch_on_ray
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray.json"
@@ -92,28 +95,59 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def achieved_rate(url: str, count: int, limiter: str, rps: float) -> float:
+def server_requests(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as answer:
+        count: int = json.load(answer)["requests"]["dashscope.generation"]
+    return count
+
+
+def rate_limited(url: str, count: int, scenario: str, rps: float) -> dict[str, float]:
+    """Run `count` requests on 2 actors under `rps`, divided or shared (scenario "divided" or
+    "cluster"; "... autoscaling": a pool of 1 to 2 actors), counting the requests at the mock
+    every 50 ms: the rate from 10% to 90% of them (the job's steady state, without the actors'
+    start and the last stragglers), and the most sent in any one second."""
+    limiter, _, autoscaling = scenario.partition(" ")
     rows = [{"id": i, "prompt": f"question {i}"} for i in range(count)]
     options: dict[str, Any] = {
         "model": MODEL, "base_url": url, "credentials": {"api_key": KEY}, "concurrency": 16,
         "max_retries": 0,
     }
     if limiter == "divided":  # each of the 2 actors holds half the budget
-        options["rate_limit"] = llmstreams.RateLimit(requests_per_second=rps / 2)
-    elif limiter == "cluster":
+        options["rate_limit"] = shared_out(llmstreams.RateLimit(requests_per_second=rps), 2)
+    else:
         options["rate_limiter"] = ClusterRateLimiter(llmstreams.RateLimit(requests_per_second=rps))
-    results = ray.data.from_items(rows).map_batches(
-        Generate, fn_constructor_args=("dashscope",), fn_constructor_kwargs=options,
-        batch_size=8, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=2, max_concurrent_calls_per_actor=2),
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            samples.append((time.perf_counter(), server_requests(url)))
+
+    before = server_requests(url)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        results = ray.data.from_items(rows).map_batches(
+            Generate, fn_constructor_args=("dashscope",), fn_constructor_kwargs=options,
+            batch_size=8, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1 if autoscaling else 2, max_size=2, max_concurrent_calls_per_actor=2
+            ),
+        ).take_all()
+    finally:
+        done.set()
+        sampler.join()
+    assert all(row["error_type"] is None for row in results)
+    counts = [(when, sent - before) for when, sent in samples]
+
+    def when_reached(share: float) -> tuple[float, int]:
+        return next((when, sent) for when, sent in counts if sent >= share * count)
+
+    (start, sent_start), (end, sent_end) = when_reached(0.1), when_reached(0.9)
+    most_in_a_second = max(
+        later - sent for when, sent in counts for until, later in counts if 0 < until - when <= 1.0
     )
-    arrivals: list[tuple[float, int]] = []
-    for batch in results.iter_batches(batch_size=None, batch_format="pyarrow"):
-        assert batch.column("error_type").null_count == batch.num_rows
-        arrivals.append((time.perf_counter(), batch.num_rows))
-    # From the first batch of results to the last: the actors' start is not part of the rate.
-    later_rows = sum(rows for _, rows in arrivals[1:])
-    return later_rows / (arrivals[-1][0] - arrivals[0][0])
+    return {"steady_rps": (sent_end - sent_start) / (end - start), "most_in_1s": most_in_a_second}
 
 
 def main() -> None:
@@ -123,7 +157,8 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=3000)
     parser.add_argument("--concurrency", type=int, default=64, help="streams in flight per process")
     parser.add_argument("--knee", default="8,64,256", help="concurrencies per actor for the knee")
-    parser.add_argument("--rate-requests", type=int, default=240)
+    parser.add_argument("--rate-requests", type=int, default=400)
+    parser.add_argument("--only-rate-limit", action="store_true", help="skip the scaling runs")
     parser.add_argument("--rps", type=float, default=40.0)
     parser.add_argument("--mock-workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=RESULTS)
@@ -136,6 +171,36 @@ def main() -> None:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
+    report = json.loads(args.json.read_text()) if args.only_rate_limit and args.json.exists() else {}
+    if not args.only_rate_limit:
+        report["settings"] = {
+            key: getattr(args, key)
+            for key in ("rounds", "small", "large", "concurrency", "knee", "mock_workers")
+        }
+        report.update(scaling(args))
+    report["rate_limit"] = rate_limits(args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2) + "\n")
+    ray.shutdown()
+
+    def cell(values: dict[str, float], digits: int = 0) -> str:
+        return f"{values['median']:,.{digits}f} [{values['min']:,.{digits}f}, {values['max']:,.{digits}f}]"
+
+    print(f"Ray workers' niceness: {os.environ['RAY_worker_niceness']}")  # noqa: SIM112
+    if "runs" in report:
+        print(f"{'run':<24} {'seconds':>24} {'requests/s':>26} {'chunks/s':>28}")
+        for name, values in report["runs"].items():
+            print(f"{name:<24} {cell(values['seconds'], 2):>24} "
+                  f"{cell(values['requests_per_s']):>26} {cell(values['chunks_per_s']):>28}")
+        for name, values in report["ray_overhead_ms_per_request"].items():
+            print(f"Ray overhead per request, {name}: {cell(values, 3)} ms")
+    print(f"one permit from the ClusterRateLimiter: {cell(report['rate_limit']['permit_ms'], 2)} ms")
+    for name, values in report["rate_limit"]["measured"].items():
+        print(f"rate limit {args.rps:g}/s, 2 actors, {name}: steady {cell(values['steady_rps'], 1)}"
+              f" requests/s, most in one second {cell(values['most_in_1s'])}")
+
+
+def scaling(args: argparse.Namespace) -> dict[str, Any]:
     knee = [int(value) for value in args.knee.split(",")]
     with tempfile.TemporaryDirectory() as scratch, spawn_mock_workers(args.mock_workers) as url:
         inputs = {size: write_input(Path(scratch) / f"in-{size}.jsonl", size) for size in (args.small, args.large)}
@@ -163,12 +228,6 @@ def main() -> None:
                 )
             print(f"round {round_number + 1} of {args.rounds} done", file=sys.stderr, flush=True)
 
-        limits: dict[str, list[float]] = {"divided": [], "cluster": []}
-        for round_number in range(args.rounds):
-            for name in list(limits)[round_number % 2:] + list(limits)[:round_number % 2]:
-                limits[name].append(achieved_rate(url, args.rate_requests, name, args.rps))
-
-    table = {name: {key: spread([run[key] for run in values]) for key in values[0]} for name, values in runs.items()}
     overheads = []
     for round_number in range(args.rounds):
         def seconds(name: str, size: int, index: int = round_number) -> float:
@@ -178,32 +237,43 @@ def main() -> None:
         for name in ("ray-1", "ray-2"):
             ray_delta = seconds(name, args.large) - seconds(name, args.small)
             overheads.append((name, (ray_delta - local) / (args.large - args.small)))
-    overhead = {
-        name: spread([value * 1e3 for key, value in overheads if key == name]) for name in ("ray-1", "ray-2")
+    return {
+        "runs": {
+            name: {key: spread([run[key] for run in values]) for key in values[0]}
+            for name, values in runs.items()
+        },
+        "ray_overhead_ms_per_request": {
+            name: spread([value * 1e3 for key, value in overheads if key == name])
+            for name in ("ray-1", "ray-2")
+        },
     }
-    achieved = {name: spread(values) for name, values in limits.items()}
-    report = {
-        "settings": vars(args) | {"json": str(args.json)},
-        "runs": table,
-        "ray_overhead_ms_per_request": overhead,
-        "rate_limit": {"target_rps": args.rps, "achieved_rps": achieved},
+
+
+def rate_limits(args: argparse.Namespace) -> dict[str, Any]:
+    # One mock process, whose /stats counts every request the actors send.
+    with spawn_mock_workers(1) as url:
+        scenarios = ("divided", "cluster", "divided autoscaling", "cluster autoscaling")
+        limits: dict[str, list[dict[str, float]]] = {name: [] for name in scenarios}
+        for round_number in range(args.rounds):
+            for name in scenarios[round_number % 4:] + scenarios[:round_number % 4]:
+                limits[name].append(rate_limited(url, args.rate_requests, name, args.rps))
+    unlimited = ClusterRateLimiter(llmstreams.RateLimit(requests_per_second=1e9))
+
+    async def permit_round_trips(count: int = 300) -> float:
+        await unlimited.acquire()  # the permit actor is started
+        started = time.perf_counter()
+        for _ in range(count):
+            await unlimited.acquire()
+        return (time.perf_counter() - started) / count * 1e3
+
+    return {
+        "settings": {"rounds": args.rounds, "requests": args.rate_requests, "rps": args.rps},
+        "permit_ms": spread([asyncio.run(permit_round_trips()) for _ in range(args.rounds)]),
+        "measured": {
+            name: {key: spread([run[key] for run in values]) for key in values[0]}
+            for name, values in limits.items()
+        },
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-    def cell(values: dict[str, float], digits: int = 0) -> str:
-        return f"{values['median']:,.{digits}f} [{values['min']:,.{digits}f}, {values['max']:,.{digits}f}]"
-
-    print(f"Ray workers' niceness: {os.environ['RAY_worker_niceness']}")  # noqa: SIM112
-    print(f"{'run':<24} {'seconds':>24} {'requests/s':>26} {'chunks/s':>28}")
-    for name, values in table.items():
-        print(f"{name:<24} {cell(values['seconds'], 2):>24} {cell(values['requests_per_s']):>26} "
-              f"{cell(values['chunks_per_s']):>28}")
-    for name, values in overhead.items():
-        print(f"Ray overhead per request, {name}: {cell(values, 3)} ms")
-    for name, values in achieved.items():
-        print(f"rate limit {args.rps:g}/s over 2 actors, {name}: achieved {cell(values, 1)} requests/s")
-    ray.shutdown()
 
 
 if __name__ == "__main__":

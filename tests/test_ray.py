@@ -25,7 +25,7 @@ from llmstreams import InvalidParameterError, RateLimit, ServerError
 from llmstreams.cli import main
 from llmstreams.mock import BEHAVIOUR_HEADER
 from llmstreams.mock.workers import spawn_mock_workers
-from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets
+from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets, shared_out
 from tests.support import ROOT, python_examples, run_example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -242,7 +242,8 @@ def test_batch_on_ray_reads_and_writes_parquet(
     pyarrow.parquet.write_table(table, source)
     output = tmp_path / "output.parquet"
 
-    assert main([*batch_args(source, output, mock_url), "--ray"]) == 1
+    # Each of the 2 actors holds half of --rps.
+    assert main([*batch_args(source, output, mock_url), "--ray", "--rps", "1000"]) == 1
     written = pyarrow.parquet.read_table(output).to_pylist()
     found = by_id(written)
     assert set(found) == set(range(120))
@@ -355,3 +356,11 @@ async def test_the_docs_example_runs(mock_url: str) -> None:
     counts, text = output.rstrip("\n").split("\n")[-2:]
     assert counts == "101 answers, 0 failed"
     assert len(text) == 30
+
+
+def test_a_limit_shared_out_adds_up_to_the_whole() -> None:
+    limit = RateLimit(requests_per_second=50, tokens_per_minute=90_000)
+    assert shared_out(limit, 4) == RateLimit(requests_per_second=12.5, tokens_per_minute=22_500)
+    # Less than one request per second each: one permit actor must hold it instead.
+    assert shared_out(RateLimit(requests_per_second=3), 4) is None
+    assert shared_out(RateLimit(tokens_per_minute=100), 400) == RateLimit(tokens_per_minute=0.25)

@@ -6,6 +6,8 @@ Needs the `ray` extra: `pip install 'llmstreams[ray]'`. `Generate` is the callab
 """
 
 from llmstreams.ray.generate import RESULT_COLUMNS, Generate, Secrets, columns_of
-from llmstreams.ray.ratelimit import ClusterRateLimiter
+from llmstreams.ray.ratelimit import ClusterRateLimiter, shared_out
 
-__all__ = ["RESULT_COLUMNS", "ClusterRateLimiter", "Generate", "Secrets", "columns_of"]
+__all__ = [
+    "RESULT_COLUMNS", "ClusterRateLimiter", "Generate", "Secrets", "columns_of", "shared_out",
+]

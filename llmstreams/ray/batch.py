@@ -45,7 +45,7 @@ from llmstreams.progress import Progress
 from llmstreams.qianfan.auth import ENV_LAYOUTS, resolve_credentials
 from llmstreams.ratelimit import RateLimit
 from llmstreams.ray.generate import RESULT_JSON_COLUMN, Generate, Secrets
-from llmstreams.ray.ratelimit import ClusterRateLimiter
+from llmstreams.ray.ratelimit import ClusterRateLimiter, shared_out
 from llmstreams.ray.tables import PartWriter, is_parquet, load_previous_parts, read_parquet_requests
 
 # Batches an actor works on at once: the next is ready when the slowest rows of one finish.
@@ -194,7 +194,11 @@ def _run(
     started_ray = connect(job.address)
     try:
         _quiet_data_context()
-        limiter = ClusterRateLimiter(job.rate_limit) if job.rate_limit is not None else None
+        share = None if job.rate_limit is None else shared_out(job.rate_limit, job.actors)
+        limiter = (
+            ClusterRateLimiter(job.rate_limit)
+            if job.rate_limit is not None and share is None else None
+        )
         results = ray.data.from_items(rows).map_batches(
             Generate,
             fn_constructor_args=(job.provider,),
@@ -202,7 +206,7 @@ def _run(
                 "model": job.model, "endpoint": job.endpoint, "base_url": job.base_url,
                 "protocol": job.protocol,
                 "credentials": job.credentials, "concurrency": job.concurrency,
-                "max_retries": job.max_retries, "rate_limiter": limiter,
+                "max_retries": job.max_retries, "rate_limit": share, "rate_limiter": limiter,
                 "json_column": "request",
             },
             batch_size=job.concurrency,

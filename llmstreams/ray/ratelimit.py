@@ -1,9 +1,11 @@
-"""One rate limit for a whole Ray cluster: a small actor hands out the permits."""
+"""One rate limit for many Ray actors: each holds its share (`shared_out`), or a small actor
+hands out the permits (`ClusterRateLimiter`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import ray
 
 from llmstreams.ratelimit import RateLimit, RateLimiter
@@ -26,6 +28,23 @@ class _Permits:
 
     async def granted(self) -> tuple[int, int]:
         return self._limiter.requests_granted, self._limiter.tokens_recorded
+
+
+def shared_out(limit: RateLimit, actors: int) -> RateLimit | None:
+    """Each of `actors`' share of `limit`, or None when a share would be less than one request
+    per window (a window must hold a whole request): give a `ClusterRateLimiter` then.
+
+    The shares add up to the limit, so it holds however the work is spread; it is only reached
+    while every actor is busy (not at a job's end, nor while an autoscaling pool has fewer).
+    """
+    shares = {
+        name: None if value is None else value / actors
+        for name, value in attrs.asdict(limit).items()
+    }
+    requests = (shares["requests_per_second"], shares["requests_per_minute"])
+    if any(share is not None and share < 1 for share in requests):
+        return None
+    return RateLimit(**shares)
 
 
 class ClusterRateLimiter:
