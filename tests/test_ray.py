@@ -336,6 +336,17 @@ def test_batch_on_a_local_ray_without_credentials_is_a_usage_error(
     assert not output.exists()
 
 
+def test_parquet_output_of_mixed_ids_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    source = write_jsonl(tmp_path / "input.jsonl", [{"id": 1, "prompt": "x"}, {"id": "a", "prompt": "y"}])
+    output = tmp_path / "out.parquet"
+    assert main([*batch_args(source, output, "http://127.0.0.1:9"), "--ray"]) == 2
+    assert "Parquet output needs ids of one type" in capsys.readouterr().err
+    assert not list(output.glob("*.parquet"))
+
+
 def test_generate_rejects_bad_settings_before_any_ray_work() -> None:
     with pytest.raises(InvalidParameterError, match="model"):
         Generate("dashscope")

@@ -25,6 +25,7 @@ import ray.data
 from llmstreams.batch import (
     BatchRequest,
     BatchSummary,
+    IdKey,
     InputProblem,
     Mode,
     Protocol,
@@ -33,6 +34,7 @@ from llmstreams.batch import (
     Reporter,
     ResultWriter,
     classify_parsed,
+    id_key,
     load_previous,
     parse_line,
     plan,
@@ -148,6 +150,8 @@ def run_batch_on_ray(
         load_previous_parts(output_path, mode) if parquet_output else load_previous(output_path, mode)
     )
     report_previous(output_path, previous, summary, report)
+    if parquet_output:
+        _check_one_id_type(read_requests(input_path), previous.done)
     writer: PartWriter | ResultWriter = (
         PartWriter(output_path) if parquet_output else ResultWriter(output_path)
     )
@@ -155,8 +159,6 @@ def run_batch_on_ray(
         to_run: list[dict[str, Any]] = []
         plan(input_path, _collect(classify_parsed(read_requests(input_path), previous.done), to_run),
              writer, summary, report)
-        if parquet_output:
-            _check_one_id_type(to_run, previous.done)
         if to_run:
             _run(to_run, job, writer, summary, progress_stream)
     finally:
@@ -173,10 +175,14 @@ def _collect(items: Iterable[Any], to_run: list[dict[str, Any]]) -> Iterator[Any
         yield item
 
 
-def _check_one_id_type(to_run: list[dict[str, Any]], done: Mapping[Any, bool]) -> None:
-    kinds = {kind for kind, _ in done} | {
-        "int" if isinstance(json.loads(row["request"])["id"], int) else "str" for row in to_run
-    }
+def _check_one_id_type(
+    parsed: Iterable[BatchRequest | InputProblem], done: Mapping[IdKey, bool]
+) -> None:
+    kinds = {kind for kind, _ in done}
+    for item in parsed:
+        key = id_key(item.id)
+        if key is not None:
+            kinds.add(key[0])
     if len(kinds) > 1:
         raise MixedIdsError(
             "Parquet output needs ids of one type, and these are strings and integers; "

@@ -134,8 +134,8 @@ class Generate:
     that a table column cannot.
 
     Credentials: `credentials` (the client's keyword arguments, kept in `Secrets`), else the
-    environment of the worker. `rate_limit` holds each actor (divide a budget by the actors);
-    `rate_limiter` shares one limiter, e.g. a `ClusterRateLimiter`, across all of them.
+    environment of the worker. `rate_limit` holds each actor (give each its share of a budget:
+    `shared_out`); `rate_limiter` shares one limiter, e.g. a `ClusterRateLimiter`, across all.
     """
 
     def __init__(
@@ -203,7 +203,9 @@ class Generate:
             raise failed.exceptions[0] from None
         records = [task.result() for task in tasks]
         if self.json_column is not None:
-            return {RESULT_JSON_COLUMN: [json.dumps(record, ensure_ascii=False) for record in records]}
+            # ASCII: a lone surrogate (from a \ud800-style escape in the input) is valid JSON
+            # text only escaped, and an Arrow string must be valid UTF-8.
+            return {RESULT_JSON_COLUMN: [json.dumps(record) for record in records]}
         return result_table([columns_of(record) for record in records])
 
     async def _result(self, parsed: BatchRequest | InputProblem | None) -> dict[str, Any]:
