@@ -22,8 +22,10 @@ import ray.cloudpickle
 import ray.data
 
 from llmstreams import InvalidParameterError, RateLimit, ServerError
+from llmstreams.batch import FAIL_FAST_AFTER
 from llmstreams.cli import main
 from llmstreams.mock import BEHAVIOUR_HEADER
+from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.workers import spawn_mock_workers
 from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets, shared_out
 from tests.support import ROOT, python_examples, run_example
@@ -255,6 +257,28 @@ def test_batch_on_ray_reads_and_writes_parquet(
     assert main([*batch_args(source, output, mock_url), "--ray", "--retry-errors"]) == 1
     again = by_id(pyarrow.parquet.read_table(output).to_pylist())
     assert set(again) == set(range(120)) and again[0] == found[0]
+
+
+def test_a_doomed_ray_batch_stops_early_and_runs_again_once_fixed(
+    local_ray: None, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    count = 200
+    source = write_jsonl(tmp_path / "input.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(count)])
+    output = tmp_path / "output.jsonl"
+    with spawn_mock_workers(1, credentials=MockCredentials(dashscope_api_key="the-right-key")) as url:
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "a-wrong-key")
+        assert main([*batch_args(source, output, url, "--concurrency", "2"), "--ray"]) == 3
+        assert "AuthenticationError (code InvalidApiKey)" in capsys.readouterr().out
+        failed = read_jsonl(output)
+        assert FAIL_FAST_AFTER <= len(failed) < count
+        assert {result["error"]["type"] for result in failed.values()} == {"AuthenticationError"}
+
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "the-right-key")
+        assert main([*batch_args(source, output, url), "--ray"]) == 0
+    assert "running again the" in capsys.readouterr().err
+    results = read_jsonl(output)
+    assert set(results) == set(range(count)) and all("error" not in r for r in results.values())
 
 
 async def test_an_interrupted_or_killed_ray_batch_resumes_with_every_id_exactly_once(local_ray: None, tmp_path: Path) -> None:

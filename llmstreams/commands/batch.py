@@ -12,6 +12,7 @@ from typing import Any
 
 import llmstreams
 from llmstreams.batch import (
+    FAIL_FAST_AFTER,
     PROTOCOLS,
     PROVIDERS,
     BatchSummary,
@@ -46,14 +47,20 @@ Resuming: by default the ids already in OUTPUT are skipped, so after a crash or 
 command carries on where it stopped. --retry-errors runs the failed ids again;
 --overwrite starts OUTPUT afresh.
 
+Failing fast: when the first {fail_fast_after} requests all fail with the same error that no
+retry fixes (a bad key, no permission, an unknown model), the run stops there rather than
+writing that error for every id. Once the cause is fixed, the same command runs those ids again
+(no --retry-errors needed). --keep-going runs every request regardless.
+
 On Ray (--ray, needs the ray extra): the same, with the requests streamed by --actors Ray
 actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUTPUT may be
 .parquet. See docs/ray.md.
 
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
-error (bad option, missing credentials, unreadable file); 130 when interrupted.
-"""
+error (bad option, missing credentials, unreadable file); 3 when the run stopped early (see
+Failing fast); 130 when interrupted.
+""".replace("{fail_fast_after}", str(FAIL_FAST_AFTER))
 
 
 def register(subparsers: Any) -> None:
@@ -91,6 +98,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="log each retry (by default only the summary tells how many attempts were made)",
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true",
+        help=f"run every request even when the first {FAIL_FAST_AFTER} all fail the same way",
     )
     parser.add_argument(
         "--ray", nargs="?", const="local", metavar="ADDRESS",
@@ -154,8 +165,13 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error("--protocol is for --provider dashscope")
     if args.model is None and args.endpoint is None:
         return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
+    if args.input.is_dir():
+        return _usage_error(f"{args.input}: is a directory, not a JSONL file")
     if not args.input.is_file():
         return _usage_error(f"{args.input}: no such file")
+    parquet_parts = args.ray is not None and args.output.suffix.lower() == ".parquet"
+    if args.output.is_dir() and not parquet_parts:
+        return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         return _usage_error("OUTPUT must not be INPUT")
     if args.ray is not None and importlib.util.find_spec("ray") is None:
@@ -182,6 +198,7 @@ async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
         return await run_batch(
             args.input, args.output, target,
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
+            fail_fast=not args.keep_going,
         )
 
 
@@ -208,7 +225,9 @@ def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
         actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
         rate_limit=_rate_limit(args),
     )
-    return run_batch_on_ray(args.input, args.output, job, mode=args.mode, report=_report)
+    return run_batch_on_ray(
+        args.input, args.output, job, mode=args.mode, report=_report, fail_fast=not args.keep_going
+    )
 
 
 def _per_second(count: int, seconds: float) -> str:
@@ -249,6 +268,13 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
         lines.append(
             f"interrupted: {summary.not_run:,} requests not run; "
             "run the same command again to resume"
+        )
+    elif summary.stopped_early is not None:
+        lines.append(
+            f"stopped early: the first {FAIL_FAST_AFTER} requests all failed with the same error,"
+            f" which no retry fixes:\n  {summary.stopped_early}\n"
+            f"{summary.not_run:,} requests not run. Fix the cause and run the same command again"
+            " (the failed ids run again too); --keep-going runs every request regardless"
         )
     elif stats.failed or summary.already_failed:
         lines.append("some requests failed; add --retry-errors to run them again")

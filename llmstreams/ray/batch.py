@@ -25,6 +25,7 @@ import ray.data
 from llmstreams.batch import (
     BatchRequest,
     BatchSummary,
+    FailFast,
     IdKey,
     InputProblem,
     Mode,
@@ -138,10 +139,12 @@ def run_batch_on_ray(
     mode: Mode = "resume",
     report: Reporter = print,
     progress_stream: TextIO | None = None,
+    fail_fast: bool = True,
 ) -> BatchSummary:
     """`run_batch` with the requests run by Ray actors; see the module docstring.
 
     Ctrl-C stops it: every result received is written, the rest runs on the next run.
+    `fail_fast` as for `run_batch`.
     """
     started = time.perf_counter()
     summary = BatchSummary()
@@ -160,7 +163,7 @@ def run_batch_on_ray(
         plan(input_path, _collect(classify_parsed(read_requests(input_path), previous.done), to_run),
              writer, summary, report)
         if to_run:
-            _run(to_run, job, writer, summary, progress_stream)
+            _run(to_run, job, writer, summary, progress_stream, FailFast(summary) if fail_fast else None)
     finally:
         writer.close()
         summary.elapsed = time.perf_counter() - started
@@ -196,6 +199,7 @@ def _run(
     writer: RecordWriter,
     summary: BatchSummary,
     progress_stream: TextIO | None,
+    stopper: FailFast | None,
 ) -> None:
     started_ray = connect(job.address)
     try:
@@ -235,6 +239,8 @@ def _run(
                     time_to_first_chunk=record.get("time_to_first_chunk"),
                 )
                 progress.advance(failed=error is not None)
+                if stopper is not None and stopper.should_stop(record):
+                    break
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:

@@ -16,10 +16,18 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow
-import pyarrow.compute
 import pyarrow.parquet
 
-from llmstreams.batch import BatchRequest, InputProblem, Mode, PreviousResults, id_key, parse_item
+from llmstreams.batch import (
+    BatchRequest,
+    IdKey,
+    InputProblem,
+    Mode,
+    PreviousResults,
+    id_key,
+    parse_item,
+    setup_error,
+)
 from llmstreams.ray.generate import columns_of, result_table, without_nulls
 
 PART_ROWS = 1000
@@ -44,7 +52,9 @@ def _parts(directory: Path) -> list[Path]:
 
 
 def load_previous_parts(directory: Path, mode: Mode) -> PreviousResults:
-    """`load_previous` for a Parquet output directory: ids done, after `mode` is applied."""
+    """`load_previous` for a Parquet output directory, with the same rules: `overwrite` empties
+    it, `retry_errors` drops every error row, any other run drops the rows of setup errors (the
+    kept rows are then rewritten as one new part)."""
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob(f"*{_TEMPORARY_SUFFIX}"):
         leftover.unlink()
@@ -53,23 +63,30 @@ def load_previous_parts(directory: Path, mode: Mode) -> PreviousResults:
         for part in parts:
             part.unlink()
         return PreviousResults({}, [], 0)
-    done = {}
+    done: dict[IdKey, bool] = {}
     kept: list[pyarrow.Table] = []
+    dropped = setup_errors = 0
     for part in parts:
         table = pyarrow.parquet.read_table(part)
-        for identifier, error_type in zip(
-            table.column("id").to_pylist(), table.column("error_type").to_pylist(), strict=True
-        ):
-            key = id_key(identifier)
-            if key is not None and not (mode == "retry_errors" and error_type is not None):
-                done[key] = error_type is None
-        if mode == "retry_errors":
-            kept.append(table.filter(pyarrow.compute.is_null(table.column("error_type"))))
-    if mode == "retry_errors" and parts:
+        keep = []
+        for row in table.select(["id", "error_type", "error_code", "error_field"]).to_pylist():
+            error = {
+                name: row[f"error_{name}"] for name in ("type", "code", "field")
+                if row[f"error_{name}"] is not None
+            }
+            drop = bool(error) and (mode == "retry_errors" or setup_error(error) is not None)
+            dropped += drop
+            setup_errors += drop and mode != "retry_errors"
+            keep.append(not drop)
+            key = id_key(row["id"])
+            if key is not None and not drop:
+                done[key] = not error
+        kept.append(table.filter(pyarrow.array(keep, type=pyarrow.bool_())))
+    if dropped:
         _write_part(directory, pyarrow.concat_tables(kept))
         for part in parts:
             part.unlink()
-    return PreviousResults(done, [], 0)
+    return PreviousResults(done, [], 0, setup_errors)
 
 
 def _write_part(directory: Path, table: pyarrow.Table) -> None:
