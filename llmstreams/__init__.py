@@ -20,6 +20,7 @@ from llmstreams.errors import (
     ServerError,
     StreamInterruptedError,
     StreamTimeoutError,
+    UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
 from llmstreams.openai import OpenAICompatibleClient
@@ -28,6 +29,7 @@ from llmstreams.pool import Pool, PoolStats
 from llmstreams.qianfan import QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
+from llmstreams.sync import SyncClient, SyncStream
 from llmstreams.types import Chunk, Completion, ToolCall, ToolCallDelta, Usage
 
 __version__ = "0.1.0"
@@ -66,10 +68,13 @@ __all__ = [
     "ServerError",
     "StreamInterruptedError",
     "StreamTimeoutError",
+    "SyncClient",
+    "SyncStream",
     "Timeout",
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "UsageError",
     "fan_out",
     "fan_out_as_completed",
 ]

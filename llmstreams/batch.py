@@ -20,7 +20,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeAlias
 
@@ -40,6 +41,12 @@ RequestId = str | int
 IdKey = tuple[str, str | int]
 
 INPUT_ERROR = "InputError"
+# When the first this-many results of a run all failed with the same setup error, the rest
+# would fail the same way: the run stops (unless told to keep going).
+FAIL_FAST_AFTER = 10
+# Errors that say the batch's setup is wrong (key, permission, model), not one request.
+_SETUP_ERROR_TYPES = frozenset({"AuthenticationError", "PermissionDeniedError", "NotFoundError"})
+_SETUP_FIELDS = frozenset({"model", "endpoint"})
 _CONTENT_KEYS = ("prompt", "messages")
 _SET_BY_COMMAND = ("model", "endpoint")
 
@@ -83,9 +90,17 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
     except UnicodeDecodeError:
         return InputProblem(line_number, "not UTF-8 text")
     except json.JSONDecodeError as error:
-        return InputProblem(line_number, f"not valid JSON ({error.msg} at column {error.colno})")
+        # Some of json's messages end in "at" ("Invalid control character at"): one "at" is enough.
+        reason = error.msg.removesuffix(" at")
+        return InputProblem(line_number, f"not valid JSON ({reason} at column {error.colno})")
+    return parse_item(line_number, item)
+
+
+def parse_item(line_number: int, item: object) -> BatchRequest | InputProblem:
+    """The request in one decoded input record (a JSON line, or a row of a table)."""
     if not isinstance(item, dict):
         return InputProblem(line_number, f"must be a JSON object, not {type(item).__name__}")
+    item = dict(item)
     if "id" not in item:
         return InputProblem(line_number, 'has no "id"')
     request_id = item.pop("id")
@@ -95,8 +110,8 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
         )
     given = [key for key in _CONTENT_KEYS if item.get(key) is not None]
     if len(given) != 1:
-        rule = "has both" if given else "has neither"
-        return InputProblem(line_number, f'{rule} "prompt" and "messages" (give one)', request_id)
+        rule = 'has both "prompt" and' if given else 'has neither "prompt" nor'
+        return InputProblem(line_number, f'{rule} "messages" (give one)', request_id)
     overridden = [key for key in _SET_BY_COMMAND if key in item]
     if overridden:
         return InputProblem(
@@ -128,11 +143,17 @@ class Classified:
 def classify(path: Path, done: Mapping[IdKey, bool]) -> Iterator[Classified]:
     """Each non-blank input line with its fate. The first line with an id wins; later lines
     with the same id are duplicates. Ids in `done` already have a result line."""
+    parsed = (parse_line(line_number, raw) for line_number, raw in read_lines(path))
+    return classify_parsed((item for item in parsed if item is not None), done)
+
+
+def classify_parsed(
+    parsed_items: Iterable[BatchRequest | InputProblem], done: Mapping[IdKey, bool]
+) -> Iterator[Classified]:
+    """`classify` over input records already parsed (`parse_line`, `parse_item`)."""
     first_lines: dict[IdKey, int] = {}
-    for line_number, raw in read_lines(path):
-        parsed = parse_line(line_number, raw)
-        if parsed is None:
-            continue
+    for parsed in parsed_items:
+        line_number = parsed.line
         key = id_key(parsed.id)
         if key is not None:
             if key in first_lines:
@@ -172,20 +193,37 @@ def cut_partial_line(path: Path) -> int:
         return size - keep
 
 
+def setup_error(error: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """For the `error` of a result line that says the setup is wrong (bad key, no permission,
+    unknown model), what identifies it (type, code, field); None for any other error."""
+    kind = error.get("type")
+    if kind in _SETUP_ERROR_TYPES or (
+        kind == "InvalidParameterError" and error.get("field") in _SETUP_FIELDS
+    ):
+        return (kind, error.get("code"), error.get("field"))
+    return None
+
+
 @attrs.frozen(slots=True)
 class PreviousResults:
-    """What an earlier run left in the output: id -> whether it succeeded."""
+    """What an earlier run left in the output: id -> whether it succeeded.
+
+    `setup_errors`: failed ids dropped from the output to run again, since their error was
+    about the setup (which may have been fixed since).
+    """
 
     done: dict[IdKey, bool]
     unreadable_lines: list[int]
     cut_bytes: int
+    setup_errors: int = 0
 
 
 def load_previous(path: Path, mode: Mode) -> PreviousResults:
     """Prepare the output for this run: repair it and read what is already done.
 
-    `overwrite` empties it. `retry_errors` rewrites it without the error lines (atomically, via
-    a temporary file), so that those ids run again.
+    `overwrite` empties it. `retry_errors` drops every error line, so that those ids run
+    again; any other run drops the lines of setup errors (`setup_error`). The output is
+    rewritten atomically, via a temporary file, when a line is dropped.
     """
     if mode == "overwrite" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +233,7 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
     done: dict[IdKey, bool] = {}
     unreadable: list[int] = []
     kept: list[bytes] = []
+    dropped = setup_errors = 0
     for line_number, raw in read_lines(path):
         try:
             record = json.loads(raw)
@@ -205,15 +244,20 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
             unreadable.append(line_number)
             continue
         succeeded = "error" not in record
-        if mode == "retry_errors" and not succeeded:
+        if not succeeded and (
+            mode == "retry_errors"
+            or (isinstance(record["error"], dict) and setup_error(record["error"]) is not None)
+        ):
+            dropped += 1
+            setup_errors += mode != "retry_errors"
             continue
         done[key] = succeeded
         kept.append(raw)
-    if mode == "retry_errors":
+    if dropped:
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_bytes(b"".join(kept))
         os.replace(temporary, path)
-    return PreviousResults(done, unreadable, cut)
+    return PreviousResults(done, unreadable, cut, setup_errors)
 
 
 class ResultWriter:
@@ -279,7 +323,7 @@ def result_record(request: BatchRequest, outcome: Outcome) -> dict[str, Any]:
             "request_id": completion.request_id,
             "chunks": completion.chunk_count,
             **timings,
-        }
+        } | ({"reasoning": completion.reasoning} if completion.reasoning else {})
     error = outcome.error
     assert error is not None
     details: dict[str, Any] = {"type": type(error).__name__, "message": error.message}
@@ -315,14 +359,17 @@ def make_client(
     *,
     base_url: str | None = None,
     protocol: Protocol = "native",
+    credentials: Mapping[str, str] | None = None,
 ) -> Client:
-    """A client of `provider` on `pool`, with credentials from the environment; `protocol` is
-    DashScope's."""
+    """A client of `provider` on `pool`; `protocol` is DashScope's. `credentials` are the
+    client's keyword arguments (`api_key`, `secret_key`, ...), else they come from the
+    environment."""
+    given: dict[str, Any] = dict(credentials or {})
     if provider == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url, pool=pool)
+        return llmstreams.QianfanClient(base_url=base_url, pool=pool, **given)
     if provider == "openai":
-        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool)
-    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol)
+        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool, **given)
+    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol, **given)
 
 
 @attrs.frozen(slots=True)
@@ -376,6 +423,9 @@ class BatchSummary:
     unreadable_output_lines: int = 0
     cut_bytes: int = 0
     interrupted: bool = False
+    stopped_early: str | None = None
+    """Why the run stopped before the end: its first results all failed with one setup error."""
+    setup_errors_rerun: int = 0
     elapsed: float = 0.0
     stats: FanOutStats = attrs.field(factory=FanOutStats)
 
@@ -387,9 +437,12 @@ class BatchSummary:
     def exit_code(self) -> int:
         """0: every id of the input has a successful result and every line was usable.
         1: some request failed (now or in an earlier run), or some line was malformed or a
-        duplicate. 130: interrupted before the end (run again to resume)."""
+        duplicate. 3: stopped early, since the first requests all failed with the same setup
+        error (fix it and run again). 130: interrupted before the end (run again to resume)."""
         if self.interrupted:
             return 130
+        if self.stopped_early is not None:
+            return 3
         if self.stats.failed or self.already_failed or self.malformed or self.duplicates:
             return 1
         return 0
@@ -409,8 +462,13 @@ async def run_batch(
     report: Reporter = print,
     progress_stream: TextIO | None = None,
     handle_signals: bool = False,
+    fail_fast: bool = True,
 ) -> BatchSummary:
     """Run every request of `input_path` not yet in `output_path`; see the module docstring.
+
+    With `fail_fast`, when the first `FAIL_FAST_AFTER` results all fail with the same setup
+    error (bad key, no permission, unknown model), the run stops there and says why in
+    `summary.stopped_early`; the ids that failed so run again next time.
 
     `report` receives the messages about the input and output (malformed lines with their
     numbers, duplicates, a repaired output). With `handle_signals`, SIGINT and SIGTERM stop the
@@ -420,26 +478,14 @@ async def run_batch(
     started = time.perf_counter()
     summary = BatchSummary()
     previous = load_previous(output_path, mode)
-    summary.cut_bytes = previous.cut_bytes
-    summary.unreadable_output_lines = len(previous.unreadable_lines)
-    if previous.cut_bytes:
-        report(
-            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
-            " left by an interrupted run"
-        )
-    if previous.unreadable_lines:
-        report(
-            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
-            f" results (lines {_some(previous.unreadable_lines)})"
-        )
-
+    report_previous(output_path, previous, summary, report)
     writer = ResultWriter(output_path)
     try:
-        _plan(input_path, previous, writer, summary, report)
+        plan(input_path, classify(input_path, previous.done), writer, summary, report)
         await _run_requests(
             input_path, previous, target, writer, summary,
             concurrency=concurrency, progress_stream=progress_stream,
-            handle_signals=handle_signals,
+            handle_signals=handle_signals, fail_fast=fail_fast,
         )
     finally:
         writer.close()
@@ -447,21 +493,79 @@ async def run_batch(
     return summary
 
 
+class FailFast:
+    """Stops a run when its first `FAIL_FAST_AFTER` results all failed with the same setup error
+    (and more were to run): that error would only repeat for every id."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        self._summary = summary
+        self._first_errors: set[tuple[Any, ...] | None] = set()
+
+    def should_stop(self, record: Mapping[str, Any]) -> bool:
+        """Take the result `record` just counted in the summary; True (and the summary's
+        `stopped_early` set) when the run should stop."""
+        summary = self._summary
+        if not summary.stats.requests <= FAIL_FAST_AFTER < summary.to_run:
+            return False
+        self._first_errors.add(setup_error(record["error"]) if "error" in record else None)
+        if summary.stats.requests == FAIL_FAST_AFTER and len(self._first_errors) == 1 > (
+            None in self._first_errors
+        ):
+            summary.stopped_early = _describe_error(record["error"])
+            return True
+        return False
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    code = f" (code {error['code']})" if error.get("code") is not None else ""
+    return f"{error['type']}{code}: {error['message']}"
+
+
 def _some(numbers: list[int], limit: int = 10) -> str:
     shown = ", ".join(str(number) for number in numbers[:limit])
     return shown + (", ..." if len(numbers) > limit else "")
 
 
-def _plan(
+def report_previous(
+    output_path: Path, previous: PreviousResults, summary: BatchSummary, report: Reporter
+) -> None:
+    """Count and report what was repaired or ignored in the output of an earlier run."""
+    summary.cut_bytes = previous.cut_bytes
+    summary.unreadable_output_lines = len(previous.unreadable_lines)
+    summary.setup_errors_rerun = previous.setup_errors
+    if previous.cut_bytes:
+        report(
+            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
+            " left by an interrupted run"
+        )
+    if previous.setup_errors:
+        report(
+            f"{output_path}: running again the {previous.setup_errors} ids that failed with an"
+            " error about the setup (key, permission, model)"
+        )
+    if previous.unreadable_lines:
+        report(
+            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
+            f" results (lines {_some(previous.unreadable_lines)})"
+        )
+
+
+class RecordWriter(typing.Protocol):
+    """Where result records go (`ResultWriter`, or a table format's writer)."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+
+def plan(
     input_path: Path,
-    previous: PreviousResults,
-    writer: ResultWriter,
+    items: Iterable[Classified],
+    writer: RecordWriter,
     summary: BatchSummary,
     report: Reporter,
 ) -> None:
     """First pass over the input: count what will run, report and record the bad lines."""
     reported = 0
-    for item in classify(input_path, previous.done):
+    for item in items:
         summary.input_lines += 1
         if item.action == "run":
             summary.to_run += 1
@@ -496,9 +600,11 @@ async def _run_requests(
     concurrency: int,
     progress_stream: TextIO | None,
     handle_signals: bool,
+    fail_fast: bool,
 ) -> None:
     """Second pass over the input: run the requests, writing each result as it finishes."""
     in_flight: dict[int, BatchRequest] = {}
+    stopper = FailFast(summary) if fail_fast else None
 
     def jobs() -> Iterator[Job]:
         index = 0
@@ -528,9 +634,12 @@ async def _run_requests(
     try:
         async with outcomes:
             async for outcome in outcomes:
-                writer.write(result_record(in_flight.pop(outcome.index), outcome))
+                record = result_record(in_flight.pop(outcome.index), outcome)
+                writer.write(record)
                 summary.stats.add(outcome)
                 progress.advance(failed=not outcome.ok)
+                if stopper is not None and stopper.should_stop(record):
+                    outcomes.stop()
     finally:
         for number in signals:
             loop.remove_signal_handler(number)

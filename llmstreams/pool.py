@@ -12,7 +12,7 @@ import attrs
 
 from llmstreams.errors import InvalidParameterError
 from llmstreams.options import RetryPolicy, Timeout
-from llmstreams.ratelimit import RateLimit, RateLimiter
+from llmstreams.ratelimit import Limiter, RateLimit, RateLimiter
 
 if TYPE_CHECKING:
     from aiohttp.client_proto import ResponseHandler
@@ -70,7 +70,8 @@ class Pool:
     Limits are sized for thousands of concurrent streams: aiohttp's default of 100
     connections would silently queue the rest. `timeout` and `retry` are the defaults of the
     clients that use this pool (a client may override them). `rate_limit` holds back every
-    request sent through the pool, whichever client sends it. Use `async with Pool() as pool`
+    request sent through the pool, whichever client sends it; `rate_limiter` instead shares a
+    limiter held elsewhere (e.g. `llmstreams.ray.ClusterRateLimiter`, one for a whole cluster). Use `async with Pool() as pool`
     or call `await pool.close()`.
     """
 
@@ -84,6 +85,7 @@ class Pool:
         max_retries: int | None = None,
         keepalive_timeout: float = 30.0,
         rate_limit: RateLimit | None = None,
+        rate_limiter: Limiter | None = None,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -101,7 +103,11 @@ class Pool:
         self.timeout = timeout if timeout is not None else Timeout()
         self.retry = resolve_retry(retry if retry is not None else RetryPolicy(), max_retries)
         self._keepalive_timeout = keepalive_timeout
-        self.rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        if rate_limit is not None and rate_limiter is not None:
+            raise InvalidParameterError("rate_limiter", "give rate_limit or rate_limiter, not both")
+        self.rate_limiter: Limiter | None = (
+            RateLimiter(rate_limit) if rate_limit is not None else rate_limiter
+        )
         self._session: aiohttp.ClientSession | None = None
         self._connector: _CountingConnector | None = None
         self._closed = False
@@ -131,6 +137,11 @@ class Pool:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def in_use(self) -> bool:
+        """True from the first request until `close()`: connections may be open."""
+        return self._session is not None
 
     def session(self) -> aiohttp.ClientSession:
         """The shared session, created on first use inside the running event loop."""

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -65,6 +65,16 @@ class _Window:
         if amount:
             self._entries.append((now, amount))
             self._total += amount
+
+
+class Limiter(Protocol):
+    """What a `Pool` asks of its rate limiter (`RateLimiter`, or one shared across processes)."""
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent, and count it."""
+
+    def record_tokens(self, tokens: int) -> None:
+        """Count a finished generation's tokens."""
 
 
 class RateLimiter:

@@ -422,3 +422,75 @@ async def test_a_body_trickling_byte_by_byte_gives_the_same_answer(
     ))
     whole = await client.chat(MESSAGES, model="deepseek-r1")
     assert (trickled.text, trickled.reasoning, trickled.usage) == (whole.text, whole.reasoning, whole.usage)
+
+
+# The official openai SDK, unchanged but for base_url, gets what llmstreams gets.
+
+SDK_BASES = {"generic": ("/v1", OPENAI_KEY), "qianfan-v2": ("/v2", V2_KEY),
+             "dashscope-compatible": ("/compatible-mode/v1", DASHSCOPE_KEY)}
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=repr)
+@pytest.mark.parametrize("model", ["deepseek-r1", "plain-model"])
+async def test_the_openai_sdk_streams_what_llmstreams_streams(
+    route: Route, model: str, server: MockServer, pool: Pool
+) -> None:
+    openai = pytest.importorskip("openai")
+    prefix, key = SDK_BASES[route.name]
+    sdk = openai.AsyncOpenAI(base_url=server.url + prefix, api_key=key, max_retries=0)
+    text, reasoning = [], []
+    usage = None
+    async with sdk:
+        async for event in await sdk.chat.completions.create(
+            model=model, messages=MESSAGES, stream=True, stream_options={"include_usage": True},
+        ):
+            if event.usage is not None:
+                usage = event.usage
+            for choice in event.choices:
+                text.append(choice.delta.content or "")
+                reasoning.append(getattr(choice.delta, "reasoning_content", None) or "")
+    completion = await collect(route.make(server.url, pool).stream_chat(MESSAGES, model=model))
+    assert completion.text == "".join(text) and len(completion.text) == 240
+    assert completion.reasoning == "".join(reasoning)
+    assert usage is not None and completion.usage is not None
+    assert completion.usage.total_tokens == usage.total_tokens
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=repr)
+async def test_the_openai_sdk_calls_the_tools_llmstreams_assembles(
+    route: Route, server: MockServer, pool: Pool
+) -> None:
+    openai = pytest.importorskip("openai")
+    prefix, key = SDK_BASES[route.name]
+    async with openai.AsyncOpenAI(base_url=server.url + prefix, api_key=key, max_retries=0) as sdk:
+        answer = await sdk.chat.completions.create(
+            model=route.model, messages=MESSAGES, tools=TOOLS, tool_choice="required",
+        )
+    [sdk_call] = answer.choices[0].message.tool_calls
+    completion = await collect(route.make(server.url, pool).stream_chat(
+        MESSAGES, model=route.model, tools=TOOLS, tool_choice="required"
+    ))
+    [call] = completion.tool_calls
+    assert (call.id, call.name, call.arguments) == (
+        sdk_call.id, sdk_call.function.name, sdk_call.function.arguments
+    )
+
+
+async def test_switching_vendors_is_switching_the_client(server: MockServer, pool: Pool) -> None:
+    """Every client takes stream_chat(messages, model=...) and chat(messages, model=...)."""
+    clients: list[tuple[Client, str]] = [
+        (QianfanClient(api_key=V2_KEY, base_url=server.url, pool=pool), "ernie-speed-8k"),
+        (QianfanClient(api_key="v1-key", secret_key="v1-secret", base_url=server.url, pool=pool),
+         "ERNIE-Speed-8K"),
+        (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool, protocol="openai"),
+         "qwen-plus"),
+        (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool), "qwen-plus"),
+        (OpenAICompatibleClient(base_url=server.url + "/v1", pool=pool), "any-model"),
+    ]
+    for client, model in clients:
+        streamed = await collect(client.stream_chat(MESSAGES, model=model))
+        whole = await client.chat(MESSAGES, model=model)
+        assert len(streamed.text) == 240 and streamed.text == whole.text, client
+        assert streamed.is_complete and whole.is_complete
+    assert server.stats.requests["qianfan.chat"] == 2
+    assert server.stats.requests["dashscope.generation"] == 2

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmstreams import InvalidParameterError, RateLimit, RateLimiter
+from llmstreams import InvalidParameterError, Pool, RateLimit, RateLimiter
 
 
 class FakeClock:
@@ -68,3 +68,11 @@ async def test_no_limits_never_waits() -> None:
 def test_non_positive_limits_are_rejected_by_name(field: str) -> None:
     with pytest.raises(InvalidParameterError, match=field):
         RateLimit(**{field: 0})
+
+
+async def test_a_pool_takes_a_shared_limiter_or_a_limit_not_both() -> None:
+    shared = RateLimiter(RateLimit(requests_per_second=5))
+    async with Pool(rate_limiter=shared) as pool:
+        assert pool.rate_limiter is shared
+    with pytest.raises(InvalidParameterError, match="rate_limiter"):
+        Pool(rate_limit=RateLimit(requests_per_second=5), rate_limiter=shared)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 import llmstreams
 from llmstreams.batch import (
+    FAIL_FAST_AFTER,
     PROTOCOLS,
     PROVIDERS,
     BatchSummary,
@@ -23,6 +25,8 @@ from llmstreams.commands import library_log_level
 from llmstreams.progress import format_duration
 
 DEFAULT_CONCURRENCY = 16
+DEFAULT_ACTORS = 2
+RAY_INSTALL = "pip install 'llmstreams[ray]'"
 
 DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
@@ -43,10 +47,20 @@ Resuming: by default the ids already in OUTPUT are skipped, so after a crash or 
 command carries on where it stopped. --retry-errors runs the failed ids again;
 --overwrite starts OUTPUT afresh.
 
+Failing fast: when the first {fail_fast_after} requests all fail with the same error that no
+retry fixes (a bad key, no permission, an unknown model), the run stops there rather than
+writing that error for every id. Once the cause is fixed, the same command runs those ids again
+(no --retry-errors needed). --keep-going runs every request regardless.
+
+On Ray (--ray, needs the ray extra): the same, with the requests streamed by --actors Ray
+actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUTPUT may be
+.parquet. See docs/ray.md.
+
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
-error (bad option, missing credentials, unreadable file); 130 when interrupted.
-"""
+error (bad option, missing credentials, unreadable file); 3 when the run stopped early (see
+Failing fast); 130 when interrupted.
+""".replace("{fail_fast_after}", str(FAIL_FAST_AFTER))
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +98,22 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="log each retry (by default only the summary tells how many attempts were made)",
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true",
+        help=f"run every request even when the first {FAIL_FAST_AFTER} all fail the same way",
+    )
+    parser.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="run the requests on Ray actors: a local Ray without ADDRESS, 'auto' for the one "
+        "running on this machine, ray://HOST:10001 for a remote cluster (give INPUT first, or "
+        "write --ray=ADDRESS); INPUT and OUTPUT may then be .parquet too. "
+        f"Needs the ray extra: {RAY_INSTALL}",
+    )
+    parser.add_argument(
+        "--actors", type=_positive_int, default=DEFAULT_ACTORS,
+        help=f"with --ray: actors streaming requests, each with --concurrency in flight "
+        f"(default {DEFAULT_ACTORS})",
     )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
@@ -135,14 +165,24 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error("--protocol is for --provider dashscope")
     if args.model is None and args.endpoint is None:
         return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
+    if args.input.is_dir():
+        return _usage_error(f"{args.input}: is a directory, not a JSONL file")
     if not args.input.is_file():
         return _usage_error(f"{args.input}: no such file")
+    parquet_parts = args.ray is not None and args.output.suffix.lower() == ".parquet"
+    if args.output.is_dir() and not parquet_parts:
+        return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
     if args.output.exists() and args.output.resolve() == args.input.resolve():
         return _usage_error("OUTPUT must not be INPUT")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        return _usage_error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
     try:
         with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-            summary = asyncio.run(_main(args, provider))
-    except llmstreams.InvalidParameterError as error:
+            summary = (
+                _run_on_ray(args, provider) if args.ray is not None
+                else asyncio.run(_main(args, provider))
+            )
+    except (llmstreams.InvalidParameterError, ValueError, ConnectionError) as error:
         return _usage_error(str(error))
     except KeyboardInterrupt:
         _report("interrupted; run the same command again to resume")
@@ -152,21 +192,42 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
-    limits = (args.rps, args.rpm, args.tpm)
-    rate_limit = (
-        llmstreams.RateLimit(
-            requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
-        )
-        if any(limit is not None for limit in limits)
-        else None
-    )
-    async with llmstreams.Pool(rate_limit=rate_limit, max_retries=args.max_retries) as pool:
+    async with llmstreams.Pool(rate_limit=_rate_limit(args), max_retries=args.max_retries) as pool:
         client = make_client(provider, pool, base_url=args.base_url, protocol=args.protocol)
         target = Target(client, model=args.model, endpoint=args.endpoint)
         return await run_batch(
             args.input, args.output, target,
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
+            fail_fast=not args.keep_going,
         )
+
+
+def _rate_limit(args: argparse.Namespace) -> llmstreams.RateLimit | None:
+    limits = (args.rps, args.rpm, args.tpm)
+    if all(limit is None for limit in limits):
+        return None
+    return llmstreams.RateLimit(
+        requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+    )
+
+
+def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
+    from llmstreams.ray.batch import RayJob, credentials_from_environment, run_batch_on_ray
+
+    credentials = credentials_from_environment(provider)
+    if credentials is None and args.ray == "local":
+        # A local Ray's workers have this environment: without credentials here, say so now.
+        make_client(provider, llmstreams.Pool(), base_url=args.base_url, protocol=args.protocol)
+    job = RayJob(
+        provider, model=args.model, endpoint=args.endpoint, base_url=args.base_url,
+        protocol=args.protocol,
+        credentials=credentials, address=args.ray,
+        actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
+        rate_limit=_rate_limit(args),
+    )
+    return run_batch_on_ray(
+        args.input, args.output, job, mode=args.mode, report=_report, fail_fast=not args.keep_going
+    )
 
 
 def _per_second(count: int, seconds: float) -> str:
@@ -207,6 +268,13 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
         lines.append(
             f"interrupted: {summary.not_run:,} requests not run; "
             "run the same command again to resume"
+        )
+    elif summary.stopped_early is not None:
+        lines.append(
+            f"stopped early: the first {FAIL_FAST_AFTER} requests all failed with the same error,"
+            f" which no retry fixes:\n  {summary.stopped_early}\n"
+            f"{summary.not_run:,} requests not run. Fix the cause and run the same command again"
+            " (the failed ids run again too); --keep-going runs every request regardless"
         )
     elif stats.failed or summary.already_failed:
         lines.append("some requests failed; add --retry-errors to run them again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +12,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmstreams import LLMStreamsError
+from llmstreams.bench.metrics import PERCENTILES, SLO_METRICS
+from llmstreams.bench.prompts import (
+    Prompt,
+    PromptsError,
+    from_batch_jsonl,
+    from_sharegpt,
+    random_prompts,
+)
 from llmstreams.bench.report import (
+    compare_documents,
     environment,
     format_table,
     print_run,
@@ -20,6 +30,7 @@ from llmstreams.bench.report import (
     write_request_lines,
 )
 from llmstreams.bench.runner import BenchConfig, RunResult, run_benchmark
+from llmstreams.bench.schedule import TraceError, read_trace
 from llmstreams.bench.targets import (
     DASHSCOPE_PROTOCOLS,
     DEFAULT_MODELS,
@@ -32,6 +43,8 @@ from llmstreams.mock.behaviour import Behaviour, BehaviourError, with_knobs
 
 DEFAULT_CONCURRENCY = "64"
 DEFAULT_REQUESTS = 1000
+# Random prompts made when the run has no request count (it lasts a duration).
+RANDOM_PROMPTS = 1000
 
 # Mock knobs with flags of their own; any other goes through --mock-knob.
 _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
@@ -55,20 +68,23 @@ OPENAI_API_KEY, optional). --provider openai --base-url http://host:port/v1 --mo
 benchmarks any OpenAI-compatible server (vLLM, SGLang). Credentials are never printed or
 recorded.
 
-Load: a closed loop keeps --concurrency requests in flight (a comma list such as 1,16,256
-sweeps); an open loop (--rate) starts requests at Poisson-distributed times whatever the
-others are doing. Each run lasts --requests requests or --duration seconds (whichever comes
-first when both are given), after --warmup uncounted requests.
+Load: a closed loop keeps --concurrency requests in flight (--ramp-up spreads their starts);
+an open loop (--rate) sends requests at Poisson or gamma (--burstiness) arrival times whatever
+the others are doing, at most --concurrency at once when given (a due request then waits:
+client_queue); --trace replays arrival offsets. Comma lists sweep. Each run lasts --requests
+requests or --duration seconds (whichever comes first), after --warmup uncounted requests;
+--processes N spreads it over N client processes. Prompts: --prompt, --prompts (batch JSONL),
+--sharegpt or --random-input-len; --max-tokens asks for an output length.
 
-Measured per request: time to first chunk (TTFT), the gaps between chunks (ITL), end-to-end
-latency (E2EL), chunks, output tokens (usage.completion_tokens when the server sends usage)
-and status (ok, or the error's type). Reported per run: requests/s, chunks/s, output tokens/s,
-mean/p50/p90/p99 of TTFT, ITL and E2EL over the requests that succeeded, errors by type,
-client CPU seconds per 1,000 chunks (time.process_time() of this process; the mock workers
-are other processes) and peak RSS. JSON field names follow vLLM's benchmark_serving
-(request_throughput, output_throughput, mean_ttft_ms, median_ttft_ms, p99_ttft_ms,
-mean_itl_ms, p99_itl_ms, mean_e2el_ms, p99_e2el_ms, ...) plus chunk_throughput,
-cpu_s_per_1k_chunks, peak_rss_mb and errors.
+Measured per request (chunk times are those of the network reads that carried them): TTFT,
+ITL (per chunk), TPOT (per output token, from usage), E2EL, client queue, status. Reported
+per run: request/output/total-token throughput, goodput (--goodput ttft:MS tpot:MS e2el:MS),
+mean/median/std and --percentiles of each latency, errors by type, client CPU per chunk and
+share of a core, event-loop lag p99, peak RSS, and whether the client itself was the
+bottleneck. Against the mock, every event carries its true send time, so each run also
+reports the harness's own TTFT and ITL error. JSON field names follow vLLM's bench serve
+(request_throughput, output_throughput, total_token_throughput, request_goodput,
+mean_ttft_ms, median_tpot_ms, p99_itl_ms, p99_e2el_ms, ...); docs/bench.md defines each.
 """
 
 _EPILOG = """\
@@ -76,6 +92,8 @@ examples:
   llmstreams bench --concurrency 64 --requests 2000 --warmup 100
   llmstreams bench --concurrency 1,16,256 --duration 10 --json out.json --plots plots/
   llmstreams bench --rate 200 --duration 30 --chunks-per-second 20 --answer-chars 600
+  llmstreams bench --rate 5,10,20 --concurrency 64 --burstiness 0.5 --goodput ttft:500 tpot:50
+  llmstreams bench compare before.json after.json
   llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
   llmstreams bench --provider dashscope --no-stream --requests 500
   llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
@@ -92,14 +110,31 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     load = parser.add_argument_group("load")
-    pattern = load.add_mutually_exclusive_group()
-    pattern.add_argument(
+    load.add_argument(
         "--concurrency", metavar="N[,N...]", type=_positive_list,
-        help=f"closed loop: keep N requests in flight; a comma list sweeps (default {DEFAULT_CONCURRENCY})",
+        help=f"closed loop: keep N requests in flight (default {DEFAULT_CONCURRENCY}); with "
+        "--rate or --trace: at most N in flight, a due request waiting for a free slot; a "
+        "comma list sweeps",
     )
-    pattern.add_argument(
-        "--rate", metavar="R", type=_positive_float,
-        help="open loop: start R requests per second on average, Poisson arrivals",
+    arrivals = load.add_mutually_exclusive_group()
+    arrivals.add_argument(
+        "--rate", metavar="R[,R...]", type=_rate_list,
+        help="open loop: R requests per second on average, each sent when due whatever the "
+        "others are doing; a comma list sweeps",
+    )
+    arrivals.add_argument(
+        "--trace", metavar="JSONL", type=Path,
+        help='open loop replaying arrival offsets: one {"offset_s": seconds} per line',
+    )
+    load.add_argument(
+        "--burstiness", metavar="B[,B...]", type=_burstiness_list, default=(1.0,),
+        help="open loop: shape of the gamma-distributed gaps between arrivals: 1 Poisson "
+        "(default), below 1 burstier, above 1 more even; a comma list sweeps",
+    )
+    load.add_argument(
+        "--ramp-up", metavar="S", type=_non_negative_float, default=0.0,
+        help="seconds over which an open loop's rate rises linearly from 0, or over which a "
+        "closed loop's streams start one after another (default 0)",
     )
     load.add_argument(
         "--requests", metavar="N", type=_positive_int,
@@ -115,7 +150,13 @@ def register(subparsers: Any) -> None:
         "open loop warms up with up to 32 at once); default 20",
     )
     load.add_argument(
-        "--seed", metavar="N", type=int, default=0, help="seed of the Poisson arrivals (default 0)"
+        "--seed", metavar="N", type=int, default=0,
+        help="seed of the arrivals and random prompts (default 0)",
+    )
+    load.add_argument(
+        "--processes", metavar="N", type=_positive_int, default=1,
+        help="client processes sharing each run's load, their results merged (default 1); "
+        "when one core is not enough for the client",
     )
 
     target = parser.add_argument_group("target")
@@ -154,7 +195,28 @@ def register(subparsers: Any) -> None:
         "--protocol", choices=DASHSCOPE_PROTOCOLS, default="native",
         help="DashScope: its native API (default) or its OpenAI-compatible mode",
     )
-    request.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends")
+    prompts = request.add_mutually_exclusive_group()
+    prompts.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends (default: a short question)"
+    )
+    prompts.add_argument(
+        "--prompts", metavar="JSONL", type=Path,
+        help="prompts from a batch input file (lines of {\"id\", \"prompt\" or \"messages\", "
+        "...}; a line's max_tokens is its output length), sent in turn",
+    )
+    prompts.add_argument(
+        "--sharegpt", metavar="JSON", type=Path,
+        help="the first human turn of each ShareGPT conversation, asking for about as many "
+        "tokens as its reference answer",
+    )
+    prompts.add_argument(
+        "--random-input-len", metavar="N[,N...]", type=_positive_list,
+        help="random prompts of N words (about N tokens) each; a comma list cycles lengths",
+    )
+    request.add_argument(
+        "--max-tokens", metavar="N", type=_positive_int,
+        help="output length asked of every request (max_tokens; Qianfan v1: max_output_tokens)",
+    )
     request.add_argument(
         "--stream", action=argparse.BooleanOptionalAction, default=True,
         help="stream the answers (default) or ask for whole answers (each counts as one chunk)",
@@ -181,14 +243,51 @@ def register(subparsers: Any) -> None:
         help="write PNG plots: latency distributions; throughput and p99 latency against "
         "concurrency and mock workers for a sweep (needs matplotlib: llmstreams[bench])",
     )
-    output.add_argument("--quiet", action="store_true", help="print only the summary table")
+    output.add_argument(
+        "--percentiles", metavar="P[,P...]", type=_percentile_list, default=PERCENTILES,
+        help="percentiles reported (default 50,90,99); e.g. 50,90,99,99.9",
+    )
+    output.add_argument(
+        "--goodput", metavar="METRIC:MS", nargs="+", type=_slo,
+        help="SLOs of the good requests counted in request_goodput, e.g. ttft:500 tpot:50 "
+        f"({', '.join(SLO_METRICS)}, in milliseconds)",
+    )
+    output.add_argument(
+        "--quiet", action="store_true",
+        help="print only the summary table (units under each heading)",
+    )
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="bench_command", metavar="{compare}")
+    compare = commands.add_parser(
+        "compare", help="print two JSON reports side by side, with ratios",
+        description="Print the runs of two `llmstreams bench --json` reports side by side, "
+        "run by run, with the ratio B/A of every figure.",
+    )
+    compare.add_argument("first", metavar="A.json", type=Path)
+    compare.add_argument("second", metavar="B.json", type=Path)
+    compare.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    documents = []
+    for path in (args.first, args.second):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            print(f"llmstreams bench compare: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+    try:
+        print(compare_documents(*documents))
+    except ValueError as error:
+        print(f"llmstreams bench compare: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-    except (ValueError, BehaviourError) as error:
+    except (ValueError, BehaviourError, PromptsError, TraceError) as error:
         print(f"llmstreams bench: {error}", file=sys.stderr)
         return 2
     if args.plots is not None:
@@ -235,8 +334,11 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         raise ValueError("--protocol is a DashScope setting")
     if args.provider == "openai" and args.base_url is not None and args.model is None:
         raise ValueError("--provider openai with --base-url needs --model (a model the server serves)")
+    open_loop = args.rate is not None or args.trace is not None
+    if args.burstiness != (1.0,) and args.rate is None:
+        raise ValueError("--burstiness shapes the arrivals of --rate; give a rate")
     requests = args.requests
-    if requests is None and args.duration is None:
+    if requests is None and args.duration is None and args.trace is None:
         requests = DEFAULT_REQUESTS
     knobs = _knobs(args)
     if args.base_url is not None and knobs:
@@ -249,12 +351,19 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         stream=args.stream,
         incremental_output=args.incremental_output,
         protocol=args.protocol,
+        prompts=_prompts(args, requests),
+        max_tokens=args.max_tokens,
     )
-    concurrencies = args.concurrency or _positive_list(DEFAULT_CONCURRENCY)
+    concurrencies: tuple[int | None, ...] = args.concurrency or (
+        (None,) if open_loop else _positive_list(DEFAULT_CONCURRENCY)
+    )
     return BenchConfig(
         workload=workload,
         concurrencies=concurrencies,
-        rate=args.rate,
+        rates=args.rate or (None,),
+        burstiness=args.burstiness,
+        ramp_up=args.ramp_up,
+        trace=None if args.trace is None else read_trace(args.trace),
         requests=requests,
         duration=args.duration,
         warmup=args.warmup,
@@ -264,7 +373,21 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         knobs=knobs,
         max_retries=args.max_retries,
         qianfan_auth=args.qianfan_auth,
+        percentiles=args.percentiles,
+        slos=dict(args.goodput or ()),
+        processes=args.processes,
     )
+
+
+def _prompts(args: argparse.Namespace, requests: int | None) -> tuple[Prompt, ...]:
+    if args.prompts is not None:
+        return from_batch_jsonl(args.prompts)
+    if args.sharegpt is not None:
+        return from_sharegpt(args.sharegpt)
+    if args.random_input_len is not None:
+        count = max(requests or 0, RANDOM_PROMPTS)
+        return random_prompts(args.random_input_len, count, seed=args.seed)
+    return ()
 
 
 def _knobs(args: argparse.Namespace) -> dict[str, Any]:
@@ -318,6 +441,47 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _rate_list(text: str) -> tuple[float, ...]:
+    return _float_list(text, _positive_float)
+
+
+def _burstiness_list(text: str) -> tuple[float, ...]:
+    return _float_list(text, _positive_float)
+
+
+def _percentile_list(text: str) -> tuple[float, ...]:
+    def one(part: str) -> float:
+        value = float(part)
+        if not 0 < value < 100:
+            raise argparse.ArgumentTypeError(f"a percentile is between 0 and 100, got {part}")
+        return value
+
+    return tuple(sorted(set(_float_list(text, one))))
+
+
+def _float_list(text: str, parse: Callable[[str], float]) -> tuple[float, ...]:
+    values = tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}")
+    return values
+
+
+def _slo(text: str) -> tuple[str, float]:
+    metric, colon, value = text.partition(":")
+    if not colon or metric not in SLO_METRICS:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC:MILLISECONDS with METRIC one of {', '.join(SLO_METRICS)}, got {text!r}"
+        )
+    return metric, _positive_float(value)
 
 
 def _positive_list(text: str) -> tuple[int, ...]:

@@ -108,6 +108,9 @@ class Behaviour:
     """OpenAI-compatible chat: answer a request that offers `tools` with a call to one of them."""
     send_usage: bool | None = None
     """OpenAI-compatible routes: usage as the request asks (None), always (True) or never (False)."""
+    stamp_send_times: bool = False
+    """Add `"x_sent_at": time.monotonic()` to every streamed JSON event, taken just before its
+    bytes are written to the socket (a ruler for clients' timestamps)."""
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(field.name for field in attrs.fields(Behaviour))

@@ -8,6 +8,7 @@ is one `event:error` frame carrying the error's status, after which the stream e
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -25,6 +26,7 @@ from llmstreams.mock.delivery import (
     send_answer,
     send_body,
 )
+from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
     DASHSCOPE_ERRORS,
@@ -255,17 +257,36 @@ class _Reply:
     def whole(self) -> dict[str, Any]:
         return self._payload(self.answer.text, self._finish_reason(), self.chunk_count - 1)
 
+    def _text(self, index: int) -> str:
+        if self.incremental:
+            return self.answer.chunks[index]
+        return "".join(self.answer.chunks[: index + 1])
+
     def _data_line(self, index: int) -> bytes:
         is_last = index == self.chunk_count - 1
-        if self.incremental:
-            text = self.answer.chunks[index]
-        else:
-            text = "".join(self.answer.chunks[: index + 1])
         finish_reason = self._finish_reason() if is_last else "null"
-        return b"data:" + compact_json(self._payload(text, finish_reason, index))
+        return b"data:" + compact_json(self._payload(self._text(index), finish_reason, index))
+
+    @functools.cached_property
+    def _template(self) -> EventTemplate:
+        """The frame of every event but the last, open for its id, text and usage."""
+        payload = self._payload(SLOTS[1], "null", 0)
+        payload["usage"] = SLOTS[2]
+        head = b"id:" + ENCODED_SLOTS[0] + b"\nevent:result\n:HTTP_STATUS/200\ndata:"
+        return EventTemplate(payload, prefix=head, suffix=b"\n\n")
 
     def chunk(self, index: int, event_number: int) -> bytes:
-        return _frame(event_number, "result", 200, self._data_line(index))
+        answer = self.answer
+        if index == len(answer.chunks) - 1:
+            return _frame(event_number, "result", 200, self._data_line(index))
+        input_tokens = answer.prompt_tokens
+        output_tokens = answer.completion_tokens[index]
+        return self._template.fill(
+            b"%d" % event_number,
+            json_string(self._text(index)),
+            b'{"total_tokens":%d,"output_tokens":%d,"input_tokens":%d}'
+            % (input_tokens + output_tokens, output_tokens, input_tokens),
+        )
 
     def malformed(self, event_number: int) -> bytes:
         return _frame(

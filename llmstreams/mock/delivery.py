@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -53,6 +54,9 @@ class Answer(StreamEvents, Protocol):
     def whole(self) -> dict[str, Any]: ...
 
     def with_first_line_length(self, length: int) -> Answer: ...
+
+
+_EVENT_STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
 
 
 async def send_answer(
@@ -108,9 +112,9 @@ async def send_body(
     body: bytes,
     headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_type = content_type
-    response.charset = "utf-8"
+    response = web.StreamResponse(
+        status=status, headers={"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})}
+    )
     response.content_length = len(body)
     await response.prepare(request)
     await _write(response, body, trickle=behaviour.trickle)
@@ -125,9 +129,7 @@ async def send_stream(
     events: StreamEvents,
 ) -> web.StreamResponse:
     """Write `events` as a `text/event-stream`, applying every stream knob, and count the outcome."""
-    response = web.StreamResponse(status=200)
-    response.content_type = "text/event-stream"
-    response.charset = "utf-8"
+    response = web.StreamResponse(status=200, headers=_EVENT_STREAM_HEADERS)
     await response.prepare(request)
     context.stats.stream_started()
     try:
@@ -156,36 +158,69 @@ async def _write_events(
     behaviour: Behaviour,
     events: StreamEvents,
 ) -> bool:
-    """True when the whole answer went out, False when a knob cut the stream short."""
+    """True when the whole answer went out, False when a knob cut the stream short.
+
+    The events due at one moment go out in one write: all of them at once when the stream is
+    not paced, and those a paced stream fell behind on together with the one due now.
+    """
     loop = asyncio.get_running_loop()
     await context.pause(behaviour.first_chunk_delay)
     first_chunk_at = loop.time()
+    pace = behaviour.chunks_per_second
+    pending: list[bytes] = []
     event_number = 0
-    for index in range(events.chunk_count + 1):
+    count = events.chunk_count
+
+    async def flush() -> None:
+        if pending:
+            data = _joined(pending, stamp=behaviour.stamp_send_times)
+            pending.clear()
+            await _write(response, data, trickle=behaviour.trickle)
+
+    for index in range(count + 1):
         if behaviour.malformed_after == index:
             event_number += 1
-            await _write(response, events.malformed(event_number), trickle=behaviour.trickle)
+            pending.append(events.malformed(event_number))
         if behaviour.error_after == index:
             event_number += 1
-            await _write(response, events.error(event_number), trickle=behaviour.trickle)
+            pending.append(events.error(event_number))
+            await flush()
             await response.write_eof()
             return False
         if behaviour.disconnect_after == index:
+            await flush()
             _close_connection(request)
             return False
         if behaviour.stall_after == index:
+            await flush()
             await context.pause(None)
-        if index == events.chunk_count:
+        if index == count:
             break
-        if behaviour.chunks_per_second is not None and index > 0:
-            due = first_chunk_at + index / behaviour.chunks_per_second
-            await context.pause(max(0.0, due - loop.time()))
+        if pace is not None and index > 0:
+            due = first_chunk_at + index / pace
+            if due > loop.time():
+                await flush()
+                await context.pacer.until(due)
         event_number += 1
-        await _write(response, events.chunk(index, event_number), trickle=behaviour.trickle)
+        pending.append(events.chunk(index, event_number))
     if events.closing:
-        await _write(response, events.closing, trickle=behaviour.trickle)
+        pending.append(events.closing)
+    await flush()
     await response.write_eof()
     return True
+
+
+_JSON_EVENT_END = b"}\n\n"
+
+
+def _joined(frames: list[bytes], *, stamp: bool) -> bytes:
+    """The frames as one write; with `stamp`, each JSON event ends with its send time."""
+    if stamp:
+        sent_at = b',"x_sent_at":%r}\n\n' % time.monotonic()
+        frames = [
+            frame[:-3] + sent_at if frame.endswith(_JSON_EVENT_END) else frame for frame in frames
+        ]
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 async def _write(response: web.StreamResponse, data: bytes, *, trickle: bool) -> None:

@@ -32,6 +32,7 @@ from llmstreams.mock.delivery import (
     send_answer,
     send_body,
 )
+from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
     answer_text,
     count_tokens,
@@ -548,52 +549,68 @@ class Reply:
             }
         return usage
 
+    def _chunk(self, delta: dict[str, Any], *, last: bool, usage: Any) -> dict[str, Any]:
+        """One chunk's payload; `usage` is its usage (None: the chunk carries none)."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.kind is Kind.CHAT:
+            choice["delta"] = delta
+        else:
+            choice.update(delta, logprobs=None)
+        choice["finish_reason"] = self.finish_reason if last else None
+        choice.update(self.flavour.choice_extras(last=last, refused=self.refused))
+        payload = self._common(
+            "chat.completion.chunk" if self.kind is Kind.CHAT else "text_completion"
+        )
+        payload["choices"] = [choice]
+        if usage is not None:
+            payload["usage"] = usage
+        return payload
+
     def _render_events(self) -> list[bytes]:
         chat = self.kind is Kind.CHAT
-        obj = "chat.completion.chunk" if chat else "text_completion"
         tokens = self._completion_tokens()
-        deltas: list[tuple[dict[str, Any], int]] = []
-        if chat:
-            deltas.append(({"role": "assistant", "content": ""}, 0))
-        tool_started = False
-        for number, (what, piece) in enumerate(self._pieces(), start=1):
-            if what == "reasoning":
-                delta: dict[str, Any] = {"reasoning_content": piece}
-            elif what == "content":
-                delta = {"content": piece} if chat else {"text": piece}
-            else:
-                assert self.tool_call is not None
-                call: dict[str, Any] = {"index": 0}
-                if not tool_started:
-                    call.update(id=self.tool_call.id, type="function")
-                    call["function"] = {"name": self.tool_call.name, "arguments": piece}
-                    tool_started = True
-                else:
-                    call["function"] = {"arguments": piece}
-                delta = {"tool_calls": [call]}
-            deltas.append((delta, tokens[number]))
-        deltas.append(({} if chat else {"text": ""}, tokens[-1]))
+        usage_at = self._usage if self.chunk_usage else lambda _: None
         events = []
-        last = len(deltas) - 1
-        for position, (delta, completion_tokens) in enumerate(deltas):
-            choice: dict[str, Any] = {"index": 0}
-            if chat:
-                choice["delta"] = delta
-            else:
-                choice.update(delta, logprobs=None)
-            choice["finish_reason"] = self.finish_reason if position == last else None
-            choice.update(self.flavour.choice_extras(last=position == last, refused=self.refused))
-            payload = self._common(obj)
-            payload["choices"] = [choice]
+        if chat:
+            role = {"role": "assistant", "content": ""}
+            events.append(_event(self._chunk(role, last=False, usage=usage_at(0))))
+        # The pieces of one kind differ only in their text and usage: one template each.
+        templates: dict[str, EventTemplate] = {}
+        for number, (what, piece) in enumerate(self._pieces(), start=1):
+            if what == "arguments" and "arguments" not in templates:
+                assert self.tool_call is not None
+                call = {"index": 0, "id": self.tool_call.id, "type": "function"}
+                call["function"] = {"name": self.tool_call.name, "arguments": piece}
+                delta: dict[str, Any] = {"tool_calls": [call]}
+                events.append(
+                    _event(self._chunk(delta, last=False, usage=usage_at(tokens[number])))
+                )
+                templates[what] = self._template(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": SLOTS[0]}}]}
+                )
+                continue
+            template = templates.get(what)
+            if template is None:
+                key = {"reasoning": "reasoning_content", "content": "content" if chat else "text"}
+                template = templates[what] = self._template({key[what]: SLOTS[0]})
             if self.chunk_usage:
-                payload["usage"] = self._usage(completion_tokens)
-            events.append(_event(payload))
+                usage = compact_json(self._usage(tokens[number]))
+                events.append(template.fill(json_string(piece), usage))
+            else:
+                events.append(template.fill(json_string(piece)))
+        finish = {} if chat else {"text": ""}
+        events.append(_event(self._chunk(finish, last=True, usage=usage_at(tokens[-1]))))
         if self.stream_usage:
-            payload = self._common(obj)
+            payload = self._common("chat.completion.chunk" if chat else "text_completion")
             payload["choices"] = []
             payload["usage"] = self._usage(tokens[-1])
             events.append(_event(payload))
         return events
+
+    def _template(self, delta: dict[str, Any]) -> EventTemplate:
+        usage = SLOTS[1] if self.chunk_usage else None
+        payload = self._chunk(delta, last=False, usage=usage)
+        return EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
 
 
 def _event(payload: dict[str, Any]) -> bytes:

@@ -7,6 +7,7 @@ per-process salted `hash()`), so separate worker processes agree too.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import re
@@ -71,17 +72,40 @@ def _drop_field(payload: dict[str, Any], names: list[str]) -> None:
             del payload[name]
 
 
+def _sentences(rng: random.Random, count: int) -> list[str]:
+    sentences = []
+    for _ in range(count):
+        words = rng.choices(_WORDS, k=rng.randint(6, 14))
+        sentences.append(" ".join(words).capitalize() + ".")
+    return sentences
+
+
+# Answers are slices of one fixed text, so composing one costs a slice, not a word-by-word draw.
+_CORPUS_SENTENCES = _sentences(random.Random(0), 2048)
+_CORPUS = " ".join(_CORPUS_SENTENCES) + " "
+_SENTENCE_STARTS = list(
+    itertools.accumulate((len(s) + 1 for s in _CORPUS_SENTENCES[:-1]), initial=0)
+)
+
+
 def answer_text(digest: bytes, length: int) -> str:
     """`length` characters of English-looking sentences, chosen by `digest`."""
-    rng = random.Random(int.from_bytes(digest, "big"))
-    sentences: list[str] = []
-    written = 0
-    while written < length:
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
-        sentence = " ".join(words).capitalize() + "."
-        sentences.append(sentence)
-        written += len(sentence) + 1
-    return " ".join(sentences)[:length]
+    return corpus_text(answer_start(digest), length)
+
+
+def answer_start(digest: bytes) -> int:
+    """The corpus sentence an answer chosen by `digest` starts at."""
+    return int.from_bytes(digest[:8], "big") % len(_SENTENCE_STARTS)
+
+
+def corpus_text(sentence: int, length: int) -> str:
+    """`length` characters of the fixed corpus from its `sentence`-th sentence, wrapping around."""
+    start = _SENTENCE_STARTS[sentence]
+    text = _CORPUS[start : start + length]
+    if len(text) < length:
+        repeats = length // len(_CORPUS) + 1
+        text = (_CORPUS[start:] + _CORPUS * repeats)[:length]
+    return text
 
 
 def filler_text(length: int) -> str:

@@ -27,7 +27,6 @@ from llmstreams.errors import (
     ContentFilterError,
     InvalidParameterError,
     InvalidRequestError,
-    LLMStreamsError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -428,7 +427,8 @@ def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> t
 
 def _error_object(payload: Any) -> Mapping[str, Any] | None:
     """The error a decoded body or event describes: `{"error": {...}}`, vLLM's older top-level
-    `{"object": "error", ...}`, or a bare `{"error": "text"}`; None when it is no error."""
+    `{"object": "error", ...}`, a bare `{"error": "text"}`, or Baidu's `{"error_code",
+    "error_msg"}`; None when it is no error."""
     if not isinstance(payload, dict):
         return None
     error = payload.get("error")
@@ -438,6 +438,8 @@ def _error_object(payload: Any) -> Mapping[str, Any] | None:
         return {"message": error}
     if payload.get("object") == "error":
         return payload
+    if "error_code" in payload:
+        return {"code": payload["error_code"], "message": payload.get("error_msg")}
     return None
 
 
@@ -487,12 +489,12 @@ def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: 
     if error is not None:
         assert isinstance(payload, dict)
         return api_error(payload, error, head, dialect, request_id=request_id, before_generation=True)
-    status = head.status
     detail = payload.get("detail") if isinstance(payload, dict) else None
     if isinstance(detail, str) and detail:
         message = detail  # A FastAPI-style body, as some self-hosted servers send.
     else:
-        message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+        # The status is in the error's text already (APIError.__str__): not again here.
+        message = f"not an error body of this API: {snippet(body)}" if body.strip() else "an empty body"
     return api_error(
         {}, {"message": message}, head, dialect, request_id=request_id, before_generation=True
     )
@@ -509,6 +511,7 @@ def _json_or_none(body: bytes | str) -> Any:
 
 _UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
 _BOM: Final = b"\xef\xbb\xbf"
+_NO_DELTA: Final[Mapping[str, Any]] = {}
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -617,7 +620,7 @@ class DialectParser:
                 "the stream ended before its end (a finish_reason, then data: [DONE])",
                 provider=provider, request_id=request_id,
             )
-        received = self._body() if self._mode == _UNDECIDED else b"".join(self._buffer)
+        received = self._body()
         if not received.strip():
             raise ProtocolError(
                 f"the response (HTTP {self._head.status}) had no events", provider=provider
@@ -691,7 +694,7 @@ class DialectParser:
                 self._finish_reason = finish_reason
                 self._finish_seen = True
             if self._kind == "chat":
-                delta = choice["delta"]
+                delta = choice.get("delta") or _NO_DELTA
                 text = delta.get("content") or ""
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
                 tool_calls = delta.get("tool_calls")
@@ -721,8 +724,6 @@ class DialectParser:
             self._last = payload
             if not (text or reasoning or deltas or need_clear_history):
                 return None
-        except LLMStreamsError:
-            raise
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
             raise ProtocolError(
                 f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
