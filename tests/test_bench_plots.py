@@ -116,6 +116,7 @@ def test_rate_sweep_and_open_loop_timeline(tmp_path: Path) -> None:
     assert timeline.axes[-1].get_xlabel() == "time since the run began (s)"
     labels = [line.get_label() for line in timeline.axes[0].get_lines()]
     assert labels == ["in flight", "waiting for a slot"]
+    assert all(tick == int(tick) for tick in timeline.axes[0].get_yticks())
     check_and_save(timeline, tmp_path / "timeline_open.png")
 
 
