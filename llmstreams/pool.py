@@ -12,6 +12,7 @@ import attrs
 from llmstreams.errors import InvalidParameterError
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.ratelimit import RateLimit, RateLimiter
+from llmstreams.validation import check_number, check_optional
 
 T = TypeVar("T")
 
@@ -62,6 +63,10 @@ class Pool:
                 "max_connections_per_host", "must be a whole number >= 0 (0: no per-host limit)",
                 max_connections_per_host,
             )
+        check_optional("timeout", timeout, Timeout)
+        check_optional("retry", retry, RetryPolicy)
+        check_optional("rate_limit", rate_limit, RateLimit)
+        check_number("keepalive_timeout", keepalive_timeout, low=0)
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
         self.timeout = timeout if timeout is not None else Timeout()

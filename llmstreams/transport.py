@@ -24,10 +24,12 @@ from llmstreams.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    InvalidParameterError,
     LLMStreamsError,
     ProtocolError,
     StreamInterruptedError,
     StreamTimeoutError,
+    redact_url,
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
@@ -55,7 +57,9 @@ class HttpRequest:
     def __repr__(self) -> str:
         params = ", ".join(self.params)
         headers = ", ".join(self.headers)
-        return f"<HttpRequest {self.method} {self.url} params=[{params}] headers=[{headers}]>"
+        return (
+            f"<HttpRequest {self.method} {redact_url(self.url)} params=[{params}] headers=[{headers}]>"
+        )
 
 
 @attrs.frozen(slots=True)
@@ -313,6 +317,14 @@ async def _attempt(
     except APIConnectionError as error:
         # Preparing the request (e.g. fetching an access token) never reached the generation.
         raise _NoResponse(error) from None
+    if _has_url_credentials(request.url) and any(
+        name.lower() == "authorization" for name in request.headers
+    ):
+        raise InvalidParameterError(
+            "base_url",
+            "carries user:password@, but this client sends its own Authorization header: "
+            "remove the credentials from base_url",
+        )
     first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
     header_deadline = _earliest(first_deadline, total_deadline)
     logger.debug("%s: sending %r", exchange.provider, request)
@@ -412,8 +424,12 @@ def _earliest(first: float | None, second: float | None) -> float | None:
     return min(first, second)
 
 
+def _has_url_credentials(url: str) -> bool:
+    return "@" in url.partition("://")[2].partition("/")[0]
+
+
 def _where(request: HttpRequest) -> str:
-    return request.url.split("?", 1)[0]
+    return redact_url(request.url.split("?", 1)[0])
 
 
 def _describe(error: BaseException) -> str:

@@ -89,6 +89,7 @@ class DashScopeClient(BaseClient):
 
     def stream_generate(
         self,
+        /,
         prompt: str | None = None,
         *,
         messages: Sequence[Mapping[str, str]] | None = None,
@@ -127,6 +128,7 @@ class DashScopeClient(BaseClient):
 
     async def generate(
         self,
+        /,
         prompt: str | None = None,
         *,
         messages: Sequence[Mapping[str, str]] | None = None,

@@ -35,6 +35,7 @@ from llmstreams.errors import (
     ProtocolError,
     RateLimitError,
     ServerError,
+    redact_url,
     snippet,
 )
 from llmstreams.options import Timeout
@@ -278,7 +279,7 @@ class TokenAuthenticator:
         self._cache = pool.shared(token_cache_key(base_url, api_key, secret_key), TokenCache)
 
     def __repr__(self) -> str:
-        return f"<TokenAuthenticator {self._token_url}>"
+        return f"<TokenAuthenticator {redact_url(self._token_url)}>"
 
     async def authorize(self, path: str) -> Authorization:
         token = await self._cache.get(self._fetch)
@@ -298,7 +299,7 @@ class TokenAuthenticator:
             "client_id": self._api_key,
             "client_secret": self._secret_key,
         }
-        logger.debug("%s: fetching an access token from %s", PROVIDER, url)
+        logger.debug("%s: fetching an access token from %s", PROVIDER, redact_url(url))
         try:
             async with asyncio.timeout(wait):
                 async with self._pool.session().post(
@@ -309,11 +310,11 @@ class TokenAuthenticator:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise request_failure(
-                error, where=url, provider=PROVIDER, timeout_phase=phase,
+                error, where=redact_url(url), provider=PROVIDER, timeout_phase=phase,
                 wanted="access token", purpose=" for an access token",
             ) from None
         token = parse_token_response(status, body, retry_after, now=time.monotonic())
-        logger.info("%s: fetched an access token from %s", PROVIDER, url)
+        logger.info("%s: fetched an access token from %s", PROVIDER, redact_url(url))
         return token
 
 

@@ -8,7 +8,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from llmstreams.client import BaseClient
-from llmstreams.errors import APIError
+from llmstreams.errors import APIError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan import auth, wire
@@ -133,7 +133,7 @@ class QianfanClient(BaseClient):
         )
 
     def __repr__(self) -> str:
-        return f"<QianfanClient base_url={self.base_url!r} auth={self.auth_method!r}>"
+        return f"<QianfanClient base_url={redact_url(self.base_url)!r} auth={self.auth_method!r}>"
 
     @property
     def auth_method(self) -> str:
@@ -142,6 +142,7 @@ class QianfanClient(BaseClient):
 
     def stream_chat(
         self,
+        /,
         messages: Sequence[Mapping[str, str]],
         *,
         model: str | None = None,
@@ -170,6 +171,7 @@ class QianfanClient(BaseClient):
 
     async def chat(
         self,
+        /,
         messages: Sequence[Mapping[str, str]],
         *,
         model: str | None = None,
@@ -195,6 +197,7 @@ class QianfanClient(BaseClient):
 
     def stream_complete(
         self,
+        /,
         prompt: str,
         *,
         model: str | None = None,
@@ -220,6 +223,7 @@ class QianfanClient(BaseClient):
 
     async def complete(
         self,
+        /,
         prompt: str,
         *,
         model: str | None = None,

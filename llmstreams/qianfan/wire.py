@@ -180,12 +180,7 @@ def check_headers(field: str, headers: Any) -> dict[str, str]:
 
 def encode_body(fields: Mapping[str, Any]) -> bytes:
     """The JSON request body; extra_params is the only part that may not be JSON."""
-    try:
-        return json.dumps(fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    except (TypeError, ValueError) as error:
-        raise InvalidParameterError(
-            "extra_params", f"values must be JSON-serialisable ({error})"
-        ) from None
+    return validation.encode_json(fields, blame="extra_params")
 
 
 # --- errors -------------------------------------------------------------------------------------
