@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
 
-from llmstreams.errors import InvalidParameterError
+from llmstreams.errors import InvalidParameterError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.ratelimit import RateLimit, RateLimiter
-from llmstreams.validation import check_number, check_optional
+from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
 
 T = TypeVar("T")
 
@@ -39,6 +41,11 @@ class Pool:
     clients that use this pool (a client may override them). `rate_limit` holds back every
     request sent through the pool, whichever client sends it. Use `async with Pool() as pool`
     or call `await pool.close()`.
+
+    Proxies: `proxy="http://host:port"` sends every request through that HTTP proxy (HTTPS
+    targets through a CONNECT tunnel). Without it, and unless `trust_env=False`, the
+    HTTP_PROXY / HTTPS_PROXY / NO_PROXY environment variables apply, as in curl, requests and
+    httpx. Redirects are never followed.
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class Pool:
         max_retries: int | None = None,
         keepalive_timeout: float = 30.0,
         rate_limit: RateLimit | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -67,6 +76,11 @@ class Pool:
         check_optional("retry", retry, RetryPolicy)
         check_optional("rate_limit", rate_limit, RateLimit)
         check_number("keepalive_timeout", keepalive_timeout, low=0)
+        if proxy is not None:
+            proxy = _check_proxy(proxy)
+        self._proxy = proxy
+        self._env_proxies = _environment_proxies() if check_bool("trust_env", trust_env) else {}
+        self._proxy_by_origin: dict[tuple[str, str], str | None] = {}
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
         self.timeout = timeout if timeout is not None else Timeout()
@@ -127,6 +141,25 @@ class Pool:
             session, self._session = self._session, None
             await session.close()
 
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy a request to `url` goes through: `proxy=`, else HTTP_PROXY / HTTPS_PROXY
+        unless NO_PROXY names the host (read once, when the pool was made), else None."""
+        if self._proxy is not None or not self._env_proxies:
+            return self._proxy
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        try:
+            return self._proxy_by_origin[origin]
+        except KeyError:
+            pass
+        proxy = self._env_proxies.get(parts.scheme)
+        if proxy is not None and urllib.request.proxy_bypass_environment(
+            parts.netloc.rpartition("@")[2], self._env_proxies
+        ):
+            proxy = None
+        self._proxy_by_origin[origin] = proxy
+        return proxy
+
     def shared(self, key: Any, factory: Callable[[], T]) -> T:
         """The pool-wide object stored under `key`, made by `factory` on first use.
 
@@ -152,6 +185,29 @@ class Pool:
 
     def connection_released(self) -> None:
         self._connections_in_use -= 1
+
+
+def _check_proxy(proxy: Any) -> str:
+    rule = "must be an http:// URL such as http://proxy.example:3128"
+    if not isinstance(proxy, str):
+        raise InvalidParameterError("proxy", rule, type(proxy).__name__)
+    try:
+        parts = urlsplit(check_encodable("proxy", proxy))
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid or any(character.isspace() for character in proxy):
+        raise InvalidParameterError("proxy", rule, redact_url(proxy))
+    return proxy
+
+
+def _environment_proxies() -> dict[str, str]:
+    """HTTP_PROXY, HTTPS_PROXY (lower case wins, as in curl and requests) and NO_PROXY (as "no")."""
+    proxies = urllib.request.getproxies_environment()
+    return {
+        scheme: value for scheme, value in proxies.items()
+        if scheme in ("http", "https", "no") and value
+    }
 
 
 def resolve_retry(retry: RetryPolicy, max_retries: int | None) -> RetryPolicy:

@@ -42,7 +42,7 @@ from llmstreams.options import Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, TOKEN_ERROR_CODES
-from llmstreams.transport import parse_retry_after, request_failure
+from llmstreams.transport import is_redirect, read_head, redirect_error, request_failure
 
 logger = logging.getLogger("llmstreams")
 
@@ -302,18 +302,24 @@ class TokenAuthenticator:
         logger.debug("%s: fetching an access token from %s", PROVIDER, redact_url(url))
         try:
             async with asyncio.timeout(wait):
+                # Not redirected: the query carries the secret key.
                 async with self._pool.session().post(
-                    url, params=params, headers={"Accept": JSON_CONTENT_TYPE}
+                    url, params=params, headers={"Accept": JSON_CONTENT_TYPE},
+                    allow_redirects=False, proxy=self._pool.proxy_for(url),
                 ) as response:
+                    head = read_head(response)
+                    if is_redirect(head.status):
+                        raise redirect_error(
+                            head.status, head.headers.get("Location", ""),
+                            where=redact_url(url), provider=PROVIDER,
+                        )
                     body = await response.read()
-                    status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise request_failure(
                 error, where=redact_url(url), provider=PROVIDER, timeout_phase=phase,
                 wanted="access token", purpose=" for an access token",
             ) from None
-        token = parse_token_response(status, body, retry_after, now=time.monotonic())
+        token = parse_token_response(head.status, body, head.retry_after, now=time.monotonic())
         logger.info("%s: fetched an access token from %s", PROVIDER, redact_url(url))
         return token
 
