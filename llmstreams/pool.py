@@ -6,7 +6,7 @@ import urllib.request
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import attrs
@@ -153,9 +153,7 @@ class Pool:
         except KeyError:
             pass
         proxy = self._env_proxies.get(parts.scheme)
-        if proxy is not None and urllib.request.proxy_bypass_environment(
-            parts.netloc.rpartition("@")[2], self._env_proxies
-        ):
+        if proxy is not None and _bypassed(parts, self._env_proxies.get("no", "")):
             proxy = None
         self._proxy_by_origin[origin] = proxy
         return proxy
@@ -208,6 +206,21 @@ def _environment_proxies() -> dict[str, str]:
         scheme: value for scheme, value in proxies.items()
         if scheme in ("http", "https", "no") and value
     }
+
+
+def _bypassed(url: SplitResult, no_proxy: str) -> bool:
+    """Whether NO_PROXY ("*", or hosts and domains, with an optional port) names `url`'s host."""
+    host = (url.hostname or "").lower()
+    for entry in no_proxy.lower().replace(" ", "").split(","):
+        if entry == "*":
+            return True
+        name, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if port and port != str(url.port or {"http": 80, "https": 443}.get(url.scheme)):
+            continue
+        name = name.lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 def resolve_retry(retry: RetryPolicy, max_retries: int | None) -> RetryPolicy:

@@ -39,6 +39,7 @@ from tests.reliability.helpers import (
     vendor_params,
 )
 
+
 class ForwardProxy:
     """A plain HTTP forward proxy (no CONNECT): takes `POST http://host:port/path HTTP/1.1`,
     sends it on in origin form, and pipes the answer back. `targets` records each request's

@@ -11,6 +11,7 @@ bare Python exception from encoding or sending the request.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -211,10 +212,8 @@ def test_every_constructor_parameter_is_checked(
     @PROPERTY
     @given(call_arguments(constructor, known, unknown_names=False))
     def check(arguments: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(InvalidParameterError):
             constructor(**arguments)
-        except InvalidParameterError:
-            pass
 
     check()
 
