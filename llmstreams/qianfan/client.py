@@ -34,7 +34,7 @@ class QianfanExchange:
     """One Qianfan generation: its request (authorized afresh per attempt) and its parser."""
 
     provider = PROVIDER
-    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used")
+    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used", "_waiter")
 
     def __init__(
         self, *, url: str, path: str, body: bytes, headers: Mapping[str, str],
@@ -46,12 +46,13 @@ class QianfanExchange:
         self._headers = headers
         self._auth = authenticator
         self._used: auth.Authorization | None = None
+        self._waiter = auth.TokenWaiter()
 
     def __repr__(self) -> str:
         return f"<QianfanExchange POST {self._url}>"
 
     async def build_request(self) -> HttpRequest:
-        authorization = await self._auth.authorize(self._path)
+        authorization = await self._auth.authorize(self._path, self._waiter)
         self._used = authorization
         return HttpRequest(
             method="POST",
