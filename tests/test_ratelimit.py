@@ -100,7 +100,7 @@ async def test_a_fractional_rate_above_one_is_held_over_time() -> None:
 
 
 async def test_an_absurd_token_count_does_not_overflow() -> None:
-    rate, clock = limiter(RateLimit(tokens_per_minute=1000))
+    rate, _clock = limiter(RateLimit(tokens_per_minute=1000))
     await rate.acquire()
     rate.record_tokens(10**400)
     assert rate.wait_time() == 60.0
