@@ -20,6 +20,7 @@ and every request of the fan-out (and of anything else using that pool) is held 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -200,10 +201,9 @@ class FanOut:
     def __del__(self) -> None:
         run = getattr(self, "_run", None)
         if run is not None and run.workers:
-            try:
+            # A closed loop refuses the cancellations: its workers cannot run again anyway.
+            with contextlib.suppress(RuntimeError):
                 run.stop()
-            except RuntimeError:
-                pass  # Its loop is closed: the workers cannot run again anyway.
 
     async def __aenter__(self) -> FanOut:
         self._run.start()

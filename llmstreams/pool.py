@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import urllib.request
 from collections.abc import Callable
 from types import TracebackType
@@ -11,12 +13,14 @@ from urllib.parse import SplitResult, urlsplit
 import aiohttp
 import attrs
 
-from llmstreams.errors import InvalidParameterError, redact_url
+from llmstreams.errors import InvalidParameterError, LLMStreamsError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
 
 T = TypeVar("T")
+
+logger = logging.getLogger("llmstreams")
 
 DEFAULT_MAX_CONNECTIONS = 10_000
 
@@ -88,6 +92,7 @@ class Pool:
         self._keepalive_timeout = keepalive_timeout
         self.rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._shared: dict[Any, Any] = {}
         self._open_streams = 0
@@ -117,10 +122,22 @@ class Pool:
         return self._closed
 
     def session(self) -> aiohttp.ClientSession:
-        """The shared session, created on first use inside the running event loop."""
+        """The shared session, created on first use inside the running event loop.
+
+        A pool is bound to one event loop at a time. Used from a new loop after its first loop
+        was closed (two `asyncio.run` calls, a restarted notebook kernel), it starts afresh there:
+        connections of the closed loop cannot be used, and are dropped.
+        """
         if self._closed:
-            raise RuntimeError("this Pool is closed; create a new one")
+            raise LLMStreamsError(
+                "this Pool is closed (a client without pool= closes its own at the end of "
+                "`async with`): create a new Pool or client"
+            )
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._loop is not loop:
+            self._leave_loop()
         if self._session is None:
+            self._loop = loop
             connector = aiohttp.TCPConnector(
                 limit=self.max_connections,
                 limit_per_host=self.max_connections_per_host,
@@ -134,12 +151,30 @@ class Pool:
             )
         return self._session
 
+    def _leave_loop(self) -> None:
+        assert self._session is not None and self._loop is not None
+        if not self._loop.is_closed():
+            raise LLMStreamsError(
+                "this Pool is in use by another event loop that is still running: make one "
+                "Pool (and its clients) per event loop"
+            )
+        logger.debug("pool: its event loop was closed; starting afresh in the running one")
+        session, self._session = self._session, None
+        # Its connections belong to the closed loop and can neither be used nor closed there;
+        # detaching tells aiohttp the session is finished with.
+        session.detach()
+        if self.rate_limiter is not None:
+            self.rate_limiter.rebind()
+
     async def close(self) -> None:
         """Close every connection. Idempotent."""
         self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
-            await session.close()
+            if self._loop is not None and self._loop.is_closed():
+                session.detach()
+            else:
+                await session.close()
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy a request to `url` goes through: `proxy=`, else HTTP_PROXY / HTTPS_PROXY

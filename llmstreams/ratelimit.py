@@ -112,6 +112,10 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"<RateLimiter {self.limit} granted={self.requests_granted}>"
 
+    def rebind(self) -> None:
+        """Forget the event loop of the lock (its loop was closed; a new one runs)."""
+        self._lock = asyncio.Lock()
+
     def wait_time(self) -> float:
         """Seconds until one more request may be sent."""
         now = self._clock()

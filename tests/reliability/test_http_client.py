@@ -23,16 +23,19 @@ from llmstreams import (
     Pool,
     ProtocolError,
     QianfanClient,
+    RateLimit,
     StreamInterruptedError,
     StreamTimeoutError,
     Timeout,
 )
-from llmstreams.mock import MockServer
+from llmstreams.mock import MockServer, spawn_mock_workers
 from llmstreams.transport import parse_retry_after
 from tests.reliability.helpers import (
     ALL_AUTH,
+    MOCK_CREDENTIALS,
     QIANFAN,
     VENDORS,
+    Client,
     Vendor,
     closed_port,
     knobs,
@@ -275,3 +278,25 @@ async def test_any_content_type_gives_an_llmstreams_error_or_works(
 def test_retry_after_is_total(value: str) -> None:
     seconds = parse_retry_after(value)
     assert seconds is None or 0 <= seconds < float("inf")
+
+
+def test_a_pool_used_from_a_second_event_loop_rebinds() -> None:
+    # Two asyncio.run calls (a script, a notebook cell run twice) with one pool and client:
+    # a token being fetched, a contended rate-limit lock and pooled connections all belong
+    # to the first loop, which is closed when the second starts.
+    with spawn_mock_workers(1, credentials=MOCK_CREDENTIALS) as url:
+        for vendor in ALL_AUTH:
+            pool = Pool(rate_limit=RateLimit(requests_per_second=1000))
+            client = vendor.client(url, pool=pool)
+
+            async def use(client: Client = client, vendor: Vendor = vendor) -> list[str]:
+                completions = await asyncio.gather(*(vendor.answer(client) for _ in range(5)))
+                return [completion.text for completion in completions]
+
+            async def close(pool: Pool = pool) -> None:
+                await pool.close()
+
+            first = asyncio.run(use())
+            second = asyncio.run(use())
+            asyncio.run(close())
+            assert first == second and all(first), vendor.name
