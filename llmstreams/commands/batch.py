@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +16,20 @@ import llmstreams
 from llmstreams.batch import (
     PROVIDERS,
     BatchSummary,
+    OutputFileError,
+    OutputWriteError,
     Provider,
     Target,
     make_client,
     run_batch,
 )
 from llmstreams.commands import library_log_level
+from llmstreams.outputlock import OutputLockedError
 from llmstreams.progress import format_duration
 
 DEFAULT_CONCURRENCY = 16
+EXIT_OUTPUT_WRITE_FAILED = 4
+EXIT_OUTPUT_LOCKED = 5
 
 DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
@@ -42,7 +50,9 @@ command carries on where it stopped. --retry-errors runs the failed ids again;
 
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
-error (bad option, missing credentials, unreadable file); 130 when interrupted.
+error (bad option, missing credentials, unreadable file, OUTPUT a directory or not writable);
+4 when writing OUTPUT failed mid-run (disk full: free space and run again to resume); 5 when
+another run is writing OUTPUT; 130 when interrupted.
 """
 
 
@@ -126,14 +136,27 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
     if not args.input.is_file():
         return _usage_error(f"{args.input}: no such file")
-    if args.output.exists() and args.output.resolve() == args.input.resolve():
-        return _usage_error("OUTPUT must not be INPUT")
+    if args.output.exists() and os.path.samefile(args.output, args.input):
+        return _usage_error("OUTPUT must not be INPUT (they are the same file)")
     try:
-        with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-            summary = asyncio.run(_main(args, provider))
-    except llmstreams.InvalidParameterError as error:
+        try:
+            with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
+                summary = asyncio.run(_main(args, provider))
+        finally:
+            # The run is over, only its summary is left to print: a Ctrl-C now (a second one
+            # a moment after the first) must not turn a clean exit into a traceback.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (llmstreams.InvalidParameterError, OutputFileError) as error:
+        if isinstance(error, OutputWriteError):
+            print(f"llmstreams batch: error: {error}", file=sys.stderr)
+            return EXIT_OUTPUT_WRITE_FAILED
         return _usage_error(str(error))
-    except KeyboardInterrupt:
+    except OutputLockedError as error:
+        print(f"llmstreams batch: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_LOCKED
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second Ctrl-C cancels the run at once (see run_batch): the same end as the first.
         _report("interrupted; run the same command again to resume")
         return 130
     print(format_summary(summary, args.input, args.output))
