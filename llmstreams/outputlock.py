@@ -9,6 +9,7 @@ Where `fcntl` does not exist (Windows) runs are not locked.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -81,10 +82,8 @@ class OutputLock:
         if self._fd < 0:
             return
         # Removed while still held, so that no other run can lock the file being removed.
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(self.path)
-        except OSError:
-            pass
         os.close(self._fd)
         self._fd = -1
 

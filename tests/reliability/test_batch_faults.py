@@ -167,7 +167,7 @@ async def test_disk_full_gives_one_line_and_exit_4_then_resume_works(tmp_path: P
         written = output.stat().st_size
         assert 0 < written <= 3000
         process = await batch_process(str(source), "-o", str(output), url=server.url)
-        code, stdout, stderr = await finish(process)
+        code, _stdout, stderr = await finish(process)
     assert code == 0, stderr
     results = by_id(read_results(output))
     assert set(results) == {f"r{i}" for i in range(count)}
