@@ -39,6 +39,7 @@ from tests.reliability.helpers import (
     Vendor,
     closed_port,
     knobs,
+    tcp_server,
     vendor_params,
 )
 
@@ -81,13 +82,8 @@ class ForwardProxy:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[ForwardProxy]:
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-        try:
+        async with tcp_server(self._serve) as self.url:
             yield self
-        finally:
-            server.close()
-            await server.wait_closed()
 
 
 @vendor_params(ALL_AUTH)
@@ -239,12 +235,8 @@ async def raw_http_server(head: bytes, body: bytes) -> AsyncIterator[str]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    try:
-        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with tcp_server(answer) as url:
+        yield url
 
 
 @pytest.mark.parametrize("content_type", [";0*", "text/event-stream; a*0*=x'", "\x7f/\x7f; ;=\"", ""])
