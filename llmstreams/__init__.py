@@ -1,4 +1,5 @@
-"""llmstreams: async streaming text generation from Baidu Qianfan and Alibaba DashScope."""
+"""llmstreams: async streaming text generation from Baidu Qianfan, Alibaba DashScope and any
+OpenAI-compatible server."""
 
 import logging
 
@@ -21,6 +22,7 @@ from llmstreams.errors import (
     StreamTimeoutError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
+from llmstreams.openai import OpenAICompatibleClient
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
 from llmstreams.qianfan import QianfanClient
@@ -50,6 +52,7 @@ __all__ = [
     "InvalidRequestError",
     "LLMStreamsError",
     "NotFoundError",
+    "OpenAICompatibleClient",
     "Outcome",
     "PermissionDeniedError",
     "Pool",

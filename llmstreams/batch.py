@@ -2,9 +2,10 @@
 
 Input lines are `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}`; any other
 key is a parameter of the client method (`temperature`, `stop`, `extra_headers`, ...). An id
-is a string or an integer; blank lines are skipped. Qianfan sends a `prompt` to its
-completions API (`stream_complete`) and `messages` to chat (`stream_chat`); DashScope takes
-either (`stream_generate`).
+is a string or an integer; blank lines are skipped. Qianfan and OpenAI-compatible servers get
+a `prompt` on their completions API (`stream_complete`) and `messages` on chat (`stream_chat`);
+DashScope takes either (`stream_generate`; in its OpenAI-compatible mode a prompt is sent as
+the one user message of a chat).
 
 Results are appended as they finish, each line with a single write, so a killed process leaves
 at most one partial last line, which the next run cuts off. By default a run resumes: the ids
@@ -40,9 +41,11 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
-Provider = Literal["qianfan", "dashscope"]
+Provider = Literal["qianfan", "dashscope", "openai"]
 Mode = Literal["resume", "overwrite", "retry_errors"]
-PROVIDERS: tuple[Provider, ...] = ("qianfan", "dashscope")
+PROVIDERS: tuple[Provider, ...] = ("qianfan", "dashscope", "openai")
+Protocol = Literal["native", "openai"]
+PROTOCOLS: tuple[Protocol, ...] = ("native", "openai")
 
 RequestId = str | int
 IdKey = tuple[str, str | int]
@@ -393,14 +396,25 @@ def problem_record(problem: InputProblem) -> dict[str, Any]:
     }
 
 
-Client: TypeAlias = llmstreams.QianfanClient | llmstreams.DashScopeClient
+Client: TypeAlias = (
+    llmstreams.QianfanClient | llmstreams.DashScopeClient | llmstreams.OpenAICompatibleClient
+)
 
 
-def make_client(provider: Provider, pool: llmstreams.Pool, *, base_url: str | None = None) -> Client:
-    """A client of `provider` on `pool`, with credentials from the environment."""
+def make_client(
+    provider: Provider,
+    pool: llmstreams.Pool,
+    *,
+    base_url: str | None = None,
+    protocol: Protocol = "native",
+) -> Client:
+    """A client of `provider` on `pool`, with credentials from the environment; `protocol` is
+    DashScope's."""
     if provider == "qianfan":
         return llmstreams.QianfanClient(base_url=base_url, pool=pool)
-    return llmstreams.DashScopeClient(base_url=base_url, pool=pool)
+    if provider == "openai":
+        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool)
+    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol)
 
 
 @attrs.frozen(slots=True)
@@ -417,9 +431,19 @@ class Target:
 
         def start() -> llmstreams.ChunkStream:
             if isinstance(client, llmstreams.DashScopeClient):
-                return client.stream_generate(
-                    request.prompt, messages=request.messages, model=self.model, **params
-                )
+                if client.protocol == "native":
+                    return client.stream_generate(
+                        request.prompt, messages=request.messages, model=self.model, **params
+                    )
+                messages = request.messages
+                if messages is None:
+                    messages = [{"role": "user", "content": request.prompt}]
+                return client.stream_chat(messages, model=self.model, **params)
+            if isinstance(client, llmstreams.OpenAICompatibleClient):
+                assert self.model is not None
+                if request.messages is not None:
+                    return client.stream_chat(request.messages, model=self.model, **params)
+                return client.stream_complete(request.prompt, model=self.model, **params)
             if request.messages is not None:
                 return client.stream_chat(
                     request.messages, model=self.model, endpoint=self.endpoint, **params

@@ -18,7 +18,8 @@ SUBCOMMANDS: tuple[str, ...] = ("mock", "bench", "demo", "batch")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llmstreams",
-        description="Stream text generation from Baidu Qianfan and Alibaba DashScope.",
+        description="Stream text generation from Baidu Qianfan, Alibaba DashScope and any "
+        "OpenAI-compatible server.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:

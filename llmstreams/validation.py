@@ -203,3 +203,22 @@ def check_headers(field: str, headers: Any, *, reserved: Iterable[str] = ()) -> 
             )
         checked[name] = value
     return checked
+
+
+def check_api_key(api_key: Any, *, variable: str, field: str = "api_key") -> str:
+    """A bearer API key, stripped; the error says how to give one. The key's value never
+    appears in an error: only what is wrong with it."""
+    if api_key is None:
+        raise InvalidParameterError(
+            field, f"is required: pass {field}= or set the {variable} environment variable"
+        )
+    if not isinstance(api_key, str):
+        raise InvalidParameterError(field, "must be a string", type(api_key).__name__)
+    key: str = api_key.strip()
+    if not key:
+        raise InvalidParameterError(
+            field, f"is empty: pass {field}= or set the {variable} environment variable"
+        )
+    if any(character.isspace() or not character.isprintable() for character in key):
+        raise InvalidParameterError(field, "must not contain spaces or control characters")
+    return key

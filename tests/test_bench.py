@@ -245,9 +245,11 @@ def test_bad_settings_are_refused_before_anything_runs(
     assert complaint in capsys.readouterr().err
 
 
-def test_concurrency_and_rate_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+def test_rate_and_trace_exclude_each_other(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        bench("--concurrency", "4", "--rate", "10")
+        bench("--rate", "10", "--trace", str(tmp_path / "trace.jsonl"))
     assert exit_info.value.code == 2
     assert "not allowed with" in capsys.readouterr().err
 
@@ -305,7 +307,6 @@ async def test_failed_requests_keep_their_chunks_and_error_type() -> None:
     "arguments",
     [
         {},
-        {"concurrency": 1, "rate": 1.0, "requests": 1},
         {"concurrency": 1},
         {"concurrency": 0, "requests": 1},
         {"rate": 0.0, "requests": 1},

@@ -27,7 +27,7 @@ async def run_example(code: str, base_url: str) -> str:
 
 
 def test_the_examples_were_found() -> None:
-    assert len(EXAMPLES) == 3
+    assert len(EXAMPLES) == 4
 
 
 async def test_stream_example(server: MockServer) -> None:
@@ -47,8 +47,17 @@ async def test_messages_example(server: MockServer) -> None:
     assert server.stats.requests["dashscope.generation"] == 1
 
 
-async def test_error_example(server: MockServer) -> None:
+async def test_compatible_mode_example(server: MockServer) -> None:
     output = await run_example(EXAMPLES[2], server.url)
+    streamed, sizes, usage = output.rstrip("\n").split("\n")
+    assert len(streamed) == 120 + 240
+    assert sizes == "120 240 stop"
+    assert usage.startswith("usage: Usage(prompt_tokens=")
+    assert server.stats.requests["dashscope.compatible.chat"] == 1
+
+
+async def test_error_example(server: MockServer) -> None:
+    output = await run_example(EXAMPLES[3], server.url)
     lines = output.rstrip("\n").split("\n")
     assert lines[-2] == "RateLimitError Throttling 429"
     assert lines[-1] == f"kept before the error: {lines[-3]!r}"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from llmstreams import QianfanClient
-from llmstreams.commands.demo import DEMO_QUESTION, QIANFAN_MODEL, user
+from llmstreams.commands.demo import DEMO_QUESTION, DEMO_V2_API_KEY, QIANFAN_V2_MODEL, user
 from llmstreams.mock import MockServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,9 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 async def expected_answer() -> str:
     """The mock answers deterministically: ask it the demo's question here too."""
     async with MockServer() as server, QianfanClient(
-        api_key="any", secret_key="any", base_url=server.url
+        api_key=DEMO_V2_API_KEY, base_url=server.url
     ) as client:
-        completion = await client.chat(user(DEMO_QUESTION), model=QIANFAN_MODEL)
+        completion = await client.chat(user(DEMO_QUESTION), model=QIANFAN_V2_MODEL)
     return completion.text
 
 
@@ -40,7 +40,7 @@ async def test_demo_streams_an_answer_fans_out_and_summarises() -> None:
 
     answer = await expected_answer()
     assert f"Q: {DEMO_QUESTION}\nA: {answer}\n" in stdout
-    assert "10 chunks from ERNIE-Speed-8K via Qianfan" in stdout
+    assert "11 chunks from ernie-speed-8k via Qianfan API v2" in stdout
     assert "Fan-out: 120 requests (60 Qianfan chat, 60 DashScope), 32 at a time" in stdout
     assert re.search(r"requests +120 \(120 ok, 0 errors\)", stdout)
     # Two of the 120 are answered HTTP 429 once and retried.

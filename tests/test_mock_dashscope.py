@@ -136,6 +136,18 @@ async def test_incremental_output_sends_only_the_new_piece(
     assert "".join(pieces) == json.loads(whole)["output"]["text"]
 
 
+async def test_the_answer_does_not_depend_on_stream_only_options(
+    server: MockServer, session: aiohttp.ClientSession
+) -> None:
+    _, plain_whole = await generate(session, server, PROMPT)
+    body = with_parameters(incremental_output=True)
+    _, incremental_whole = await generate(session, server, body)
+    _, raw = await generate(session, server, body, SSE)
+    streamed = "".join(data["output"]["text"] for *_, data in frames(raw))
+    text = json.loads(plain_whole)["output"]["text"]
+    assert json.loads(incremental_whole)["output"]["text"] == streamed == text
+
+
 @pytest.mark.parametrize("incremental", [False, True])
 async def test_stream_in_message_format(
     server: MockServer, session: aiohttp.ClientSession, incremental: bool

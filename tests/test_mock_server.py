@@ -83,6 +83,11 @@ async def test_stats_count_requests_per_route(
         "qianfan.completions": 1,
         "qianfan.service_list": 0,
         "dashscope.generation": 1,
+        "qianfan.v2.chat": 0,
+        "qianfan.v2.completions": 0,
+        "dashscope.compatible.chat": 0,
+        "openai.chat": 0,
+        "openai.completions": 0,
     }
     assert (stats.tokens_issued, stats.streams_started, stats.streams_completed) == (1, 1, 1)
 

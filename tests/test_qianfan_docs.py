@@ -11,11 +11,16 @@ import pytest
 from llmstreams.mock import MockServer
 from llmstreams.qianfan import MODELS
 from llmstreams.qianfan.auth import ENV_LAYOUTS
+from llmstreams.qianfan.models import V2_MODEL_IDS
 from tests.support import ROOT, mock_command, python_examples
 from tests.support import run_example as run_python
 
 DOC_TEXT = (ROOT / "docs" / "qianfan.md").read_text(encoding="utf-8")
-EXAMPLES = python_examples(ROOT / "docs" / "qianfan.md")
+V2_EXAMPLES, EXAMPLES = (
+    python_examples(ROOT / "docs" / "qianfan.md")[:2],
+    python_examples(ROOT / "docs" / "qianfan.md")[2:],
+)
+V2_KEY = "bce-v3/ALTAK-docs/any-secret"
 CREDENTIAL_VARIABLES = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
 
 
@@ -25,20 +30,45 @@ async def server() -> AsyncIterator[MockServer]:
         yield mock
 
 
-async def run_example(code: str, base_url: str) -> str:
+async def run_example(code: str, base_url: str, *, v2: bool = False) -> str:
     environment = {
         name: value
         for name, value in os.environ.items()
         if name not in CREDENTIAL_VARIABLES and name != "QIANFAN_BASE_URL"
     }
-    environment.update(
-        QIANFAN_API_KEY="any-key", QIANFAN_SECRET_KEY="any-secret", QIANFAN_BASE_URL=base_url
-    )
+    if v2:
+        environment.update(QIANFAN_API_KEY=V2_KEY, QIANFAN_BASE_URL=base_url)
+    else:
+        environment.update(
+            QIANFAN_API_KEY="any-key", QIANFAN_SECRET_KEY="any-secret", QIANFAN_BASE_URL=base_url
+        )
     return await run_python(code, environment)
 
 
 def test_the_examples_were_found() -> None:
+    assert len(V2_EXAMPLES) == 2
     assert len(EXAMPLES) == 4
+
+
+async def test_v2_chat_stream_example(server: MockServer) -> None:
+    output = await run_example(V2_EXAMPLES[0], server.url, v2=True)
+    text, api, usage, request_id = output.rstrip("\n").split("\n")[-4:]
+    assert len(text) == 240
+    assert api == "api: v2 finish_reason: stop"
+    assert usage.startswith("usage: Usage(prompt_tokens=")
+    assert request_id == "request id: as-"
+    assert server.stats.requests["qianfan.v2.chat"] == 1
+
+
+async def test_v2_whole_chat_example(server: MockServer) -> None:
+    output = await run_example(V2_EXAMPLES[1], server.url, v2=True)
+    assert output == "240 stop True\n"
+    assert server.stats.requests["qianfan.v2.chat"] == 1
+
+
+def test_the_v2_model_table_is_the_mapping() -> None:
+    rows = re.findall(r"^\| (ERNIE-\S+) \| ([a-z0-9.-]+) \|$", DOC_TEXT, flags=re.MULTILINE)
+    assert dict(rows) == V2_MODEL_IDS and len(rows) == len(V2_MODEL_IDS)
 
 
 async def test_chat_stream_example(server: MockServer) -> None:

@@ -1,24 +1,32 @@
-"""Load generation: closed loop (a fixed number of requests in flight) and open loop (Poisson
-arrivals at a fixed rate), timing every chunk of every request.
+"""Load generation: closed loop (a fixed number of requests in flight), open loop (requests due
+at Poisson or gamma arrival times, optionally capped in concurrency, optionally ramped up) and
+trace replay, timing every chunk of every request.
 
 Any client can be driven through a `Target`: it opens one request as an async iterator with one
 item per chunk. The timing loop is the same for every client, so clients are compared on equal
-terms.
+terms. Per chunk it only appends a timestamp to a list: all statistics come after the run.
+
+Timestamps are event-loop time (`loop.time()`, which is `time.monotonic()` in the default
+loop). An `llmstreams.ChunkStream` says when the network read that carried each chunk returned
+(`last_read_at`); that time is used for the chunk rather than the moment the timing loop got it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
+import math
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Protocol, cast
 
 import attrs
 
-from llmstreams.bench.metrics import OK, RequestRecord
+from llmstreams.bench.metrics import OK, SENT_AT_FIELD, RequestRecord
+from llmstreams.bench.schedule import closed_loop_starts, open_loop_arrivals
 
 try:
     import resource
@@ -27,8 +35,8 @@ except ImportError:  # not on Windows
 
 # Warm-up of an open-loop run happens in a closed loop at most this wide.
 OPEN_LOOP_WARMUP_CONCURRENCY = 32
-
-_clock = time.perf_counter
+# How often the loop-lag watcher asks to be woken.
+LOOP_LAG_INTERVAL = 0.005
 
 
 class Target(Protocol):
@@ -45,33 +53,69 @@ class Target(Protocol):
         """The output token count the server reported, read from the request's last item."""
 
 
+class Clock(Protocol):
+    """The time the load generator schedules by: seconds on any monotonic scale."""
+
+    def now(self) -> float: ...
+
+    async def sleep_until(self, when: float) -> None: ...
+
+
+class LoopClock:
+    """The running event loop's clock, the one `ChunkStream.last_read_at` is read from."""
+
+    def __init__(self) -> None:
+        self.now: Callable[[], float] = asyncio.get_running_loop().time
+
+    async def sleep_until(self, when: float) -> None:
+        delay = when - self.now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 @attrs.frozen(slots=True)
 class LoadPlan:
     """How to load the target.
 
-    Exactly one of `concurrency` (closed loop: that many requests always in flight) and `rate`
-    (open loop: requests start at Poisson-distributed times, `rate` per second on average, each
-    whatever the others are doing). The run ends after `requests` requests or once `duration`
-    seconds have passed (requests in flight are then awaited and counted), whichever comes
-    first; at least one of the two must be given. `warmup` requests are sent first and not
-    counted.
+    - `concurrency` alone: closed loop, that many requests always in flight;
+    - `rate` (requests/s on average): open loop, each request sent when due whatever the
+      others are doing; the gaps between arrivals are gamma-distributed with shape
+      `burstiness` (1: Poisson); with `concurrency` too, at most that many are in flight and
+      a due request waits for a free slot (its `client_queue`);
+    - `trace`: open loop replaying these arrival offsets (seconds), optionally capped by
+      `concurrency`.
+
+    `ramp_up` seconds: an open loop's rate rises linearly from 0; a closed loop's workers start
+    one after another over that time. The run ends after `requests` requests or once
+    `duration` seconds have passed (requests in flight are then awaited and counted),
+    whichever comes first; a trace ends with its last arrival. `warmup` requests are sent
+    first and not counted.
     """
 
     concurrency: int | None = None
     rate: float | None = None
+    burstiness: float = 1.0
+    ramp_up: float = 0.0
+    trace: tuple[float, ...] | None = None
     requests: int | None = None
     duration: float | None = None
     warmup: int = 0
     seed: int = 0
 
     def __attrs_post_init__(self) -> None:
-        if (self.concurrency is None) == (self.rate is None):
-            raise ValueError("give exactly one of concurrency (closed loop) and rate (open loop)")
+        if self.rate is not None and self.trace is not None:
+            raise ValueError("give a rate or a trace, not both")
+        if self.concurrency is None and self.rate is None and self.trace is None:
+            raise ValueError("give a concurrency (closed loop), a rate or a trace (open loop)")
         if self.concurrency is not None and self.concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {self.concurrency}")
         if self.rate is not None and not self.rate > 0:
             raise ValueError(f"rate must be a positive number of requests/s, got {self.rate}")
-        if self.requests is None and self.duration is None:
+        if not self.burstiness > 0:
+            raise ValueError(f"burstiness must be a positive number, got {self.burstiness}")
+        if not self.ramp_up >= 0:
+            raise ValueError(f"ramp_up must be a number of seconds >= 0, got {self.ramp_up}")
+        if self.requests is None and self.duration is None and self.trace is None:
             raise ValueError("give a number of requests, a duration, or both")
         if self.requests is not None and self.requests < 1:
             raise ValueError(f"requests must be at least 1, got {self.requests}")
@@ -82,37 +126,75 @@ class LoadPlan:
 
     @property
     def mode(self) -> str:
-        return "closed" if self.concurrency is not None else "open"
+        if self.trace is not None:
+            return "trace"
+        return "closed" if self.rate is None else "open"
+
+    def arrivals(self) -> Iterator[float]:
+        """The open loop's arrival offsets in seconds (endless for a rate)."""
+        if self.trace is not None:
+            return iter(self.trace)
+        assert self.rate is not None
+        return open_loop_arrivals(
+            self.rate, burstiness=self.burstiness, ramp_up=self.ramp_up,
+            rng=random.Random(self.seed),
+        )
 
 
 @attrs.frozen(slots=True)
 class Measurement:
-    """The requests of one run, the run's wall time, and the client process's resources."""
+    """The requests of one run, the run's wall time, and the client process's resources.
+
+    `loop_lags`: how late (seconds) each wake-up of a watcher asking to sleep
+    LOOP_LAG_INTERVAL came, over the run: a busy loop delays every timestamp by about as much.
+    `origin`: the clock's time when the run began (after the warm-up), which the records'
+    `start` count from.
+    """
 
     records: tuple[RequestRecord, ...]
     duration: float
     cpu_seconds: float
     peak_rss_mb: float
+    loop_lags: tuple[float, ...] = ()
+    origin: float = 0.0
 
 
-async def run_load(target: Target, plan: LoadPlan) -> Measurement:
-    """Warm up, then load `target` as `plan` says, timing every request."""
+async def run_load(
+    target: Target,
+    plan: LoadPlan,
+    *,
+    clock: Clock | None = None,
+    before_run: Callable[[], Awaitable[None]] | None = None,
+) -> Measurement:
+    """Warm up, then load `target` as `plan` says, timing every request.
+
+    `clock` (default: the loop's) decides when requests are due; tests pass a fake one.
+    `before_run` is awaited between the warm-up and the measured run (client processes wait
+    there for each other).
+    """
+    clock = clock or LoopClock()
     if plan.warmup:
         width = plan.concurrency or OPEN_LOOP_WARMUP_CONCURRENCY
-        await _closed_loop(target, min(width, plan.warmup), plan.warmup, None, _clock())
+        warmup = LoadPlan(concurrency=min(width, plan.warmup), requests=plan.warmup)
+        await _closed_loop(target, warmup, clock.now(), clock)
+    if before_run is not None:
+        await before_run()
     gc.collect()
+    lags: list[float] = []
+    watcher = asyncio.create_task(_watch_loop_lag(lags))
     cpu_before = time.process_time()
-    origin = _clock()
-    if plan.concurrency is not None:
-        records = await _closed_loop(target, plan.concurrency, plan.requests, plan.duration, origin)
-    else:
-        assert plan.rate is not None
-        rng = random.Random(plan.seed)
-        records = await _open_loop(target, plan.rate, plan.requests, plan.duration, origin, rng)
-    duration = _clock() - origin
+    origin = clock.now()
+    try:
+        if plan.mode == "closed":
+            records = await _closed_loop(target, plan, origin, clock)
+        else:
+            records = await _open_loop(target, plan, origin, clock)
+    finally:
+        watcher.cancel()
+    duration = clock.now() - origin
     cpu_seconds = time.process_time() - cpu_before
     records.sort(key=lambda record: record.index)
-    return Measurement(tuple(records), duration, cpu_seconds, peak_rss_mb())
+    return Measurement(tuple(records), duration, cpu_seconds, peak_rss_mb(), tuple(lags), origin)
 
 
 def peak_rss_mb() -> float:
@@ -124,25 +206,50 @@ def peak_rss_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
-async def measure_request(target: Target, index: int, origin: float) -> RequestRecord:
-    """Send one request through `target` and time each of its chunks."""
-    gaps: list[float] = []
-    chunks = 0
+async def _watch_loop_lag(lags: list[float]) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + LOOP_LAG_INTERVAL
+        await asyncio.sleep(LOOP_LAG_INTERVAL)
+        lags.append(loop.time() - due)
+
+
+async def measure_request(
+    target: Target,
+    index: int,
+    origin: float,
+    *,
+    due: float | None = None,
+    clock: Clock | None = None,
+) -> RequestRecord:
+    """Send one request through `target` and time each of its chunks.
+
+    `due`: when the request was meant to be sent (default: now); the time from then until it
+    is actually sent is its `client_queue`.
+    """
+    clock = clock or LoopClock()
+    now = clock.now
+    times: list[float] = []
+    stamp = times.append
+    sent: list[Any] = []
     item: Any = None
     status = OK
-    first: float | None = None
-    start = last = _clock()
+    start = now()
     try:
         stream = target.open_stream()
         try:
-            async for item in stream:  # noqa: B007 (the last item is read after the loop)
-                now = _clock()
-                if chunks:
-                    gaps.append(now - last)
-                else:
-                    first = now
-                last = now
-                chunks += 1
+            read_at: Callable[[], float] = (
+                cast(Callable[[], float], lambda: stream.last_read_at)
+                if hasattr(stream, "last_read_at") else now
+            )
+            if getattr(target, "reads_sent_at", False):
+                keep_sent = sent.append
+                async for item in stream:
+                    stamp(read_at())
+                    keep_sent(item.raw.get(SENT_AT_FIELD))
+            else:
+                async for item in stream:  # noqa: B007
+                    stamp(read_at())
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -150,61 +257,79 @@ async def measure_request(target: Target, index: int, origin: float) -> RequestR
     except Exception as error:
         # The benchmark counts failures by type; a failed request must not stop the run.
         status = type(error).__name__
-    end = _clock()
+    end = now()
+    ok_with_chunks = status == OK and bool(times)
+    input_tokens = getattr(target, "input_tokens", None)
     return RequestRecord(
         index=index,
         start=start - origin,
-        ttft=None if first is None else first - start,
+        client_queue=0.0 if due is None else max(0.0, start - due),
+        ttft=times[0] - start if times else None,
         e2el=end - start,
-        gaps=tuple(gaps),
-        chunks=chunks,
-        output_tokens=target.output_tokens(item) if status == OK and chunks else None,
+        gaps=tuple(later - earlier for earlier, later in itertools.pairwise(times)),
+        chunks=len(times),
+        output_tokens=target.output_tokens(item) if ok_with_chunks else None,
+        input_tokens=input_tokens(item) if ok_with_chunks and input_tokens is not None else None,
         status=status,
+        send_errors=_send_errors(times, sent),
     )
 
 
+def _send_errors(times: Sequence[float], sent: Sequence[Any]) -> tuple[float, ...]:
+    """Observed minus true send time of each chunk, when the server stamped its events: NaN for
+    a chunk without a stamp of its own (a client-made end chunk repeats the last event's)."""
+    errors = []
+    previous = None
+    for seen, true in zip(times, sent, strict=True):
+        stamped = isinstance(true, float) and true != previous
+        errors.append(seen - true if stamped else math.nan)
+        previous = true
+    return tuple(errors) if any(error == error for error in errors) else ()
+
+
 async def _closed_loop(
-    target: Target, concurrency: int, requests: int | None, duration: float | None, origin: float
+    target: Target, plan: LoadPlan, origin: float, clock: Clock
 ) -> list[RequestRecord]:
+    assert plan.concurrency is not None
     records: list[RequestRecord] = []
-    deadline = None if duration is None else _clock() + duration
+    requests, deadline = plan.requests, None if plan.duration is None else origin + plan.duration
     issued = 0
 
-    async def keep_one_in_flight() -> None:
+    async def keep_one_in_flight(first_start: float) -> None:
         nonlocal issued
-        while (requests is None or issued < requests) and (deadline is None or _clock() < deadline):
+        await clock.sleep_until(origin + first_start)
+        while (requests is None or issued < requests) and (deadline is None or clock.now() < deadline):
             index = issued
             issued += 1
-            records.append(await measure_request(target, index, origin))
+            records.append(await measure_request(target, index, origin, clock=clock))
 
     async with asyncio.TaskGroup() as group:
-        for _ in range(concurrency):
-            group.create_task(keep_one_in_flight())
+        for first_start in closed_loop_starts(plan.concurrency, plan.ramp_up):
+            group.create_task(keep_one_in_flight(first_start))
     return records
 
 
 async def _open_loop(
-    target: Target,
-    rate: float,
-    requests: int | None,
-    duration: float | None,
-    origin: float,
-    rng: random.Random,
+    target: Target, plan: LoadPlan, origin: float, clock: Clock
 ) -> list[RequestRecord]:
     records: list[RequestRecord] = []
-    deadline = None if duration is None else origin + duration
+    deadline = None if plan.duration is None else origin + plan.duration
+    slots = None if plan.concurrency is None else asyncio.Semaphore(plan.concurrency)
 
-    async def send(index: int) -> None:
-        records.append(await measure_request(target, index, origin))
+    async def send(index: int, due: float) -> None:
+        if slots is None:
+            records.append(await measure_request(target, index, origin, due=due, clock=clock))
+            return
+        async with slots:
+            records.append(await measure_request(target, index, origin, due=due, clock=clock))
 
-    next_start = origin
-    index = 0
     async with asyncio.TaskGroup() as group:
-        while (requests is None or index < requests) and (deadline is None or next_start < deadline):
-            delay = next_start - _clock()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            group.create_task(send(index))
-            index += 1
-            next_start += rng.expovariate(rate)
+        for index, offset in enumerate(plan.arrivals()):
+            due = origin + offset
+            if (plan.requests is not None and index >= plan.requests) or (
+                deadline is not None and due >= deadline
+            ):
+                break
+            await clock.sleep_until(due)
+            group.create_task(send(index, due))
     return records

@@ -1,31 +1,46 @@
 """Per-request timing records and the statistics of a run.
 
-Field names follow vLLM's `benchmark_serving.py` where they mean the same thing
-(`request_throughput`, `output_throughput`, `mean_ttft_ms`, `p99_itl_ms`, ...), so the JSON
-reports can be read by the same tools.
+Names and meanings follow vLLM's `bench serve` (also used by SGLang's `bench_serving`):
+`request_throughput`, `output_throughput`, `total_token_throughput`, `request_goodput`,
+`mean_ttft_ms`, `p99_itl_ms`, `median_tpot_ms`, ... so the JSON reports can be read by the same
+tools. docs/bench.md defines each one.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 OK = "ok"
-PERCENTILES: tuple[int, ...] = (50, 90, 99)
+PERCENTILES: tuple[float, ...] = (50, 90, 99)
+# The metrics a goodput SLO can bound (milliseconds), as in vLLM's `--goodput`.
+SLO_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2el")
+# Above these the client itself limits the measurement: its timestamps come late.
+CLIENT_CPU_LIMIT = 0.8  # share of one core
+LOOP_LAG_LIMIT_MS = 10.0  # p99 of the event loop's lateness
+LOOP_LAG_PERCENTILES: tuple[float, ...] = (50, 99)
+# The field of a streamed event in which a server (the ruler, the mock) writes the
+# `time.monotonic()` at which it wrote the event.
+SENT_AT_FIELD = "x_sent_at"
 
 
 @attrs.frozen(slots=True)
 class RequestRecord:
     """One measured request.
 
-    Times are seconds. `start` is counted from the beginning of the run; `ttft` (time to the
-    first chunk) is None when no chunk arrived; `gaps` are the times between consecutive chunks.
-    `status` is "ok" or the name of the error's type. `output_tokens` is the server's
-    `usage.completion_tokens` when it sent one.
+    Times are seconds. `start` is when the request was sent, counted from the beginning of the
+    run; `client_queue` is how long it waited before that, from the time it was due (an open
+    loop's arrival; 0 in a closed loop). `ttft` (time to the first chunk, from `start`) is None
+    when no chunk arrived; `gaps` are the times between consecutive chunks; `e2el` runs from
+    `start` to the end of the request. `status` is "ok" or the name of the error's type.
+    `output_tokens` / `input_tokens` are the server's `usage` counts when it sent them.
+    `send_errors`: for a server that stamps each event with its true send time, the observed
+    arrival minus that time, per chunk (NaN for a chunk without a stamp; empty when none had).
     """
 
     index: int
@@ -36,23 +51,64 @@ class RequestRecord:
     chunks: int
     output_tokens: int | None
     status: str
+    client_queue: float = 0.0
+    input_tokens: int | None = None
+    send_errors: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.status == OK
 
+    @property
+    def e2el_including_queue(self) -> float:
+        return self.client_queue + self.e2el
+
+    @property
+    def tpot(self) -> float | None:
+        """Time per output token after the first: (e2el - ttft) / (output_tokens - 1); None
+        without usage, a first chunk, or at least two output tokens."""
+        if self.ttft is None or self.output_tokens is None or self.output_tokens < 2:
+            return None
+        return (self.e2el - self.ttft) / (self.output_tokens - 1)
+
+    def meets(self, slos: Mapping[str, float]) -> bool:
+        """Whether this request succeeded within every SLO (milliseconds by metric name).
+
+        A TPOT SLO is met by an answer of at most one output token (it has no TPOT) and not by
+        one whose token count is unknown.
+        """
+        if not self.ok:
+            return False
+        for metric, limit_ms in slos.items():
+            if metric == "tpot" and self.output_tokens is not None and self.output_tokens < 2:
+                continue
+            value = self.ttft if metric == "ttft" else self.tpot if metric == "tpot" else self.e2el
+            if value is None or value * 1000.0 > limit_ms:
+                return False
+        return True
+
     def to_json(self) -> dict[str, Any]:
         """The request as one JSON object (milliseconds), for the per-request JSONL file."""
-        return {
+        tpot = self.tpot
+        line = {
             "index": self.index,
             "start_s": round(self.start, 6),
             "status": self.status,
+            "client_queue_ms": _ms(self.client_queue),
             "ttft_ms": None if self.ttft is None else _ms(self.ttft),
+            "tpot_ms": None if tpot is None else _ms(tpot),
             "e2el_ms": _ms(self.e2el),
+            "e2el_including_queue_ms": _ms(self.e2el_including_queue),
             "itl_ms": [_ms(gap) for gap in self.gaps],
             "chunks": self.chunks,
+            "input_tokens": self.input_tokens,
             "output_tokens": self.output_tokens,
         }
+        if self.send_errors:
+            line["send_error_ms"] = [
+                None if math.isnan(error) else _ms(error) for error in self.send_errors
+            ]
+        return line
 
 
 def _ms(seconds: float) -> float:
@@ -71,6 +127,11 @@ def percentile(ordered: Sequence[float], percent: float) -> float:
     return ordered[below] + (ordered[above] - ordered[below]) * fraction
 
 
+def percent_name(percent: float) -> str:
+    """99 -> "p99", 99.9 -> "p99.9" (vLLM's field names)."""
+    return f"p{percent:g}"
+
+
 @attrs.frozen(slots=True)
 class Distribution:
     """Mean, median, standard deviation and percentiles of some durations, in milliseconds."""
@@ -79,14 +140,16 @@ class Distribution:
     mean: float
     median: float
     std: float
-    percentiles: tuple[tuple[int, float], ...]
+    percentiles: tuple[tuple[float, float], ...]
 
     @classmethod
-    def of_seconds(cls, values: Iterable[float]) -> Distribution:
+    def of_seconds(
+        cls, values: Iterable[float], percentiles: Sequence[float] = PERCENTILES
+    ) -> Distribution:
         ordered = sorted(value * 1000.0 for value in values)
         count = len(ordered)
         if not count:
-            return cls(0, math.nan, math.nan, math.nan, tuple((p, math.nan) for p in PERCENTILES))
+            return cls(0, math.nan, math.nan, math.nan, tuple((p, math.nan) for p in percentiles))
         mean = math.fsum(ordered) / count
         variance = math.fsum((value - mean) ** 2 for value in ordered) / count
         return cls(
@@ -94,11 +157,12 @@ class Distribution:
             mean=mean,
             median=percentile(ordered, 50),
             std=math.sqrt(variance),
-            percentiles=tuple((p, percentile(ordered, p)) for p in PERCENTILES),
+            percentiles=tuple((p, percentile(ordered, p)) for p in percentiles),
         )
 
-    def at(self, percent: int) -> float:
-        return dict(self.percentiles)[percent]
+    def at(self, percent: float) -> float:
+        """The `percent` percentile (the median for 50, even when not asked for)."""
+        return dict(self.percentiles).get(percent, self.median if percent == 50 else math.nan)
 
     def fields(self, name: str) -> dict[str, float | None]:
         """`mean_{name}_ms`, `median_...`, `std_...` and `p{N}_{name}_ms` (None for no values)."""
@@ -108,7 +172,7 @@ class Distribution:
             f"std_{name}_ms": _finite(self.std),
         }
         for percent, value in self.percentiles:
-            values[f"p{percent}_{name}_ms"] = _finite(value)
+            values[f"{percent_name(percent)}_{name}_ms"] = _finite(value)
         return values
 
 
@@ -120,10 +184,12 @@ def _finite(value: float) -> float | None:
 class RunSummary:
     """What one run measured.
 
-    Latencies count only the requests that succeeded; `chunk_throughput` and the CPU figure
+    Latencies count only the requests that succeeded; `total_chunks` and the CPU figures
     count every chunk received (those of failed requests too: the client did that work).
-    `cpu_seconds` is the client process's CPU time over the run, `peak_rss_mb` its peak
-    resident memory so far.
+    `cpu_seconds` is the client processes' CPU time over the run, `peak_rss_mb` their peak
+    resident memory (the sum over processes). `loop_lag` is the distribution of the event
+    loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and
+    `true_itl` are known only when the server stamped its true send times.
     """
 
     label: dict[str, Any]
@@ -133,24 +199,47 @@ class RunSummary:
     errors: dict[str, int]
     total_chunks: int
     total_output_tokens: int
+    total_input_tokens: int
     requests_with_usage: int
+    good_requests: int
+    slos: dict[str, float]
     ttft: Distribution
+    tpot: Distribution
     itl: Distribution
     e2el: Distribution
+    client_queue: Distribution
+    e2el_including_queue: Distribution
+    loop_lag: Distribution
+    ttft_error: Distribution
+    itl_error: Distribution
+    true_itl: Distribution
     cpu_seconds: float
     peak_rss_mb: float
+    processes: int = 1
+    connections_opened: int | None = None
+
+    def _per_second(self, count: float) -> float:
+        return count / self.duration if self.duration > 0 else 0.0
 
     @property
     def request_throughput(self) -> float:
-        return self.completed / self.duration if self.duration > 0 else 0.0
+        return self._per_second(self.completed)
+
+    @property
+    def request_goodput(self) -> float | None:
+        return self._per_second(self.good_requests) if self.slos else None
 
     @property
     def chunk_throughput(self) -> float:
-        return self.total_chunks / self.duration if self.duration > 0 else 0.0
+        return self._per_second(self.total_chunks)
 
     @property
     def output_throughput(self) -> float:
-        return self.total_output_tokens / self.duration if self.duration > 0 else 0.0
+        return self._per_second(self.total_output_tokens)
+
+    @property
+    def total_token_throughput(self) -> float:
+        return self._per_second(self.total_input_tokens + self.total_output_tokens)
 
     @property
     def cpu_s_per_1k_chunks(self) -> float | None:
@@ -159,33 +248,97 @@ class RunSummary:
         return self.cpu_seconds / self.total_chunks * 1000.0
 
     @property
+    def cpu_us_per_chunk(self) -> float | None:
+        per_1k = self.cpu_s_per_1k_chunks
+        return None if per_1k is None else per_1k * 1000.0
+
+    @property
     def cpu_utilization(self) -> float:
-        """The client's CPU time over the wall time: 1.0 is one core kept busy."""
-        return self.cpu_seconds / self.duration if self.duration > 0 else 0.0
+        """The client's CPU time over the wall time, per process: 1.0 is each process keeping
+        one core busy."""
+        return self._per_second(self.cpu_seconds) / self.processes
+
+    @property
+    def client_bound_reasons(self) -> tuple[str, ...]:
+        """Why the client itself may have limited what was measured (empty: it did not)."""
+        reasons = []
+        if self.cpu_utilization > CLIENT_CPU_LIMIT:
+            reasons.append(
+                f"client CPU {self.cpu_utilization:.0%} of a core (over {CLIENT_CPU_LIMIT:.0%})"
+            )
+        lag = self.loop_lag.at(99)
+        if lag > LOOP_LAG_LIMIT_MS:
+            reasons.append(f"event-loop lag p99 {lag:.1f} ms (over {LOOP_LAG_LIMIT_MS:g} ms)")
+        return tuple(reasons)
+
+    @property
+    def client_bound(self) -> bool:
+        return bool(self.client_bound_reasons)
+
+    @property
+    def harness_error_known(self) -> bool:
+        return self.ttft_error.count > 0
 
     def to_json(self) -> dict[str, Any]:
         """The run as a flat JSON object."""
-        per_1k = self.cpu_s_per_1k_chunks
-        return {
+        per_1k, per_chunk, goodput = self.cpu_s_per_1k_chunks, self.cpu_us_per_chunk, self.request_goodput
+        document: dict[str, Any] = {
             **self.label,
             "duration": round(self.duration, 6),
             "completed": self.completed,
             "failed": self.failed,
             "errors": dict(self.errors),
             "total_chunks": self.total_chunks,
+            "total_input_tokens": self.total_input_tokens,
             "total_output_tokens": self.total_output_tokens,
             "requests_with_usage": self.requests_with_usage,
             "request_throughput": round(self.request_throughput, 4),
+            "request_goodput": None if goodput is None else round(goodput, 4),
+            "goodput_slos_ms": dict(self.slos) or None,
             "chunk_throughput": round(self.chunk_throughput, 4),
             "output_throughput": round(self.output_throughput, 4),
+            "total_token_throughput": round(self.total_token_throughput, 4),
             **self.ttft.fields("ttft"),
+            **self.tpot.fields("tpot"),
             **self.itl.fields("itl"),
             **self.e2el.fields("e2el"),
+            **self.client_queue.fields("client_queue"),
+            **self.e2el_including_queue.fields("e2el_including_queue"),
             "cpu_seconds": round(self.cpu_seconds, 6),
             "cpu_s_per_1k_chunks": None if per_1k is None else round(per_1k, 6),
+            "cpu_us_per_chunk": None if per_chunk is None else round(per_chunk, 3),
             "client_cpu_utilization": round(self.cpu_utilization, 4),
+            "p99_loop_lag_ms": _finite(self.loop_lag.at(99)),
             "peak_rss_mb": round(self.peak_rss_mb, 2),
+            "processes": self.processes,
+            "connections_opened": self.connections_opened,
+            "client_bound": self.client_bound,
+            "client_bound_reasons": list(self.client_bound_reasons),
         }
+        if self.harness_error_known:
+            document.update({
+                **self.ttft_error.fields("harness_ttft_error"),
+                **self.itl_error.fields("harness_itl_error"),
+                **self.true_itl.fields("true_itl"),
+            })
+        return document
+
+
+def _gap_errors(record: RequestRecord) -> Iterable[float]:
+    return (
+        abs(later - earlier)
+        for earlier, later in itertools.pairwise(record.send_errors)
+        if not (math.isnan(earlier) or math.isnan(later))
+    )
+
+
+def _true_gaps(record: RequestRecord) -> Iterable[float]:
+    errors = record.send_errors
+    return (
+        gap - (later - earlier)
+        for gap, earlier, later in zip(record.gaps, errors, errors[1:], strict=False)
+        if not (math.isnan(earlier) or math.isnan(later))
+    )
 
 
 def summarize(
@@ -195,11 +348,26 @@ def summarize(
     cpu_seconds: float,
     peak_rss_mb: float,
     label: dict[str, Any] | None = None,
+    loop_lags: Iterable[float] = (),
+    percentiles: Sequence[float] = PERCENTILES,
+    slos: Mapping[str, float] | None = None,
+    processes: int = 1,
+    connections_opened: int | None = None,
 ) -> RunSummary:
-    """The statistics of the measured `records` of one run."""
+    """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
+    in SLO_METRICS) define the good requests of `request_goodput`."""
     succeeded = [record for record in records if record.ok]
     errors = Counter(record.status for record in records if not record.ok)
-    with_usage = [record.output_tokens for record in succeeded if record.output_tokens is not None]
+    with_usage = [record for record in succeeded if record.output_tokens is not None]
+    stamped = [record for record in succeeded if record.send_errors]
+    slos = dict(slos or {})
+
+    def spread(values: Iterable[float]) -> Distribution:
+        return Distribution.of_seconds(values, percentiles)
+
+    def each(values_of: Callable[[RequestRecord], float | None]) -> Distribution:
+        return spread(value for value in map(values_of, succeeded) if value is not None)
+
     return RunSummary(
         label=dict(label or {}),
         duration=duration,
@@ -207,11 +375,25 @@ def summarize(
         failed=len(records) - len(succeeded),
         errors=dict(sorted(errors.items())),
         total_chunks=sum(record.chunks for record in records),
-        total_output_tokens=sum(with_usage),
+        total_output_tokens=sum(record.output_tokens or 0 for record in with_usage),
+        total_input_tokens=sum(record.input_tokens or 0 for record in with_usage),
         requests_with_usage=len(with_usage),
-        ttft=Distribution.of_seconds(r.ttft for r in succeeded if r.ttft is not None),
-        itl=Distribution.of_seconds(gap for record in succeeded for gap in record.gaps),
-        e2el=Distribution.of_seconds(record.e2el for record in succeeded),
+        good_requests=sum(record.meets(slos) for record in records) if slos else 0,
+        slos=slos,
+        ttft=each(lambda record: record.ttft),
+        tpot=each(lambda record: record.tpot),
+        itl=spread(gap for record in succeeded for gap in record.gaps),
+        e2el=each(lambda record: record.e2el),
+        client_queue=each(lambda record: record.client_queue),
+        e2el_including_queue=each(lambda record: record.e2el_including_queue),
+        loop_lag=Distribution.of_seconds(loop_lags, LOOP_LAG_PERCENTILES),
+        ttft_error=spread(
+            abs(record.send_errors[0]) for record in stamped if not math.isnan(record.send_errors[0])
+        ),
+        itl_error=spread(error for record in stamped for error in _gap_errors(record)),
+        true_itl=spread(gap for record in stamped for gap in _true_gaps(record)),
         cpu_seconds=cpu_seconds,
         peak_rss_mb=peak_rss_mb,
+        processes=processes,
+        connections_opened=connections_opened,
     )

@@ -1,34 +1,48 @@
 """A whole benchmark: the target server (mock worker processes or a given URL), the sweep over
-mock worker counts and load levels, one measured run per combination."""
+mock worker counts and load settings, one measured run per combination, each run in this
+process or spread over several client processes."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import itertools
+import multiprocessing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from llmstreams import Pool
-from llmstreams.bench.load import LoadPlan, run_load
-from llmstreams.bench.metrics import RequestRecord, RunSummary, summarize
+from llmstreams.bench.load import LoadPlan, Measurement, run_load
+from llmstreams.bench.metrics import PERCENTILES, RequestRecord, RunSummary, summarize
 from llmstreams.bench.targets import ClientTarget, Workload, make_client
 from llmstreams.mock import Behaviour, MockServer, spawn_mock_workers
+
+# How long client processes may take to start, import and warm up before the run gives up.
+PROCESS_START_TIMEOUT = 120.0
 
 
 @attrs.frozen(slots=True)
 class BenchConfig:
     """Everything one `llmstreams bench` invocation measures.
 
-    One run per (mock worker count, concurrency) pair, or per mock worker count at `rate`.
+    One run per combination of `mock_workers`, `rates`, `concurrencies` and `burstiness`
+    (a sweep over whichever has several values). A rate of None is a closed loop at the
+    concurrency; with a rate, the concurrency caps the requests in flight (None: no cap).
+    `trace` replaces the rates with arrival offsets. `processes` client processes share each
+    run's load (their results merged).
     `base_url` set: the runs go to that server and `mock_workers` / `knobs` are unused.
     `mock_workers` 0 runs the mock inside this process (its CPU then counts as the client's).
     `qianfan_auth` is how a QianfanClient authenticates to the mock (see QIANFAN_AUTH_METHODS).
     """
 
     workload: Workload
-    concurrencies: tuple[int, ...] = (64,)
-    rate: float | None = None
+    concurrencies: tuple[int | None, ...] = (64,)
+    rates: tuple[float | None, ...] = (None,)
+    burstiness: tuple[float, ...] = (1.0,)
+    ramp_up: float = 0.0
+    trace: tuple[float, ...] | None = None
     requests: int | None = 1000
     duration: float | None = None
     warmup: int = 0
@@ -38,17 +52,37 @@ class BenchConfig:
     knobs: Mapping[str, Any] = attrs.field(factory=dict)
     max_retries: int = 0
     qianfan_auth: str = "api_key"
+    percentiles: tuple[float, ...] = PERCENTILES
+    slos: Mapping[str, float] = attrs.field(factory=dict)
+    processes: int = 1
+
+    def __attrs_post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, got {self.processes}")
+        smallest = min(
+            [c for c in self.concurrencies if c is not None]
+            + ([self.requests] if self.requests is not None else [])
+            + ([self.warmup] if self.warmup else []),
+            default=self.processes,
+        )
+        if self.processes > smallest:
+            raise ValueError(
+                f"{self.processes} processes cannot share a concurrency, request count or "
+                f"warm-up of {smallest}: give at most {smallest} processes"
+            )
 
     def plans(self) -> list[LoadPlan]:
-        if self.rate is not None:
-            return [self._plan(concurrency=None)]
-        return [self._plan(concurrency=level) for level in self.concurrencies]
-
-    def _plan(self, concurrency: int | None) -> LoadPlan:
-        return LoadPlan(
-            concurrency=concurrency, rate=self.rate, requests=self.requests,
-            duration=self.duration, warmup=self.warmup, seed=self.seed,
-        )
+        rates: Sequence[float | None] = (None,) if self.trace is not None else self.rates
+        return [
+            LoadPlan(
+                concurrency=concurrency, rate=rate, burstiness=burstiness, ramp_up=self.ramp_up,
+                trace=self.trace, requests=self.requests, duration=self.duration,
+                warmup=self.warmup, seed=self.seed,
+            )
+            for rate, concurrency, burstiness in itertools.product(
+                rates, self.concurrencies, self.burstiness
+            )
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -57,9 +91,14 @@ class BenchConfig:
             "endpoint": self.workload.endpoint,
             "stream": self.workload.stream,
             "incremental_output": self.workload.incremental_output,
-            "prompt_chars": len(self.workload.prompt),
-            "concurrencies": None if self.rate is not None else list(self.concurrencies),
-            "request_rate": self.rate,
+            "protocol": self.workload.protocol if self.workload.provider == "dashscope" else None,
+            "prompts": len(self.workload.requests()),
+            "max_tokens": self.workload.max_tokens,
+            "concurrencies": list(self.concurrencies),
+            "request_rates": list(self.rates),
+            "burstiness": list(self.burstiness),
+            "ramp_up": self.ramp_up,
+            "trace_arrivals": None if self.trace is None else len(self.trace),
             "requests": self.requests,
             "duration": self.duration,
             "warmup": self.warmup,
@@ -69,6 +108,9 @@ class BenchConfig:
             "mock_knobs": None if self.base_url is not None else dict(self.knobs),
             "max_retries": self.max_retries,
             "qianfan_auth": self.qianfan_auth if self.workload.provider == "qianfan" else None,
+            "percentiles": list(self.percentiles),
+            "goodput_slos_ms": dict(self.slos) or None,
+            "processes": self.processes,
         }
 
 
@@ -78,6 +120,26 @@ class RunResult:
     records: tuple[RequestRecord, ...]
 
 
+@attrs.frozen(slots=True)
+class ClientSpec:
+    """How a (possibly other) process builds the benchmark's client target: picklable."""
+
+    workload: Workload
+    base_url: str | None
+    max_retries: int
+    mock_auth: str | None
+
+    @contextlib.asynccontextmanager
+    async def target(self) -> AsyncIterator[ClientTarget]:
+        async with Pool() as pool:
+            client = make_client(
+                self.workload.provider, base_url=self.base_url, pool=pool,
+                max_retries=self.max_retries, mock_auth=self.mock_auth,
+                protocol=self.workload.protocol,
+            )
+            yield ClientTarget(client, self.workload, reads_sent_at=self.mock_auth is not None)
+
+
 async def run_benchmark(
     config: BenchConfig, on_run: Callable[[RunResult], None] | None = None
 ) -> list[RunResult]:
@@ -85,37 +147,135 @@ async def run_benchmark(
     results: list[RunResult] = []
     groups: Sequence[int | None] = [None] if config.base_url is not None else config.mock_workers
     for workers in groups:
-        async with _server(config, workers) as base_url, Pool() as pool:
+        async with _server(config, workers) as base_url:
             mock_auth = None if workers is None else config.qianfan_auth
-            client = make_client(
-                config.workload.provider, base_url=base_url, pool=pool,
-                max_retries=config.max_retries, mock_auth=mock_auth,
-            )
-            target = ClientTarget(client, config.workload)
+            spec = ClientSpec(config.workload, base_url, config.max_retries, mock_auth)
             for plan in config.plans():
-                measurement = await run_load(target, plan)
-                label = {
-                    "provider": config.workload.provider,
-                    "model": config.workload.model_or_default,
-                    "endpoint": config.workload.endpoint,
-                    "stream": config.workload.stream,
-                    "mode": plan.mode,
-                    "concurrency": plan.concurrency,
-                    "request_rate": plan.rate,
-                    "mock_workers": workers,
-                }
-                if config.workload.provider == "qianfan" and mock_auth is not None:
-                    label["qianfan_auth"] = mock_auth
+                measurement = await measure(spec, plan, config.processes)
                 summary = summarize(
                     measurement.records, duration=measurement.duration,
                     cpu_seconds=measurement.cpu_seconds, peak_rss_mb=measurement.peak_rss_mb,
-                    label=label,
+                    loop_lags=measurement.loop_lags, label=_label(config, plan, workers),
+                    percentiles=config.percentiles, slos=config.slos,
+                    processes=config.processes,
                 )
                 result = RunResult(summary, measurement.records)
                 results.append(result)
                 if on_run is not None:
                     on_run(result)
     return results
+
+
+def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str, Any]:
+    label: dict[str, Any] = {
+        "provider": config.workload.provider,
+        "model": config.workload.model_or_default,
+        "endpoint": config.workload.endpoint,
+        "stream": config.workload.stream,
+        "target": "mock" if workers is not None else "url",
+        "mode": plan.mode,
+        "concurrency": plan.concurrency,
+        "request_rate": plan.rate,
+        "burstiness": plan.burstiness if plan.rate is not None else None,
+        "ramp_up": plan.ramp_up,
+        "mock_workers": workers,
+    }
+    if config.workload.provider == "qianfan" and workers is not None:
+        label["qianfan_auth"] = config.qianfan_auth
+    return label
+
+
+async def measure(spec: ClientSpec, plan: LoadPlan, processes: int = 1) -> Measurement:
+    """One run of `plan` against `spec`'s target, in this process or shared by `processes`."""
+    if processes == 1:
+        async with spec.target() as target:
+            return await run_load(target, plan)
+    return await asyncio.to_thread(_measure_in_processes, spec, plan, processes)
+
+
+def split_plan(plan: LoadPlan, processes: int) -> list[LoadPlan]:
+    """`plan`'s load shared by `processes`: concurrency, rate, requests and warm-up divided
+    (the first processes take the remainders), trace arrivals dealt in turn, seeds apart."""
+
+    def share(total: int | None, part: int) -> int | None:
+        if total is None:
+            return None
+        return total // processes + (1 if part < total % processes else 0)
+
+    plans = []
+    for part in range(processes):
+        plans.append(attrs.evolve(
+            plan,
+            concurrency=share(plan.concurrency, part),
+            rate=None if plan.rate is None else plan.rate / processes,
+            trace=None if plan.trace is None else plan.trace[part::processes],
+            requests=share(plan.requests, part),
+            warmup=share(plan.warmup, part) or 0,
+            seed=plan.seed + part,
+        ))
+    return plans
+
+
+def merge(measurements: Sequence[Measurement]) -> Measurement:
+    """The measurements of processes that ran at once: one run from the earliest start to the
+    latest end, requests numbered in the order they were sent."""
+    origin = min(m.origin for m in measurements)
+    records = sorted(
+        (attrs.evolve(record, start=record.start + m.origin - origin)
+         for m in measurements for record in m.records),
+        key=lambda record: record.start,
+    )
+    return Measurement(
+        records=tuple(attrs.evolve(record, index=index) for index, record in enumerate(records)),
+        duration=max(m.origin + m.duration for m in measurements) - origin,
+        cpu_seconds=sum(m.cpu_seconds for m in measurements),
+        peak_rss_mb=sum(m.peak_rss_mb for m in measurements),
+        loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
+        origin=origin,
+    )
+
+
+def _measure_in_processes(spec: ClientSpec, plan: LoadPlan, processes: int) -> Measurement:
+    context = multiprocessing.get_context("spawn")
+    results: Any = context.Queue()
+    ready = context.Barrier(processes, timeout=PROCESS_START_TIMEOUT)
+    children = [
+        context.Process(target=_child, args=(spec, part, results, ready), daemon=True)
+        for part in split_plan(plan, processes)
+    ]
+    for child in children:
+        child.start()
+    try:
+        collected = [results.get(timeout=PROCESS_START_TIMEOUT + _longest(plan)) for _ in children]
+    finally:
+        for child in children:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.terminate()
+    failures = [item for item in collected if isinstance(item, str)]
+    if failures:
+        raise RuntimeError(f"a client process failed: {failures[0]}")
+    return merge(collected)
+
+
+def _longest(plan: LoadPlan) -> float:
+    """How long a run may take, at most, for waiting on it (an hour without a duration)."""
+    return 3600.0 if plan.duration is None else plan.duration * 10 + 60
+
+
+def _child(spec: ClientSpec, plan: LoadPlan, results: Any, ready: Any) -> None:
+    try:
+        results.put(asyncio.run(_child_run(spec, plan, ready)))
+    except Exception as error:  # reported to the parent, which raises it
+        results.put(f"{type(error).__name__}: {error}")
+
+
+async def _child_run(spec: ClientSpec, plan: LoadPlan, ready: Any) -> Measurement:
+    async def all_warmed_up() -> None:
+        await asyncio.to_thread(ready.wait)
+
+    async with spec.target() as target:
+        return await run_load(target, plan, before_run=all_warmed_up)
 
 
 @contextlib.asynccontextmanager

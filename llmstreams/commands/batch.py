@@ -14,6 +14,7 @@ from typing import Any
 
 import llmstreams
 from llmstreams.batch import (
+    PROTOCOLS,
     PROVIDERS,
     BatchSummary,
     OutputFileError,
@@ -35,10 +36,12 @@ DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
 
 Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, plus any parameter
-of the client method ("temperature": 0.5, "stop": [...], "extra_params": {...}). Qianfan sends
-a prompt to its completions API and messages to chat; DashScope takes either. Credentials come
-from the environment, as for the clients: QIANFAN_API_KEY + QIANFAN_SECRET_KEY (or
-QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY), DASHSCOPE_API_KEY.
+of the client method ("temperature": 0.5, "stop": [...], "extra_params": {...}). Qianfan and
+--provider openai send a prompt to the completions API and messages to chat; DashScope takes
+either. Credentials come from the environment, as for the clients: QIANFAN_API_KEY (a bce-v3/
+key selects API v2; with QIANFAN_SECRET_KEY, v1), QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY +
+QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY; OPENAI_API_KEY (optional) and OPENAI_BASE_URL
+(or --base-url http://host:port/v1) for any OpenAI-compatible server.
 
 Result lines: {"id", "text", "usage", "finish_reason", "request_id", "chunks", "attempts",
 "time_to_first_chunk", "elapsed"}, or {"id", "error": {"type", "code", "http_status",
@@ -69,7 +72,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--model", help="model name (Qianfan: or give --endpoint)")
     parser.add_argument("--endpoint", help="Qianfan only: the API name of a deployed service")
     parser.add_argument(
-        "--base-url", help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL or the vendor's)"
+        "--base-url",
+        help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL or the vendor's; "
+        "--provider openai: OPENAI_BASE_URL, a URL ending in /v1)",
+    )
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="native",
+        help="DashScope only: its native API (default) or its OpenAI-compatible mode",
     )
     parser.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
@@ -130,8 +139,10 @@ def _report(message: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     provider: Provider = args.provider
-    if provider == "dashscope" and args.endpoint is not None:
-        return _usage_error("--endpoint is for --provider qianfan; DashScope takes --model")
+    if provider != "qianfan" and args.endpoint is not None:
+        return _usage_error(f"--endpoint is for --provider qianfan; {provider} takes --model")
+    if provider != "dashscope" and args.protocol != "native":
+        return _usage_error("--protocol is for --provider dashscope")
     if args.model is None and args.endpoint is None:
         return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
     if not args.input.is_file():
@@ -173,7 +184,7 @@ async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
         else None
     )
     async with llmstreams.Pool(rate_limit=rate_limit, max_retries=args.max_retries) as pool:
-        client = make_client(provider, pool, base_url=args.base_url)
+        client = make_client(provider, pool, base_url=args.base_url, protocol=args.protocol)
         target = Target(client, model=args.model, endpoint=args.endpoint)
         return await run_batch(
             args.input, args.output, target,

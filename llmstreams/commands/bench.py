@@ -11,6 +11,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmstreams import LLMStreamsError
+from llmstreams.bench.metrics import PERCENTILES, SLO_METRICS
+from llmstreams.bench.prompts import (
+    Prompt,
+    PromptsError,
+    from_batch_jsonl,
+    from_sharegpt,
+    random_prompts,
+)
 from llmstreams.bench.report import (
     environment,
     format_table,
@@ -20,7 +28,9 @@ from llmstreams.bench.report import (
     write_request_lines,
 )
 from llmstreams.bench.runner import BenchConfig, RunResult, run_benchmark
+from llmstreams.bench.schedule import TraceError, read_trace
 from llmstreams.bench.targets import (
+    DASHSCOPE_PROTOCOLS,
     DEFAULT_MODELS,
     DEFAULT_PROMPT,
     PROVIDERS,
@@ -31,6 +41,8 @@ from llmstreams.mock.behaviour import Behaviour, BehaviourError, with_knobs
 
 DEFAULT_CONCURRENCY = "64"
 DEFAULT_REQUESTS = 1000
+# Random prompts made when the run has no request count (it lasts a duration).
+RANDOM_PROMPTS = 1000
 
 # Mock knobs with flags of their own; any other goes through --mock-knob.
 _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
@@ -42,14 +54,17 @@ _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 _DESCRIPTION = """\
-Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient)
-under load, timing every chunk of every request.
+Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient,
+OpenAICompatibleClient) under load, timing every chunk of every request.
 
 By default the target is the embedded mock server, started in separate worker processes so
 that the client's CPU figures are its own. --base-url benchmarks any server speaking the
 vendor's protocol instead, with the credentials the clients read from the environment
-(QIANFAN_API_KEY + QIANFAN_SECRET_KEY, QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY +
-QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY). Credentials are never printed or recorded.
+(QIANFAN_API_KEY: a bce-v3/ key for API v2, or with QIANFAN_SECRET_KEY for v1;
+QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY;
+OPENAI_API_KEY, optional). --provider openai --base-url http://host:port/v1 --model M
+benchmarks any OpenAI-compatible server (vLLM, SGLang). Credentials are never printed or
+recorded.
 
 Load: a closed loop keeps --concurrency requests in flight (a comma list such as 1,16,256
 sweeps); an open loop (--rate) starts requests at Poisson-distributed times whatever the
@@ -75,6 +90,7 @@ examples:
   llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
   llmstreams bench --provider dashscope --no-stream --requests 500
   llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
+  llmstreams bench --provider openai --base-url http://127.0.0.1:8000/v1 --model qwen2.5-7b
 """
 
 
@@ -87,14 +103,31 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     load = parser.add_argument_group("load")
-    pattern = load.add_mutually_exclusive_group()
-    pattern.add_argument(
+    load.add_argument(
         "--concurrency", metavar="N[,N...]", type=_positive_list,
-        help=f"closed loop: keep N requests in flight; a comma list sweeps (default {DEFAULT_CONCURRENCY})",
+        help=f"closed loop: keep N requests in flight (default {DEFAULT_CONCURRENCY}); with "
+        "--rate or --trace: at most N in flight, a due request waiting for a free slot; a "
+        "comma list sweeps",
     )
-    pattern.add_argument(
-        "--rate", metavar="R", type=_positive_float,
-        help="open loop: start R requests per second on average, Poisson arrivals",
+    arrivals = load.add_mutually_exclusive_group()
+    arrivals.add_argument(
+        "--rate", metavar="R[,R...]", type=_rate_list,
+        help="open loop: R requests per second on average, each sent when due whatever the "
+        "others are doing; a comma list sweeps",
+    )
+    arrivals.add_argument(
+        "--trace", metavar="JSONL", type=Path,
+        help='open loop replaying arrival offsets: one {"offset_s": seconds} per line',
+    )
+    load.add_argument(
+        "--burstiness", metavar="B[,B...]", type=_burstiness_list, default=(1.0,),
+        help="open loop: shape of the gamma-distributed gaps between arrivals: 1 Poisson "
+        "(default), below 1 burstier, above 1 more even; a comma list sweeps",
+    )
+    load.add_argument(
+        "--ramp-up", metavar="S", type=_non_negative_float, default=0.0,
+        help="seconds over which an open loop's rate rises linearly from 0, or over which a "
+        "closed loop's streams start one after another (default 0)",
     )
     load.add_argument(
         "--requests", metavar="N", type=_positive_int,
@@ -110,7 +143,13 @@ def register(subparsers: Any) -> None:
         "open loop warms up with up to 32 at once); default 20",
     )
     load.add_argument(
-        "--seed", metavar="N", type=int, default=0, help="seed of the Poisson arrivals (default 0)"
+        "--seed", metavar="N", type=int, default=0,
+        help="seed of the arrivals and random prompts (default 0)",
+    )
+    load.add_argument(
+        "--processes", metavar="N", type=_positive_int, default=1,
+        help="client processes sharing each run's load, their results merged (default 1); "
+        "when one core is not enough for the client",
     )
 
     target = parser.add_argument_group("target")
@@ -135,7 +174,8 @@ def register(subparsers: Any) -> None:
     target.add_argument(
         "--qianfan-auth", choices=QIANFAN_AUTH_METHODS, default="api_key",
         help="mock: how the QianfanClient authenticates: api_key (default; an access token "
-        "fetched once) or access_key (every request signed, bce-auth-v1)",
+        "fetched once) or access_key (every request signed, bce-auth-v1), both API v1, or v2 "
+        "(a bce-v3/ API key: API v2, OpenAI-compatible)",
     )
 
     request = parser.add_argument_group("request")
@@ -144,7 +184,32 @@ def register(subparsers: Any) -> None:
         "--model", help=f"model name (default {', '.join(f'{p}: {m}' for p, m in DEFAULT_MODELS.items())})"
     )
     request.add_argument("--endpoint", help="Qianfan endpoint name (a deployed service), instead of --model")
-    request.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends")
+    request.add_argument(
+        "--protocol", choices=DASHSCOPE_PROTOCOLS, default="native",
+        help="DashScope: its native API (default) or its OpenAI-compatible mode",
+    )
+    prompts = request.add_mutually_exclusive_group()
+    prompts.add_argument(
+        "--prompt", default=DEFAULT_PROMPT, help="the prompt every request sends (default: a short question)"
+    )
+    prompts.add_argument(
+        "--prompts", metavar="JSONL", type=Path,
+        help="prompts from a batch input file (lines of {\"id\", \"prompt\" or \"messages\", "
+        "...}; a line's max_tokens is its output length), sent in turn",
+    )
+    prompts.add_argument(
+        "--sharegpt", metavar="JSON", type=Path,
+        help="the first human turn of each ShareGPT conversation, asking for about as many "
+        "tokens as its reference answer",
+    )
+    prompts.add_argument(
+        "--random-input-len", metavar="N[,N...]", type=_positive_list,
+        help="random prompts of N words (about N tokens) each; a comma list cycles lengths",
+    )
+    request.add_argument(
+        "--max-tokens", metavar="N", type=_positive_int,
+        help="output length asked of every request (max_tokens; Qianfan v1: max_output_tokens)",
+    )
     request.add_argument(
         "--stream", action=argparse.BooleanOptionalAction, default=True,
         help="stream the answers (default) or ask for whole answers (each counts as one chunk)",
@@ -171,6 +236,15 @@ def register(subparsers: Any) -> None:
         help="write PNG plots: latency distributions; throughput and p99 latency against "
         "concurrency and mock workers for a sweep (needs matplotlib: llmstreams[bench])",
     )
+    output.add_argument(
+        "--percentiles", metavar="P[,P...]", type=_percentile_list, default=PERCENTILES,
+        help="percentiles reported (default 50,90,99); e.g. 50,90,99,99.9",
+    )
+    output.add_argument(
+        "--goodput", metavar="METRIC:MS", nargs="+", type=_slo,
+        help="SLOs of the good requests counted in request_goodput, e.g. ttft:500 tpot:50 "
+        f"({', '.join(SLO_METRICS)}, in milliseconds)",
+    )
     output.add_argument("--quiet", action="store_true", help="print only the summary table")
     parser.set_defaults(func=run)
 
@@ -178,7 +252,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         config = _config(args)
-    except (ValueError, BehaviourError) as error:
+    except (ValueError, BehaviourError, PromptsError, TraceError) as error:
         print(f"llmstreams bench: {error}", file=sys.stderr)
         return 2
     if args.plots is not None:
@@ -221,8 +295,15 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         raise ValueError("--endpoint is a Qianfan setting; DashScope takes --model")
     if args.endpoint is not None and args.model is not None:
         raise ValueError("give --model or --endpoint, not both")
+    if args.protocol != "native" and args.provider != "dashscope":
+        raise ValueError("--protocol is a DashScope setting")
+    if args.provider == "openai" and args.base_url is not None and args.model is None:
+        raise ValueError("--provider openai with --base-url needs --model (a model the server serves)")
+    open_loop = args.rate is not None or args.trace is not None
+    if args.burstiness != (1.0,) and args.rate is None:
+        raise ValueError("--burstiness shapes the arrivals of --rate; give a rate")
     requests = args.requests
-    if requests is None and args.duration is None:
+    if requests is None and args.duration is None and args.trace is None:
         requests = DEFAULT_REQUESTS
     knobs = _knobs(args)
     if args.base_url is not None and knobs:
@@ -234,12 +315,20 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         prompt=args.prompt,
         stream=args.stream,
         incremental_output=args.incremental_output,
+        protocol=args.protocol,
+        prompts=_prompts(args, requests),
+        max_tokens=args.max_tokens,
     )
-    concurrencies = args.concurrency or _positive_list(DEFAULT_CONCURRENCY)
+    concurrencies: tuple[int | None, ...] = args.concurrency or (
+        (None,) if open_loop else _positive_list(DEFAULT_CONCURRENCY)
+    )
     return BenchConfig(
         workload=workload,
         concurrencies=concurrencies,
-        rate=args.rate,
+        rates=args.rate or (None,),
+        burstiness=args.burstiness,
+        ramp_up=args.ramp_up,
+        trace=None if args.trace is None else read_trace(args.trace),
         requests=requests,
         duration=args.duration,
         warmup=args.warmup,
@@ -249,7 +338,21 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         knobs=knobs,
         max_retries=args.max_retries,
         qianfan_auth=args.qianfan_auth,
+        percentiles=args.percentiles,
+        slos=dict(args.goodput or ()),
+        processes=args.processes,
     )
+
+
+def _prompts(args: argparse.Namespace, requests: int | None) -> tuple[Prompt, ...]:
+    if args.prompts is not None:
+        return from_batch_jsonl(args.prompts)
+    if args.sharegpt is not None:
+        return from_sharegpt(args.sharegpt)
+    if args.random_input_len is not None:
+        count = max(requests or 0, RANDOM_PROMPTS)
+        return random_prompts(args.random_input_len, count, seed=args.seed)
+    return ()
 
 
 def _knobs(args: argparse.Namespace) -> dict[str, Any]:
@@ -303,6 +406,47 @@ def _positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _rate_list(text: str) -> tuple[float, ...]:
+    return _float_list(text, _positive_float)
+
+
+def _burstiness_list(text: str) -> tuple[float, ...]:
+    return _float_list(text, _positive_float)
+
+
+def _percentile_list(text: str) -> tuple[float, ...]:
+    def one(part: str) -> float:
+        value = float(part)
+        if not 0 < value < 100:
+            raise argparse.ArgumentTypeError(f"a percentile is between 0 and 100, got {part}")
+        return value
+
+    return tuple(sorted(set(_float_list(text, one))))
+
+
+def _float_list(text: str, parse: Callable[[str], float]) -> tuple[float, ...]:
+    values = tuple(parse(part.strip()) for part in text.split(",") if part.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of numbers, got {text!r}")
+    return values
+
+
+def _slo(text: str) -> tuple[str, float]:
+    metric, colon, value = text.partition(":")
+    if not colon or metric not in SLO_METRICS:
+        raise argparse.ArgumentTypeError(
+            f"expected METRIC:MILLISECONDS with METRIC one of {', '.join(SLO_METRICS)}, got {text!r}"
+        )
+    return metric, _positive_float(value)
 
 
 def _positive_list(text: str) -> tuple[int, ...]:

@@ -1,8 +1,8 @@
 """`llmstreams demo`: the library at work against the embedded mock server, in a few seconds.
 
 No credentials and no network beyond loopback: it starts the mock on 127.0.0.1, streams one
-chat answer to the terminal as it arrives, then fans out a few hundred requests over both
-vendors with a progress bar and prints a summary.
+chat answer from Qianfan API v2 to the terminal as it arrives, then fans out a few hundred
+requests over both vendors with a progress bar and prints a summary.
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from llmstreams.progress import Progress
 
 DEMO_QUESTION = "In two sentences: why stream a model's answer instead of waiting for all of it?"
 QIANFAN_MODEL = "ERNIE-Speed-8K"
+QIANFAN_V2_MODEL = "ernie-speed-8k"
 DASHSCOPE_MODEL = "billa-7b-sft-v1"
 # Throwaway values: the mock accepts any non-empty credentials.
 DEMO_API_KEY = "demo-api-key"
 DEMO_SECRET_KEY = "demo-secret-key"
+DEMO_V2_API_KEY = "bce-v3/ALTAK-demo/demo-secret"
 # The single answer is paced so that it visibly streams.
 _ANSWER_PACE = "chunks_per_second=15"
 # One request in this many is answered HTTP 429 once first, to show a retry at work.
@@ -86,7 +88,8 @@ async def _demo(requests: int, concurrency: int, chunks_per_second: float) -> in
             api_key=DEMO_API_KEY, secret_key=DEMO_SECRET_KEY, base_url=server.url, pool=pool
         )
         dashscope = llmstreams.DashScopeClient(api_key=DEMO_API_KEY, base_url=server.url, pool=pool)
-        await _stream_one_answer(qianfan)
+        qianfan_v2 = llmstreams.QianfanClient(api_key=DEMO_V2_API_KEY, base_url=server.url, pool=pool)
+        await _stream_one_answer(qianfan_v2)
         stats, elapsed = await _fan_out(qianfan, dashscope, requests, concurrency)
     _print_summary(stats, elapsed)
     return 0 if stats.failed == 0 else 1
@@ -98,7 +101,7 @@ async def _stream_one_answer(client: llmstreams.QianfanClient) -> None:
     started = time.perf_counter()
     first_chunk: float | None = None
     async with client.stream_chat(
-        user(DEMO_QUESTION), model=QIANFAN_MODEL, extra_headers={BEHAVIOUR_HEADER: _ANSWER_PACE}
+        user(DEMO_QUESTION), model=QIANFAN_V2_MODEL, extra_headers={BEHAVIOUR_HEADER: _ANSWER_PACE}
     ) as stream:
         async for chunk in stream:
             if first_chunk is None:
@@ -108,7 +111,7 @@ async def _stream_one_answer(client: llmstreams.QianfanClient) -> None:
     elapsed = time.perf_counter() - started
     first = f"{first_chunk * 1000:.0f} ms" if first_chunk is not None else "-"
     _say(
-        f"\n   ({completion.chunk_count} chunks from {QIANFAN_MODEL} via Qianfan; "
+        f"\n   ({completion.chunk_count} chunks from {QIANFAN_V2_MODEL} via Qianfan API v2; "
         f"first after {first}, all after {elapsed * 1000:.0f} ms)"
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import os
 import signal
@@ -18,7 +19,16 @@ from llmstreams.mock.behaviour import KNOB_NAMES, Behaviour, BehaviourError, wit
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 from llmstreams.mock.server import DEFAULT_TOKEN_TTL, DEFAULT_TRIGGER_PHRASE, MockServer
-from llmstreams.mock.workers import MockWorkers, ready_line, spawn_mock_workers
+from llmstreams.mock.stats import SharedCounters
+from llmstreams.mock.workers import (
+    PARENT_FD_OPTION,
+    STATS_FILE_OPTION,
+    STATS_ROW_OPTION,
+    STATS_ROWS_OPTION,
+    MockWorkers,
+    ready_line,
+    spawn_mock_workers,
+)
 
 # How often a multi-worker supervisor checks that its workers are still alive.
 _WORKER_CHECK_INTERVAL = 1.0
@@ -64,6 +74,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON file of credentials to enforce: api_key, secret_key, access_key, "
         "secret_access_key, dashscope_api_key (any subset); without it any key is accepted",
     )
+    parser.add_argument(PARENT_FD_OPTION, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(STATS_FILE_OPTION, type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(STATS_ROWS_OPTION, type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(STATS_ROW_OPTION, type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--token-ttl", type=int, default=DEFAULT_TOKEN_TTL, help="seconds")
     parser.add_argument("--trigger-phrase", default=DEFAULT_TRIGGER_PHRASE)
     knobs = parser.add_argument_group("knobs (see docs/mock.md)")
@@ -86,6 +100,25 @@ def run(args: argparse.Namespace) -> int:
     except (BehaviourError, OSError, ValueError, TypeError) as error:
         print(f"llmstreams mock: {error}", file=sys.stderr)
         return 2
+    try:
+        return _run_servers(args, behaviour, credentials, knob_texts)
+    except OSError as error:
+        if error.errno != errno.EADDRINUSE:
+            raise
+        print(
+            f"llmstreams mock: port {args.port} on {args.host} is already in use; "
+            "choose another with --port, or --port 0 for any free port",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _run_servers(
+    args: argparse.Namespace,
+    behaviour: Behaviour,
+    credentials: MockCredentials | None,
+    knob_texts: list[tuple[str, str]],
+) -> int:
     if args.workers > 1:
         workers = spawn_mock_workers(
             args.workers,
@@ -106,8 +139,16 @@ def run(args: argparse.Namespace) -> int:
         trigger_phrase=args.trigger_phrase,
         reuse_port=args.reuse_port,
         token_key=_shared_token_key(),
+        shared_stats=_shared_stats(args),
     )
-    return asyncio.run(_serve(server))
+    return asyncio.run(_serve(server, args.parent_fd))
+
+
+def _shared_stats(args: argparse.Namespace) -> SharedCounters | None:
+    """The counters sibling workers share, set up by the process that started them."""
+    if args.stats_file is None:
+        return None
+    return SharedCounters(args.stats_file, args.stats_rows, args.stats_row)
 
 
 def _shared_token_key() -> bytes | None:
@@ -144,8 +185,28 @@ def _stop_on_signals() -> asyncio.Event:
     return stop
 
 
-async def _serve(server: MockServer) -> int:
+def _stop_when_parent_ends(descriptor: int, stop: asyncio.Event) -> None:
+    """Set `stop` once the pipe from the parent that started this worker reads end-of-file."""
+    os.set_blocking(descriptor, False)
+
+    def on_readable() -> None:
+        try:
+            if os.read(descriptor, 4096):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        asyncio.get_running_loop().remove_reader(descriptor)
+        stop.set()
+
+    asyncio.get_running_loop().add_reader(descriptor, on_readable)
+
+
+async def _serve(server: MockServer, parent_fd: int | None) -> int:
     stop = _stop_on_signals()
+    if parent_fd is not None:
+        _stop_when_parent_ends(parent_fd, stop)
     async with server:
         print(ready_line(server.url, 1), flush=True)
         await stop.wait()

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from multidict import CIMultiDict
 
 from llmstreams.client import BaseClient
-from llmstreams.dashscope import wire
-from llmstreams.errors import APIError, InvalidParameterError
+from llmstreams.dashscope import compatible, wire
+from llmstreams.errors import APIError, InvalidParameterError, redact_url
+from llmstreams.openai.client import DialectEndpoint, bearer_headers
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
-from llmstreams.transport import HttpRequest, ResponseHead, ResponseParser
+from llmstreams.transport import Exchange, HttpRequest, ResponseHead, ResponseParser
 from llmstreams.types import Completion
-from llmstreams.validation import check_headers, check_text
+from llmstreams.validation import check_api_key, check_headers, check_text
 
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
@@ -51,6 +52,13 @@ class DashScopeClient(BaseClient):
     `workspace` is sent as the `X-DashScope-WorkSpace` header; `extra_headers` go with every
     request (a call's own `extra_headers` win over them).
 
+    `protocol="native"` (the default) speaks DashScope's own API: `stream_generate` /
+    `generate`, and `stream_chat` / `chat` for messages. `protocol="openai"` speaks the
+    OpenAI-compatible mode (`{base_url}/compatible-mode/v1/chat/completions`): `stream_chat` /
+    `chat` with the dialect's parameters plus `enable_thinking`, `thinking_budget` and
+    `enable_search`; reasoning text arrives in `Chunk.reasoning`. The international region is
+    `base_url=compatible.INTERNATIONAL_BASE_URL` (keys of one region do not work in the other).
+
         async with DashScopeClient() as client:
             async with client.stream_generate("你好", model="billa-7b-sft-v1") as stream:
                 async for chunk in stream:
@@ -70,8 +78,13 @@ class DashScopeClient(BaseClient):
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         extra_headers: Mapping[str, str] | None = None,
+        protocol: Literal["native", "openai"] = "native",
     ) -> None:
-        api_key = _check_api_key(api_key if api_key is not None else os.environ.get(API_KEY_ENV))
+        if protocol not in ("native", "openai"):
+            raise InvalidParameterError("protocol", "must be 'native' or 'openai'", protocol)
+        api_key = check_api_key(
+            api_key if api_key is not None else os.environ.get(API_KEY_ENV), variable=API_KEY_ENV
+        )
         headers = check_headers("extra_headers", extra_headers)
         if workspace is not None:
             check_text("workspace", workspace)
@@ -84,8 +97,42 @@ class DashScopeClient(BaseClient):
         )
         self.workspace = workspace
         self._url = self.base_url + wire.GENERATION_PATH
+        self.protocol = protocol
         self._authorization = f"Bearer {api_key}"
         self._extra_headers = headers
+        self._compatible: DialectEndpoint | None = None
+        if protocol == "openai":
+            workspace_header = {} if workspace is None else {"X-DashScope-WorkSpace": workspace}
+            self._compatible = DialectEndpoint(
+                api_base=self.base_url + compatible.API_PREFIX,
+                headers={**bearer_headers(api_key), **workspace_header, **headers},
+                dialect=compatible.DIALECT,
+            )
+
+    def __repr__(self) -> str:
+        return f"<DashScopeClient base_url={redact_url(self.base_url)!r} protocol={self.protocol!r}>"
+
+    def stream_chat(
+        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+    ) -> ChunkStream:
+        """Stream a chat answer, in either protocol: `params` are those of `stream_generate`
+        (native) or of the OpenAI-compatible dialect (openai)."""
+        if self._compatible is None:
+            return self.stream_generate(messages=messages, model=model, **params)
+        return self._stream(self._compatible.exchange(
+            "chat", stream=True, model=model, input_value=messages, params=params
+        ))
+
+    async def chat(
+        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+    ) -> Completion:
+        """A whole chat answer from one non-stream request; parameters as for `stream_chat`."""
+        if self._compatible is None:
+            return await self.generate(messages=messages, model=model, **params)
+        compatible.check_whole_call(params)
+        return await self._complete(self._compatible.exchange(
+            "chat", stream=False, model=model, input_value=messages, params=params
+        ))
 
     def stream_generate(
         self,
@@ -163,7 +210,13 @@ class DashScopeClient(BaseClient):
 
     def _exchange(
         self, generation: wire.Generation, extra_headers: Mapping[str, str] | None
-    ) -> GenerationExchange:
+    ) -> Exchange:
+        if self._compatible is not None:
+            raise InvalidParameterError(
+                "protocol",
+                "stream_generate() / generate() speak the native protocol; with "
+                "protocol='openai' call stream_chat(messages, model=...) / chat()",
+            )
         call_headers = check_headers("extra_headers", extra_headers)
         headers: CIMultiDict[str] = CIMultiDict(
             {"Authorization": self._authorization, "Content-Type": "application/json"}
@@ -179,21 +232,3 @@ class DashScopeClient(BaseClient):
         headers.update(call_headers)
         request = HttpRequest(method="POST", url=self._url, body=generation.body, headers=headers)
         return GenerationExchange(request, generation)
-
-
-def _check_api_key(api_key: str | None) -> str:
-    # The key's value never appears in an error: only what is wrong with it.
-    if api_key is None:
-        raise InvalidParameterError(
-            "api_key", f"is required: pass api_key= or set the {API_KEY_ENV} environment variable"
-        )
-    if not isinstance(api_key, str):
-        raise InvalidParameterError("api_key", "must be a string", type(api_key).__name__)
-    api_key = api_key.strip()
-    if not api_key:
-        raise InvalidParameterError(
-            "api_key", f"is empty: pass api_key= or set the {API_KEY_ENV} environment variable"
-        )
-    if any(character.isspace() or not character.isprintable() for character in api_key):
-        raise InvalidParameterError("api_key", "must not contain spaces or control characters")
-    return api_key

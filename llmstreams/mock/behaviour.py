@@ -101,6 +101,16 @@ class Behaviour:
     """Answer a stream request with an HTML page (HTTP 200, text/html) instead of events."""
     trickle: bool = False
     """Write every response body one byte at a time."""
+    reasoning_chars: int | None = attrs.field(default=None, validator=check.optional(check.ge(0)))
+    """OpenAI-compatible chat: characters of reasoning text before the answer (None: only when
+    the model's name says it reasons, or DashScope's `enable_thinking` asks)."""
+    tool_calls: bool = False
+    """OpenAI-compatible chat: answer a request that offers `tools` with a call to one of them."""
+    send_usage: bool | None = None
+    """OpenAI-compatible routes: usage as the request asks (None), always (True) or never (False)."""
+    stamp_send_times: bool = False
+    """Add `"x_sent_at": time.monotonic()` to every streamed JSON event, taken just before its
+    bytes are written to the socket (a ruler for clients' timestamps)."""
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(field.name for field in attrs.fields(Behaviour))

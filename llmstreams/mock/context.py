@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import Counter
 
 from aiohttp import web
@@ -10,11 +11,51 @@ from aiohttp import web
 from llmstreams.mock.behaviour import BEHAVIOUR_HEADER, Behaviour, parse_behaviour_header
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TokenStore
-from llmstreams.mock.stats import StatsRecorder
+from llmstreams.mock.stats import SharedCounters, StatsRecorder
 
 
 class ServerClosing(Exception):
     """The server is stopping: whatever the handler was waiting for will not come."""
+
+
+class Pacer:
+    """Wakes paced streams: one timer per millisecond tick, shared by every stream due in it.
+
+    Thousands of paced streams would otherwise each keep a timer (and a timeout context) per
+    event; a tick is rounded up, so a stream is never woken early and at most 1 ms late.
+    """
+
+    def __init__(self) -> None:
+        self._ticks: dict[int, list[asyncio.Future[None]]] = {}
+        self._closing = False
+
+    def until(self, when: float) -> asyncio.Future[None]:
+        """A future done at loop time `when`; it fails with ServerClosing if the server stops."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        if self._closing:
+            waiter.set_exception(ServerClosing())
+            return waiter
+        tick = math.ceil(when * 1000)
+        waiters = self._ticks.get(tick)
+        if waiters is None:
+            waiters = self._ticks[tick] = []
+            loop.call_at(tick / 1000, self._wake, tick)
+        waiters.append(waiter)
+        return waiter
+
+    def _wake(self, tick: int) -> None:
+        for waiter in self._ticks.pop(tick, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def close(self) -> None:
+        self._closing = True
+        for waiters in self._ticks.values():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_exception(ServerClosing())
+        self._ticks.clear()
 
 
 class MockContext:
@@ -26,14 +67,16 @@ class MockContext:
         token_ttl: int,
         trigger_phrase: str,
         token_key: bytes | None = None,
+        shared_stats: SharedCounters | None = None,
     ) -> None:
         self.behaviour = behaviour
         self.credentials = credentials
         self.trigger_phrase = trigger_phrase
-        self.stats = StatsRecorder()
+        self.stats = StatsRecorder(shared_stats)
         self.tokens = TokenStore(token_ttl, token_key)
         self._attempts: Counter[bytes] = Counter()
         self._closing = asyncio.Event()
+        self.pacer = Pacer()
 
     def set_behaviour(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
@@ -73,3 +116,4 @@ class MockContext:
 
     def begin_closing(self) -> None:
         self._closing.set()
+        self.pacer.close()

@@ -15,7 +15,9 @@ class MockCredentials:
 
     - `api_key` / `secret_key`: Qianfan OAuth client id and secret (`/oauth/2.0/token`).
     - `access_key` / `secret_access_key`: Qianfan AK/SK for `bce-auth-v1` signatures.
-    - `dashscope_api_key`: the DashScope `Authorization: Bearer` key.
+    - `dashscope_api_key`: the DashScope `Authorization: Bearer` key (native and compatible mode).
+    - `qianfan_v2_api_key`: the Qianfan v2 `Authorization: Bearer bce-v3/...` key.
+    - `openai_api_key`: the `Authorization: Bearer` key of the generic `/v1` routes.
 
     The repr masks every value, so logging a server's settings leaks no secret.
     """
@@ -25,3 +27,5 @@ class MockCredentials:
     access_key: str | None = attrs.field(default=None, repr=_masked)
     secret_access_key: str | None = attrs.field(default=None, repr=_masked)
     dashscope_api_key: str | None = attrs.field(default=None, repr=_masked)
+    qianfan_v2_api_key: str | None = attrs.field(default=None, repr=_masked)
+    openai_api_key: str | None = attrs.field(default=None, repr=_masked)

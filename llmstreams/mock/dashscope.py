@@ -8,6 +8,7 @@ is one `event:error` frame carrying the error's status, after which the stream e
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -25,6 +26,7 @@ from llmstreams.mock.delivery import (
     send_answer,
     send_body,
 )
+from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
     DASHSCOPE_ERRORS,
@@ -34,6 +36,8 @@ from llmstreams.mock.vendor_errors import (
 
 GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
 SSE_HEADER = "X-DashScope-SSE"
+# Options that shape only how a stream is sent; the answer itself must not depend on them.
+STREAM_ONLY_FIELDS = ("parameters.incremental_output",)
 _MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 _RESULT_FORMATS = frozenset({"text", "message"})
 _INPUT_REQUIRED = 'Either "prompt" or "messages" must exist and cannot both be none'
@@ -59,7 +63,7 @@ class _GenerationRoute:
     async def generation(self, request: web.Request) -> web.StreamResponse:
         self._context.stats.request("dashscope.generation")
         body = await request.read()
-        digest = request_digest(request.path, body)
+        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
         request_id = request_uuid(digest)
         behaviour = self._context.behaviour_for(request)
         injected = _injected_failure(behaviour)
@@ -218,6 +222,10 @@ class _Reply:
     def chunk_count(self) -> int:
         return len(self.answer.chunks)
 
+    @property
+    def closing(self) -> bytes:
+        return b""
+
     def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
         output: dict[str, Any]
         if self.message_format:
@@ -249,17 +257,35 @@ class _Reply:
     def whole(self) -> dict[str, Any]:
         return self._payload(self.answer.text, self._finish_reason(), self.chunk_count - 1)
 
+    def _text(self, index: int) -> str:
+        if self.incremental:
+            return self.answer.chunks[index]
+        return "".join(self.answer.chunks[: index + 1])
+
     def _data_line(self, index: int) -> bytes:
         is_last = index == self.chunk_count - 1
-        if self.incremental:
-            text = self.answer.chunks[index]
-        else:
-            text = "".join(self.answer.chunks[: index + 1])
         finish_reason = self._finish_reason() if is_last else "null"
-        return b"data:" + compact_json(self._payload(text, finish_reason, index))
+        return b"data:" + compact_json(self._payload(self._text(index), finish_reason, index))
+
+    @functools.cached_property
+    def _template(self) -> EventTemplate:
+        """The frame of every event but the last, open for its text and usage."""
+        payload = self._payload(SLOTS[0], "null", 0)
+        payload["usage"] = SLOTS[1]
+        return EventTemplate(payload, prefix=b"data:", suffix=b"\n\n")
 
     def chunk(self, index: int, event_number: int) -> bytes:
-        return _frame(event_number, "result", 200, self._data_line(index))
+        head = b"id:%d\nevent:result\n:HTTP_STATUS/200\n" % event_number
+        if index == self.chunk_count - 1:
+            return head + self._data_line(index) + b"\n\n"
+        input_tokens = self.answer.prompt_tokens
+        output_tokens = self.answer.completion_tokens[index]
+        usage = b'{"total_tokens":%d,"output_tokens":%d,"input_tokens":%d}' % (
+            input_tokens + output_tokens,
+            output_tokens,
+            input_tokens,
+        )
+        return head + self._template.fill(json_string(self._text(index)), usage)
 
     def malformed(self, event_number: int) -> bytes:
         return _frame(

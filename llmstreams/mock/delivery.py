@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -41,6 +42,11 @@ class StreamEvents(Protocol):
 
     def error(self, event_number: int) -> bytes: ...
 
+    @property
+    def closing(self) -> bytes:
+        """Written after the last event of a complete answer (`data: [DONE]`), or nothing."""
+        ...
+
 
 class Answer(StreamEvents, Protocol):
     """One vendor's rendering of one answer, whole (JSON) or as events."""
@@ -61,7 +67,10 @@ async def send_answer(
     """A successful answer: one JSON body, or a stream shaped by the knobs."""
     if not stream:
         return await send_body(
-            request, behaviour, status=200, content_type="application/json",
+            request,
+            behaviour,
+            status=200,
+            content_type="application/json",
             body=compact_json(answer.whole()),
         )
     if behaviour.huge_line_bytes is not None:
@@ -148,34 +157,69 @@ async def _write_events(
     behaviour: Behaviour,
     events: StreamEvents,
 ) -> bool:
-    """True when the whole answer went out, False when a knob cut the stream short."""
+    """True when the whole answer went out, False when a knob cut the stream short.
+
+    The events due at one moment go out in one write: all of them at once when the stream is
+    not paced, and those a paced stream fell behind on together with the one due now.
+    """
     loop = asyncio.get_running_loop()
     await context.pause(behaviour.first_chunk_delay)
     first_chunk_at = loop.time()
+    pace = behaviour.chunks_per_second
+    pending: list[bytes] = []
     event_number = 0
+
+    async def flush() -> None:
+        if pending:
+            await _write_frames(response, pending, behaviour)
+            pending.clear()
+
     for index in range(events.chunk_count + 1):
         if behaviour.malformed_after == index:
             event_number += 1
-            await _write(response, events.malformed(event_number), trickle=behaviour.trickle)
+            pending.append(events.malformed(event_number))
         if behaviour.error_after == index:
             event_number += 1
-            await _write(response, events.error(event_number), trickle=behaviour.trickle)
+            pending.append(events.error(event_number))
+            await flush()
             await response.write_eof()
             return False
         if behaviour.disconnect_after == index:
+            await flush()
             _close_connection(request)
             return False
         if behaviour.stall_after == index:
+            await flush()
             await context.pause(None)
         if index == events.chunk_count:
             break
-        if behaviour.chunks_per_second is not None and index > 0:
-            due = first_chunk_at + index / behaviour.chunks_per_second
-            await context.pause(max(0.0, due - loop.time()))
+        if pace is not None and index > 0:
+            due = first_chunk_at + index / pace
+            if due > loop.time():
+                await flush()
+                await context.pacer.until(due)
         event_number += 1
-        await _write(response, events.chunk(index, event_number), trickle=behaviour.trickle)
+        pending.append(events.chunk(index, event_number))
+    if events.closing:
+        pending.append(events.closing)
+    await flush()
     await response.write_eof()
     return True
+
+
+_JSON_EVENT_END = b"}\n\n"
+
+
+async def _write_frames(
+    response: web.StreamResponse, frames: list[bytes], behaviour: Behaviour
+) -> None:
+    if behaviour.stamp_send_times:
+        stamp = b',"x_sent_at":%r}\n\n' % time.monotonic()
+        frames = [
+            frame[:-3] + stamp if frame.endswith(_JSON_EVENT_END) else frame for frame in frames
+        ]
+    data = frames[0] if len(frames) == 1 else b"".join(frames)
+    await _write(response, data, trickle=behaviour.trickle)
 
 
 async def _write(response: web.StreamResponse, data: bytes, *, trickle: bool) -> None:

@@ -8,6 +8,7 @@ a blank line, the last with `"is_end": true`, and no `[DONE]`.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from llmstreams.mock.delivery import (
     send_body,
 )
 from llmstreams.mock.qianfan_auth import TokenState, bce_signature_accepted, is_bce_authorization
+from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import count_tokens, qianfan_id, request_digest
 from llmstreams.mock.vendor_errors import (
     QIANFAN_MESSAGES,
@@ -108,7 +110,7 @@ class _QianfanRoutes:
     async def _generate(self, request: web.Request, kind: _Kind) -> web.StreamResponse:
         self._context.stats.request(kind.value)
         body = await request.read()
-        digest = request_digest(request.path, body, ignored_field="stream")
+        digest = request_digest(request.path, body, ignored_fields=("stream",))
         response_id = qianfan_id(digest)
         behaviour = self._context.behaviour_for(request)
         injected_code = _injected_failure_code(behaviour)
@@ -323,6 +325,10 @@ class _Reply:
     def chunk_count(self) -> int:
         return len(self.answer.chunks)
 
+    @property
+    def closing(self) -> bytes:
+        return b""
+
     def _common(self) -> dict[str, Any]:
         return {"id": self.response_id, "object": CHAT_OBJECT, "created": self.created}
 
@@ -376,8 +382,24 @@ class _Reply:
     def _data_line(self, index: int) -> bytes:
         return b"data: " + compact_json(self._event_payload(index))
 
+    @functools.cached_property
+    def _template(self) -> EventTemplate:
+        """The event of every chunk but the last, open for its sentence id, text and usage."""
+        payload = self._event_payload(0)
+        payload.update(sentence_id=SLOTS[0], result=SLOTS[1], usage=SLOTS[2])
+        return EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
+
     def chunk(self, index: int, event_number: int) -> bytes:
-        return self._data_line(index) + b"\n\n"
+        if index == self.chunk_count - 1:
+            return self._data_line(index) + b"\n\n"
+        prompt_tokens = self.answer.prompt_tokens
+        completion_tokens = self.answer.completion_tokens[index]
+        usage = b'{"prompt_tokens":%d,"completion_tokens":%d,"total_tokens":%d}' % (
+            prompt_tokens,
+            completion_tokens,
+            prompt_tokens + completion_tokens,
+        )
+        return self._template.fill(b"%d" % index, json_string(self.answer.chunks[index]), usage)
 
     def malformed(self, event_number: int) -> bytes:
         return (

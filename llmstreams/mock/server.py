@@ -9,15 +9,17 @@ from types import TracebackType
 
 from aiohttp import web
 
-from llmstreams.mock import dashscope, qianfan, qianfan_console
+from llmstreams.mock import dashscope, openai_vendors, qianfan, qianfan_console
 from llmstreams.mock.behaviour import Behaviour, BehaviourError
 from llmstreams.mock.context import MockContext, ServerClosing
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.delivery import drop_connection, mock_error
-from llmstreams.mock.stats import MockStats, StatsRecorder
+from llmstreams.mock.stats import MockStats, SharedCounters, StatsRecorder, stats_json
 from llmstreams.mock.vendor_errors import UnmappableCodeError
 
 DEFAULT_TRIGGER_PHRASE = "[[unsafe]]"
+HEALTH_PATH = "/health"
+STATS_PATH = "/stats"
 DEFAULT_TOKEN_TTL = 2592000
 # Handlers end promptly on shutdown (their waits watch for it); this only bounds a handler
 # stuck writing to a client that stopped reading.
@@ -47,6 +49,7 @@ class MockServer:
         trigger_phrase: str = DEFAULT_TRIGGER_PHRASE,
         reuse_port: bool = False,
         token_key: bytes | None = None,
+        shared_stats: SharedCounters | None = None,
     ) -> None:
         self._host = host
         self._requested_port = port
@@ -57,6 +60,7 @@ class MockServer:
             token_ttl=token_ttl,
             trigger_phrase=trigger_phrase,
             token_key=token_key,
+            shared_stats=shared_stats,
         )
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
@@ -112,9 +116,12 @@ class MockServer:
         if self._runner is not None or self._closed:
             raise RuntimeError("a mock server starts once; create a new one to start again")
         app = web.Application(middlewares=[_mock_outcomes])
+        app.router.add_get(HEALTH_PATH, _health)
+        app.router.add_get(STATS_PATH, self._stats_route)
         qianfan.add_routes(app, self._context)
         qianfan_console.add_routes(app, self._context)
         dashscope.add_routes(app, self._context)
+        openai_vendors.add_routes(app, self._context)
         runner = web.AppRunner(
             app,
             handler_cancellation=True,
@@ -136,6 +143,10 @@ class MockServer:
             self._runner = None
             raise
         self._port = sock.getsockname()[1]
+
+    async def _stats_route(self, request: web.Request) -> web.Response:
+        stats = self._context.stats
+        return web.json_response(stats_json(stats.combined(), workers=stats.workers))
 
     async def close(self) -> None:
         """Stop: stalled and delayed handlers drop their connections, then everything closes."""
@@ -162,6 +173,10 @@ class MockServer:
         traceback: TracebackType | None,
     ) -> None:
         await self.close()
+
+
+async def _health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
 
 
 @web.middleware

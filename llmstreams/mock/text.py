@@ -7,13 +7,15 @@ per-process salted `hash()`), so separate worker processes agree too.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import random
 import re
 import string
 import uuid
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from typing import Any
 
 # fmt: off
 _WORDS = (
@@ -39,33 +41,64 @@ _TOKEN = re.compile(r"[A-Za-z0-9]+|\S")
 _ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
-def request_digest(path: str, body: bytes, *, ignored_field: str | None = None) -> bytes:
+def request_digest(path: str, body: bytes, *, ignored_fields: Collection[str] = ()) -> bytes:
     """The key of a request: equal for two attempts of the same request.
 
-    A JSON object body is keyed by its canonical form without `ignored_field`, so that a request
-    asking for a stream and the same request asking for a whole answer get the same answer.
+    A JSON object body is keyed by its canonical form without `ignored_fields` (a dotted name
+    reaches into a nested object: "parameters.incremental_output"), so that a request asking for
+    a stream and the same request asking for a whole answer get the same answer.
     """
     try:
         payload = json.loads(body)
     except ValueError:
         payload = None
     if isinstance(payload, dict):
-        payload.pop(ignored_field, None)
+        for name in ignored_fields:
+            _drop_field(payload, name.split("."))
         body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(path.encode() + b"\n" + body).digest()
 
 
+def _drop_field(payload: dict[str, Any], names: list[str]) -> None:
+    """Remove the dotted field; an object left empty by that goes too (as if never sent)."""
+    name, *inner_names = names
+    if not inner_names:
+        payload.pop(name, None)
+        return
+    inner = payload.get(name)
+    if isinstance(inner, dict):
+        _drop_field(inner, inner_names)
+        if not inner:
+            del payload[name]
+
+
+def _sentences(rng: random.Random, count: int) -> list[str]:
+    sentences = []
+    for _ in range(count):
+        words = rng.choices(_WORDS, k=rng.randint(6, 14))
+        sentences.append(" ".join(words).capitalize() + ".")
+    return sentences
+
+
+# Answers are slices of one fixed text, so composing one costs a slice, not a word-by-word draw.
+_CORPUS_SENTENCES = _sentences(random.Random(0), 2048)
+_CORPUS = " ".join(_CORPUS_SENTENCES) + " "
+_SENTENCE_STARTS = list(
+    itertools.accumulate((len(s) + 1 for s in _CORPUS_SENTENCES[:-1]), initial=0)
+)
+
+
 def answer_text(digest: bytes, length: int) -> str:
-    """`length` characters of English-looking sentences, chosen by `digest`."""
-    rng = random.Random(int.from_bytes(digest, "big"))
-    sentences: list[str] = []
-    written = 0
-    while written < length:
-        words = [rng.choice(_WORDS) for _ in range(rng.randint(6, 14))]
-        sentence = " ".join(words).capitalize() + "."
-        sentences.append(sentence)
-        written += len(sentence) + 1
-    return " ".join(sentences)[:length]
+    """`length` characters of English-looking sentences, chosen by `digest`.
+
+    The text starts at a sentence of a fixed corpus picked by the digest and wraps around.
+    """
+    start = _SENTENCE_STARTS[int.from_bytes(digest[:8], "big") % len(_SENTENCE_STARTS)]
+    text = _CORPUS[start : start + length]
+    if len(text) < length:
+        repeats = length // len(_CORPUS) + 1
+        text = (_CORPUS[start:] + _CORPUS * repeats)[:length]
+    return text
 
 
 def filler_text(length: int) -> str:

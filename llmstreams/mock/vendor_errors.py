@@ -161,3 +161,33 @@ def dashscope_code_for_status(status: int) -> str:
     return _DASHSCOPE_FOR_STATUS.get(
         status, "InternalError" if status >= 500 else "InvalidParameter"
     )
+
+
+@attrs.frozen
+class OpenAIStyleCode:
+    """How an OpenAI-compatible server names a DashScope code: `error.type` and `error.code`."""
+
+    type: str
+    code: str
+
+
+# The OpenAI-compatible routes answer in the dialect's own words; knobs still name the codes
+# above, so each DashScope code has its OpenAI-style `type` and `code` (status and message are
+# the DashScope code's).
+OPENAI_STYLE_CODES: dict[str, OpenAIStyleCode] = {
+    "InvalidParameter": OpenAIStyleCode("invalid_request_error", "invalid_parameter"),
+    "DataInspectionFailed": OpenAIStyleCode("invalid_request_error", "data_inspection_failed"),
+    "BadRequest.EmptyInput": OpenAIStyleCode("invalid_request_error", "invalid_parameter"),
+    "BadRequest.EmptyModel": OpenAIStyleCode("invalid_request_error", "invalid_parameter"),
+    "InvalidApiKey": OpenAIStyleCode("invalid_request_error", "invalid_api_key"),
+    "AccessDenied": OpenAIStyleCode("invalid_request_error", "access_denied"),
+    "ModelNotFound": OpenAIStyleCode("invalid_request_error", "model_not_found"),
+    "RequestTimeOut": OpenAIStyleCode("server_error", "request_timeout"),
+    "BadRequest.TooLarge": OpenAIStyleCode("invalid_request_error", "request_too_large"),
+    "Throttling": OpenAIStyleCode("rate_limit_error", "rate_limit_exceeded"),
+    "Throttling.RateQuota": OpenAIStyleCode("rate_limit_error", "rate_limit_exceeded"),
+    "Throttling.AllocationQuota": OpenAIStyleCode("insufficient_quota", "insufficient_quota"),
+    "InternalError": OpenAIStyleCode("server_error", "internal_error"),
+    "SystemError": OpenAIStyleCode("server_error", "internal_error"),
+    "ModelUnavailable": OpenAIStyleCode("server_error", "service_unavailable"),
+}

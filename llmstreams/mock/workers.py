@@ -4,6 +4,11 @@ Each worker is `python -m llmstreams.mock --workers 1 --reuse-port ...` (the `ll
 command, without importing the other commands); the kernel spreads the connections over them
 (SO_REUSEPORT, Linux). The parent picks the port by binding a SO_REUSEPORT socket and keeps it
 bound, never listening, so nothing else can take the port while the workers run.
+
+Every worker holds the read end of a pipe whose write end only the parent holds: when the parent
+ends in any way (SIGKILL included) the kernel closes the write end, the workers read end-of-file
+and stop. (PR_SET_PDEATHSIG would fire when the parent's spawning *thread* ends, which
+`async with` does at once, since it starts the workers from a worker thread.)
 """
 
 from __future__ import annotations
@@ -27,8 +32,13 @@ import attrs
 from llmstreams.mock.behaviour import KNOB_NAMES
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
+from llmstreams.mock.stats import SharedCounters
 
 READY_PREFIX = "llmstreams mock listening on "
+PARENT_FD_OPTION = "--parent-fd"
+STATS_FILE_OPTION = "--stats-file"
+STATS_ROWS_OPTION = "--stats-rows"
+STATS_ROW_OPTION = "--stats-row"
 _STOP_TIMEOUT = 5.0
 
 
@@ -99,8 +109,10 @@ class MockWorkers:
         self._credentials = credentials
         self._ready_timeout = ready_timeout
         self._reservation: socket.socket | None = None
-        self._secrets_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._work_dir: tempfile.TemporaryDirectory[str] | None = None
         self._processes: list[subprocess.Popen[bytes]] = []
+        self._lifeline: int | None = None
+        """The write end of the pipe whose end-of-file tells the workers to stop."""
         self.url = ""
 
     def start(self) -> str:
@@ -110,15 +122,28 @@ class MockWorkers:
             port = self._reservation.getsockname()[1]
             command = [sys.executable, "-m", "llmstreams.mock", "--host", self._host]
             command += ["--port", str(port), "--workers", "1", "--reuse-port", *self._options]
-            command += self._credentials_option()
+            self._work_dir = tempfile.TemporaryDirectory(prefix="llmstreams-mock-")
+            command += self._credentials_option(Path(self._work_dir.name))
+            stats_file = Path(self._work_dir.name) / "stats"
+            SharedCounters.create_file(stats_file, self._workers)
+            command += [STATS_FILE_OPTION, str(stats_file), STATS_ROWS_OPTION, str(self._workers)]
             env = _child_env()
             env[TOKEN_KEY_ENV] = secrets.token_hex(32)
-            self._processes = [
-                subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env
-                )
-                for _ in range(self._workers)
-            ]
+            lifeline, self._lifeline = os.pipe()
+            try:
+                command += [PARENT_FD_OPTION, str(lifeline)]
+                self._processes = [
+                    subprocess.Popen(
+                        [*command, STATS_ROW_OPTION, str(row)],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        env=env,
+                        pass_fds=(lifeline,),
+                    )
+                    for row in range(self._workers)
+                ]
+            finally:
+                os.close(lifeline)
             deadline = time.monotonic() + self._ready_timeout
             for process in self._processes:
                 line = _read_line(process, deadline)
@@ -145,12 +170,15 @@ class MockWorkers:
             if process.stdout is not None:
                 process.stdout.close()
         self._processes = []
+        if self._lifeline is not None:
+            os.close(self._lifeline)
+            self._lifeline = None
         if self._reservation is not None:
             self._reservation.close()
             self._reservation = None
-        if self._secrets_dir is not None:
-            self._secrets_dir.cleanup()
-            self._secrets_dir = None
+        if self._work_dir is not None:
+            self._work_dir.cleanup()
+            self._work_dir = None
 
     def exited(self) -> list[int]:
         """Exit codes of the workers that have stopped (none, while all are healthy)."""
@@ -158,11 +186,10 @@ class MockWorkers:
             code for code in (process.poll() for process in self._processes) if code is not None
         ]
 
-    def _credentials_option(self) -> list[str]:
+    def _credentials_option(self, directory: Path) -> list[str]:
         if self._credentials is None:
             return []
-        self._secrets_dir = tempfile.TemporaryDirectory(prefix="llmstreams-mock-")
-        path = Path(self._secrets_dir.name) / "credentials.json"
+        path = directory / "credentials.json"
         path.touch(mode=0o600)
         path.write_text(json.dumps(attrs.asdict(self._credentials)))
         return ["--credentials", str(path)]
@@ -192,6 +219,11 @@ class MockWorkers:
 
 def _reserve_port(host: str, port: int) -> socket.socket:
     family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    if port != 0:
+        # SO_REUSEPORT would let us share a port another server listens on: make sure it is free.
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
     sock = socket.socket(family, kind, protocol)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

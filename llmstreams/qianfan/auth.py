@@ -1,6 +1,7 @@
 """Qianfan authentication: which credentials a client uses, access tokens, AK/SK signatures.
 
-Three methods, exactly one per client:
+API v2 takes one method: an `api_key` starting `bce-v3/`, sent as a bearer token. API v1
+takes three, exactly one per client:
 
 - `api_key` + `secret_key`: an access token is fetched from `/oauth/2.0/token`, cached in the
   pool (shared by every client and request of that pool), renewed before it runs out and
@@ -47,6 +48,8 @@ from llmstreams.transport import is_redirect, read_head, redirect_error, request
 
 logger = logging.getLogger("llmstreams")
 
+V2_API_KEY: Final = "bce-v3 api_key"
+V2_KEY_PREFIX: Final = "bce-v3/"
 API_KEY: Final = "api_key/secret_key"
 ACCESS_TOKEN: Final = "access_token"
 ACCESS_KEY: Final = "access_key/secret_access_key"
@@ -109,10 +112,24 @@ def resolve_credentials(given: Mapping[str, str | None], environ: Mapping[str, s
     return _from_environment(environ)
 
 
+def is_v2_key(api_key: str | None) -> bool:
+    """Whether `api_key` is a Qianfan v2 API key (the console's `bce-v3/ALTAK-...`)."""
+    return isinstance(api_key, str) and api_key.strip().startswith(V2_KEY_PREFIX)
+
+
 def _from_arguments(passed: Mapping[str, str]) -> Credentials:
     for field, value in passed.items():
         if not isinstance(value, str) or not value.strip():
             raise InvalidParameterError(field, "must be a non-empty string")
+    if is_v2_key(passed.get("api_key")):
+        others = [field for field in passed if field != "api_key"]
+        if others:
+            raise InvalidParameterError(
+                others[0],
+                "a bce-v3/ api_key is a v2 API key and goes alone: drop the other credentials "
+                f"for v2, or give v1's {_CHOICES}",
+            )
+        return Credentials(V2_API_KEY, {"api_key": passed["api_key"].strip()}, "arguments")
     methods = [
         method for method, fields in _FIELDS_BY_METHOD.items() if any(f in passed for f in fields)
     ]
@@ -134,6 +151,10 @@ def _from_arguments(passed: Mapping[str, str]) -> Credentials:
 def _from_environment(environ: Mapping[str, str]) -> Credentials:
     def is_set(variable: str) -> bool:
         return bool(environ.get(variable, "").strip())
+
+    v2_key = environ.get("QIANFAN_API_KEY", "")
+    if is_v2_key(v2_key):
+        return Credentials(V2_API_KEY, {"api_key": v2_key.strip()}, "environment")
 
     complete: dict[str, dict[str, str]] = {}
     partial: list[tuple[list[str], list[str]]] = []

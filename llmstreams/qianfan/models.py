@@ -113,3 +113,35 @@ def resolve_endpoint(kind: Kind, *, model: Any, endpoint: Any) -> str:
             f"instead of {_METHODS[kind]}",
         )
     return info.endpoint
+
+
+# The v2 ids of the v1 model names that have one (v2 ids are lower case).
+V2_MODEL_IDS: dict[str, str] = {
+    "ERNIE-Bot": "ernie-3.5-8k",
+    "ERNIE-3.5-8K": "ernie-3.5-8k",
+    "ERNIE-Bot-turbo": "ernie-lite-8k",
+    "ERNIE-Bot-4": "ernie-4.0-8k",
+    "ERNIE-4.0-8K": "ernie-4.0-8k",
+    "ERNIE-Speed-8K": "ernie-speed-8k",
+    "ERNIE-Lite-8K": "ernie-lite-8k",
+}
+
+
+def check_v2_model(model: Any) -> str:
+    """`model` as v2 takes it: the model id, passed as it is; a v1 model name is refused,
+    naming the v2 id to use (no silent mapping: the caller's code then says what it calls)."""
+    if model is None:
+        raise InvalidParameterError("model", "is required on v2: the model id, e.g. 'ernie-speed-8k'")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidParameterError("model", "must be a non-empty string: the v2 model id", model)
+    info = _BY_NAME.get(model.lower())
+    if info is not None and model != model.lower():
+        v2_id = V2_MODEL_IDS.get(info.name)
+        use = (
+            f"pass model={v2_id!r}" if v2_id
+            else "pass the model's lower-case v2 id, as the Qianfan console lists it"
+        )
+        raise InvalidParameterError(
+            "model", f"{model!r} is a v1 model name; v2 takes model ids: {use}", model
+        )
+    return model

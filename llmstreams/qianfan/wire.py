@@ -73,6 +73,15 @@ _CODE_CLASSES: Final[dict[int, type[APIError]]] = {
 # Every other 3360xx code (invalid argument, invalid JSON, odd message count...) is a bad request.
 _INVALID_REQUEST_CODES: Final = range(336001, 336100)
 RETRYABLE_CODES: Final = frozenset({2, 18, 336100, 336501, 336502})
+# Baidu switched the v1 API off on 2026-08-31; what the switched-off service answers is not
+# documented, so every plausible answer (the API name unknown, HTTP 404/410) says how to move.
+V1_GONE_CODE: Final = 336005
+V1_GONE_STATUSES: Final = frozenset({404, 410})
+V1_GONE_HINT: Final = (
+    "If the endpoint and base_url are right, the v1 API may be switched off (Baidu ended it on "
+    "2026-08-31): move to v2 with QianfanClient(api_key='bce-v3/...') from the console and "
+    "model='<the v2 model id, e.g. ernie-speed-8k>' (see docs/qianfan.md)"
+)
 TOKEN_ERROR_CODES: Final = frozenset({110, 111})
 
 
@@ -208,6 +217,8 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
         code = None  # The HTTP status alone says what failed.
     message = str(payload.get("error_msg") or "the service gave no error message")
     hint = hints.get(code) if hints and code is not None else None
+    if code == V1_GONE_CODE:
+        hint = V1_GONE_HINT
     if hint:
         message = f"{message}. {hint}"
     request_id = payload.get("id")
@@ -244,6 +255,8 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
         request_id = payload.get("requestId") if isinstance(payload.get("requestId"), str) else None
     else:
         message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+    if status in V1_GONE_STATUSES:
+        message = f"{message}. {V1_GONE_HINT}"
     cls: type[APIError]
     if status == 429:
         cls = RateLimitError

@@ -1,0 +1,483 @@
+"""How fast one mock worker serves events, next to two baseline servers, and how well it paces.
+
+Usage: .venv/bin/python benchmarks/bench_mock.py [--rounds 5] [--duration 2] [--chunks 100,10]
+       [--connections 64] [--clients 2] [--before PATH] [--paced-streams 2000] [--json PATH]
+
+Throughput: each server runs alone in one process; a load generator of `--clients` processes
+(raw asyncio protocols over keep-alive connections, so the client costs far less per event than
+any server) sends stream requests for `--duration` seconds and counts the `data:` events it
+receives. Servers, one process each:
+  * `aiohttp-prebuilt`: a minimal aiohttp handler writing pre-built event bytes, one write each;
+  * `raw-asyncio`: an asyncio protocol writing pre-built chunked bytes to the transport;
+  * `mock-dashscope` / `mock-openai`: `llmstreams mock` (one worker) on its DashScope native
+    route (incremental output) and its OpenAI-compatible `/v1/chat/completions` route;
+  * with `--before PATH` (a checkout of an earlier llmstreams), the same two routes of that mock.
+Each round runs every server once, in an order rotated every round; the table gives each
+server's median events/s over the rounds, the spread (min-max), and the median of the per-round
+ratios to `aiohttp-prebuilt`.
+
+Pacing: `--paced-streams` streams at once, each of 20 events at 10 per second, from the mock
+with `stamp_send_times` on. Per event, its lateness against the stream's schedule (first event
+time + i / pace), from the server's own `x_sent_at` stamp and from the client's arrival time,
+and the gaps between consecutive events relative to the pace (p50 / p99 / max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+CHUNK_CHARS = 24
+TERMINAL = b"\r\n0\r\n\r\n"
+PACE = 10.0
+PACED_EVENTS = 20
+_SENT_AT = re.compile(rb'"x_sent_at":([0-9.]+)')
+
+
+# -- baseline servers -------------------------------------------------------------------------
+
+
+def prebuilt_frames(chunks: int) -> list[bytes]:
+    frames = []
+    for index in range(chunks):
+        piece = json.dumps(("abcdefghijklmnopqrstuvwxyz" * 2)[index % 26 : index % 26 + CHUNK_CHARS])
+        frames.append(
+            b'data: {"id":"chatcmpl-0123456789abcdef01234567","object":"chat.completion.chunk",'
+            b'"created":1790000000,"model":"m","choices":[{"index":0,"delta":{"content":'
+            + piece.encode()
+            + b'},"finish_reason":null}]}\n\n'
+        )
+    return frames
+
+
+def serve_aiohttp_prebuilt(chunks: int) -> None:
+    from aiohttp import web
+
+    frames = prebuilt_frames(chunks)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for frame in frames:
+            await response.write(frame)
+        await response.write_eof()
+        return response
+
+    async def main() -> None:
+        app = web.Application()
+        app.router.add_post("/{tail:.*}", handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+        await site.start()
+        port = runner.addresses[0][1]
+        print(f"listening on http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+def serve_raw_asyncio(chunks: int) -> None:
+    frames = [b"%x\r\n%s\r\n" % (len(frame), frame) for frame in prebuilt_frames(chunks)]
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while True:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                match = re.search(rb"(?i)content-length:\s*(\d+)", self.buffer[:end])
+                length = int(match.group(1)) if match else 0
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length :]
+                self.transport.write(head)
+                for frame in frames:
+                    self.transport.write(frame)
+                self.transport.write(b"0\r\n\r\n")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=4096)
+        port = server.sockets[0].getsockname()[1]
+        print(f"listening on http://127.0.0.1:{port}", flush=True)
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+# -- servers as processes ------------------------------------------------------------------------
+
+
+class Server:
+    def __init__(self, name: str, command: list[str], env: dict[str, str], route: str) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.route = route
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline().decode()
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+        if match is None:
+            raise RuntimeError(f"{self.name} did not start: {line!r}")
+        self.url = match.group(1)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+def request_bytes(route: str, url: str, knobs: str = "") -> bytes:
+    host = url.removeprefix("http://")
+    headers = [f"Host: {host}", "Content-Type: application/json", "Authorization: Bearer sk-b"]
+    if knobs:
+        headers.append(f"X-Mock-Behaviour: {knobs}")
+    if route == "dashscope":
+        path = "/api/v1/services/aigc/text-generation/generation"
+        headers.append("X-DashScope-SSE: enable")
+        body = {"model": "qwen-turbo", "input": {"prompt": "hi"}}
+        body["parameters"] = {"incremental_output": True}
+    else:
+        path = "/v1/chat/completions"
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    data = json.dumps(body).encode()
+    headers.append(f"Content-Length: {len(data)}")
+    head = f"POST {path} HTTP/1.1\r\n" + "".join(f"{header}\r\n" for header in headers)
+    return (head + "\r\n").encode() + data
+
+
+def servers(chunks: int, before: Path | None) -> list[Server]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    script = [sys.executable, __file__]
+    mock = [sys.executable, "-m", "llmstreams.mock", "--port", "0"]
+    mock += ["--answer-chars", str(chunks * CHUNK_CHARS), "--chunk-chars", str(CHUNK_CHARS)]
+    found = [
+        Server("aiohttp-prebuilt", [*script, "--serve", "aiohttp", str(chunks)], env, "openai"),
+        Server("raw-asyncio", [*script, "--serve", "raw", str(chunks)], env, "openai"),
+        Server("mock-dashscope", mock, env, "dashscope"),
+        Server("mock-openai", mock, env, "openai"),
+    ]
+    if before is not None:
+        old_env = dict(os.environ, PYTHONPATH=str(before))
+        found.append(Server("before-dashscope", mock, old_env, "dashscope"))
+        found.append(Server("before-openai", mock, old_env, "openai"))
+    return found
+
+
+# -- the load generator --------------------------------------------------------------------------
+
+
+class _LoadConnection(asyncio.Protocol):
+    def __init__(self, request: bytes, deadline: float, tally: dict[str, int]) -> None:
+        self.request = request
+        self.deadline = deadline
+        self.tally = tally
+        self.parts: list[bytes] = []
+        self.tail = b""
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.parts.append(data)
+        tail = (self.tail + data)[-len(TERMINAL) :]
+        self.tail = tail
+        if tail != TERMINAL:
+            return
+        response = b"".join(self.parts)
+        self.parts = []
+        self.tail = b""
+        if not response.startswith(b"HTTP/1.1 200"):
+            self.tally["errors"] += 1
+        self.tally["events"] += response.count(b"data:")
+        self.tally["responses"] += 1
+        if time.monotonic() < self.deadline:
+            self.transport.write(self.request)
+        else:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _load(url: str, request: bytes, connections: int, duration: float, pipe: Connection) -> None:
+    async def run() -> dict[str, float]:
+        loop = asyncio.get_running_loop()
+        host, port = url.removeprefix("http://").split(":")
+        tally = {"events": 0, "responses": 0, "errors": 0}
+        protocols = []
+        for _ in range(connections):
+            _, protocol = await loop.create_connection(
+                lambda: _LoadConnection(request, deadline, tally), host, int(port)
+            )
+            protocols.append(protocol)
+        await asyncio.wait_for(asyncio.gather(*(p.closed for p in protocols)), duration + 30)
+        return {**tally, "seconds": time.monotonic() - started}
+
+    started = time.monotonic()
+    deadline = started + duration
+    pipe.send(asyncio.run(run()))
+
+
+def measure_throughput(
+    server: Server, connections: int, clients: int, duration: float
+) -> dict[str, float]:
+    request = request_bytes(server.route, server.url)
+    context = multiprocessing.get_context("fork")
+    pipes, processes = [], []
+    for _ in range(clients):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_load, args=(server.url, request, connections // clients, duration, sender)
+        )
+        process.start()
+        pipes.append(receiver)
+        processes.append(process)
+    results = [pipe.recv() for pipe in pipes]
+    for process in processes:
+        process.join()
+    seconds = max(result["seconds"] for result in results)
+    events = sum(result["events"] for result in results)
+    return {
+        "events_per_second": events / seconds,
+        "responses": sum(result["responses"] for result in results),
+        "errors": sum(result["errors"] for result in results),
+    }
+
+
+# -- pacing --------------------------------------------------------------------------------------
+
+
+class _PacedConnection(asyncio.Protocol):
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+        self.arrivals: list[tuple[float, bytes]] = []
+        self.tail = b""
+        self.done = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.arrivals.append((time.monotonic(), data))
+        self.tail = (self.tail + data)[-len(TERMINAL) :]
+        if self.tail == TERMINAL and not self.done.done():
+            self.done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+def _paced(url: str, streams: int, pipe: Connection) -> None:
+    knobs = (
+        f"chunks_per_second={PACE}; answer_chars={PACED_EVENTS * CHUNK_CHARS}; "
+        "stamp_send_times=true"
+    )
+    request = request_bytes("dashscope", url, knobs)
+
+    async def run() -> list[list[tuple[float, float]]]:
+        loop = asyncio.get_running_loop()
+        host, port = url.removeprefix("http://").split(":")
+        protocols = []
+        for _ in range(streams):
+            _, protocol = await loop.create_connection(
+                lambda: _PacedConnection(request), host, int(port)
+            )
+            protocols.append(protocol)
+        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 120)
+        found = []
+        for protocol in protocols:
+            events = []
+            for arrived, data in protocol.arrivals:
+                events += [(float(sent), arrived) for sent in _SENT_AT.findall(data)]
+            found.append(events)
+        return found
+
+    pipe.send(asyncio.run(run()))
+
+
+def _percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {"p50": at(0.5), "p99": at(0.99), "max": ordered[-1]}
+
+
+def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]:
+    context = multiprocessing.get_context("fork")
+    pipes, processes = [], []
+    for _ in range(clients):
+        receiver, sender = context.Pipe(duplex=False)
+        process = context.Process(target=_paced, args=(server.url, streams // clients, sender))
+        process.start()
+        pipes.append(receiver)
+        processes.append(process)
+    per_stream = [events for pipe in pipes for events in pipe.recv()]
+    for process in processes:
+        process.join()
+    interval = 1 / PACE
+    late_sent, late_arrived, gaps = [], [], []
+    complete = 0
+    for events in per_stream:
+        if len(events) != PACED_EVENTS:
+            continue
+        complete += 1
+        first_sent, first_arrived = events[0]
+        for index, (sent, arrived) in enumerate(events):
+            late_sent.append((sent - first_sent - index * interval) * 1000)
+            late_arrived.append((arrived - first_arrived - index * interval) * 1000)
+        gaps += [(later[0] - earlier[0]) / interval for earlier, later in zip(events, events[1:])]
+    return {
+        "streams": len(per_stream),
+        "complete": complete,
+        "server_lateness_ms": _percentiles(late_sent),
+        "client_lateness_ms": _percentiles(late_arrived),
+        "gap_over_pace": _percentiles(gaps),
+        "gap_over_pace_min": min(gaps),
+    }
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {"throughput": {}, "settings": vars(args) | {"before": str(args.before)}}
+    for chunks in args.chunks:
+        found = servers(chunks, args.before)
+        for server in found:
+            server.start()
+        rounds: dict[str, list[float]] = {server.name: [] for server in found}
+        errors = 0
+        try:
+            for round_number in range(args.rounds):
+                shift = round_number % len(found)
+                for server in found[shift:] + found[:shift]:
+                    figures = measure_throughput(
+                        server, args.connections, args.clients, args.duration
+                    )
+                    rounds[server.name].append(figures["events_per_second"])
+                    errors += int(figures["errors"])
+        finally:
+            for server in found:
+                server.stop()
+        baseline = rounds["aiohttp-prebuilt"]
+        results["throughput"][chunks] = {
+            name: {
+                "median": statistics.median(values),
+                "min": min(values),
+                "max": max(values),
+                "ratio_to_aiohttp": statistics.median(
+                    value / base for value, base in zip(values, baseline, strict=True)
+                ),
+            }
+            for name, values in rounds.items()
+        }
+        results["throughput"][chunks]["errors"] = errors
+    if args.paced_streams:
+        mock = servers(1, None)[2]
+        mock.start()
+        try:
+            results["pacing"] = measure_pacing(mock, args.paced_streams, args.clients)
+        finally:
+            mock.stop()
+    return results
+
+
+def report(results: dict[str, Any]) -> str:
+    lines = []
+    for chunks, table in results["throughput"].items():
+        lines.append(f"\n{chunks}-chunk answers: events/s per server process (errors: {table['errors']})")
+        lines.append(f"{'server':<18} {'median':>9} {'min':>9} {'max':>9} {'x aiohttp':>10}")
+        for name, row in table.items():
+            if name == "errors":
+                continue
+            lines.append(
+                f"{name:<18} {row['median']:>9.0f} {row['min']:>9.0f} {row['max']:>9.0f} "
+                f"{row['ratio_to_aiohttp']:>10.2f}"
+            )
+    pacing = results.get("pacing")
+    if pacing:
+        lines.append(
+            f"\npacing: {pacing['complete']}/{pacing['streams']} streams of {PACED_EVENTS} events "
+            f"at {PACE:g}/s"
+        )
+        for key in ("server_lateness_ms", "client_lateness_ms", "gap_over_pace"):
+            row = pacing[key]
+            lines.append(f"  {key:<20} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  max {row['max']:8.3f}")
+        lines.append(f"  gap_over_pace min {pacing['gap_over_pace_min']:.3f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--serve", nargs=2, metavar=("KIND", "CHUNKS"), help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--duration", type=float, default=2.0)
+    parser.add_argument(
+        "--chunks", type=lambda text: [int(part) for part in text.split(",")], default=[100, 10]
+    )
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--before", type=Path, help="an earlier llmstreams checkout to compare")
+    parser.add_argument("--paced-streams", type=int, default=2000)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if args.serve:
+        kind, chunks = args.serve
+        serve: Callable[[int], None] = {
+            "aiohttp": serve_aiohttp_prebuilt,
+            "raw": serve_raw_asyncio,
+        }[kind]
+        serve(int(chunks))
+        return
+    results = run(args)
+    print(report(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,617 @@
+"""The OpenAI-compatible dialect: chat completions and legacy completions, whole or streamed.
+
+This module knows the shared shape (request fields, `chat.completion.chunk` events, the role-only
+first chunk, reasoning text, tool-call argument pieces, the usage-only last chunk, `data: [DONE]`,
+`{"error": {...}}` bodies). A vendor (`openai_vendors.py`) adds its auth, ids, error extras and
+choice extras on top by subclassing `Flavour`.
+
+A stream and a whole answer to the same request carry the same text, reasoning, tool calls and
+usage: the answer's seed leaves out `stream` and `stream_options`.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import json
+import time
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from llmstreams.mock.answer import compose_answer
+from llmstreams.mock.behaviour import Behaviour
+from llmstreams.mock.context import MockContext
+from llmstreams.mock.credentials import MockCredentials
+from llmstreams.mock.delivery import (
+    NON_SSE_PAGE,
+    compact_json,
+    pad_first_chunk,
+    retry_after_headers,
+    send_answer,
+    send_body,
+)
+from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
+from llmstreams.mock.text import (
+    answer_text,
+    count_tokens,
+    request_digest,
+    split_chunks,
+    token_counts_at,
+)
+from llmstreams.mock.vendor_errors import (
+    DASHSCOPE_ERRORS,
+    OPENAI_STYLE_CODES,
+    dashscope_code,
+    dashscope_code_for_status,
+)
+
+STREAM_ONLY_FIELDS = ("stream", "stream_options")
+DEFAULT_REASONING_CHARS = 120
+DONE = b"data: [DONE]\n\n"
+# Model ids that name a reasoning model (deepseek-r1, ernie-x1, qwq, *-thinking, *-reasoner).
+_REASONING_MODEL_MARKS = ("r1", "x1", "qwq", "thinking", "reasoner")
+_MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+_TOOL_ARGUMENT_CHARS = 48
+
+
+class OpenAIError(Exception):
+    """An error answered in the dialect's form; `code` is a DashScope code (see vendor_errors)."""
+
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(code)
+        known = DASHSCOPE_ERRORS[code]
+        self.code = code
+        self.message = message or known.message
+        self.status = status or known.status
+
+
+class Kind(enum.Enum):
+    CHAT = "chat"
+    COMPLETIONS = "completions"
+
+
+class Flavour:
+    """One vendor's bits on top of the dialect; this base is a generic OpenAI-compatible server."""
+
+    route_prefix = "openai"
+    """Stats route names are `<route_prefix>.chat` and `<route_prefix>.completions`."""
+    cumulative_usage = False
+    """Every chunk carries the usage so far (Qianfan v2)."""
+    refuses_trigger = False
+    """The trigger phrase is refused with HTTP 400 (True) or answered as `content_filter`."""
+
+    def authenticate(self, request: web.Request, credentials: MockCredentials | None) -> None:
+        """Raise OpenAIError("InvalidApiKey") unless the request's key is acceptable."""
+        expected = credentials.openai_api_key if credentials else None
+        if expected is not None and bearer_key(request) != expected:
+            raise OpenAIError("InvalidApiKey")
+
+    def response_id(self, digest: bytes) -> str:
+        return "chatcmpl-" + digest[:12].hex()
+
+    def error_extras(self, response_id: str) -> dict[str, Any]:
+        """Top-level fields an error body carries next to `error`."""
+        return {}
+
+    def error_code_name(self, code: str) -> str:
+        return OPENAI_STYLE_CODES[code].code
+
+    def check(self, parsed: ParsedRequest, payload: dict[str, Any]) -> None:
+        """Vendor rules beyond the dialect's; raise OpenAIError."""
+
+    def thinking(self, parsed: ParsedRequest, payload: dict[str, Any]) -> bool:
+        """Whether the model reasons before answering when no knob says."""
+        model = parsed.model.lower()
+        return any(mark in model for mark in _REASONING_MODEL_MARKS)
+
+    def choice_extras(self, *, last: bool | None, refused: bool) -> dict[str, Any]:
+        """Fields this vendor adds to each choice: of a chunk (`last`: is it the stream's last
+        choice) or of a whole answer (`last` None)."""
+        return {}
+
+
+def bearer_key(request: web.Request) -> str | None:
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
+@attrs.frozen
+class ParsedRequest:
+    kind: Kind
+    model: str
+    inputs: list[str]
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    tool_name: str | None
+    """The function a tool call would call (None: the request offers no tool)."""
+    tool_choice_forces: bool
+    """`tool_choice` is "required" or names a function."""
+
+
+class OpenAIRoutes:
+    """The handlers of one vendor's chat (and completions) routes."""
+
+    def __init__(self, context: MockContext, flavour: Flavour) -> None:
+        self._context = context
+        self._flavour = flavour
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, Kind.CHAT)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, Kind.COMPLETIONS)
+
+    async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
+        flavour = self._flavour
+        self._context.stats.request(f"{flavour.route_prefix}.{kind.value}")
+        body = await request.read()
+        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
+        response_id = flavour.response_id(digest)
+        behaviour = self._context.behaviour_for(request)
+        injected = _injected_failure(behaviour)
+        mid_stream_error = (
+            None
+            if behaviour.error_after is None
+            else self._error_body(OpenAIError(dashscope_code(behaviour.error_code)), response_id)
+        )
+        await self._context.pause(behaviour.response_delay)
+        try:
+            flavour.authenticate(request, self._context.credentials)
+            payload = _parse_body(body)
+            parsed = _parse_request(kind, payload)
+            flavour.check(parsed, payload)
+            refused = any(self._context.contains_trigger(text) for text in parsed.inputs)
+            if refused and flavour.refuses_trigger:
+                raise OpenAIError("DataInspectionFailed")
+        except OpenAIError as error:
+            return await self._send_error(request, behaviour, error, response_id)
+        if injected is not None and self._context.failure_due(digest, behaviour):
+            return await self._send_error(
+                request, behaviour, injected, response_id, headers=retry_after_headers(behaviour)
+            )
+        if parsed.stream and behaviour.non_sse_body:
+            return await send_body(
+                request, behaviour, status=200, content_type="text/html", body=NON_SSE_PAGE
+            )
+        reply = self._reply(digest, behaviour, parsed, payload, response_id, refused)
+        if mid_stream_error is not None:
+            reply = attrs.evolve(reply, mid_stream_error=mid_stream_error)
+        return await send_answer(request, self._context, behaviour, reply, stream=parsed.stream)
+
+    def _reply(
+        self,
+        digest: bytes,
+        behaviour: Behaviour,
+        parsed: ParsedRequest,
+        payload: dict[str, Any],
+        response_id: str,
+        refused: bool,
+    ) -> Reply:
+        flavour = self._flavour
+        answer = compose_answer(
+            digest,
+            behaviour,
+            prompt_text="\n".join(parsed.inputs),
+            max_tokens=parsed.max_tokens,
+        )
+        content = () if refused else answer.chunks
+        reasoning_chars = behaviour.reasoning_chars
+        if reasoning_chars is None:
+            thinks = parsed.kind is Kind.CHAT and flavour.thinking(parsed, payload)
+            reasoning_chars = DEFAULT_REASONING_CHARS if thinks else 0
+        reasoning: tuple[str, ...] = ()
+        if reasoning_chars and parsed.kind is Kind.CHAT and not refused:
+            text = answer_text(digest + b"reasoning", reasoning_chars)
+            reasoning = tuple(split_chunks(text, behaviour.chunk_chars))
+        tool_call: ToolCall | None = None
+        if parsed.tool_name is not None and (behaviour.tool_calls or parsed.tool_choice_forces):
+            arguments = json.dumps(
+                {"query": answer_text(digest + b"arguments", _TOOL_ARGUMENT_CHARS)}
+            )
+            tool_call = ToolCall(
+                id="call_" + digest[12:24].hex(),
+                name=parsed.tool_name,
+                argument_pieces=tuple(split_chunks(arguments, behaviour.chunk_chars)),
+            )
+            content = ()
+        if refused:
+            finish_reason = "content_filter"
+        elif tool_call is not None:
+            finish_reason = "tool_calls"
+        else:
+            finish_reason = "length" if answer.truncated else "stop"
+        usage = behaviour.send_usage
+        return Reply(
+            flavour=flavour,
+            kind=parsed.kind,
+            response_id=response_id,
+            created=int(time.time()),
+            model=parsed.model,
+            reasoning=reasoning,
+            content=tuple(content),
+            tool_call=tool_call,
+            finish_reason=finish_reason,
+            refused=refused,
+            prompt_tokens=answer.prompt_tokens,
+            whole_usage=usage is not False,
+            stream_usage=usage is True or (usage is None and parsed.include_usage),
+            chunk_usage=usage is not False and flavour.cumulative_usage,
+        )
+
+    def _error_body(self, error: OpenAIError, response_id: str) -> dict[str, Any]:
+        style = OPENAI_STYLE_CODES[error.code]
+        return {
+            "error": {
+                "message": error.message,
+                "type": style.type,
+                "param": None,
+                "code": self._flavour.error_code_name(error.code),
+            },
+            **self._flavour.error_extras(response_id),
+        }
+
+    async def _send_error(
+        self,
+        request: web.Request,
+        behaviour: Behaviour,
+        error: OpenAIError,
+        response_id: str,
+        *,
+        headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        return await send_body(
+            request,
+            behaviour,
+            status=error.status,
+            content_type="application/json",
+            body=compact_json(self._error_body(error, response_id)),
+            headers=headers,
+        )
+
+
+def _injected_failure(behaviour: Behaviour) -> OpenAIError | None:
+    """The error `fail_code` / `http_status` inject, or None when neither is set."""
+    if behaviour.fail_code is not None:
+        return OpenAIError(dashscope_code(behaviour.fail_code), status=behaviour.http_status)
+    if behaviour.http_status is not None:
+        return OpenAIError(
+            dashscope_code_for_status(behaviour.http_status), status=behaviour.http_status
+        )
+    return None
+
+
+def _parse_body(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise OpenAIError("InvalidParameter", "Request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise OpenAIError("InvalidParameter", "Request body must be a JSON object.")
+    return payload
+
+
+def _parse_request(kind: Kind, payload: dict[str, Any]) -> ParsedRequest:
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise OpenAIError("InvalidParameter", "model is required and must be a string.")
+    inputs = _prompt(payload) if kind is Kind.COMPLETIONS else _message_contents(payload)
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise OpenAIError("InvalidParameter", "stream must be a boolean.")
+    options = payload.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise OpenAIError("InvalidParameter", "stream_options must be an object.")
+    _check_number(payload, "temperature", 0.0, 2.0)
+    _check_number(payload, "top_p", 0.0, 1.0)
+    n = payload.get("n", 1)
+    if n != 1 or isinstance(n, bool):
+        raise OpenAIError("InvalidParameter", "n must be 1.")
+    tool_name, forces = (None, False) if kind is Kind.COMPLETIONS else _tool_choice(payload)
+    return ParsedRequest(
+        kind=kind,
+        model=model,
+        inputs=inputs,
+        stream=stream,
+        include_usage=bool(options and options.get("include_usage") is True),
+        max_tokens=_max_tokens(payload),
+        tool_name=tool_name,
+        tool_choice_forces=forces,
+    )
+
+
+def _prompt(payload: dict[str, Any]) -> list[str]:
+    prompt = payload.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1:
+        prompt = prompt[0]
+    if not isinstance(prompt, str) or not prompt:
+        raise OpenAIError("InvalidParameter", "prompt must be a non-empty string.")
+    return [prompt]
+
+
+def _message_contents(payload: dict[str, Any]) -> list[str]:
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise OpenAIError("InvalidParameter", "messages must be a non-empty list.")
+    contents: list[str] = []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in _MESSAGE_ROLES:
+            raise OpenAIError(
+                "InvalidParameter",
+                f"messages[{index}] must be an object whose role is one of "
+                f"{', '.join(sorted(_MESSAGE_ROLES))}.",
+            )
+        content = message.get("content")
+        if isinstance(content, str):
+            contents.append(content)
+        elif isinstance(content, list):
+            contents.extend(
+                part["text"]
+                for part in content
+                if isinstance(part, dict) and isinstance(part.get("text"), str)
+            )
+        elif content is not None or message["role"] != "assistant":
+            raise OpenAIError("InvalidParameter", f"messages[{index}].content must be a string.")
+    return contents
+
+
+def _check_number(payload: dict[str, Any], name: str, low: float, high: float) -> None:
+    value = payload.get(name)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise OpenAIError("InvalidParameter", f"{name} must be a number in [{low}, {high}].")
+
+
+def _max_tokens(payload: dict[str, Any]) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = payload.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise OpenAIError("InvalidParameter", f"{name} must be a positive integer.")
+        return value
+    return None
+
+
+def _tool_choice(payload: dict[str, Any]) -> tuple[str | None, bool]:
+    """The function a tool call would name, and whether `tool_choice` demands a call."""
+    tools = payload.get("tools")
+    if tools is None:
+        return None, False
+    names: list[str] = []
+    if isinstance(tools, list):
+        for tool in tools:
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("name"), str):
+                names.append(function["name"])
+    if not names or len(names) != len(tools):
+        raise OpenAIError(
+            "InvalidParameter",
+            'tools must be a list of {"type": "function", "function": {"name"}}.',
+        )
+    choice = payload.get("tool_choice", "auto")
+    if choice == "none":
+        return None, False
+    if choice in ("auto", "required"):
+        return names[0], choice == "required"
+    function = choice.get("function") if isinstance(choice, dict) else None
+    if isinstance(function, dict) and function.get("name") in names:
+        return str(function["name"]), True
+    raise OpenAIError(
+        "InvalidParameter",
+        'tool_choice must be "none", "auto", "required" or name an offered tool.',
+    )
+
+
+@attrs.frozen
+class ToolCall:
+    id: str
+    name: str
+    argument_pieces: tuple[str, ...]
+
+    @property
+    def arguments(self) -> str:
+        return "".join(self.argument_pieces)
+
+
+@attrs.frozen
+class Reply:
+    """One answer in the dialect: whole JSON, or pre-rendered `data:` events and `[DONE]`."""
+
+    flavour: Flavour
+    kind: Kind
+    response_id: str
+    created: int
+    model: str
+    reasoning: tuple[str, ...]
+    content: tuple[str, ...]
+    tool_call: ToolCall | None
+    finish_reason: str
+    refused: bool
+    prompt_tokens: int
+    whole_usage: bool
+    stream_usage: bool
+    """A last `choices: []` chunk carries the usage."""
+    chunk_usage: bool
+    """Every chunk carries the usage so far."""
+    mid_stream_error: dict[str, Any] | None = None
+    events: tuple[bytes, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "events", tuple(self._render_events()))
+
+    # -- the StreamEvents / Answer protocol of delivery.py
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.events)
+
+    @property
+    def closing(self) -> bytes:
+        return DONE
+
+    def chunk(self, index: int, event_number: int) -> bytes:
+        return self.events[index]
+
+    def malformed(self, event_number: int) -> bytes:
+        return (
+            b'data: {"id":"' + self.response_id.encode() + b'","choices":[{"index":0,"delta":'
+            b'{"content":"\n\n'
+        )
+
+    def error(self, event_number: int) -> bytes:
+        assert self.mid_stream_error is not None, "error events are only sent under error_after"
+        return _event(self.mid_stream_error)
+
+    def with_first_line_length(self, length: int) -> Reply:
+        """The first content event's data line made `length` bytes long (see pad_first_chunk)."""
+        if not self.content:
+            return self
+        first_content = 1 + len(self.reasoning) if self.kind is Kind.CHAT else 0
+
+        def first_line_length(chunks: list[str]) -> int:
+            padded = attrs.evolve(self, content=tuple(chunks))
+            return len(padded.events[first_content]) - 2
+
+        chunks = pad_first_chunk(list(self.content), length, first_line_length)
+        return attrs.evolve(self, content=tuple(chunks))
+
+    def whole(self) -> dict[str, Any]:
+        choice: dict[str, Any] = {"index": 0}
+        if self.kind is Kind.CHAT:
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": None if self.tool_call else "".join(self.content),
+            }
+            if self.reasoning:
+                message["reasoning_content"] = "".join(self.reasoning)
+            if self.tool_call is not None:
+                message["tool_calls"] = [
+                    {
+                        "id": self.tool_call.id,
+                        "type": "function",
+                        "function": {
+                            "name": self.tool_call.name,
+                            "arguments": self.tool_call.arguments,
+                        },
+                    }
+                ]
+            choice["message"] = message
+        else:
+            choice["text"] = "".join(self.content)
+            choice["logprobs"] = None
+        choice["finish_reason"] = self.finish_reason
+        choice.update(self.flavour.choice_extras(last=None, refused=self.refused))
+        payload = self._common("chat.completion" if self.kind is Kind.CHAT else "text_completion")
+        payload["choices"] = [choice]
+        if self.whole_usage:
+            payload["usage"] = self._usage(self._completion_tokens()[-1])
+        return payload
+
+    # -- rendering
+
+    def _common(self, obj: str) -> dict[str, Any]:
+        return {"id": self.response_id, "object": obj, "created": self.created, "model": self.model}
+
+    def _pieces(self) -> list[tuple[str, str]]:
+        """Every piece of generated text in order: (what, text)."""
+        pieces = [("reasoning", piece) for piece in self.reasoning]
+        pieces += [("content", piece) for piece in self.content]
+        if self.tool_call is not None:
+            pieces += [("arguments", piece) for piece in self.tool_call.argument_pieces]
+        return pieces
+
+    def _completion_tokens(self) -> list[int]:
+        """Completion tokens once each piece of `_pieces()` is out: [0, after 1st, ..., total]."""
+        counts = [0]
+        arguments = self.tool_call.argument_pieces if self.tool_call else ()
+        for pieces in (self.reasoning, self.content, arguments):
+            base = counts[-1]
+            ends = list(itertools.accumulate(len(piece) for piece in pieces))
+            counts += [base + count for count in token_counts_at("".join(pieces), ends)]
+        return counts
+
+    def _usage(self, completion_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+        if self.reasoning:
+            # Reasoning comes first, so the reasoning tokens so far are the first ones sent.
+            reasoning_tokens = count_tokens("".join(self.reasoning))
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": min(reasoning_tokens, completion_tokens)
+            }
+        return usage
+
+    def _chunk(self, delta: dict[str, Any], *, last: bool, usage: Any) -> dict[str, Any]:
+        """One chunk's payload; `usage` is its usage (None: the chunk carries none)."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.kind is Kind.CHAT:
+            choice["delta"] = delta
+        else:
+            choice.update(delta, logprobs=None)
+        choice["finish_reason"] = self.finish_reason if last else None
+        choice.update(self.flavour.choice_extras(last=last, refused=self.refused))
+        payload = self._common(
+            "chat.completion.chunk" if self.kind is Kind.CHAT else "text_completion"
+        )
+        payload["choices"] = [choice]
+        if usage is not None:
+            payload["usage"] = usage
+        return payload
+
+    def _render_events(self) -> list[bytes]:
+        chat = self.kind is Kind.CHAT
+        tokens = self._completion_tokens()
+        usage_at = self._usage if self.chunk_usage else lambda _: None
+        events = []
+        if chat:
+            role = {"role": "assistant", "content": ""}
+            events.append(_event(self._chunk(role, last=False, usage=usage_at(0))))
+        # The pieces of one kind differ only in their text and usage: one template each.
+        templates: dict[str, EventTemplate] = {}
+        for number, (what, piece) in enumerate(self._pieces(), start=1):
+            if what == "arguments" and "arguments" not in templates:
+                assert self.tool_call is not None
+                call = {"index": 0, "id": self.tool_call.id, "type": "function"}
+                call["function"] = {"name": self.tool_call.name, "arguments": piece}
+                delta: dict[str, Any] = {"tool_calls": [call]}
+                events.append(
+                    _event(self._chunk(delta, last=False, usage=usage_at(tokens[number])))
+                )
+                templates[what] = self._template(
+                    {"tool_calls": [{"index": 0, "function": {"arguments": SLOTS[0]}}]}
+                )
+                continue
+            template = templates.get(what)
+            if template is None:
+                key = {"reasoning": "reasoning_content", "content": "content" if chat else "text"}
+                template = templates[what] = self._template({key[what]: SLOTS[0]})
+            if self.chunk_usage:
+                usage = compact_json(self._usage(tokens[number]))
+                events.append(template.fill(json_string(piece), usage))
+            else:
+                events.append(template.fill(json_string(piece)))
+        finish = {} if chat else {"text": ""}
+        events.append(_event(self._chunk(finish, last=True, usage=usage_at(tokens[-1]))))
+        if self.stream_usage:
+            payload = self._common("chat.completion.chunk" if chat else "text_completion")
+            payload["choices"] = []
+            payload["usage"] = self._usage(tokens[-1])
+            events.append(_event(payload))
+        return events
+
+    def _template(self, delta: dict[str, Any]) -> EventTemplate:
+        usage = SLOTS[1] if self.chunk_usage else None
+        payload = self._chunk(delta, last=False, usage=usage)
+        return EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
+
+
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + compact_json(payload) + b"\n\n"

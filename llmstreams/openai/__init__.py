@@ -1,0 +1,5 @@
+"""The OpenAI-compatible dialect: one wire module and a client for any server that speaks it."""
+
+from llmstreams.openai.client import OpenAICompatibleClient
+
+__all__ = ["OpenAICompatibleClient"]

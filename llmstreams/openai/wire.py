@@ -1,0 +1,810 @@
+"""The OpenAI-compatible dialect on the wire, once for every vendor that speaks it.
+
+Qianfan v2, DashScope's compatible mode, vLLM, SGLang and most hosted services speak it
+(protocol.md section 5). This module checks a call's parameters and builds its body
+(`build_body`), turns response bodies into `Chunk`s (`DialectParser`) and maps the dialect's
+error bodies onto the llmstreams error hierarchy (`api_error`). A vendor describes what it
+adds as a `Dialect`: its name, its limits, its extra body fields and its error codes.
+
+Chunks: `sentence_id` counts the chunks of a stream from 0 (the dialect has none). Text,
+reasoning and tool-call pieces go out as they come, with `is_end=False`; the single end chunk
+(empty text, the finish_reason and usage) goes out at `data: [DONE]`, or at the body's end when a
+finish_reason came without `[DONE]`. Role-only and usage-only chunks carry nothing to yield.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Literal, TypedDict
+
+import attrs
+
+from llmstreams.errors import (
+    APIError,
+    AuthenticationError,
+    ContentFilterError,
+    InvalidParameterError,
+    InvalidRequestError,
+    LLMStreamsError,
+    NotFoundError,
+    PermissionDeniedError,
+    ProtocolError,
+    RateLimitError,
+    ServerError,
+    StreamInterruptedError,
+    snippet,
+)
+from llmstreams.sse import ServerSentEvent, SSEDecoder
+from llmstreams.transport import ResponseHead
+from llmstreams.types import Chunk, ToolCallDelta, Usage
+from llmstreams.validation import (
+    check_bool,
+    check_extra,
+    check_int,
+    check_number,
+    check_stop,
+    check_text,
+    reject_unknown,
+)
+
+Kind = Literal["chat", "completions"]
+PATHS: Final[Mapping[Kind, str]] = {"chat": "/chat/completions", "completions": "/completions"}
+JSON_CONTENT_TYPE: Final = "application/json"
+
+# How much of an error body is read for the error message, and how large a whole answer may be.
+_MAX_ERROR_BODY: Final = 64 * 1024
+_MAX_WHOLE_BODY: Final = 32 * 1024 * 1024
+_SNIPPET_BYTES: Final = 200
+_DONE: Final = "[DONE]"
+_SEED_RANGE: Final = (-(2**63), 2**63 - 1)
+_MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
+_TOOL_CHOICES: Final = ("none", "auto", "required")
+_RESPONSE_FORMATS: Final = ("text", "json_object", "json_schema")
+# Body fields the methods set from their own arguments: never through extra_body.
+_RESERVED_BODY_FIELDS: Final = ("model", "messages", "prompt", "stream", "stream_options")
+
+
+class ChatParams(TypedDict, total=False):
+    """The optional keyword arguments of a chat call (`stream_chat` / `chat`); None (as leaving
+    one out) sends nothing, so the server's default applies."""
+
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    stop: str | Sequence[str] | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    n: int | None
+    user: str | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    response_format: Mapping[str, Any] | None
+    include_usage: bool | None
+    extra_body: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
+
+
+class CompleteParams(TypedDict, total=False):
+    """The optional keyword arguments of a legacy text completion (`stream_complete` / `complete`)."""
+
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    stop: str | Sequence[str] | None
+    seed: int | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    n: int | None
+    user: str | None
+    include_usage: bool | None
+    extra_body: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
+
+
+CHAT_PARAMETERS: Final = tuple(ChatParams.__annotations__)
+COMPLETE_PARAMETERS: Final = tuple(CompleteParams.__annotations__)
+_CHAT_ONLY: Final = frozenset(CHAT_PARAMETERS) - frozenset(COMPLETE_PARAMETERS)
+
+ExtraCheck = Callable[[str, Any], Any]
+
+
+@attrs.frozen(slots=True)
+class Dialect:
+    """What one vendor's flavour of the dialect adds or restricts.
+
+    - `provider`: the name errors and chunks carry.
+    - `temperature_max`, `max_stop`: the vendor's limits (None: not checked here).
+    - `system_first_only`: a `system` message may only come first.
+    - `extras`: vendor body fields taken as keyword arguments, each with its check.
+    - `error_classes`: the vendor's error `code`s, by the class they raise.
+    - `id_is_request_id`: the chunks' `id` names the request (Qianfan's `as-...`).
+    - `choice_flags`: choices carry Qianfan's `is_end`, `need_clear_history` and `ban_round`.
+    - `request_id_headers`: response headers that name the request.
+    """
+
+    provider: str
+    temperature_max: float = 2.0
+    max_stop: int | None = None
+    system_first_only: bool = False
+    extras: Mapping[str, ExtraCheck] = attrs.field(factory=dict)
+    error_classes: Mapping[str, type[APIError]] = attrs.field(factory=dict)
+    id_is_request_id: bool = False
+    choice_flags: bool = False
+    request_id_headers: tuple[str, ...] = ("x-request-id",)
+
+
+GENERIC: Final = Dialect(provider="openai")
+
+
+# --- request side -------------------------------------------------------------------------------
+
+
+def check_messages(messages: Any, dialect: Dialect) -> list[dict[str, Any]]:
+    """A copy of the chat history, each message checked: role, content, tool-call ids."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidParameterError(
+            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
+            type(messages).__name__,
+        )
+    if not messages:
+        raise InvalidParameterError("messages", "must not be empty")
+    checked: list[dict[str, Any]] = []
+    for index, message in enumerate(messages):
+        field = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise InvalidParameterError(
+                field, "must be a dict with 'role' and 'content'", type(message).__name__
+            )
+        unknown = sorted(str(key) for key in message if key not in _MESSAGE_KEYS)
+        if unknown:
+            raise InvalidParameterError(
+                field, f"may only hold the keys {', '.join(sorted(_MESSAGE_KEYS))}", unknown
+            )
+        role = message.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidParameterError(
+                f"{field}.role", "must be 'system', 'user', 'assistant' or 'tool'", role
+            )
+        if role == "system" and index and dialect.system_first_only:
+            raise InvalidParameterError(
+                f"{field}.role", f"{dialect.provider} takes a system message only as the first one"
+            )
+        _check_content(field, role, message)
+        if role == "tool":
+            if "tool_call_id" not in message:
+                raise InvalidParameterError(
+                    f"{field}.tool_call_id",
+                    "is required on a tool message: the id of the tool call it answers",
+                )
+            check_text(f"{field}.tool_call_id", message["tool_call_id"])
+        elif "tool_call_id" in message:
+            raise InvalidParameterError(f"{field}.tool_call_id", "belongs on tool messages only", role)
+        if "tool_calls" in message and role != "assistant":
+            raise InvalidParameterError(f"{field}.tool_calls", "belongs on assistant messages only", role)
+        if "name" in message:
+            check_text(f"{field}.name", message["name"])
+        checked.append(dict(message))
+    return checked
+
+
+def _check_content(field: str, role: Any, message: Mapping[str, Any]) -> None:
+    content = message.get("content")
+    if content is None:
+        if role == "assistant" and message.get("tool_calls"):
+            return
+        raise InvalidParameterError(
+            f"{field}.content", "is required (only an assistant message with tool_calls may omit it)"
+        )
+    if isinstance(content, str):
+        return
+    # A list of content parts ({"type": "text", "text": ...}, images...), as the dialect allows.
+    if not isinstance(content, list) or not content or not all(
+        isinstance(part, Mapping) and isinstance(part.get("type"), str) for part in content
+    ):
+        raise InvalidParameterError(
+            f"{field}.content", "must be a string or a non-empty list of {'type': ...} parts",
+            type(content).__name__,
+        )
+
+
+def _check_tools(tools: Any) -> list[dict[str, Any]]:
+    if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence) or not tools:
+        raise InvalidParameterError("tools", "must be a non-empty list of tool dicts", type(tools).__name__)
+    for index, tool in enumerate(tools):
+        field = f"tools[{index}]"
+        if not isinstance(tool, Mapping) or tool.get("type") != "function":
+            raise InvalidParameterError(f"{field}.type", "must be 'function'")
+        function = tool.get("function")
+        if not isinstance(function, Mapping):
+            raise InvalidParameterError(f"{field}.function", "must be a dict with a 'name'")
+        check_text(f"{field}.function.name", function.get("name"))
+    return [dict(tool) for tool in tools]
+
+
+def _check_tool_choice(value: Any) -> Any:
+    if isinstance(value, str):
+        if value not in _TOOL_CHOICES:
+            raise InvalidParameterError(
+                "tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', ...}", value
+            )
+        return value
+    if not isinstance(value, Mapping) or value.get("type") != "function":
+        raise InvalidParameterError(
+            "tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', ...}", value
+        )
+    return dict(value)
+
+
+def _check_response_format(value: Any) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or value.get("type") not in _RESPONSE_FORMATS:
+        raise InvalidParameterError(
+            "response_format", f"must be a dict whose type is one of {', '.join(_RESPONSE_FORMATS)}",
+            value,
+        )
+    return dict(value)
+
+
+def _check_n(value: Any) -> int:
+    # Every llmstreams value holds one answer; several choices come from several calls (fan_out).
+    if value != 1 or isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(
+            "n", "must be 1: a stream or Completion holds one choice; make n calls (fan_out) instead",
+            value,
+        )
+    return 1
+
+
+def _sampling_fields(params: Mapping[str, Any], dialect: Dialect) -> dict[str, Any]:
+    """The body fields for the parameters given, each checked, in a fixed order."""
+    fields: dict[str, Any] = {}
+    if (value := params.get("temperature")) is not None:
+        fields["temperature"] = check_number(
+            "temperature", value, low=0, high=dialect.temperature_max
+        )
+    if (value := params.get("top_p")) is not None:
+        fields["top_p"] = check_number("top_p", value, low=0, high=1)
+    for name in ("max_tokens", "max_completion_tokens"):
+        if (value := params.get(name)) is not None:
+            fields[name] = check_int(name, value, low=1)
+    if (value := params.get("stop")) is not None:
+        fields["stop"] = check_stop("stop", value, max_items=dialect.max_stop, max_length=None)
+    if (value := params.get("seed")) is not None:
+        fields["seed"] = check_int("seed", value, low=_SEED_RANGE[0], high=_SEED_RANGE[1])
+    for name in ("presence_penalty", "frequency_penalty"):
+        if (value := params.get(name)) is not None:
+            fields[name] = check_number(name, value, low=-2, high=2)
+    if (value := params.get("n")) is not None:
+        fields["n"] = _check_n(value)
+    if (value := params.get("user")) is not None:
+        fields["user"] = check_text("user", value)
+    if (value := params.get("tools")) is not None:
+        fields["tools"] = _check_tools(value)
+    if (value := params.get("tool_choice")) is not None:
+        fields["tool_choice"] = _check_tool_choice(value)
+    if (value := params.get("response_format")) is not None:
+        fields["response_format"] = _check_response_format(value)
+    for name, check in dialect.extras.items():
+        if (value := params.get(name)) is not None:
+            fields[name] = check(name, value)
+    return fields
+
+
+def _check_extra_body(value: Any, known: Sequence[str]) -> dict[str, Any]:
+    extra = check_extra("extra_body", value)
+    for key in extra:
+        if key in _RESERVED_BODY_FIELDS:
+            raise InvalidParameterError(
+                f"extra_body[{key!r}]",
+                "is set by the method itself (its arguments, stream_* vs not, include_usage=)",
+            )
+        if key in known:
+            raise InvalidParameterError(
+                f"extra_body[{key!r}]", f"pass it as the {key}= argument, which is checked"
+            )
+    return extra
+
+
+def build_body(
+    kind: Kind,
+    *,
+    stream: bool,
+    model: Any,
+    input_value: Any,
+    params: Mapping[str, Any],
+    dialect: Dialect,
+) -> bytes:
+    """Check a call's arguments (raising `InvalidParameterError`) and serialize its body.
+
+    `input_value` is the messages of a chat or the prompt of a completion; `params` the
+    call's keyword arguments other than `extra_headers`.
+    """
+    if kind == "completions":
+        chat_only = sorted(name for name in _CHAT_ONLY.intersection(params) if params[name] is not None)
+        if chat_only:
+            raise InvalidParameterError(chat_only[0], "applies to chat calls (stream_chat / chat) only")
+    names = (*(CHAT_PARAMETERS if kind == "chat" else COMPLETE_PARAMETERS), *dialect.extras)
+    reject_unknown(
+        {name: value for name, value in params.items() if name not in names}, names,
+        escape_hatch="extra_body",
+    )
+    if model is None:
+        raise InvalidParameterError("model", "is required: the model id the server serves")
+    check_text("model", model)
+    body: dict[str, Any] = {"model": model}
+    if kind == "chat":
+        body["messages"] = check_messages(input_value, dialect)
+    else:
+        body["prompt"] = check_text("prompt", input_value)
+    body["stream"] = stream
+    include_usage = params.get("include_usage")
+    if include_usage is not None:
+        check_bool("include_usage", include_usage)
+    if stream and include_usage is not False:
+        body["stream_options"] = {"include_usage": True}
+    body.update(_sampling_fields(params, dialect))
+    body.update(_check_extra_body(params.get("extra_body"), names))
+    try:
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as error:
+        raise InvalidParameterError(
+            "extra_body", f"values must be JSON-serialisable ({error})"
+        ) from None
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+_CODE_CLASSES: Final[Mapping[str, type[APIError]]] = {
+    "invalid_api_key": AuthenticationError,
+    "invalid_authentication": AuthenticationError,
+    "insufficient_quota": RateLimitError,
+    "rate_limit_exceeded": RateLimitError,
+    "model_not_found": NotFoundError,
+    "content_filter": ContentFilterError,
+    "data_inspection_failed": ContentFilterError,
+    "context_length_exceeded": InvalidRequestError,
+    "invalid_argument": InvalidRequestError,
+}
+_TYPE_CLASSES: Final[Mapping[str, type[APIError]]] = {
+    "invalid_request_error": InvalidRequestError,
+    "authentication_error": AuthenticationError,
+    "permission_error": PermissionDeniedError,
+    "not_found_error": NotFoundError,
+    "rate_limit_error": RateLimitError,
+    "server_error": ServerError,
+}
+_STATUS_CLASSES: Final[Mapping[int, type[APIError]]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: ServerError,
+    409: ServerError,
+    410: NotFoundError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+# A quota that is used up does not come back by waiting a few seconds.
+_NOT_RETRYABLE_CODES: Final = frozenset({"insufficient_quota"})
+
+
+def retry_after(head: ResponseHead) -> float | None:
+    """The server's requested wait: `retry-after-ms` (finer) or else `Retry-After`."""
+    millis = head.headers.get("retry-after-ms")
+    if millis:
+        try:
+            value = float(millis)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(value) and value >= 0:
+                return value / 1000
+    return head.retry_after
+
+
+def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> type[APIError]:
+    if isinstance(code, str):
+        known = dialect.error_classes.get(code) or _CODE_CLASSES.get(code)
+        if known is not None:
+            return known
+    if status == 429:
+        return RateLimitError
+    if status >= 500:
+        return ServerError
+    by_status = _STATUS_CLASSES.get(status)
+    if by_status is not None:
+        return by_status
+    if isinstance(error_type, str):
+        by_type = _TYPE_CLASSES.get(error_type)
+        if by_type is not None:
+            return by_type
+    return APIError
+
+
+def _error_object(payload: Any) -> Mapping[str, Any] | None:
+    """The error a decoded body or event describes: `{"error": {...}}`, vLLM's older top-level
+    `{"object": "error", ...}`, a bare `{"error": "text"}`, or Baidu's `{"error_code",
+    "error_msg"}`; None when it is no error."""
+    if not isinstance(payload, dict):
+        return None
+    error = payload.get("error")
+    if isinstance(error, dict):
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    if payload.get("object") == "error":
+        return payload
+    if "error_code" in payload:
+        return {"code": payload["error_code"], "message": payload.get("error_msg")}
+    return None
+
+
+def api_error(
+    payload: Mapping[str, Any],
+    error: Mapping[str, Any],
+    head: ResponseHead,
+    dialect: Dialect,
+    *,
+    request_id: str | None,
+    before_generation: bool,
+) -> APIError:
+    """The `APIError` for the error object `error` of a body or event `payload`.
+
+    `before_generation`: nothing of the answer had come yet, so a retry may be in order (a
+    rate limit or overload); an error after the first chunk is never retryable.
+    """
+    code = error.get("code")
+    if isinstance(code, bool) or not isinstance(code, (str, int)):
+        code = None
+    error_type = error.get("type")
+    message = error.get("message")
+    if not isinstance(message, str) or not message:
+        message = str(code or error_type or "the service gave no error message")
+    cls = _error_class(code, error_type, head.status, dialect)
+    for key in ("request_id", "id"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            request_id = value
+            break
+    status = head.status
+    retryable = (
+        before_generation
+        and (status in (408, 409, 429) or status >= 500 or cls in (RateLimitError, ServerError))
+        and code not in _NOT_RETRYABLE_CODES
+    )
+    return cls(
+        message, code=code, http_status=status, provider=dialect.provider,
+        request_id=request_id, retryable=retryable, retry_after=retry_after(head),
+    )
+
+
+def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: str | None) -> APIError:
+    """The error for a non-2xx response, whatever its body."""
+    payload = _json_or_none(body)
+    error = _error_object(payload)
+    if error is not None:
+        assert isinstance(payload, dict)
+        return api_error(payload, error, head, dialect, request_id=request_id, before_generation=True)
+    status = head.status
+    detail = payload.get("detail") if isinstance(payload, dict) else None
+    if isinstance(detail, str) and detail:
+        message = detail  # A FastAPI-style body, as some self-hosted servers send.
+    else:
+        message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+    return api_error(
+        {}, {"message": message}, head, dialect, request_id=request_id, before_generation=True
+    )
+
+
+def _json_or_none(body: bytes | str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+# --- response side ------------------------------------------------------------------------------
+
+_UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
+_BOM: Final = b"\xef\xbb\xbf"
+_NO_DELTA: Final[Mapping[str, Any]] = {}
+
+
+def _usage(usage: Any) -> Usage | None:
+    if usage is None:
+        return None
+    prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+    total = usage.get("total_tokens", None)
+    if total is None and type(prompt) is int and type(completion) is int:
+        total = prompt + completion
+    if not (type(prompt) is int and type(completion) is int and type(total) is int):
+        raise TypeError("usage counts are not integers")
+    return Usage(prompt, completion, total)
+
+
+def _tool_call_deltas(tool_calls: Any) -> tuple[ToolCallDelta, ...]:
+    deltas = []
+    for position, call in enumerate(tool_calls):
+        function = call.get("function") or {}
+        index = call.get("index", position)
+        if type(index) is not int:
+            raise TypeError("a tool call's index is not an integer")
+        arguments = function.get("arguments")
+        deltas.append(ToolCallDelta(
+            index, call.get("id"), call.get("type"), function.get("name"),
+            arguments if isinstance(arguments, str) else ("" if arguments is None else json.dumps(arguments)),
+        ))
+    return tuple(deltas)
+
+
+def _fault(error: Exception) -> str:
+    return f"{type(error).__name__}: {snippet(str(error), 80)}"
+
+
+class DialectParser:
+    """Turns one response body of the dialect, stream or not, into chunks (see `ResponseParser`).
+
+    A 2xx body is told apart by its first bytes: `{` begins a whole (non-stream) answer or an
+    error object, anything else is read as server-sent events.
+    """
+
+    __slots__ = (
+        "_head", "_dialect", "_kind", "_mode", "_buffer", "_buffered", "_decoder", "_count",
+        "_pending_error", "_done", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
+        "_model", "_created", "_request_id", "_events_seen",
+    )
+
+    def __init__(self, head: ResponseHead, dialect: Dialect, kind: Kind) -> None:
+        self._head = head
+        self._dialect = dialect
+        self._kind = kind
+        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._decoder = SSEDecoder()
+        self._count = 0
+        self._pending_error: LLMStreamsError | None = None
+        self._done = False
+        self._finish_reason: str | None = None
+        self._finish_seen = False
+        self._usage: Any = None
+        self._last: dict[str, Any] = {}
+        self._id: str | None = None
+        self._model: str | None = None
+        self._created: int | None = None
+        self._events_seen = False
+        request_id = None
+        for name in dialect.request_id_headers:
+            request_id = head.headers.get(name)
+            if request_id:
+                break
+        self._request_id: str | None = request_id or None
+
+    @property
+    def finished(self) -> bool:
+        return self._done or self._pending_error is not None
+
+    def feed(self, data: bytes) -> list[Chunk]:
+        if self._pending_error is not None:
+            raise self._pending_error
+        if self._mode == _EVENTS:
+            return self._chunks(self._decoder.feed(data))
+        self._buffer.append(data)
+        self._buffered += len(data)
+        if self._mode == _UNDECIDED:
+            return self._sniff()
+        if self._mode == _STATUS and self._buffered > _MAX_ERROR_BODY:
+            raise status_error(self._head, self._body(), self._dialect, self._request_id)
+        if self._buffered > _MAX_WHOLE_BODY:
+            raise ProtocolError(
+                f"a whole answer longer than {_MAX_WHOLE_BODY} bytes: {snippet(self._body()[:1000])}",
+                provider=self._dialect.provider,
+            )
+        return []
+
+    def close(self) -> list[Chunk]:
+        if self._pending_error is not None:
+            raise self._pending_error
+        provider = self._dialect.provider
+        if self._mode == _STATUS:
+            raise status_error(self._head, self._body(), self._dialect, self._request_id)
+        if self._mode == _WHOLE:
+            return [self._whole_answer(self._body())]
+        if self._done:
+            return []
+        if self._finish_seen:
+            self._done = True
+            return [self._end_chunk()]
+        if self._mode == _EVENTS and self._events_seen:
+            request_id = self._id if self._dialect.id_is_request_id else self._request_id
+            raise StreamInterruptedError(
+                "the stream ended before its end (a finish_reason, then data: [DONE])",
+                provider=provider, request_id=request_id,
+            )
+        received = self._body()
+        if not received.strip():
+            raise ProtocolError(
+                f"the response (HTTP {self._head.status}) had no events", provider=provider
+            )
+        content_type = self._head.content_type or "no content type"
+        raise ProtocolError(
+            f"expected server-sent events or JSON, got {content_type}: {snippet(received)}",
+            provider=provider,
+        )
+
+    def _body(self) -> bytes:
+        return b"".join(self._buffer)
+
+    def _sniff(self) -> list[Chunk]:
+        body = self._body()
+        start = body.lstrip()
+        if _BOM.startswith(start):
+            return []
+        start = start.removeprefix(_BOM).lstrip()
+        if not start:
+            return []
+        if start[:1] == b"{":
+            self._mode = _WHOLE
+            return []
+        self._mode = _EVENTS
+        # The first bytes stay in the buffer, for the message should they be no event stream.
+        del self._buffer[1:]
+        self._buffer[0] = body[:_SNIPPET_BYTES]
+        return self._chunks(self._decoder.feed(body))
+
+    def _chunks(self, events: list[ServerSentEvent]) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        if not events:
+            return chunks
+        self._events_seen = True
+        for event in events:
+            data = event.data
+            try:
+                chunk = self._end_chunk() if data == _DONE else self._event_chunk(data)
+            except LLMStreamsError as error:
+                if not chunks:
+                    raise
+                # The chunks before the bad event go out first; the error comes on the next call.
+                self._pending_error = error
+                return chunks
+            if chunk is not None:
+                chunks.append(chunk)
+                if chunk.is_end:
+                    self._done = True
+                    break
+        return chunks
+
+    def _event_chunk(self, data: str) -> Chunk | None:
+        """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
+        try:
+            payload = json.loads(data)
+            choices = payload.get("choices")
+            usage = payload.get("usage")
+            if usage is not None:
+                self._usage = usage
+            if not choices:
+                if choices is None:
+                    error = _error_object(payload)
+                    if error is not None:
+                        raise api_error(
+                            payload, error, self._head, self._dialect,
+                            request_id=self._request_id, before_generation=not self._count,
+                        )
+                self._last = payload
+                return None
+            choice = choices[0]
+            if len(choices) > 1 and choice.get("index", 0) != 0:
+                choice = next((c for c in choices if c.get("index") == 0), None)
+                if choice is None:
+                    return None
+            finish_reason = choice.get("finish_reason")
+            if finish_reason is not None:
+                self._finish_reason = finish_reason
+                self._finish_seen = True
+            if self._kind == "chat":
+                delta = choice.get("delta") or _NO_DELTA
+                text = delta.get("content") or ""
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                tool_calls = delta.get("tool_calls")
+                deltas = _tool_call_deltas(tool_calls) if tool_calls else ()
+            else:
+                text = choice.get("text") or ""
+                reasoning = ""
+                deltas = ()
+            if type(text) is not str or type(reasoning) is not str:
+                raise TypeError("the text is not a string")
+            need_clear_history = False
+            ban_round = None
+            if self._dialect.choice_flags:
+                if choice.get("is_end"):
+                    self._finish_seen = True
+                need_clear_history = bool(choice.get("need_clear_history"))
+                ban_round = choice.get("ban_round", payload.get("ban_round"))
+            response_id = payload.get("id")
+            self._id = response_id
+            self._model = model = payload.get("model")
+            self._created = created = payload.get("created")
+            self._last = payload
+            if not (text or reasoning or deltas or need_clear_history):
+                return None
+        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as error:
+            raise ProtocolError(
+                f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
+                provider=self._dialect.provider, request_id=self._request_id,
+            ) from None
+        sentence_id = self._count
+        self._count = sentence_id + 1
+        return Chunk(
+            text, sentence_id, False, need_clear_history, ban_round,
+            id=response_id, created=created,
+            request_id=response_id if self._dialect.id_is_request_id else self._request_id,
+            reasoning=reasoning, tool_calls=deltas, model=model, raw=payload,
+        )
+
+    def _end_chunk(self) -> Chunk:
+        try:
+            usage = _usage(self._usage)
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ProtocolError(
+                f"the usage is not token counts ({_fault(error)}): {snippet(repr(self._usage))}",
+                provider=self._dialect.provider, request_id=self._request_id,
+            ) from None
+        sentence_id = self._count
+        self._count = sentence_id + 1
+        response_id = self._id
+        return Chunk(
+            "", sentence_id, True, finish_reason=self._finish_reason, usage=usage,
+            id=response_id, created=self._created,
+            request_id=response_id if self._dialect.id_is_request_id else self._request_id,
+            model=self._model, raw=self._last,
+        )
+
+    def _whole_answer(self, body: bytes) -> Chunk:
+        """The one chunk of a non-stream answer, or its error."""
+        dialect = self._dialect
+        payload = _json_or_none(body)
+        error_object = _error_object(payload)
+        if error_object is not None:
+            assert isinstance(payload, dict)
+            raise api_error(
+                payload, error_object, self._head, dialect, request_id=self._request_id,
+                before_generation=True,
+            )
+        try:
+            choice = payload["choices"][0]
+            if self._kind == "chat":
+                message = choice["message"]
+                text = message.get("content") or ""
+                reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
+                tool_calls = message.get("tool_calls")
+                deltas = _tool_call_deltas(tool_calls) if tool_calls else ()
+            else:
+                text = choice.get("text") or ""
+                reasoning = ""
+                deltas = ()
+            if type(text) is not str or type(reasoning) is not str:
+                raise TypeError("the text is not a string")
+            usage = _usage(payload.get("usage"))
+            need_clear_history = False
+            ban_round = None
+            if dialect.choice_flags:
+                need_clear_history = bool(choice.get("need_clear_history"))
+                ban_round = choice.get("ban_round", payload.get("ban_round"))
+        except (KeyError, TypeError, AttributeError, IndexError) as error:
+            raise ProtocolError(
+                f"the response is not a chat completion ({_fault(error)}): {snippet(body)}",
+                provider=dialect.provider, request_id=self._request_id,
+            ) from None
+        response_id = payload.get("id")
+        self._done = True
+        return Chunk(
+            text, 0, True, need_clear_history, ban_round,
+            finish_reason=choice.get("finish_reason"), usage=usage, id=response_id,
+            created=payload.get("created"),
+            request_id=response_id if dialect.id_is_request_id else self._request_id,
+            reasoning=reasoning, tool_calls=deltas, model=payload.get("model"), raw=payload,
+        )

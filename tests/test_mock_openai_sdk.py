@@ -1,0 +1,157 @@
+"""The official `openai` SDK, unchanged but for `base_url`, against each OpenAI-compatible route.
+
+What the SDK assembles (stream and whole, chat and completions, reasoning and tool calls) must be
+what the mock sent: the same text as a raw request to the same route.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import attrs
+import openai
+import pytest
+
+from llmstreams.mock import MockServer
+
+MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about rivers"}]
+TOOLS: list[Any] = [
+    {"type": "function", "function": {"name": "search", "parameters": {"type": "object"}}}
+]
+
+
+@attrs.frozen
+class Base:
+    name: str
+    prefix: str
+    key: str
+    completions: bool
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+BASES = [
+    Base("qianfan-v2", "/v2", "bce-v3/ALTAK-a/b", completions=True),
+    Base("dashscope", "/compatible-mode/v1", "sk-test", completions=False),
+    Base("openai", "/v1", "no-key-needed", completions=True),
+]
+each_base = pytest.mark.parametrize("base", BASES, ids=repr)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MockServer]:
+    async with MockServer() as mock:
+        yield mock
+
+
+def sdk(server: MockServer, base: Base) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.url + base.prefix, api_key=base.key)
+
+
+async def raw_whole(server: MockServer, base: Base, path: str, body: dict[str, Any]) -> Any:
+    """The mock's own whole answer, read without the SDK."""
+    headers = {"Authorization": f"Bearer {base.key}"}
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(server.url + base.prefix + path, json=body, headers=headers) as reply,
+    ):
+        assert reply.status == 200
+        return (await reply.json())["choices"][0]
+
+
+@each_base
+async def test_chat_stream_and_whole(server: MockServer, base: Base) -> None:
+    expected = await raw_whole(
+        server, base, "/chat/completions", {"model": "m", "messages": MESSAGES}
+    )
+    async with sdk(server, base) as client:
+        whole = await client.chat.completions.create(model="m", messages=MESSAGES)
+        stream = await client.chat.completions.create(
+            model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+        )
+        pieces, usage = [], None
+        async for chunk in stream:
+            usage = chunk.usage or usage
+            pieces += [choice.delta.content or "" for choice in chunk.choices]
+    assert whole.choices[0].message.content == expected["message"]["content"]
+    assert "".join(pieces) == expected["message"]["content"]
+    assert len(expected["message"]["content"]) == 240
+    assert whole.usage is not None and usage == whole.usage
+
+
+@pytest.mark.parametrize("base", [base for base in BASES if base.completions], ids=repr)
+async def test_completions_stream_and_whole(server: MockServer, base: Base) -> None:
+    expected = await raw_whole(server, base, "/completions", {"model": "m", "prompt": "Rivers"})
+    async with sdk(server, base) as client:
+        whole = await client.completions.create(model="m", prompt="Rivers")
+        stream = await client.completions.create(model="m", prompt="Rivers", stream=True)
+        pieces = [choice.text async for chunk in stream for choice in chunk.choices]
+    assert whole.choices[0].text == expected["text"] == "".join(pieces)
+    assert len(expected["text"]) == 240
+
+
+@each_base
+async def test_reasoning_reaches_the_sdk(server: MockServer, base: Base) -> None:
+    body = {"model": "deepseek-r1", "messages": MESSAGES, "stream": True}
+    async with sdk(server, base) as client:
+        stream = await client.chat.completions.create(
+            model="deepseek-r1", messages=MESSAGES, stream=True
+        )
+        reasoning, content = "", ""
+        async for chunk in stream:
+            for choice in chunk.choices:
+                extra = choice.delta.model_extra or {}
+                reasoning += extra.get("reasoning_content") or ""
+                content += choice.delta.content or ""
+    if base.name == "dashscope":
+        # DashScope refuses reasoning on a whole answer; the stream is the reference.
+        assert len(reasoning) == 120 and len(content) == 240
+        return
+    expected = await raw_whole(server, base, "/chat/completions", {**body, "stream": False})
+    assert reasoning == expected["message"]["reasoning_content"]
+    assert content == expected["message"]["content"]
+
+
+@each_base
+async def test_tool_calls_reach_the_sdk(server: MockServer, base: Base) -> None:
+    body = {"model": "m", "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required"}
+    expected = (await raw_whole(server, base, "/chat/completions", body))["message"]["tool_calls"]
+    async with sdk(server, base) as client:
+        whole = await client.chat.completions.create(
+            model="m", messages=MESSAGES, tools=TOOLS, tool_choice="required"
+        )
+        stream = await client.chat.completions.create(
+            model="m", messages=MESSAGES, tools=TOOLS, tool_choice="required", stream=True
+        )
+        streamed: dict[int, list[str]] = {}
+        finish_reason = None
+        async for chunk in stream:
+            for choice in chunk.choices:
+                finish_reason = choice.finish_reason or finish_reason
+                for call in choice.delta.tool_calls or []:
+                    parts = streamed.setdefault(call.index, ["", "", ""])
+                    parts[0] += call.id or ""
+                    assert call.function is not None
+                    parts[1] += call.function.name or ""
+                    parts[2] += call.function.arguments or ""
+    (expected_call,) = expected
+    wanted = [expected_call["id"], "search", expected_call["function"]["arguments"]]
+    assert streamed == {0: wanted}
+    assert finish_reason == whole.choices[0].finish_reason == "tool_calls"
+    (whole_call,) = whole.choices[0].message.tool_calls or []
+    assert whole_call.type == "function"
+    assert [whole_call.id, whole_call.function.name, whole_call.function.arguments] == wanted
+
+
+async def test_the_sdk_raises_the_dialect_errors(server: MockServer) -> None:
+    base = BASES[0]
+    async with openai.AsyncOpenAI(
+        base_url=server.url + base.prefix, api_key="sk-not-a-v2-key"
+    ) as client:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await client.chat.completions.create(model="m", messages=MESSAGES)
+    assert raised.value.status_code == 401
+    assert raised.value.code == "invalid_api_key"

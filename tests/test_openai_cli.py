@@ -1,0 +1,130 @@
+"""The command line on the OpenAI-compatible dialect: `batch --provider openai`, DashScope
+`--protocol openai`, Qianfan v2 by key, and `bench` against any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmstreams.cli import main
+from llmstreams.mock import MockCredentials, spawn_mock_workers
+
+SMALL_ANSWER = ("--answer-chars", "48", "--chunk-chars", "12")
+ENVIRONMENT = (
+    "OPENAI_API_KEY", "OPENAI_BASE_URL", "QIANFAN_API_KEY", "QIANFAN_SECRET_KEY", "QIANFAN_AK",
+    "QIANFAN_SK", "QIANFAN_ACCESS_TOKEN", "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_ACCESS_KEY",
+    "QIANFAN_BASE_URL", "DASHSCOPE_API_KEY", "DASHSCOPE_BASE_URL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+
+
+def write_input(path: Path) -> Path:
+    lines = [
+        {"id": "chat", "messages": [{"role": "user", "content": "hello"}], "temperature": 0.5},
+        {"id": "prompt", "prompt": "def fib(n):"},
+    ]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def results(path: Path) -> dict[str, dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return {row["id"]: row for row in rows}
+
+
+@pytest.mark.parametrize(
+    ("provider", "extra", "environment"),
+    [
+        ("openai", ["--model", "mock-model"], {"OPENAI_API_KEY": "sk-batch-key"}),
+        ("qianfan", ["--model", "ernie-speed-8k"], {"QIANFAN_API_KEY": "bce-v3/ALTAK-batch/key"}),
+        ("dashscope", ["--model", "qwen-plus", "--protocol", "openai"], {"DASHSCOPE_API_KEY": "sk-ds"}),
+    ],
+)
+def test_batch_runs_on_every_dialect_client(
+    provider: str, extra: list[str], environment: dict[str, str], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    source, output = write_input(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    with spawn_mock_workers(1) as url:
+        base_url = url + "/v1" if provider == "openai" else url
+        code = main(["batch", str(source), "-o", str(output), "--provider", provider,
+                     "--base-url", base_url, *extra])
+    assert code == 0, capsys.readouterr().err
+    rows = results(output)
+    assert set(rows) == {"chat", "prompt"}
+    for row in rows.values():
+        assert len(row["text"]) == 240 and row["usage"]["total_tokens"] > 0
+    for value in environment.values():
+        assert value not in capsys.readouterr().out
+
+
+def test_batch_refuses_protocol_for_other_providers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = write_input(tmp_path / "in.jsonl")
+    code = main(["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--provider", "openai",
+                 "--model", "m", "--protocol", "openai"])
+    assert code == 2 and "--protocol" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "label"),
+    [
+        (["--provider", "openai"], {"provider": "openai", "model": "mock-model"}),
+        (["--qianfan-auth", "v2"], {"provider": "qianfan", "qianfan_auth": "v2"}),
+        (["--provider", "dashscope", "--protocol", "openai"], {"provider": "dashscope"}),
+    ],
+)
+def test_bench_against_the_mock_on_the_dialect(arguments: list[str], label: dict[str, Any], tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert main([
+        "bench", "--mock-workers", "0", "--concurrency", "2", "--requests", "6", "--warmup", "0",
+        *SMALL_ANSWER, *arguments, "--json", str(report), "--quiet",
+    ]) == 0
+    document = json.loads(report.read_text(encoding="utf-8"))
+    run = document["runs"][0]
+    assert run["completed"] == 6 and run["failed"] == 0
+    assert run["total_chunks"] == 6 * 5  # four pieces of 12 characters, then the end chunk
+    for name, value in label.items():
+        assert run[name] == value
+
+
+def test_bench_targets_any_openai_compatible_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    api_key = "sk-bench-secret-4321"
+    monkeypatch.setenv("OPENAI_API_KEY", api_key)
+    report = tmp_path / "report.json"
+    with spawn_mock_workers(1, credentials=MockCredentials(openai_api_key=api_key)) as url:
+        code = main([
+            "bench", "--provider", "openai", "--base-url", url + "/v1", "--model", "served-model",
+            "--concurrency", "2", "--requests", "4", "--warmup", "1", "--json", str(report),
+        ])
+    assert code == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["completed"] == 4 and run["model"] == "served-model"
+    captured = capsys.readouterr()
+    for text in (captured.out, captured.err, report.read_text(encoding="utf-8")):
+        assert api_key not in text
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--provider", "openai", "--base-url", "http://127.0.0.1:9/v1"], "--model"),
+        (["--protocol", "openai"], "--protocol"),
+    ],
+)
+def test_bench_refuses_incomplete_dialect_settings(
+    arguments: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["bench", *arguments]) == 2
+    assert complaint in capsys.readouterr().err
