@@ -113,7 +113,7 @@ class DashScopeClient(BaseClient):
         return f"<DashScopeClient base_url={redact_url(self.base_url)!r} protocol={self.protocol!r}>"
 
     def stream_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
     ) -> ChunkStream:
         """Stream a chat answer, in either protocol: `params` are those of `stream_generate`
         (native) or of the OpenAI-compatible dialect (openai)."""
@@ -124,7 +124,7 @@ class DashScopeClient(BaseClient):
         ))
 
     async def chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
     ) -> Completion:
         """A whole chat answer from one non-stream request; parameters as for `stream_chat`."""
         if self._compatible is None:

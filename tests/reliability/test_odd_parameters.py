@@ -16,6 +16,7 @@ import inspect
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from llmstreams import (
     APIError,
     DashScopeClient,
     InvalidParameterError,
+    OpenAICompatibleClient,
     Pool,
     QianfanClient,
     RateLimit,
@@ -31,6 +33,7 @@ from llmstreams import (
     Timeout,
 )
 from llmstreams.mock import MockServer
+from llmstreams.openai.wire import CHAT_PARAMETERS, COMPLETE_PARAMETERS
 from tests.reliability.helpers import (
     ACCESS_KEY,
     API_KEY,
@@ -40,8 +43,11 @@ from tests.reliability.helpers import (
     SECRET_KEY,
 )
 
+QIANFAN_V2_KEY = "bce-v3/ALTAK-SECRET-v2key/7c1d"
+OPENAI_KEY = "SECRET-openai-key-3b9e"
+
 PROPERTY = settings(
-    max_examples=100,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,
@@ -99,21 +105,34 @@ MESSAGES = st.one_of(
 )
 
 
+def parameter_names(function: Callable[..., Any]) -> list[str]:
+    """The keyword parameters of `function`, those of its `**params: Unpack[...]` included."""
+    names: list[str] = []
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            names += DIALECT_PARAMETERS.get(function.__name__, ())
+        elif name != "self":
+            names.append(name)
+    return names
+
+
 def call_arguments(
     function: Callable[..., Any], known: dict[str, Any], *, unknown_names: bool = True
 ) -> st.SearchStrategy[dict[str, Any]]:
     """Any subset of `function`'s keyword parameters, each with an odd value; the ones in
     `known` sometimes keep a usable value, so that the others are reached."""
     optional: dict[str, st.SearchStrategy[Any]] = {}
-    for name, parameter in inspect.signature(function).parameters.items():
-        if name == "self" or parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            continue
+    for name in parameter_names(function):
         choices = MESSAGES if name == "messages" else ODD
         if name in known:
             choices = st.one_of(st.just(known[name]), choices)
         optional[name] = choices
-    required = {name: st.one_of(st.just(value), optional.pop(name)) for name, value in known.items()
-                if name in ("prompt", "messages")}
+    # The input, and keyword parameters without a default, are always passed (as a batch does).
+    signature = inspect.signature(function).parameters
+    always = {name for name in optional if name in ("prompt", "messages") or (
+        name in signature and signature[name].default is inspect.Parameter.empty
+    )}
+    required = {name: optional.pop(name) for name in always}
     names = ["self", "unknown", "stream", "kwargs", "_x"] if unknown_names else []
     extra = st.dictionaries(st.sampled_from(names), ODD, max_size=1) if names else st.just({})
     return st.builds(
@@ -128,7 +147,9 @@ def call_arguments(
 def served() -> Iterator[tuple[asyncio.AbstractEventLoop, MockServer, Pool]]:
     """A loop of its own (hypothesis tests are synchronous) running the mock and a pool."""
     loop = asyncio.new_event_loop()
-    server = MockServer(credentials=MOCK_CREDENTIALS)
+    server = MockServer(credentials=attrs.evolve(
+        MOCK_CREDENTIALS, qianfan_v2_api_key=QIANFAN_V2_KEY, openai_api_key=OPENAI_KEY
+    ))
     loop.run_until_complete(server.start())
     pool = Pool(retry=RetryPolicy(max_retries=0))
     try:
@@ -145,22 +166,46 @@ def clients(url: str, pool: Pool) -> dict[str, Any]:
         "qianfan-aksk": QianfanClient(
             access_key=ACCESS_KEY, secret_access_key=SECRET_ACCESS_KEY, base_url=url, pool=pool
         ),
+        "qianfan-v2": QianfanClient(api_key=QIANFAN_V2_KEY, base_url=url, pool=pool),
         "dashscope": DashScopeClient(api_key=DASHSCOPE_KEY, base_url=url, pool=pool),
+        "dashscope-openai": DashScopeClient(
+            api_key=DASHSCOPE_KEY, base_url=url, pool=pool, protocol="openai"
+        ),
+        "openai": OpenAICompatibleClient(api_key=OPENAI_KEY, base_url=f"{url}/v1", pool=pool),
     }
 
 
-CHAT = {"messages": [{"role": "user", "content": "hi"}], "model": "ERNIE-Speed-8K"}
+USER = [{"role": "user", "content": "hi"}]
+CHAT = {"messages": USER, "model": "ERNIE-Speed-8K"}
 COMPLETE = {"prompt": "def add(a, b):", "model": "CodeLlama-7b-Instruct"}
 GENERATE = {"prompt": "hi", "model": "billa-7b-sft-v1"}
+V2_CHAT = {"messages": USER, "model": "ernie-speed-8k"}
+DASHSCOPE_CHAT = {"messages": USER, "model": "qwen-turbo"}
+OPENAI_CHAT = {"messages": USER, "model": "any-model"}
+OPENAI_COMPLETE = {"prompt": "hi", "model": "any-model"}
 METHODS = [
     ("qianfan", "stream_chat", CHAT),
     ("qianfan", "chat", CHAT),
     ("qianfan", "stream_complete", COMPLETE),
     ("qianfan", "complete", COMPLETE),
     ("qianfan-aksk", "stream_chat", CHAT),
+    ("qianfan-v2", "stream_chat", V2_CHAT),
+    ("qianfan-v2", "chat", V2_CHAT),
     ("dashscope", "stream_generate", GENERATE),
     ("dashscope", "generate", GENERATE),
+    ("dashscope", "stream_chat", DASHSCOPE_CHAT),
+    ("dashscope-openai", "stream_chat", DASHSCOPE_CHAT),
+    ("dashscope-openai", "chat", DASHSCOPE_CHAT),
+    ("openai", "stream_chat", OPENAI_CHAT),
+    ("openai", "chat", OPENAI_CHAT),
+    ("openai", "stream_complete", OPENAI_COMPLETE),
+    ("openai", "complete", OPENAI_COMPLETE),
 ]
+# The dialect's `**params`: the names its TypedDicts declare.
+DIALECT_PARAMETERS = {
+    "stream_chat": CHAT_PARAMETERS, "chat": CHAT_PARAMETERS,
+    "stream_complete": COMPLETE_PARAMETERS, "complete": COMPLETE_PARAMETERS,
+}
 
 
 async def call(method: Callable[..., Any], arguments: dict[str, Any]) -> None:
@@ -197,6 +242,8 @@ def test_every_parameter_of_every_method_is_checked_or_works(
 CONSTRUCTORS: list[tuple[str, Callable[..., Any], dict[str, Any]]] = [
     ("QianfanClient", QianfanClient, {"api_key": API_KEY, "secret_key": SECRET_KEY}),
     ("DashScopeClient", DashScopeClient, {"api_key": DASHSCOPE_KEY}),
+    ("QianfanClient-v2", QianfanClient, {"api_key": QIANFAN_V2_KEY}),
+    ("OpenAICompatibleClient", OpenAICompatibleClient, {"base_url": "http://127.0.0.1:9/v1"}),
     ("Pool", Pool, {}),
     ("Timeout", Timeout, {}),
     ("RetryPolicy", RetryPolicy, {}),
