@@ -432,8 +432,6 @@ def request_failure(
         return APITimeoutError(
             f"no {wanted} from {where} within the {phase} timeout", phase=phase, provider=provider
         )
-    if isinstance(error, aiohttp.TooManyRedirects):
-        return ProtocolError(f"{where} redirected too many times (a redirect loop)", provider=provider)
     if isinstance(error, aiohttp.ClientResponseError):
         reason = error.message or "its answer could not be read as an HTTP response"
         return ProtocolError(f"{where} did not answer in HTTP: {reason}", provider=provider)
