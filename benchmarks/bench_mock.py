@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -55,7 +57,9 @@ _SENT_AT = re.compile(rb'"x_sent_at":([0-9.]+)')
 def prebuilt_frames(chunks: int) -> list[bytes]:
     frames = []
     for index in range(chunks):
-        piece = json.dumps(("abcdefghijklmnopqrstuvwxyz" * 2)[index % 26 : index % 26 + CHUNK_CHARS])
+        piece = json.dumps(
+            ("abcdefghijklmnopqrstuvwxyz" * 2)[index % 26 : index % 26 + CHUNK_CHARS]
+        )
         frames.append(
             b'data: {"id":"chatcmpl-0123456789abcdef01234567","object":"chat.completion.chunk",'
             b'"created":1790000000,"model":"m","choices":[{"index":0,"delta":{"content":'
@@ -96,8 +100,7 @@ def serve_aiohttp_prebuilt(chunks: int) -> None:
 def serve_raw_asyncio(chunks: int) -> None:
     frames = [b"%x\r\n%s\r\n" % (len(frame), frame) for frame in prebuilt_frames(chunks)]
     head = (
-        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
-        b"Transfer-Encoding: chunked\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
     class Protocol(asyncio.Protocol):
@@ -136,17 +139,23 @@ def serve_raw_asyncio(chunks: int) -> None:
 
 
 class Server:
-    def __init__(self, name: str, command: list[str], env: dict[str, str], route: str) -> None:
+    def __init__(self, name: str, command: list[str], route: str, checkout: Path = REPO) -> None:
         self.name = name
         self.command = command
-        self.env = env
         self.route = route
+        # `python -m` imports from the working directory first: run in the checkout to measure.
+        self.checkout = checkout
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=str(self.checkout))
         self.process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=self.env
+            self.command,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=self.checkout,
         )
         assert self.process.stdout is not None
         line = self.process.stdout.readline().decode()
@@ -154,6 +163,12 @@ class Server:
         if match is None:
             raise RuntimeError(f"{self.name} did not start: {line!r}")
         self.url = match.group(1)
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the server process has used so far."""
+        assert self.process is not None
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process is not None:
@@ -182,20 +197,18 @@ def request_bytes(route: str, url: str, knobs: str = "") -> bytes:
 
 
 def servers(chunks: int, before: Path | None) -> list[Server]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    script = [sys.executable, __file__]
+    script = [sys.executable, str(Path(__file__).resolve())]
     mock = [sys.executable, "-m", "llmstreams.mock", "--port", "0"]
     mock += ["--answer-chars", str(chunks * CHUNK_CHARS), "--chunk-chars", str(CHUNK_CHARS)]
     found = [
-        Server("aiohttp-prebuilt", [*script, "--serve", "aiohttp", str(chunks)], env, "openai"),
-        Server("raw-asyncio", [*script, "--serve", "raw", str(chunks)], env, "openai"),
-        Server("mock-dashscope", mock, env, "dashscope"),
-        Server("mock-openai", mock, env, "openai"),
+        Server("aiohttp-prebuilt", [*script, "--serve", "aiohttp", str(chunks)], "openai"),
+        Server("raw-asyncio", [*script, "--serve", "raw", str(chunks)], "openai"),
+        Server("mock-dashscope", mock, "dashscope"),
+        Server("mock-openai", mock, "openai"),
     ]
     if before is not None:
-        old_env = dict(os.environ, PYTHONPATH=str(before))
-        found.append(Server("before-dashscope", mock, old_env, "dashscope"))
-        found.append(Server("before-openai", mock, old_env, "openai"))
+        found.append(Server("before-dashscope", mock, "dashscope", before.resolve()))
+        found.append(Server("before-openai", mock, "openai", before.resolve()))
     return found
 
 
@@ -262,6 +275,7 @@ def measure_throughput(
     server: Server, connections: int, clients: int, duration: float
 ) -> dict[str, float]:
     request = request_bytes(server.route, server.url)
+    cpu_before = server.cpu_seconds()
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for _ in range(clients):
@@ -275,10 +289,12 @@ def measure_throughput(
     results = [pipe.recv() for pipe in pipes]
     for process in processes:
         process.join()
+    cpu = server.cpu_seconds() - cpu_before
     seconds = max(result["seconds"] for result in results)
     events = sum(result["events"] for result in results)
     return {
         "events_per_second": events / seconds,
+        "events_per_cpu_second": events / cpu,
         "responses": sum(result["responses"] for result in results),
         "errors": sum(result["errors"] for result in results),
     }
@@ -309,11 +325,10 @@ class _PacedConnection(asyncio.Protocol):
             self.done.set_result(None)
 
 
-def _paced(url: str, streams: int, pipe: Connection) -> None:
-    knobs = (
-        f"chunks_per_second={PACE}; answer_chars={PACED_EVENTS * CHUNK_CHARS}; "
-        "stamp_send_times=true"
-    )
+def _paced(url: str, streams: int, stamps: bool, pipe: Connection) -> None:
+    knobs = f"chunks_per_second={PACE}; answer_chars={PACED_EVENTS * CHUNK_CHARS}"
+    if stamps:
+        knobs += "; stamp_send_times=true"
     request = request_bytes("dashscope", url, knobs)
 
     async def run() -> list[list[tuple[float, float]]]:
@@ -325,12 +340,15 @@ def _paced(url: str, streams: int, pipe: Connection) -> None:
                 lambda: _PacedConnection(request), host, int(port)
             )
             protocols.append(protocol)
-        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 120)
+        await asyncio.wait_for(asyncio.gather(*(p.done for p in protocols)), 300)
         found = []
         for protocol in protocols:
-            events = []
+            events: list[tuple[float, float]] = []
             for arrived, data in protocol.arrivals:
-                events += [(float(sent), arrived) for sent in _SENT_AT.findall(data)]
+                if stamps:
+                    events += [(float(sent), arrived) for sent in _SENT_AT.findall(data)]
+                else:
+                    events += [(math.nan, arrived)] * data.count(b"data:")
             found.append(events)
         return found
 
@@ -346,12 +364,14 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"p50": at(0.5), "p99": at(0.99), "max": ordered[-1]}
 
 
-def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]:
+def measure_pacing(server: Server, streams: int, clients: int, stamps: bool) -> dict[str, Any]:
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for _ in range(clients):
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(target=_paced, args=(server.url, streams // clients, sender))
+        process = context.Process(
+            target=_paced, args=(server.url, streams // clients, stamps, sender)
+        )
         process.start()
         pipes.append(receiver)
         processes.append(process)
@@ -359,7 +379,7 @@ def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]
     for process in processes:
         process.join()
     interval = 1 / PACE
-    late_sent, late_arrived, gaps = [], [], []
+    late_sent, late_arrived, gaps_sent, gaps_arrived = [], [], [], []
     complete = 0
     for events in per_stream:
         if len(events) != PACED_EVENTS:
@@ -369,27 +389,65 @@ def measure_pacing(server: Server, streams: int, clients: int) -> dict[str, Any]
         for index, (sent, arrived) in enumerate(events):
             late_sent.append((sent - first_sent - index * interval) * 1000)
             late_arrived.append((arrived - first_arrived - index * interval) * 1000)
-        gaps += [(later[0] - earlier[0]) / interval for earlier, later in zip(events, events[1:])]
-    return {
+        pairs = list(itertools.pairwise(events))
+        gaps_sent += [(later[0] - earlier[0]) / interval for earlier, later in pairs]
+        gaps_arrived += [(later[1] - earlier[1]) / interval for earlier, later in pairs]
+    figures: dict[str, Any] = {
+        "server": server.name,
         "streams": len(per_stream),
         "complete": complete,
-        "server_lateness_ms": _percentiles(late_sent),
         "client_lateness_ms": _percentiles(late_arrived),
-        "gap_over_pace": _percentiles(gaps),
-        "gap_over_pace_min": min(gaps),
+        "client_gap_over_pace": _percentiles(gaps_arrived),
     }
+    if stamps:
+        figures["server_lateness_ms"] = _percentiles(late_sent)
+        figures["server_gap_over_pace"] = _percentiles(gaps_sent)
+    return figures
 
 
 # -- the run -------------------------------------------------------------------------------------
 
 
+MEASURES = {
+    "events_per_cpu_second": "events per second of server CPU (one busy worker's rate)",
+    "events_per_second": "events per wall-clock second",
+}
+
+
+def summarize(rounds: dict[str, list[float]]) -> dict[str, Any]:
+    baseline = rounds["aiohttp-prebuilt"]
+    table: dict[str, Any] = {
+        name: {
+            "median": statistics.median(values),
+            "min": min(values),
+            "max": max(values),
+            "ratio_to_aiohttp": statistics.median(
+                value / base for value, base in zip(values, baseline, strict=True)
+            ),
+        }
+        for name, values in rounds.items()
+    }
+    table["mock_over_before"] = {
+        route: statistics.median(
+            new / old
+            for new, old in zip(rounds[f"mock-{route}"], rounds[f"before-{route}"], strict=True)
+        )
+        for route in ("dashscope", "openai")
+        if f"before-{route}" in rounds
+    }
+    return table
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"throughput": {}, "settings": vars(args) | {"before": str(args.before)}}
+    results: dict[str, Any] = {
+        "throughput": {},
+        "settings": vars(args) | {"before": str(args.before)},
+    }
     for chunks in args.chunks:
         found = servers(chunks, args.before)
         for server in found:
             server.start()
-        rounds: dict[str, list[float]] = {server.name: [] for server in found}
+        rounds = {measure: {server.name: [] for server in found} for measure in MEASURES}
         errors = 0
         try:
             for round_number in range(args.rounds):
@@ -398,56 +456,63 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     figures = measure_throughput(
                         server, args.connections, args.clients, args.duration
                     )
-                    rounds[server.name].append(figures["events_per_second"])
+                    for measure, table in rounds.items():
+                        table[server.name].append(figures[measure])
                     errors += int(figures["errors"])
         finally:
             for server in found:
                 server.stop()
-        baseline = rounds["aiohttp-prebuilt"]
         results["throughput"][chunks] = {
-            name: {
-                "median": statistics.median(values),
-                "min": min(values),
-                "max": max(values),
-                "ratio_to_aiohttp": statistics.median(
-                    value / base for value, base in zip(values, baseline, strict=True)
-                ),
-            }
-            for name, values in rounds.items()
-        }
-        results["throughput"][chunks]["errors"] = errors
+            measure: summarize(table) for measure, table in rounds.items()
+        } | {"errors": errors}
     if args.paced_streams:
-        mock = servers(1, None)[2]
-        mock.start()
-        try:
-            results["pacing"] = measure_pacing(mock, args.paced_streams, args.clients)
-        finally:
-            mock.stop()
+        paced = [server for server in servers(1, args.before) if server.route == "dashscope"]
+        results["pacing"] = []
+        for server in paced:
+            server.start()
+            try:
+                stamps = server.checkout == REPO
+                results["pacing"].append(
+                    measure_pacing(server, args.paced_streams, args.clients, stamps)
+                )
+            finally:
+                server.stop()
     return results
 
 
 def report(results: dict[str, Any]) -> str:
     lines = []
-    for chunks, table in results["throughput"].items():
-        lines.append(f"\n{chunks}-chunk answers: events/s per server process (errors: {table['errors']})")
-        lines.append(f"{'server':<18} {'median':>9} {'min':>9} {'max':>9} {'x aiohttp':>10}")
-        for name, row in table.items():
-            if name == "errors":
-                continue
-            lines.append(
-                f"{name:<18} {row['median']:>9.0f} {row['min']:>9.0f} {row['max']:>9.0f} "
-                f"{row['ratio_to_aiohttp']:>10.2f}"
-            )
-    pacing = results.get("pacing")
-    if pacing:
+    for chunks, tables in results["throughput"].items():
+        for measure, title in MEASURES.items():
+            table = tables[measure]
+            lines.append(f"\n{chunks}-chunk answers, {title} (errors: {tables['errors']})")
+            lines.append(f"{'server':<18} {'median':>9} {'min':>9} {'max':>9} {'x aiohttp':>10}")
+            for name, row in table.items():
+                if name == "mock_over_before":
+                    continue
+                lines.append(
+                    f"{name:<18} {row['median']:>9.0f} {row['min']:>9.0f} {row['max']:>9.0f} "
+                    f"{row['ratio_to_aiohttp']:>10.2f}"
+                )
+            for route, ratio in table["mock_over_before"].items():
+                lines.append(f"mock-{route} / before-{route}: median per-round ratio {ratio:.2f}")
+    for pacing in results.get("pacing", []):
         lines.append(
-            f"\npacing: {pacing['complete']}/{pacing['streams']} streams of {PACED_EVENTS} events "
-            f"at {PACE:g}/s"
+            f"\npacing of {pacing['server']}: {pacing['complete']}/{pacing['streams']} streams of "
+            f"{PACED_EVENTS} events at {PACE:g}/s"
         )
-        for key in ("server_lateness_ms", "client_lateness_ms", "gap_over_pace"):
-            row = pacing[key]
-            lines.append(f"  {key:<20} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  max {row['max']:8.3f}")
-        lines.append(f"  gap_over_pace min {pacing['gap_over_pace_min']:.3f}")
+        for key in (
+            "server_lateness_ms",
+            "client_lateness_ms",
+            "server_gap_over_pace",
+            "client_gap_over_pace",
+        ):
+            if key in pacing:
+                row = pacing[key]
+                lines.append(
+                    f"  {key:<22} p50 {row['p50']:8.3f}  p99 {row['p99']:8.3f}  "
+                    f"max {row['max']:8.3f}"
+                )
     return "\n".join(lines)
 
 
@@ -457,7 +522,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=2.0)
     parser.add_argument(
-        "--chunks", type=lambda text: [int(part) for part in text.split(",")], default=[100, 10]
+        "--chunks",
+        type=lambda text: [int(part) for part in text.split(",") if part],
+        default=[100, 10],
+        help="answer lengths in chunks, comma-separated (empty: pacing only)",
     )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--clients", type=int, default=2)

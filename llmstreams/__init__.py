@@ -20,6 +20,7 @@ from llmstreams.errors import (
     ServerError,
     StreamInterruptedError,
     StreamTimeoutError,
+    UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
 from llmstreams.openai import OpenAICompatibleClient
@@ -70,6 +71,7 @@ __all__ = [
     "ToolCall",
     "ToolCallDelta",
     "Usage",
+    "UsageError",
     "fan_out",
     "fan_out_as_completed",
 ]

@@ -51,6 +51,12 @@ RequestId = str | int
 IdKey = tuple[str, str | int]
 
 INPUT_ERROR = "InputError"
+# When the first this-many results of a run all failed with the same setup error, the rest
+# would fail the same way: the run stops (unless told to keep going).
+FAIL_FAST_AFTER = 10
+# Errors that say the batch's setup is wrong (key, permission, model), not one request.
+_SETUP_ERROR_TYPES = frozenset({"AuthenticationError", "PermissionDeniedError", "NotFoundError"})
+_SETUP_FIELDS = frozenset({"model", "endpoint"})
 _CONTENT_KEYS = ("prompt", "messages")
 _SET_BY_COMMAND = ("model", "endpoint")
 
@@ -94,7 +100,9 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
     except UnicodeDecodeError:
         return InputProblem(line_number, "not UTF-8 text")
     except json.JSONDecodeError as error:
-        return InputProblem(line_number, f"not valid JSON ({error.msg} at column {error.colno})")
+        # Some of json's messages end in "at" ("Invalid control character at"): one "at" is enough.
+        reason = error.msg.removesuffix(" at")
+        return InputProblem(line_number, f"not valid JSON ({reason} at column {error.colno})")
     except ValueError as error:
         # JSON, but beyond what Python reads: an integer of more than 4,300 digits.
         return InputProblem(line_number, f"not usable JSON ({str(error)[:100]})")
@@ -111,8 +119,8 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
         )
     given = [key for key in _CONTENT_KEYS if item.get(key) is not None]
     if len(given) != 1:
-        rule = "has both" if given else "has neither"
-        return InputProblem(line_number, f'{rule} "prompt" and "messages" (give one)', request_id)
+        rule = 'has both "prompt" and' if given else 'has neither "prompt" nor'
+        return InputProblem(line_number, f'{rule} "messages" (give one)', request_id)
     overridden = [key for key in _SET_BY_COMMAND if key in item]
     if overridden:
         return InputProblem(
@@ -172,8 +180,8 @@ def classify(path: Path, done: Mapping[IdKey, bool]) -> Iterator[Classified]:
             yield Classified("run", line_number, request=parsed)
 
 
-def result_key(raw: bytes) -> tuple[IdKey, bool] | None:
-    """(id, succeeded) of a result line; None for anything without a result's shape (an
+def parse_result(raw: bytes) -> tuple[IdKey, dict[str, Any]] | None:
+    """The id and record of a result line; None for anything without a result's shape (an
     object with a usable "id" and a "text" string or an "error" object)."""
     try:
         record = json.loads(raw)
@@ -182,13 +190,9 @@ def result_key(raw: bytes) -> tuple[IdKey, bool] | None:
     if not isinstance(record, dict):
         return None
     key = id_key(record.get("id"))
-    if key is None:
+    if key is None or not (isinstance(record.get("error"), dict) or isinstance(record.get("text"), str)):
         return None
-    if isinstance(record.get("error"), dict):
-        return key, False
-    if isinstance(record.get("text"), str):
-        return key, True
-    return None
+    return key, record
 
 
 def cut_partial_line(path: Path) -> int:
@@ -217,7 +221,7 @@ def cut_partial_line(path: Path) -> int:
         if keep == size:
             return 0
         output.seek(keep)
-        if result_key(output.read(size - keep)) is not None:
+        if parse_result(output.read(size - keep)) is not None:
             output.seek(size)
             output.write(b"\n")
             return 0
@@ -225,21 +229,39 @@ def cut_partial_line(path: Path) -> int:
         return size - keep
 
 
+def setup_error(error: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """For the `error` of a result line that says the setup is wrong (bad key, no permission,
+    unknown model), what identifies it (type, code, field); None for any other error."""
+    kind = error.get("type")
+    if kind in _SETUP_ERROR_TYPES or (
+        kind == "InvalidParameterError" and error.get("field") in _SETUP_FIELDS
+    ):
+        return (kind, error.get("code"), error.get("field"))
+    return None
+
+
 @attrs.frozen(slots=True)
 class PreviousResults:
-    """What an earlier run left in the output: id -> whether it succeeded."""
+    """What an earlier run left in the output: id -> whether it succeeded.
+
+    `setup_errors`: failed ids dropped from the output to run again, since their error was
+    about the setup (which may have been fixed since).
+    """
 
     done: dict[IdKey, bool]
     unreadable_lines: list[int]
     cut_bytes: int
+    setup_errors: int = 0
 
 
 def load_previous(path: Path, mode: Mode) -> PreviousResults:
     """Prepare the output for this run: repair it and read what is already done.
 
-    `overwrite` empties it. `retry_errors` rewrites it without the error lines (atomically, via
-    a temporary file beside the real file, with its mode: a symlinked output stays a symlink),
-    so that those ids run again. Lines without a result's shape are reported, never used.
+    `overwrite` empties it. `retry_errors` drops every error line, so that those ids run
+    again; any other run drops the lines of setup errors (`setup_error`). When a line is
+    dropped the output is rewritten atomically, via a temporary file beside the real file, with
+    its mode (a symlinked output stays a symlink). Lines without a result's shape are reported,
+    never used.
     """
     if mode == "overwrite" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,20 +271,25 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
     done: dict[IdKey, bool] = {}
     unreadable: list[int] = []
     kept: list[bytes] = []
+    dropped = setup_errors = 0
     for line_number, raw in read_lines(path):
-        result = result_key(raw)
+        result = parse_result(raw)
         if result is None:
             if raw.strip():
                 unreadable.append(line_number)
             continue
-        key, succeeded = result
-        if mode == "retry_errors" and not succeeded:
+        key, record = result
+        error = record.get("error")
+        succeeded = not isinstance(error, dict)
+        if isinstance(error, dict) and (mode == "retry_errors" or setup_error(error) is not None):
+            dropped += 1
+            setup_errors += mode != "retry_errors"
             continue
         done[key] = succeeded
         kept.append(raw)
-    if mode == "retry_errors":
+    if dropped:
         _replace_contents(path, kept)
-    return PreviousResults(done, unreadable, cut)
+    return PreviousResults(done, unreadable, cut, setup_errors)
 
 
 def _replace_contents(path: Path, lines: list[bytes]) -> None:
@@ -468,6 +495,9 @@ class BatchSummary:
     unreadable_output_lines: int = 0
     cut_bytes: int = 0
     interrupted: bool = False
+    stopped_early: str | None = None
+    """Why the run stopped before the end: its first results all failed with one setup error."""
+    setup_errors_rerun: int = 0
     elapsed: float = 0.0
     stats: FanOutStats = attrs.field(factory=FanOutStats)
 
@@ -479,9 +509,12 @@ class BatchSummary:
     def exit_code(self) -> int:
         """0: every id of the input has a successful result and every line was usable.
         1: some request failed (now or in an earlier run), or some line was malformed or a
-        duplicate. 130: interrupted before the end (run again to resume)."""
+        duplicate. 3: stopped early, since the first requests all failed with the same setup
+        error (fix it and run again). 130: interrupted before the end (run again to resume)."""
         if self.interrupted:
             return 130
+        if self.stopped_early is not None:
+            return 3
         if self.stats.failed or self.already_failed or self.malformed or self.duplicates:
             return 1
         return 0
@@ -501,8 +534,13 @@ async def run_batch(
     report: Reporter = print,
     progress_stream: TextIO | None = None,
     handle_signals: bool = False,
+    fail_fast: bool = True,
 ) -> BatchSummary:
     """Run every request of `input_path` not yet in `output_path`; see the module docstring.
+
+    With `fail_fast`, when the first `FAIL_FAST_AFTER` results all fail with the same setup
+    error (bad key, no permission, unknown model), the run stops there and says why in
+    `summary.stopped_early`; the ids that failed so run again next time.
 
     `report` receives the messages about the input and output (malformed lines with their
     numbers, duplicates, a repaired output). With `handle_signals`, SIGINT and SIGTERM stop the
@@ -514,10 +552,16 @@ async def run_batch(
     lock, previous, writer = open_output(output_path, mode)
     summary.cut_bytes = previous.cut_bytes
     summary.unreadable_output_lines = len(previous.unreadable_lines)
+    summary.setup_errors_rerun = previous.setup_errors
     if previous.cut_bytes:
         report(
             f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
             " left by an interrupted run"
+        )
+    if previous.setup_errors:
+        report(
+            f"{output_path}: running again the {previous.setup_errors} ids that failed with an"
+            " error about the setup (key, permission, model)"
         )
     if previous.unreadable_lines:
         report(
@@ -530,13 +574,18 @@ async def run_batch(
         await _run_requests(
             input_path, previous, target, writer, summary,
             concurrency=concurrency, progress_stream=progress_stream,
-            handle_signals=handle_signals, report=report,
+            handle_signals=handle_signals, fail_fast=fail_fast, report=report,
         )
     finally:
         writer.close()
         lock.release()
         summary.elapsed = time.perf_counter() - started
     return summary
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    code = f" (code {error['code']})" if error.get("code") is not None else ""
+    return f"{error['type']}{code}: {error['message']}"
 
 
 # A failure of these while preparing the output is one of writing (the disk), not of the path.
@@ -662,10 +711,12 @@ async def _run_requests(
     concurrency: int,
     progress_stream: TextIO | None,
     handle_signals: bool,
+    fail_fast: bool,
     report: Reporter,
 ) -> None:
     """Second pass over the input: run the requests, writing each result as it finishes."""
     in_flight: dict[int, BatchRequest] = {}
+    first_errors: set[tuple[Any, ...] | None] = set()
 
     def jobs() -> Iterator[Job]:
         index = 0
@@ -696,9 +747,17 @@ async def _run_requests(
     try:
         async with outcomes:
             async for outcome in outcomes:
-                writer.write(result_record(in_flight.pop(outcome.index), outcome))
+                record = result_record(in_flight.pop(outcome.index), outcome)
+                writer.write(record)
                 summary.stats.add(outcome)
                 progress.advance(failed=not outcome.ok)
+                if fail_fast and summary.stats.requests <= FAIL_FAST_AFTER < summary.to_run:
+                    first_errors.add(setup_error(record["error"]) if "error" in record else None)
+                    if summary.stats.requests == FAIL_FAST_AFTER and len(first_errors) == 1 > (
+                        None in first_errors
+                    ):
+                        summary.stopped_early = _describe_error(record["error"])
+                        outcomes.stop()
     finally:
         for number in signals:
             loop.remove_signal_handler(number)

@@ -10,9 +10,11 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from llmstreams import __version__
+
 # Each name is a module `llmstreams.commands.<name>` exposing
 # `register(subparsers) -> None`; the registered parser sets `func(args) -> int`.
-SUBCOMMANDS: tuple[str, ...] = ("mock", "bench", "demo", "batch")
+SUBCOMMANDS: tuple[str, ...] = ("chat", "mock", "bench", "demo", "batch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stream text generation from Baidu Qianfan, Alibaba DashScope and any "
         "OpenAI-compatible server.",
     )
+    parser.add_argument("--version", action="version", version=f"llmstreams {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"llmstreams.commands.{name}").register(subparsers)

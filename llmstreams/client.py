@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from llmstreams.errors import InvalidParameterError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.origin import caller_origin, warn_left_open
 from llmstreams.pool import Pool, resolve_retry
 from llmstreams.streams import ChunkStream
 from llmstreams.transport import Exchange
@@ -63,6 +64,7 @@ class BaseClient:
         self._pool = pool if pool is not None else Pool(timeout=timeout, retry=retry)
         self.timeout = timeout if timeout is not None else self._pool.timeout
         self.retry = resolve_retry(retry if retry is not None else self._pool.retry, max_retries)
+        self._origin = caller_origin()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} base_url={redact_url(self.base_url)!r}>"
@@ -86,6 +88,15 @@ class BaseClient:
         """Close the client's own pool; a shared pool is left to its owner."""
         if self._owns_pool:
             await self._pool.close()
+
+    def __del__(self) -> None:
+        # `_origin` is set last in __init__: a client whose construction failed holds nothing.
+        if hasattr(self, "_origin") and self._owns_pool and self._pool.in_use:
+            name = type(self).__name__
+            warn_left_open(
+                name, self._origin,
+                f"use `async with {name}(...) as client:` or `await client.close()`", self,
+            )
 
     def _stream(self, exchange: Exchange) -> ChunkStream:
         return ChunkStream(self._pool, exchange, timeout=self.timeout, retry=self.retry)

@@ -88,6 +88,10 @@ class InvalidParameterError(LLMStreamsError, ValueError):
         self.rule = rule
 
 
+class UsageError(LLMStreamsError, TypeError):
+    """llmstreams was called in a way that cannot work; the message says the way that does."""
+
+
 class APIError(LLMStreamsError):
     """The service answered with an error.
 

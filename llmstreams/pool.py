@@ -121,6 +121,11 @@ class Pool:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def in_use(self) -> bool:
+        """True from the first request until `close()`: connections may be open."""
+        return self._session is not None
+
     def session(self) -> aiohttp.ClientSession:
         """The shared session, created on first use inside the running event loop.
 

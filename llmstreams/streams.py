@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from types import TracebackType
+from typing import TYPE_CHECKING, NoReturn
 
-from llmstreams.errors import LLMStreamsError
+from llmstreams.errors import LLMStreamsError, UsageError
 from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.origin import caller_origin, warn_left_open
 from llmstreams.pool import Pool
 from llmstreams.transport import BodyReader, Exchange, ResponseParser, open_exchange, read_body
 from llmstreams.types import Chunk, Completion, CompletionBuilder
@@ -27,7 +29,7 @@ class ChunkStream:
 
     __slots__ = (
         "_pool", "_exchange", "_timeout", "_retry", "_builder", "_pending", "_reader",
-        "_parser", "_state", "_loop", "attempts", "last_read_at",
+        "_parser", "_state", "_loop", "_origin", "attempts", "last_read_at",
     )
 
     def __init__(self, pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy) -> None:
@@ -45,6 +47,7 @@ class ChunkStream:
         # Loop time of the network read that carried the chunk yielded last (every chunk of one
         # read shares it): a timestamp taken at the socket, not when the caller got round to it.
         self.last_read_at: float | None = None
+        self._origin = caller_origin()
 
     def __repr__(self) -> str:
         return (
@@ -65,6 +68,14 @@ class ChunkStream:
 
     def __aiter__(self) -> ChunkStream:
         return self
+
+    if not TYPE_CHECKING:  # type checkers keep reporting `await stream` as an error
+
+        def __await__(self) -> NoReturn:
+            raise UsageError(
+                "a ChunkStream is not awaited: read it with `async for chunk in stream`, or get"
+                " the whole answer with `await stream.collect()` (best inside `async with`)"
+            )
 
     async def __anext__(self) -> Chunk:
         if not self._pending:
@@ -162,3 +173,7 @@ class ChunkStream:
         # A stream abandoned mid-way (no `async with`, no aclose) must not hold its connection.
         if self._state == "reading" and self._reader is not None:
             self._close(abort=True)
+            warn_left_open(
+                f"a {self._exchange.provider} ChunkStream", self._origin,
+                "its connection is closed now. Use `async with` or read it to the end", self,
+            )

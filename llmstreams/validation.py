@@ -149,11 +149,22 @@ def check_extra(field: str, value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def reject_unknown(unknown: Mapping[str, Any], known: Iterable[str], *, escape_hatch: str) -> None:
-    """Fail on keyword arguments the method does not take, suggesting close matches."""
+def reject_unknown(
+    unknown: Mapping[str, Any],
+    known: Iterable[str],
+    *,
+    escape_hatch: str,
+    hints: Mapping[str, str] | None = None,
+) -> None:
+    """Fail on keyword arguments the method does not take, suggesting close matches.
+
+    `hints` maps names that other APIs use to what this one wants instead.
+    """
     if not unknown:
         return
     name = sorted(unknown)[0]
+    if hints and name in hints:
+        raise InvalidParameterError(name, f"unknown parameter; {hints[name]}")
     matches = difflib.get_close_matches(name, list(known), n=3)
     suggestion = f"did you mean {' or '.join(repr(m) for m in matches)}? " if matches else ""
     raise InvalidParameterError(

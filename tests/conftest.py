@@ -1,8 +1,14 @@
-"""Suite-wide: tests reach only 127.0.0.1, never through a proxy of the machine they run on."""
+"""Fixtures the mock server's tests share (a test module may define its own of the same name),
+and one for all: tests reach only 127.0.0.1, never through a proxy of the machine they run on."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import aiohttp
 import pytest
+
+from llmstreams.mock import MockServer
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -12,3 +18,17 @@ def no_proxy_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pools honour the proxy variables (see `Pool`); the machine's must not apply here."""
     for name in PROXY_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[MockServer]:
+    """A mock server with the default knobs."""
+    async with MockServer() as mock:
+        yield mock
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A raw aiohttp client for talking to the mock over loopback."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
+        yield client

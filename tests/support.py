@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
+import pty
 import re
+import struct
 import sys
+import termios
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
@@ -137,3 +141,113 @@ async def mock_command() -> AsyncIterator[str]:
     finally:
         process.terminate()
         await process.wait()
+
+
+def _own_terminal() -> None:
+    """In the child: a session of its own, with the pseudo-terminal (its stdin) controlling it,
+    so that Ctrl-C typed there is SIGINT."""
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """A command running in a pseudo-terminal: type into it, read what it shows.
+
+    stdin, stdout and stderr are all the terminal, as in an interactive shell.
+    """
+
+    def __init__(self, process: asyncio.subprocess.Process, master: int) -> None:
+        self.process = process
+        self._master = master
+        self._output = bytearray()
+        self._seen = 0
+        self._changed = asyncio.Event()
+        self._eof = False
+        asyncio.get_running_loop().add_reader(master, self._on_readable)
+
+    @classmethod
+    async def start(cls, *args: str, env: Mapping[str, str] | None = None, columns: int = 100) -> Terminal:
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": str(columns), **(env or {})}
+        process = await asyncio.create_subprocess_exec(
+            *args, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT, env=environment,
+            preexec_fn=_own_terminal,
+        )
+        os.close(slave)
+        return cls(process, master)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 65536)
+        except OSError:  # EIO: every process holding the terminal has gone
+            data = b""
+        if not data:
+            self._eof = True
+            asyncio.get_running_loop().remove_reader(self._master)
+        self._output += data
+        self._changed.set()
+
+    @property
+    def output(self) -> str:
+        """Everything shown so far."""
+        return self._output.decode("utf-8", "replace")
+
+    async def expect(self, pattern: str, timeout: float = 90) -> str:
+        """Wait until `pattern` (a regex) shows after what earlier calls matched; the text up to it."""
+        regex = re.compile(pattern)
+        async with asyncio.timeout(timeout):
+            while True:
+                text = self._output[self._seen:].decode("utf-8", "replace")
+                found = regex.search(text)
+                if found:
+                    self._seen += len(text[: found.end()].encode())
+                    return text[: found.end()]
+                if self._eof:
+                    raise AssertionError(f"{pattern!r} never showed; the terminal shows:\n{self.output}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    def send(self, text: str) -> None:
+        os.write(self._master, text.encode())
+
+    async def wait(self, timeout: float = 90) -> int:
+        """The exit status, once everything it showed has been read."""
+        async with asyncio.timeout(timeout):
+            status = await self.process.wait()
+            while not self._eof:
+                self._changed.clear()
+                await self._changed.wait()
+        return status
+
+    def close(self) -> None:
+        if not self._eof:
+            asyncio.get_running_loop().remove_reader(self._master)
+        os.close(self._master)
+        if self.process.returncode is None:
+            self.process.kill()
+
+
+def render(output: str) -> list[str]:
+    """The lines a terminal shows for `output`: CR returns to the line's start, ESC[K clears
+    the rest of the line, other escape sequences (colours) are dropped."""
+    lines: list[list[str]] = [[]]
+    column = 0
+    for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|\r\n|.", output, flags=re.S):
+        line = lines[-1]
+        if token in ("\n", "\r\n"):
+            lines.append([])
+            column = 0
+        elif token == "\r":
+            column = 0
+        elif token == "\x1b[K":
+            del line[column:]
+        elif token.startswith("\x1b["):
+            continue
+        else:
+            if column < len(line):
+                line[column] = token
+            else:
+                line.append(token)
+            column += 1
+    return ["".join(line).rstrip() for line in lines]

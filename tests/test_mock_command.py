@@ -8,7 +8,6 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,12 +19,6 @@ PROCESS_TIMEOUT = 30.0
 MOCK = [sys.executable, "-m", "llmstreams", "mock"]
 COMPLETIONS = "/v1/completions"
 COMPLETION_BODY = {"model": "m", "prompt": "hi"}
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 async def start_mock(*options: str) -> tuple[asyncio.subprocess.Process, str]:

@@ -6,7 +6,6 @@ import itertools
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -19,18 +18,6 @@ AUTH = {"Authorization": "Bearer sk-test"}
 SSE = {**AUTH, "X-DashScope-SSE": "enable", "Accept": "text/event-stream"}
 FRAME = re.compile(rb"^id:(\d+)\nevent:(result|error)\n:HTTP_STATUS/(\d{3})\ndata:(.*)$")
 PROMPT = {"model": "billa-7b-sft-v1", "input": {"prompt": "Write a haiku about rivers"}}
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 async def generate(

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -26,18 +25,6 @@ CHAT = API_PREFIX + "/chat/completions"
 DASHSCOPE_AUTH = {"Authorization": "Bearer sk-test"}
 # Long enough that a read meant to time out cannot succeed by accident, short for the suite.
 SHORT_READ = 0.2
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 class Vendor:

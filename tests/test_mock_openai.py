@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -52,18 +51,6 @@ ROUTES = [QIANFAN_CHAT, QIANFAN_COMPLETIONS, DASHSCOPE, GENERIC_CHAT, GENERIC_CO
 CHAT_ROUTES = [route for route in ROUTES if route.chat]
 each_route = pytest.mark.parametrize("route", ROUTES, ids=repr)
 each_chat_route = pytest.mark.parametrize("route", CHAT_ROUTES, ids=repr)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 def request_body(route: Route, **fields: Any) -> dict[str, Any]:
@@ -284,9 +271,12 @@ async def test_dashscope_and_generic_keys(session: aiohttp.ClientSession) -> Non
             session, server, GENERIC_CHAT, request_body(GENERIC_CHAT), key="local-key"
         ) as reply:
             assert reply.status == 200
-    async with MockServer() as open_server, await post(
-        session, open_server, GENERIC_CHAT, request_body(GENERIC_CHAT), key=None
-    ) as reply:
+    async with (
+        MockServer() as open_server,
+        await post(
+            session, open_server, GENERIC_CHAT, request_body(GENERIC_CHAT), key=None
+        ) as reply,
+    ):
         assert reply.status == 200
 
 

@@ -1,7 +1,9 @@
 """The official `openai` SDK, unchanged but for `base_url`, against each OpenAI-compatible route.
 
 What the SDK assembles (stream and whole, chat and completions, reasoning and tool calls) must be
-what the mock sent: the same text as a raw request to the same route.
+what the mock sent: the same text as a raw request to the same route. (That llmstreams' own
+clients get the same chat text and tool calls as the SDK is tested in test_openai_client.py; the
+legacy completions are compared here.)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import attrs
 import openai
 import pytest
 
+from llmstreams import OpenAICompatibleClient
 from llmstreams.mock import MockServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about rivers"}]
@@ -91,6 +94,9 @@ async def test_completions_stream_and_whole(server: MockServer, base: Base) -> N
         pieces = [choice.text async for chunk in stream for choice in chunk.choices]
     assert whole.choices[0].text == expected["text"] == "".join(pieces)
     assert len(expected["text"]) == 240
+    async with OpenAICompatibleClient(base_url=server.url + base.prefix, api_key=base.key) as ours:
+        assert (await ours.complete("Rivers", model="m")).text == expected["text"]
+        assert (await ours.stream_complete("Rivers", model="m").collect()).text == expected["text"]
 
 
 @each_base

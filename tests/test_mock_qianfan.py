@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,18 +18,6 @@ CHAT = API_PREFIX + "/chat/completions"
 COMPLETIONS = API_PREFIX + "/completions/codellama_7b_instruct"
 ID_PATTERN = re.compile(r"^as-[a-z0-9]{10}$")
 USER_HI = [{"role": "user", "content": "Please introduce The Great Wall"}]
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 async def fetch_token(session: aiohttp.ClientSession, server: MockServer) -> str:

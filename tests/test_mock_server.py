@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -27,18 +26,6 @@ DASHSCOPE_HEADERS = {"Authorization": "Bearer sk-test"}
 PROMPT = {"model": "qwen-turbo", "input": {"prompt": "hello"}}
 READY = re.compile(r"^llmstreams mock listening on (http://127\.0\.0\.1:\d+) \((\d+) workers?\)$")
 PROCESS_TIMEOUT = 30.0
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer() as mock:
-        yield mock
-
-
-@pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
-        yield client
 
 
 async def generate(session: aiohttp.ClientSession, url: str, api_key: str = "sk-test") -> int:

@@ -148,7 +148,7 @@ MESSAGE_CASES: list[tuple[Any, str, str]] = [
     ({"role": "user", "content": "x"}, "messages", "list of"),
     ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "messages", "odd number"),
     ([{"role": "assistant", "content": "a"}], "messages[0].role", "must be 'user'"),
-    ([{"role": "system", "content": "a"}], "messages[0].role", "must be 'user'"),
+    ([{"role": "system", "content": "a"}], "messages[0].role", "takes no 'system' message"),
     (
         [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "user", "content": "c"}],
         "messages[1].role",

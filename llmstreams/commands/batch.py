@@ -14,6 +14,7 @@ from typing import Any
 
 import llmstreams
 from llmstreams.batch import (
+    FAIL_FAST_AFTER,
     PROTOCOLS,
     PROVIDERS,
     BatchSummary,
@@ -51,12 +52,18 @@ Resuming: by default the ids already in OUTPUT are skipped, so after a crash or 
 command carries on where it stopped. --retry-errors runs the failed ids again;
 --overwrite starts OUTPUT afresh.
 
+Failing fast: when the first {fail_fast_after} requests all fail with the same error that no
+retry fixes (a bad key, no permission, an unknown model), the run stops there rather than
+writing that error for every id. Once the cause is fixed, the same command runs those ids again
+(no --retry-errors needed). --keep-going runs every request regardless.
+
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
 error (bad option, missing credentials, unreadable file, OUTPUT a directory or not writable);
-4 when writing OUTPUT failed mid-run (disk full: free space and run again to resume); 5 when
-another run is writing OUTPUT; 130 when interrupted.
-"""
+3 when the run stopped early (see Failing fast); 4 when writing OUTPUT failed mid-run (disk
+full: free space and run again to resume); 5 when another run is writing OUTPUT; 130 when
+interrupted.
+""".replace("{fail_fast_after}", str(FAIL_FAST_AFTER))
 
 
 def register(subparsers: Any) -> None:
@@ -94,6 +101,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "-v", "--verbose", action="store_true",
         help="log each retry (by default only the summary tells how many attempts were made)",
+    )
+    parser.add_argument(
+        "--keep-going", action="store_true",
+        help=f"run every request even when the first {FAIL_FAST_AFTER} all fail the same way",
     )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
@@ -145,8 +156,12 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error("--protocol is for --provider dashscope")
     if args.model is None and args.endpoint is None:
         return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
+    if args.input.is_dir():
+        return _usage_error(f"{args.input}: is a directory, not a JSONL file")
     if not args.input.is_file():
         return _usage_error(f"{args.input}: no such file")
+    if args.output.is_dir():
+        return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
     if args.output.exists() and os.path.samefile(args.output, args.input):
         return _usage_error("OUTPUT must not be INPUT (they are the same file)")
     try:
@@ -189,6 +204,7 @@ async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
         return await run_batch(
             args.input, args.output, target,
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
+            fail_fast=not args.keep_going,
         )
 
 
@@ -230,6 +246,13 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
         lines.append(
             f"interrupted: {summary.not_run:,} requests not run; "
             "run the same command again to resume"
+        )
+    elif summary.stopped_early is not None:
+        lines.append(
+            f"stopped early: the first {FAIL_FAST_AFTER} requests all failed with the same error,"
+            f" which no retry fixes:\n  {summary.stopped_early}\n"
+            f"{summary.not_run:,} requests not run. Fix the cause and run the same command again"
+            " (the failed ids run again too); --keep-going runs every request regardless"
         )
     elif stats.failed or summary.already_failed:
         lines.append("some requests failed; add --retry-errors to run them again")

@@ -22,6 +22,8 @@ from llmstreams.validation import check_api_key, check_headers, check_text
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
+# What the official SDKs' base URLs add to the host: this client adds them itself.
+_API_SUFFIXES = ("/api/v1", compatible.API_PREFIX)
 
 
 class GenerationExchange:
@@ -92,6 +94,7 @@ class DashScopeClient(BaseClient):
                 raise InvalidParameterError("workspace", "must not contain line breaks", workspace)
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV, "").strip() or DEFAULT_BASE_URL
+        base_url = _without_api_version(base_url)
         super().__init__(
             base_url=base_url, pool=pool, timeout=timeout, retry=retry, max_retries=max_retries
         )
@@ -232,3 +235,15 @@ class DashScopeClient(BaseClient):
         headers.update(call_headers)
         request = HttpRequest(method="POST", url=self._url, body=generation.body, headers=headers)
         return GenerationExchange(request, generation)
+
+
+def _without_api_version(base_url: str) -> str:
+    """`base_url` without the /api/v1 (dashscope SDK) or /compatible-mode/v1 (openai SDK) that
+    the official SDKs' base URLs end in, since this client adds the path for the protocol."""
+    if isinstance(base_url, str):
+        trimmed = base_url.rstrip("/")
+        for suffix in _API_SUFFIXES:
+            if trimmed.endswith(suffix):
+                return trimmed[: -len(suffix)]
+    return base_url
+

@@ -297,7 +297,7 @@ def error_from_body(head: ResponseHead, body: bytes) -> APIError:
     return api_error(
         status=head.status,
         code=None,
-        message=f"HTTP {head.status} without a DashScope error body: {snippet(body)}",
+        message=f"not a DashScope error body: {snippet(body)}",
         request_id=None,
         retry_after=head.retry_after,
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import attrs
 
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.text import (
-    answer_text,
+    answer_start,
+    corpus_text,
     count_tokens,
     split_chunks,
     token_counts_at,
@@ -54,12 +56,28 @@ class Answer:
 def compose_answer(
     digest: bytes, behaviour: Behaviour, *, prompt_text: str, max_tokens: int | None
 ) -> Answer:
-    text = answer_text(digest, behaviour.answer_chars)
+    chunks, truncated, completion_tokens = _compose_text(
+        answer_start(digest), behaviour.answer_chars, behaviour.chunk_chars, max_tokens
+    )
+    return Answer(
+        chunks=chunks,
+        prompt_tokens=count_tokens(prompt_text),
+        truncated=truncated,
+        completion_tokens=completion_tokens,
+    )
+
+
+# An answer's text depends on the request only through its corpus sentence (one of a few
+# thousand) and these knobs, so a busy mock composes each one once.
+@functools.lru_cache(maxsize=8192)
+def _compose_text(
+    sentence: int, answer_chars: int, chunk_chars: int, max_tokens: int | None
+) -> tuple[tuple[str, ...], bool, tuple[int, ...]]:
+    text = corpus_text(sentence, answer_chars)
     truncated = max_tokens is not None and count_tokens(text) > max_tokens
     if max_tokens is not None and truncated:
         text = truncate_to_tokens(text, max_tokens)
-    return Answer.from_chunks(
-        split_chunks(text, behaviour.chunk_chars),
-        prompt_tokens=count_tokens(prompt_text),
-        truncated=truncated,
+    answer = Answer.from_chunks(
+        split_chunks(text, chunk_chars), prompt_tokens=0, truncated=truncated
     )
+    return answer.chunks, truncated, answer.completion_tokens

@@ -56,6 +56,9 @@ class Answer(StreamEvents, Protocol):
     def with_first_line_length(self, length: int) -> Answer: ...
 
 
+_EVENT_STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}
+
+
 async def send_answer(
     request: web.BaseRequest,
     context: MockContext,
@@ -109,9 +112,9 @@ async def send_body(
     body: bytes,
     headers: Mapping[str, str] | None = None,
 ) -> web.StreamResponse:
-    response = web.StreamResponse(status=status, headers=headers)
-    response.content_type = content_type
-    response.charset = "utf-8"
+    response = web.StreamResponse(
+        status=status, headers={"Content-Type": f"{content_type}; charset=utf-8", **(headers or {})}
+    )
     response.content_length = len(body)
     await response.prepare(request)
     await _write(response, body, trickle=behaviour.trickle)
@@ -126,9 +129,7 @@ async def send_stream(
     events: StreamEvents,
 ) -> web.StreamResponse:
     """Write `events` as a `text/event-stream`, applying every stream knob, and count the outcome."""
-    response = web.StreamResponse(status=200)
-    response.content_type = "text/event-stream"
-    response.charset = "utf-8"
+    response = web.StreamResponse(status=200, headers=_EVENT_STREAM_HEADERS)
     await response.prepare(request)
     context.stats.stream_started()
     try:
@@ -168,13 +169,14 @@ async def _write_events(
     pace = behaviour.chunks_per_second
     pending: list[bytes] = []
     event_number = 0
+    count = events.chunk_count
 
     async def flush() -> None:
         if pending:
             await _write_frames(response, pending, behaviour)
             pending.clear()
 
-    for index in range(events.chunk_count + 1):
+    for index in range(count + 1):
         if behaviour.malformed_after == index:
             event_number += 1
             pending.append(events.malformed(event_number))
@@ -191,7 +193,7 @@ async def _write_events(
         if behaviour.stall_after == index:
             await flush()
             await context.pause(None)
-        if index == events.chunk_count:
+        if index == count:
             break
         if pace is not None and index > 0:
             due = first_chunk_at + index / pace

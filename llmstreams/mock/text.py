@@ -89,11 +89,18 @@ _SENTENCE_STARTS = list(
 
 
 def answer_text(digest: bytes, length: int) -> str:
-    """`length` characters of English-looking sentences, chosen by `digest`.
+    """`length` characters of English-looking sentences, chosen by `digest`."""
+    return corpus_text(answer_start(digest), length)
 
-    The text starts at a sentence of a fixed corpus picked by the digest and wraps around.
-    """
-    start = _SENTENCE_STARTS[int.from_bytes(digest[:8], "big") % len(_SENTENCE_STARTS)]
+
+def answer_start(digest: bytes) -> int:
+    """The corpus sentence an answer chosen by `digest` starts at."""
+    return int.from_bytes(digest[:8], "big") % len(_SENTENCE_STARTS)
+
+
+def corpus_text(sentence: int, length: int) -> str:
+    """`length` characters of the fixed corpus from its `sentence`-th sentence, wrapping around."""
+    start = _SENTENCE_STARTS[sentence]
     text = _CORPUS[start : start + length]
     if len(text) < length:
         repeats = length // len(_CORPUS) + 1

@@ -489,12 +489,12 @@ def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: 
     if error is not None:
         assert isinstance(payload, dict)
         return api_error(payload, error, head, dialect, request_id=request_id, before_generation=True)
-    status = head.status
     detail = payload.get("detail") if isinstance(payload, dict) else None
     if isinstance(detail, str) and detail:
         message = detail  # A FastAPI-style body, as some self-hosted servers send.
     else:
-        message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+        # The status is in the error's text already (APIError.__str__): not again here.
+        message = f"not an error body of this API: {snippet(body)}" if body.strip() else "an empty body"
     return api_error(
         {}, {"message": message}, head, dialect, request_id=request_id, before_generation=True
     )

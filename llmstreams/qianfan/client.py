@@ -312,7 +312,7 @@ class QianfanClient(BaseClient):
         assert self._auth is not None
         reject_unknown(
             params, _CHAT_PARAMETERS if kind == "chat" else _COMPLETE_PARAMETERS,
-            escape_hatch="extra_params",
+            escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS,
         )
         input_fields: dict[str, Any]
         if kind == "chat":

@@ -41,6 +41,18 @@ MODELS: tuple[ModelInfo, ...] = (
     ModelInfo("ERNIE-4.0-8K", "chat", "completions_pro"),
     ModelInfo("ERNIE-Speed-8K", "chat", "ernie_speed"),
     ModelInfo("ERNIE-Lite-8K", "chat", "ernie-lite-8k"),
+    ModelInfo("ERNIE-4.0-8K-Latest", "chat", "ernie-4.0-8k-latest"),
+    ModelInfo("ERNIE-4.0-8K-Preview", "chat", "ernie-4.0-8k-preview"),
+    ModelInfo("ERNIE-4.0-Turbo-8K", "chat", "ernie-4.0-turbo-8k"),
+    ModelInfo("ERNIE-3.5-128K", "chat", "ernie-3.5-128k"),
+    ModelInfo("ERNIE-Speed-128K", "chat", "ernie-speed-128k"),
+    ModelInfo("ERNIE-Speed-Pro-128K", "chat", "ernie-speed-pro-128k"),
+    ModelInfo("ERNIE-Lite-8K-0922", "chat", "eb-instant"),
+    ModelInfo("ERNIE-Tiny-8K", "chat", "ernie-tiny-8k"),
+    ModelInfo("ERNIE-Character-8K", "chat", "ernie-char-8k"),
+    ModelInfo("ERNIE-Functions-8K", "chat", "ernie-func-8k"),
+    ModelInfo("ERNIE-Novel-8K", "chat", "ernie-novel-8k"),
+    ModelInfo("ERNIE-Speed-AppBuilder", "chat", "ai_apaas"),
     ModelInfo("BLOOMZ-7B", "chat", "bloomz_7b1"),
     ModelInfo("Llama-2-7B-Chat", "chat", "llama_2_7b"),
     ModelInfo("Llama-2-13B-Chat", "chat", "llama_2_13b"),
@@ -66,7 +78,10 @@ def lookup_model(name: str) -> ModelInfo:
             name,
             [model.name for model in MODELS],
             what="model",
-            extra="; for a service you deployed yourself, pass endpoint='<its API name>' instead",
+            extra=(
+                "; endpoint='<API name>' works for any model, public or deployed by you: the API"
+                " name is the last part of the model's v1 URL (.../wenxinworkshop/chat/<API name>)"
+            ),
         )
     return info
 

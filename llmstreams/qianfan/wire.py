@@ -88,6 +88,16 @@ TOKEN_ERROR_CODES: Final = frozenset({110, 111})
 # --- request side -------------------------------------------------------------------------------
 
 
+# Parameters other APIs have, under the name v1 uses (or where v1 takes them instead).
+V1_PARAMETER_HINTS: Final = {
+    "max_tokens": "Qianfan v1 calls it max_output_tokens: pass extra_params={'max_output_tokens': N}",
+    "system": "Qianfan v1 takes the system prompt as extra_params={'system': '...'}",
+}
+_SYSTEM_MESSAGE_HINT: Final = (
+    "Qianfan v1 takes no 'system' message: pass its content as extra_params={'system': '...'}"
+)
+
+
 def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[str, str]]:
     """The chat history as the service wants it: user/assistant turns, starting and ending with user."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
@@ -97,6 +107,9 @@ def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[s
         )
     if not messages:
         raise InvalidParameterError("messages", "must not be empty")
+    for index, message in enumerate(messages):
+        if isinstance(message, Mapping) and message.get("role") == "system":
+            raise InvalidParameterError(f"messages[{index}].role", _SYSTEM_MESSAGE_HINT, "system")
     if len(messages) % 2 == 0:
         raise InvalidParameterError(
             "messages",
@@ -254,7 +267,8 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
         message = str(payload["message"])
         request_id = payload.get("requestId") if isinstance(payload.get("requestId"), str) else None
     else:
-        message = f"HTTP {status} with body {snippet(body)}" if body.strip() else f"HTTP {status}"
+        # The status is in the error's text already (APIError.__str__): not again here.
+        message = f"not a Qianfan error body: {snippet(body)}" if body.strip() else "an empty body"
     if status in V1_GONE_STATUSES:
         message = f"{message}. {V1_GONE_HINT}"
     cls: type[APIError]

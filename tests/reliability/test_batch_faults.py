@@ -317,7 +317,7 @@ def test_output_that_cannot_be_used_is_a_one_line_usage_error(
     hard_link = tmp_path / "same-as-input.jsonl"
     os.link(source, hard_link)
     cases = [
-        (tmp_path, "it is a directory"),
+        (tmp_path, "is a directory"),
         (a_file / "output.jsonl", "a-file"),
         (hard_link, "OUTPUT must not be INPUT"),
     ]
