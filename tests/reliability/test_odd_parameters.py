@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from llmstreams import (
     APIError,
+    ChunkStream,
     DashScopeClient,
     InvalidParameterError,
     OpenAICompatibleClient,
@@ -212,11 +213,11 @@ async def call(method: Callable[..., Any], arguments: dict[str, Any]) -> None:
     """Call, and send what passes the checks; only the checks or the server may object."""
     try:
         result = method(**arguments)
-        if inspect.isawaitable(result):
-            await result
-        else:
+        if isinstance(result, ChunkStream):
             async with result as stream:
                 await stream.collect()
+        else:
+            await result
     except (InvalidParameterError, APIError):
         pass
 
