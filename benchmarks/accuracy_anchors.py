@@ -54,7 +54,7 @@ def _run(command: list[str], seconds: float, cwd: Path) -> None:
 
 def _guidellm(venv: Path, url: str, streams: int, seconds: float, work: Path) -> dict[str, Any]:
     data, output = work / "prompts.json", work / "out.json"
-    data.write_text(json.dumps([{"prompt": "tick tock"}] * 64), encoding="utf-8")
+    data.write_text(json.dumps([{"prompt": "tick tock"}] * 20_000), encoding="utf-8")
     _run([
         str(venv / "bin" / "guidellm"), "run",
         "--backend", f"kind=openai_http,target={url},model=ruler",
@@ -84,7 +84,7 @@ def _aiperf(venv: Path, url: str, streams: int, seconds: float, work: Path) -> d
     tokenizer, data, artifacts = work / "tokenizer", work / "prompts.jsonl", work / "artifacts"
     subprocess.run([str(venv / "bin" / "python"), "-c", _TOKENIZER, str(tokenizer)], check=True,
                    timeout=120, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    data.write_text('{"text": "tick tock"}\n' * 64, encoding="utf-8")
+    data.write_text('{"text": "tick tock"}\n' * 20_000, encoding="utf-8")
     _run([
         str(venv / "bin" / "aiperf"), "profile", "--model", "ruler", "--tokenizer", str(tokenizer),
         "--url", url, "--endpoint-type", "chat", "--streaming", "--concurrency", str(streams),

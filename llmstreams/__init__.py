@@ -29,6 +29,7 @@ from llmstreams.pool import Pool, PoolStats
 from llmstreams.qianfan import QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
+from llmstreams.sync import SyncClient, SyncStream
 from llmstreams.types import Chunk, Completion, ToolCall, ToolCallDelta, Usage
 
 __version__ = "0.1.0"
@@ -67,6 +68,8 @@ __all__ = [
     "ServerError",
     "StreamInterruptedError",
     "StreamTimeoutError",
+    "SyncClient",
+    "SyncStream",
     "Timeout",
     "ToolCall",
     "ToolCallDelta",

@@ -24,7 +24,8 @@ import signal
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TextIO, TypeAlias
 
@@ -108,8 +109,14 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
         return InputProblem(line_number, f"not usable JSON ({str(error)[:100]})")
     except RecursionError:
         return InputProblem(line_number, "not usable JSON (nested too deeply)")
+    return parse_item(line_number, item)
+
+
+def parse_item(line_number: int, item: object) -> BatchRequest | InputProblem:
+    """The request in one decoded input record (a JSON line, or a row of a table)."""
     if not isinstance(item, dict):
         return InputProblem(line_number, f"must be a JSON object, not {type(item).__name__}")
+    item = dict(item)
     if "id" not in item:
         return InputProblem(line_number, 'has no "id"')
     request_id = item.pop("id")
@@ -160,11 +167,17 @@ class Classified:
 def classify(path: Path, done: Mapping[IdKey, bool]) -> Iterator[Classified]:
     """Each non-blank input line with its fate. The first line with an id wins; later lines
     with the same id are duplicates. Ids in `done` already have a result line."""
+    parsed = (parse_line(line_number, raw) for line_number, raw in read_lines(path))
+    return classify_parsed((item for item in parsed if item is not None), done)
+
+
+def classify_parsed(
+    parsed_items: Iterable[BatchRequest | InputProblem], done: Mapping[IdKey, bool]
+) -> Iterator[Classified]:
+    """`classify` over input records already parsed (`parse_line`, `parse_item`)."""
     first_lines: dict[IdKey, int] = {}
-    for line_number, raw in read_lines(path):
-        parsed = parse_line(line_number, raw)
-        if parsed is None:
-            continue
+    for parsed in parsed_items:
+        line_number = parsed.line
         key = id_key(parsed.id)
         if key is not None:
             if key in first_lines:
@@ -398,7 +411,7 @@ def result_record(request: BatchRequest, outcome: Outcome) -> dict[str, Any]:
             "request_id": completion.request_id,
             "chunks": completion.chunk_count,
             **timings,
-        }
+        } | ({"reasoning": completion.reasoning} if completion.reasoning else {})
     error = outcome.error
     assert error is not None
     details: dict[str, Any] = {"type": type(error).__name__, "message": error.message}
@@ -434,14 +447,17 @@ def make_client(
     *,
     base_url: str | None = None,
     protocol: Protocol = "native",
+    credentials: Mapping[str, str] | None = None,
 ) -> Client:
-    """A client of `provider` on `pool`, with credentials from the environment; `protocol` is
-    DashScope's."""
+    """A client of `provider` on `pool`; `protocol` is DashScope's. `credentials` are the
+    client's keyword arguments (`api_key`, `secret_key`, ...), else they come from the
+    environment."""
+    given: dict[str, Any] = dict(credentials or {})
     if provider == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url, pool=pool)
+        return llmstreams.QianfanClient(base_url=base_url, pool=pool, **given)
     if provider == "openai":
-        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool)
-    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol)
+        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool, **given)
+    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol, **given)
 
 
 @attrs.frozen(slots=True)
@@ -550,27 +566,9 @@ async def run_batch(
     started = time.perf_counter()
     summary = BatchSummary()
     lock, previous, writer = open_output(output_path, mode)
-    summary.cut_bytes = previous.cut_bytes
-    summary.unreadable_output_lines = len(previous.unreadable_lines)
-    summary.setup_errors_rerun = previous.setup_errors
-    if previous.cut_bytes:
-        report(
-            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
-            " left by an interrupted run"
-        )
-    if previous.setup_errors:
-        report(
-            f"{output_path}: running again the {previous.setup_errors} ids that failed with an"
-            " error about the setup (key, permission, model)"
-        )
-    if previous.unreadable_lines:
-        report(
-            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
-            f" results (lines {_some(previous.unreadable_lines)})"
-        )
-
     try:
-        _plan(input_path, previous, writer, summary, report)
+        report_previous(output_path, previous, summary, report)
+        plan(input_path, classify(input_path, previous.done), writer, summary, report)
         await _run_requests(
             input_path, previous, target, writer, summary,
             concurrency=concurrency, progress_stream=progress_stream,
@@ -581,11 +579,6 @@ async def run_batch(
         lock.release()
         summary.elapsed = time.perf_counter() - started
     return summary
-
-
-def _describe_error(error: Mapping[str, Any]) -> str:
-    code = f" (code {error['code']})" if error.get("code") is not None else ""
-    return f"{error['type']}{code}: {error['message']}"
 
 
 # A failure of these while preparing the output is one of writing (the disk), not of the path.
@@ -620,21 +613,79 @@ def open_output(path: Path, mode: Mode) -> tuple[OutputLock, PreviousResults, Re
     return lock, previous, writer
 
 
+class FailFast:
+    """Stops a run when its first `FAIL_FAST_AFTER` results all failed with the same setup error
+    (and more were to run): that error would only repeat for every id."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        self._summary = summary
+        self._first_errors: set[tuple[Any, ...] | None] = set()
+
+    def should_stop(self, record: Mapping[str, Any]) -> bool:
+        """Take the result `record` just counted in the summary; True (and the summary's
+        `stopped_early` set) when the run should stop."""
+        summary = self._summary
+        if not summary.stats.requests <= FAIL_FAST_AFTER < summary.to_run:
+            return False
+        self._first_errors.add(setup_error(record["error"]) if "error" in record else None)
+        if summary.stats.requests == FAIL_FAST_AFTER and len(self._first_errors) == 1 > (
+            None in self._first_errors
+        ):
+            summary.stopped_early = _describe_error(record["error"])
+            return True
+        return False
+
+
+def _describe_error(error: Mapping[str, Any]) -> str:
+    code = f" (code {error['code']})" if error.get("code") is not None else ""
+    return f"{error['type']}{code}: {error['message']}"
+
+
 def _some(numbers: list[int], limit: int = 10) -> str:
     shown = ", ".join(str(number) for number in numbers[:limit])
     return shown + (", ..." if len(numbers) > limit else "")
 
 
-def _plan(
+def report_previous(
+    output_path: Path, previous: PreviousResults, summary: BatchSummary, report: Reporter
+) -> None:
+    """Count and report what was repaired or ignored in the output of an earlier run."""
+    summary.cut_bytes = previous.cut_bytes
+    summary.unreadable_output_lines = len(previous.unreadable_lines)
+    summary.setup_errors_rerun = previous.setup_errors
+    if previous.cut_bytes:
+        report(
+            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
+            " left by an interrupted run"
+        )
+    if previous.setup_errors:
+        report(
+            f"{output_path}: running again the {previous.setup_errors} ids that failed with an"
+            " error about the setup (key, permission, model)"
+        )
+    if previous.unreadable_lines:
+        report(
+            f"{output_path}: ignoring {len(previous.unreadable_lines)} lines that are not"
+            f" results (lines {_some(previous.unreadable_lines)})"
+        )
+
+
+class RecordWriter(typing.Protocol):
+    """Where result records go (`ResultWriter`, or a table format's writer)."""
+
+    def write(self, record: Mapping[str, Any]) -> None: ...
+
+
+def plan(
     input_path: Path,
-    previous: PreviousResults,
-    writer: ResultWriter,
+    items: Iterable[Classified],
+    writer: RecordWriter,
     summary: BatchSummary,
     report: Reporter,
 ) -> None:
     """First pass over the input: count what will run, report and record the bad lines."""
     reported = 0
-    for item in classify(input_path, previous.done):
+    for item in items:
         summary.input_lines += 1
         if item.action == "run":
             summary.to_run += 1
@@ -716,7 +767,7 @@ async def _run_requests(
 ) -> None:
     """Second pass over the input: run the requests, writing each result as it finishes."""
     in_flight: dict[int, BatchRequest] = {}
-    first_errors: set[tuple[Any, ...] | None] = set()
+    stopper = FailFast(summary) if fail_fast else None
 
     def jobs() -> Iterator[Job]:
         index = 0
@@ -751,13 +802,8 @@ async def _run_requests(
                 writer.write(record)
                 summary.stats.add(outcome)
                 progress.advance(failed=not outcome.ok)
-                if fail_fast and summary.stats.requests <= FAIL_FAST_AFTER < summary.to_run:
-                    first_errors.add(setup_error(record["error"]) if "error" in record else None)
-                    if summary.stats.requests == FAIL_FAST_AFTER and len(first_errors) == 1 > (
-                        None in first_errors
-                    ):
-                        summary.stopped_early = _describe_error(record["error"])
-                        outcomes.stop()
+                if stopper is not None and stopper.should_stop(record):
+                    outcomes.stop()
     finally:
         for number in signals:
             loop.remove_signal_handler(number)

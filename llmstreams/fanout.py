@@ -68,7 +68,8 @@ def _check_concurrency(concurrency: int) -> int:
     return concurrency
 
 
-async def _run_job(index: int, job: Job, on_chunk: ChunkCallback | None) -> Outcome:
+async def run_job(index: int, job: Job, on_chunk: ChunkCallback | None = None) -> Outcome:
+    """Run one job to its end; its success or llmstreams error as the `Outcome` of job `index`."""
     started = time.perf_counter()
     first_chunk: float | None = None
     stream: ChunkStream | None = None
@@ -139,7 +140,7 @@ class _Run:
         try:
             while taken is not None:
                 index, job = taken
-                outcome = await _run_job(index, job, self.on_chunk)
+                outcome = await run_job(index, job, self.on_chunk)
                 if self.fail_fast and outcome.error is not None:
                     outcome.error.add_note(f"raised by job {index} of the fan-out (fail_fast=True)")
                     self.fail(outcome.error)
@@ -332,22 +333,36 @@ class FanOutStats:
         )
 
     def add(self, outcome: Outcome) -> None:
+        received = outcome.completion if outcome.error is None else outcome.error.partial
+        self.count(
+            error_type=None if outcome.error is None else type(outcome.error).__name__,
+            attempts=outcome.attempts,
+            chunks=0 if received is None else received.chunk_count,
+            tokens=0 if received is None or received.usage is None else received.usage.total_tokens,
+            time_to_first_chunk=outcome.time_to_first_chunk,
+        )
+
+    def count(
+        self,
+        *,
+        error_type: str | None,
+        attempts: int,
+        chunks: int,
+        tokens: int,
+        time_to_first_chunk: float | None,
+    ) -> None:
+        """Add one request known only by its figures (e.g. a result record from elsewhere)."""
         self.requests += 1
-        self.attempts += outcome.attempts
-        received = outcome.completion
-        if outcome.error is not None:
+        self.attempts += attempts
+        if error_type is not None:
             self.failed += 1
-            name = type(outcome.error).__name__
-            self.errors_by_type[name] = self.errors_by_type.get(name, 0) + 1
-            received = outcome.error.partial
+            self.errors_by_type[error_type] = self.errors_by_type.get(error_type, 0) + 1
         else:
             self.succeeded += 1
-        if received is not None:
-            self.chunks += received.chunk_count
-            if received.usage is not None:
-                self.tokens += received.usage.total_tokens
-        if outcome.time_to_first_chunk is not None:
-            self._first_chunk_times.append(outcome.time_to_first_chunk)
+        self.chunks += chunks
+        self.tokens += tokens
+        if time_to_first_chunk is not None:
+            self._first_chunk_times.append(time_to_first_chunk)
             self._sorted = False
 
     def time_to_first_chunk(self, fraction: float) -> float | None:

@@ -15,7 +15,7 @@ import attrs
 
 from llmstreams.errors import InvalidParameterError, LLMStreamsError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
-from llmstreams.ratelimit import RateLimit, RateLimiter
+from llmstreams.ratelimit import Limiter, RateLimit, RateLimiter
 from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
 
 T = TypeVar("T")
@@ -43,7 +43,8 @@ class Pool:
     Limits are sized for thousands of concurrent streams: aiohttp's default of 100
     connections would silently queue the rest. `timeout` and `retry` are the defaults of the
     clients that use this pool (a client may override them). `rate_limit` holds back every
-    request sent through the pool, whichever client sends it. Use `async with Pool() as pool`
+    request sent through the pool, whichever client sends it; `rate_limiter` instead shares a
+    limiter held elsewhere (e.g. `llmstreams.ray.ClusterRateLimiter`, one for a whole cluster). Use `async with Pool() as pool`
     or call `await pool.close()`.
 
     Proxies: `proxy="http://host:port"` sends every request through that HTTP proxy (HTTPS
@@ -62,6 +63,7 @@ class Pool:
         max_retries: int | None = None,
         keepalive_timeout: float = 30.0,
         rate_limit: RateLimit | None = None,
+        rate_limiter: Limiter | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
     ) -> None:
@@ -90,7 +92,11 @@ class Pool:
         self.timeout = timeout if timeout is not None else Timeout()
         self.retry = resolve_retry(retry if retry is not None else RetryPolicy(), max_retries)
         self._keepalive_timeout = keepalive_timeout
-        self.rate_limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        if rate_limit is not None and rate_limiter is not None:
+            raise InvalidParameterError("rate_limiter", "give rate_limit or rate_limiter, not both")
+        self.rate_limiter: Limiter | None = (
+            RateLimiter(rate_limit) if rate_limit is not None else rate_limiter
+        )
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
@@ -168,7 +174,8 @@ class Pool:
         # Its connections belong to the closed loop and can neither be used nor closed there;
         # detaching tells aiohttp the session is finished with.
         session.detach()
-        if self.rate_limiter is not None:
+        if isinstance(self.rate_limiter, RateLimiter):
+            # Its lock belongs to the closed loop (a shared limiter held elsewhere has none here).
             self.rate_limiter.rebind()
 
     async def close(self) -> None:

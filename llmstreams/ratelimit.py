@@ -7,7 +7,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -79,6 +79,16 @@ def _request_window(span: float, rate: float) -> _Window:
     """
     whole = max(1, math.ceil(rate))
     return _Window(span * whole / rate, float(whole))
+
+
+class Limiter(Protocol):
+    """What a `Pool` asks of its rate limiter (`RateLimiter`, or one shared across processes)."""
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent, and count it."""
+
+    def record_tokens(self, tokens: int) -> None:
+        """Count a finished generation's tokens."""
 
 
 class RateLimiter:

@@ -59,10 +59,13 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--chunks-per-second", "--first-chunk-delay", "--response-delay", "--mock-knob",
         "--qianfan-auth", "--provider", "--model", "--endpoint", "--prompt", "--stream",
         "--no-stream", "--incremental-output", "--max-retries", "--json", "--requests-jsonl",
-        "--plots", "--quiet",
+        "--plots", "--quiet", "--trace", "--burstiness", "--ramp-up", "--processes", "--prompts",
+        "--sharegpt", "--random-input-len", "--max-tokens", "--percentiles", "--goodput",
+        "compare",
     ):
         assert option in text, option
-    for field in ("request_throughput", "mean_ttft_ms", "chunk_throughput", "cpu_s_per_1k_chunks"):
+    for field in ("request_throughput", "mean_ttft_ms", "total_token_throughput", "request_goodput",
+                  "median_tpot_ms", "p99_itl_ms"):
         assert field in text
 
 
@@ -77,7 +80,7 @@ def test_closed_loop_sweep_writes_json_jsonl_and_plots(
     )
     assert code == 0
     output = capsys.readouterr().out
-    assert "closed loop, concurrency 4" in output
+    assert "closed loop, 4 streams" in output
 
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["config"]["concurrencies"] == [1, 4]
@@ -116,7 +119,9 @@ def test_closed_loop_sweep_writes_json_jsonl_and_plots(
         assert record["ttft_ms"] <= record["e2el_ms"]
         assert record["output_tokens"] > 0
 
-    assert sorted(path.name for path in plots.iterdir()) == ["concurrency_sweep.png", "latency.png"]
+    assert sorted(path.name for path in plots.iterdir()) == [
+        "concurrency_sweep.png", "latency.png", "timeline.png",
+    ]
     for path in plots.iterdir():
         assert path.read_bytes().startswith(b"\x89PNG")
 
@@ -353,3 +358,174 @@ def test_summary_counts_only_successes_in_latency_but_every_chunk_in_throughput(
     assert fields["p99_itl_ms"] == pytest.approx(10.0)
     assert fields["cpu_s_per_1k_chunks"] == pytest.approx(100.0)
     assert fields["client_cpu_utilization"] == 0.25
+
+
+def test_open_loop_with_a_cap_reports_queue_goodput_and_asked_percentiles(tmp_path: Path) -> None:
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    assert bench(
+        "--mock-workers", "0", "--rate", "500", "--concurrency", "2", "--burstiness", "0.5",
+        "--requests", "12", "--warmup", "0", *SMALL_ANSWER, "--goodput", "ttft:60000",
+        "e2el:60000", "--percentiles", "50,99.9", "--json", str(report),
+        "--requests-jsonl", str(lines), "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert (run["mode"], run["concurrency"], run["request_rate"], run["burstiness"]) == (
+        "open", 2, 500, 0.5,
+    )
+    assert run["request_goodput"] == pytest.approx(run["request_throughput"])
+    assert run["goodput_slos_ms"] == {"ttft": 60000, "e2el": 60000}
+    for field in ("p99.9_ttft_ms", "p50_tpot_ms", "p99.9_client_queue_ms",
+                  "mean_e2el_including_queue_ms", "p99_loop_lag_ms", "client_bound"):
+        assert field in run, field
+    assert "p99_ttft_ms" not in run
+    assert run["mean_e2el_including_queue_ms"] >= run["mean_e2el_ms"]
+    for record in read_lines(lines):
+        assert record["e2el_including_queue_ms"] == pytest.approx(
+            record["e2el_ms"] + record["client_queue_ms"], abs=0.001
+        )
+
+
+def test_every_run_against_the_mock_measures_the_harness_error(tmp_path: Path) -> None:
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    assert bench(
+        "--provider", "openai", "--mock-workers", "1", "--concurrency", "3", "--requests", "6",
+        "--warmup", "0", *SMALL_ANSWER, "--json", str(report), "--requests-jsonl", str(lines),
+        "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["completed"] == 6
+    assert run["p99_harness_ttft_error_ms"] >= 0
+    assert run["p99_harness_itl_error_ms"] >= 0
+    for record in read_lines(lines):
+        stamped = [error for error in record["send_error_ms"] if error is not None]
+        assert len(stamped) >= CHUNKS_PER_ANSWER
+
+
+def test_prompts_file_and_max_tokens_reach_the_server(tmp_path: Path) -> None:
+    prompts, lines = tmp_path / "prompts.jsonl", tmp_path / "requests.jsonl"
+    prompts.write_text(
+        '{"id": 1, "prompt": "first question"}\n'
+        '{"id": 2, "messages": [{"role": "user", "content": "second"}], "max_tokens": 2}\n',
+        encoding="utf-8",
+    )
+    assert bench(
+        "--provider", "dashscope", "--mock-workers", "0", "--concurrency", "2", "--requests", "6",
+        "--warmup", "0", "--prompts", str(prompts), "--max-tokens", "5",
+        "--requests-jsonl", str(lines), "--quiet",
+    ) == 0
+    records = sorted(read_lines(lines), key=lambda record: record["index"])
+    assert [record["output_tokens"] for record in records] == [5, 2] * 3
+    assert all(record["input_tokens"] > 0 for record in records)
+
+
+def test_sharegpt_and_random_prompts(tmp_path: Path) -> None:
+    sharegpt, report = tmp_path / "sharegpt.json", tmp_path / "report.json"
+    sharegpt.write_text(json.dumps([{"conversations": [
+        {"from": "human", "value": "hello there"}, {"from": "gpt", "value": "x" * 16},
+    ]}]), encoding="utf-8")
+    assert bench(
+        "--provider", "openai", "--mock-workers", "0", "--concurrency", "2", "--requests", "4",
+        "--warmup", "0", "--sharegpt", str(sharegpt), "--json", str(report), "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["total_output_tokens"] == 4 * 4  # 16 characters: 4 tokens each
+    assert bench(
+        "--provider", "openai", "--mock-workers", "0", "--concurrency", "2", "--requests", "4",
+        "--warmup", "0", "--random-input-len", "50", "--json", str(report), "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["total_input_tokens"] >= 4 * 50
+
+
+def test_trace_replay_sends_one_request_per_arrival(tmp_path: Path) -> None:
+    trace, report = tmp_path / "trace.jsonl", tmp_path / "report.json"
+    trace.write_text("".join(f'{{"offset_s": {n * 0.01}}}\n' for n in range(7)), encoding="utf-8")
+    assert bench(
+        "--mock-workers", "0", "--trace", str(trace), "--warmup", "0", *SMALL_ANSWER,
+        "--json", str(report), "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert (run["mode"], run["completed"], run["failed"]) == ("trace", 7, 0)
+
+
+def test_processes_share_the_load_and_merge_their_results(tmp_path: Path) -> None:
+    report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
+    assert bench(
+        "--mock-workers", "1", "--processes", "2", "--concurrency", "4", "--requests", "10",
+        "--warmup", "2", *SMALL_ANSWER, "--json", str(report), "--requests-jsonl", str(lines),
+        "--quiet",
+    ) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["processes"] == 2
+    assert run["completed"] == 10
+    assert run["total_chunks"] == 10 * CHUNKS_PER_ANSWER
+    records = read_lines(lines)
+    assert sorted(record["index"] for record in records) == list(range(10))
+    starts = [record["start_s"] for record in sorted(records, key=lambda r: r["index"])]
+    assert starts == sorted(starts)
+
+
+def test_compare_prints_two_reports_side_by_side_with_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for path, concurrency in ((first, "1"), (second, "4")):
+        assert bench(
+            "--mock-workers", "0", "--concurrency", concurrency, "--requests", "8", "--warmup",
+            "0", *SMALL_ANSWER, "--json", str(path), "--quiet",
+        ) == 0
+    capsys.readouterr()
+    assert bench("compare", str(first), str(second)) == 0
+    output = capsys.readouterr().out
+    assert "A: mock in this process; qianfan ERNIE-Speed-8K; closed loop, 1 stream" in output
+    assert "B: mock in this process; qianfan ERNIE-Speed-8K; closed loop, 4 streams" in output
+    a, b = (json.loads(path.read_text(encoding="utf-8")) for path in (first, second))
+    ratio = b["request_throughput"] / a["request_throughput"]
+    line = next(line for line in output.splitlines() if line.startswith("request throughput"))
+    assert line.split()[-1] == f"{ratio:.2f}x"
+    assert "req/s" in line
+
+
+def test_compare_refuses_files_that_are_not_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "not.json"
+    path.write_text("{}", encoding="utf-8")
+    assert bench("compare", str(path), str(path)) == 2
+    assert "runs" in capsys.readouterr().err
+
+
+def test_quiet_prints_units_and_one_precision_per_column(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench(
+        "--mock-workers", "0", "--concurrency", "1,3", "--requests", "6", "--warmup", "0",
+        *SMALL_ANSWER, "--quiet",
+    ) == 0
+    lines = capsys.readouterr().out.splitlines()
+    heading = next(index for index, line in enumerate(lines) if line.lstrip().startswith("workers"))
+    names, units, *rows = lines[heading:heading + 4]
+    assert "TTFT p50" in names and "ms" in units.split() and "µs" in units.split()
+    assert len(rows) == 2
+    ttft = [row.split()[names.split().index("TTFT") + 3] for row in rows]
+    assert all(len(value.split(".")[1]) == 2 for value in ttft), ttft
+
+
+@pytest.mark.parametrize(
+    ("arguments", "complaint"),
+    [
+        (["--burstiness", "2"], "--burstiness"),
+        (["--processes", "3", "--concurrency", "2"], "processes"),
+    ],
+)
+def test_load_settings_that_cannot_work_are_refused(
+    arguments: list[str], complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bench("--mock-workers", "0", *arguments) == 2
+    assert complaint in capsys.readouterr().err
+
+
+def test_bad_goodput_metric_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        bench("--goodput", "speed:3")
+    assert "ttft, tpot, e2el" in capsys.readouterr().err

@@ -55,10 +55,12 @@ def test_the_registry_knows_the_listed_v1_models_and_the_error_names_endpoint(
 
 
 async def test_dashscope_takes_the_official_sdks_base_url_style(llmstreams_mock: MockServer) -> None:
-    for suffix in ("/api/v1", "/api/v1/"):
-        async with llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url + suffix) as client:
+    for suffix, protocol in (("/api/v1", "native"), ("/api/v1/", "native"), ("/compatible-mode/v1", "openai")):
+        async with llmstreams.DashScopeClient(
+            api_key="k", base_url=llmstreams_mock.url + suffix, protocol=protocol
+        ) as client:
             assert client.base_url == llmstreams_mock.url
-            assert (await client.generate("Hello", model="billa-7b-sft-v1")).text
+            assert (await client.chat(MESSAGES, model="qwen-turbo")).text
 
 
 async def test_a_404_says_http_404_once(llmstreams_mock: MockServer) -> None:
@@ -69,7 +71,10 @@ async def test_a_404_says_http_404_once(llmstreams_mock: MockServer) -> None:
     async with llmstreams.QianfanClient(access_token="t", base_url=wrong) as qianfan:
         with pytest.raises(llmstreams.NotFoundError) as from_qianfan:
             await qianfan.chat(MESSAGES, model="ERNIE-Speed-8K")
-    for error in (from_dashscope.value, from_qianfan.value):
+    async with llmstreams.OpenAICompatibleClient(base_url=wrong + "/v1") as compatible:
+        with pytest.raises(llmstreams.NotFoundError) as from_compatible:
+            await compatible.chat(MESSAGES, model="any")
+    for error in (from_dashscope.value, from_qianfan.value, from_compatible.value):
         assert str(error).count("404") == 2, str(error)  # "HTTP 404" and the body's "404: Not Found"
         assert str(error).count("HTTP 404") == 1, str(error)
         assert "error body" in str(error)

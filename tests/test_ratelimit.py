@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmstreams import InvalidParameterError, RateLimit, RateLimiter
+from llmstreams import InvalidParameterError, Pool, RateLimit, RateLimiter
 
 
 class FakeClock:
@@ -104,3 +104,11 @@ async def test_an_absurd_token_count_does_not_overflow() -> None:
     await rate.acquire()
     rate.record_tokens(10**400)
     assert rate.wait_time() == 60.0
+
+
+async def test_a_pool_takes_a_shared_limiter_or_a_limit_not_both() -> None:
+    shared = RateLimiter(RateLimit(requests_per_second=5))
+    async with Pool(rate_limiter=shared) as pool:
+        assert pool.rate_limiter is shared
+    with pytest.raises(InvalidParameterError, match="rate_limiter"):
+        Pool(rate_limit=RateLimit(requests_per_second=5), rate_limiter=shared)

@@ -231,7 +231,7 @@ async def measure_request(
     now = clock.now
     times: list[float] = []
     stamp = times.append
-    sent: list[Any] = []
+    raws: list[Any] = []
     item: Any = None
     status = OK
     start = now()
@@ -243,10 +243,10 @@ async def measure_request(
                 if hasattr(stream, "last_read_at") else now
             )
             if getattr(target, "reads_sent_at", False):
-                keep_sent = sent.append
+                keep_raw = raws.append
                 async for item in stream:
                     stamp(read_at())
-                    keep_sent(item.raw.get(SENT_AT_FIELD))
+                    keep_raw(item.raw)
             else:
                 async for item in stream:  # noqa: B007
                     stamp(read_at())
@@ -271,19 +271,21 @@ async def measure_request(
         output_tokens=target.output_tokens(item) if ok_with_chunks else None,
         input_tokens=input_tokens(item) if ok_with_chunks and input_tokens is not None else None,
         status=status,
-        send_errors=_send_errors(times, sent),
+        send_errors=_send_errors(times, raws),
     )
 
 
-def _send_errors(times: Sequence[float], sent: Sequence[Any]) -> tuple[float, ...]:
+def _send_errors(times: Sequence[float], raws: Sequence[Any]) -> tuple[float, ...]:
     """Observed minus true send time of each chunk, when the server stamped its events: NaN for
-    a chunk without a stamp of its own (a client-made end chunk repeats the last event's)."""
+    a chunk without an event of its own (a client-made end chunk repeats the last event)."""
+    if not raws:
+        return ()
     errors = []
     previous = None
-    for seen, true in zip(times, sent, strict=True):
-        stamped = isinstance(true, float) and true != previous
-        errors.append(seen - true if stamped else math.nan)
-        previous = true
+    for seen, raw in zip(times, raws, strict=True):
+        true = raw.get(SENT_AT_FIELD) if raw is not previous else None
+        errors.append(seen - true if isinstance(true, float) else math.nan)
+        previous = raw
     return tuple(errors) if any(error == error for error in errors) else ()
 
 

@@ -10,6 +10,7 @@ import itertools
 import multiprocessing
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -180,6 +181,9 @@ def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str
         "ramp_up": plan.ramp_up,
         "mock_workers": workers,
     }
+    if workers is None and config.base_url is not None:
+        parts = urlsplit(config.base_url)
+        label["server"] = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
     if config.workload.provider == "qianfan" and workers is not None:
         label["qianfan_auth"] = config.qianfan_auth
     return label
@@ -282,9 +286,13 @@ async def _child_run(spec: ClientSpec, plan: LoadPlan, ready: Any) -> Measuremen
 async def _server(config: BenchConfig, workers: int | None) -> AsyncIterator[str | None]:
     if workers is None:
         yield config.base_url
-    elif workers == 0:
-        async with MockServer(behaviour=Behaviour(**config.knobs)) as server:
+        return
+    # The mock stamps each event with its true send time, so that every run against it also
+    # measures the harness's own error (unless the knob is set otherwise).
+    knobs = {"stamp_send_times": True, **config.knobs}
+    if workers == 0:
+        async with MockServer(behaviour=Behaviour(**knobs)) as server:
             yield server.url
     else:
-        async with spawn_mock_workers(workers, **config.knobs) as url:
+        async with spawn_mock_workers(workers, **knobs) as url:
             yield url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -32,6 +33,8 @@ from llmstreams.progress import format_duration
 DEFAULT_CONCURRENCY = 16
 EXIT_OUTPUT_WRITE_FAILED = 4
 EXIT_OUTPUT_LOCKED = 5
+DEFAULT_ACTORS = 2
+RAY_INSTALL = "pip install 'llmstreams[ray]'"
 
 DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
@@ -56,6 +59,10 @@ Failing fast: when the first {fail_fast_after} requests all fail with the same e
 retry fixes (a bad key, no permission, an unknown model), the run stops there rather than
 writing that error for every id. Once the cause is fixed, the same command runs those ids again
 (no --retry-errors needed). --keep-going runs every request regardless.
+
+On Ray (--ray, needs the ray extra): the same, with the requests streamed by --actors Ray
+actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUTPUT may be
+.parquet. See docs/ray.md.
 
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
@@ -105,6 +112,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--keep-going", action="store_true",
         help=f"run every request even when the first {FAIL_FAST_AFTER} all fail the same way",
+    )
+    parser.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS",
+        help="run the requests on Ray actors: a local Ray without ADDRESS, 'auto' for the one "
+        "running on this machine, ray://HOST:10001 for a remote cluster (give INPUT first, or "
+        "write --ray=ADDRESS); INPUT and OUTPUT may then be .parquet too. "
+        f"Needs the ray extra: {RAY_INSTALL}",
+    )
+    parser.add_argument(
+        "--actors", type=_positive_int, default=DEFAULT_ACTORS,
+        help=f"with --ray: actors streaming requests, each with --concurrency in flight "
+        f"(default {DEFAULT_ACTORS})",
     )
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
@@ -160,23 +179,29 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(f"{args.input}: is a directory, not a JSONL file")
     if not args.input.is_file():
         return _usage_error(f"{args.input}: no such file")
-    if args.output.is_dir():
+    parquet_parts = args.ray is not None and args.output.suffix.lower() == ".parquet"
+    if args.output.is_dir() and not parquet_parts:
         return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
     if args.output.exists() and os.path.samefile(args.output, args.input):
         return _usage_error("OUTPUT must not be INPUT (they are the same file)")
+    if args.ray is not None and importlib.util.find_spec("ray") is None:
+        return _usage_error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
     try:
         try:
             with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-                summary = asyncio.run(_main(args, provider))
+                summary = (
+                    _run_on_ray(args, provider) if args.ray is not None
+                    else asyncio.run(_main(args, provider))
+                )
         finally:
             # The run is over, only its summary is left to print: a Ctrl-C now (a second one
             # a moment after the first) must not turn a clean exit into a traceback.
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except (llmstreams.InvalidParameterError, OutputFileError) as error:
-        if isinstance(error, OutputWriteError):
-            print(f"llmstreams batch: error: {error}", file=sys.stderr)
-            return EXIT_OUTPUT_WRITE_FAILED
+    except OutputWriteError as error:
+        print(f"llmstreams batch: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_WRITE_FAILED
+    except (llmstreams.InvalidParameterError, OutputFileError, ValueError, ConnectionError) as error:
         return _usage_error(str(error))
     except OutputLockedError as error:
         print(f"llmstreams batch: error: {error}", file=sys.stderr)
@@ -190,15 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
-    limits = (args.rps, args.rpm, args.tpm)
-    rate_limit = (
-        llmstreams.RateLimit(
-            requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
-        )
-        if any(limit is not None for limit in limits)
-        else None
-    )
-    async with llmstreams.Pool(rate_limit=rate_limit, max_retries=args.max_retries) as pool:
+    async with llmstreams.Pool(rate_limit=_rate_limit(args), max_retries=args.max_retries) as pool:
         client = make_client(provider, pool, base_url=args.base_url, protocol=args.protocol)
         target = Target(client, model=args.model, endpoint=args.endpoint)
         return await run_batch(
@@ -206,6 +223,34 @@ async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
             fail_fast=not args.keep_going,
         )
+
+
+def _rate_limit(args: argparse.Namespace) -> llmstreams.RateLimit | None:
+    limits = (args.rps, args.rpm, args.tpm)
+    if all(limit is None for limit in limits):
+        return None
+    return llmstreams.RateLimit(
+        requests_per_second=args.rps, requests_per_minute=args.rpm, tokens_per_minute=args.tpm
+    )
+
+
+def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
+    from llmstreams.ray.batch import RayJob, credentials_from_environment, run_batch_on_ray
+
+    credentials = credentials_from_environment(provider)
+    if credentials is None and args.ray == "local":
+        # A local Ray's workers have this environment: without credentials here, say so now.
+        make_client(provider, llmstreams.Pool(), base_url=args.base_url, protocol=args.protocol)
+    job = RayJob(
+        provider, model=args.model, endpoint=args.endpoint, base_url=args.base_url,
+        protocol=args.protocol,
+        credentials=credentials, address=args.ray,
+        actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
+        rate_limit=_rate_limit(args),
+    )
+    return run_batch_on_ray(
+        args.input, args.output, job, mode=args.mode, report=_report, fail_fast=not args.keep_going
+    )
 
 
 def _per_second(count: int, seconds: float) -> str:

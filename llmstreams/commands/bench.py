@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from llmstreams.bench.prompts import (
     random_prompts,
 )
 from llmstreams.bench.report import (
+    compare_documents,
     environment,
     format_table,
     print_run,
@@ -66,20 +68,23 @@ OPENAI_API_KEY, optional). --provider openai --base-url http://host:port/v1 --mo
 benchmarks any OpenAI-compatible server (vLLM, SGLang). Credentials are never printed or
 recorded.
 
-Load: a closed loop keeps --concurrency requests in flight (a comma list such as 1,16,256
-sweeps); an open loop (--rate) starts requests at Poisson-distributed times whatever the
-others are doing. Each run lasts --requests requests or --duration seconds (whichever comes
-first when both are given), after --warmup uncounted requests.
+Load: a closed loop keeps --concurrency requests in flight (--ramp-up spreads their starts);
+an open loop (--rate) sends requests at Poisson or gamma (--burstiness) arrival times whatever
+the others are doing, at most --concurrency at once when given (a due request then waits:
+client_queue); --trace replays arrival offsets. Comma lists sweep. Each run lasts --requests
+requests or --duration seconds (whichever comes first), after --warmup uncounted requests;
+--processes N spreads it over N client processes. Prompts: --prompt, --prompts (batch JSONL),
+--sharegpt or --random-input-len; --max-tokens asks for an output length.
 
-Measured per request: time to first chunk (TTFT), the gaps between chunks (ITL), end-to-end
-latency (E2EL), chunks, output tokens (usage.completion_tokens when the server sends usage)
-and status (ok, or the error's type). Reported per run: requests/s, chunks/s, output tokens/s,
-mean/p50/p90/p99 of TTFT, ITL and E2EL over the requests that succeeded, errors by type,
-client CPU seconds per 1,000 chunks (time.process_time() of this process; the mock workers
-are other processes) and peak RSS. JSON field names follow vLLM's benchmark_serving
-(request_throughput, output_throughput, mean_ttft_ms, median_ttft_ms, p99_ttft_ms,
-mean_itl_ms, p99_itl_ms, mean_e2el_ms, p99_e2el_ms, ...) plus chunk_throughput,
-cpu_s_per_1k_chunks, peak_rss_mb and errors.
+Measured per request (chunk times are those of the network reads that carried them): TTFT,
+ITL (per chunk), TPOT (per output token, from usage), E2EL, client queue, status. Reported
+per run: request/output/total-token throughput, goodput (--goodput ttft:MS tpot:MS e2el:MS),
+mean/median/std and --percentiles of each latency, errors by type, client CPU per chunk and
+share of a core, event-loop lag p99, peak RSS, and whether the client itself was the
+bottleneck. Against the mock, every event carries its true send time, so each run also
+reports the harness's own TTFT and ITL error. JSON field names follow vLLM's bench serve
+(request_throughput, output_throughput, total_token_throughput, request_goodput,
+mean_ttft_ms, median_tpot_ms, p99_itl_ms, p99_e2el_ms, ...); docs/bench.md defines each.
 """
 
 _EPILOG = """\
@@ -87,6 +92,8 @@ examples:
   llmstreams bench --concurrency 64 --requests 2000 --warmup 100
   llmstreams bench --concurrency 1,16,256 --duration 10 --json out.json --plots plots/
   llmstreams bench --rate 200 --duration 30 --chunks-per-second 20 --answer-chars 600
+  llmstreams bench --rate 5,10,20 --concurrency 64 --burstiness 0.5 --goodput ttft:500 tpot:50
+  llmstreams bench compare before.json after.json
   llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
   llmstreams bench --provider dashscope --no-stream --requests 500
   llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
@@ -245,8 +252,36 @@ def register(subparsers: Any) -> None:
         help="SLOs of the good requests counted in request_goodput, e.g. ttft:500 tpot:50 "
         f"({', '.join(SLO_METRICS)}, in milliseconds)",
     )
-    output.add_argument("--quiet", action="store_true", help="print only the summary table")
+    output.add_argument(
+        "--quiet", action="store_true",
+        help="print only the summary table (units under each heading)",
+    )
     parser.set_defaults(func=run)
+    commands = parser.add_subparsers(dest="bench_command", metavar="{compare}")
+    compare = commands.add_parser(
+        "compare", help="print two JSON reports side by side, with ratios",
+        description="Print the runs of two `llmstreams bench --json` reports side by side, "
+        "run by run, with the ratio B/A of every figure.",
+    )
+    compare.add_argument("first", metavar="A.json", type=Path)
+    compare.add_argument("second", metavar="B.json", type=Path)
+    compare.set_defaults(func=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    documents = []
+    for path in (args.first, args.second):
+        try:
+            documents.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            print(f"llmstreams bench compare: cannot read {path}: {error}", file=sys.stderr)
+            return 2
+    try:
+        print(compare_documents(*documents))
+    except ValueError as error:
+        print(f"llmstreams bench compare: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:

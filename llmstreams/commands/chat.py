@@ -62,9 +62,11 @@ def register(subparsers: Any) -> None:
         "--protocol", choices=PROTOCOLS, default="native",
         help="DashScope only: its native API or its OpenAI-compatible mode (default native)",
     )
-    parser.add_argument("--endpoint", help="Qianfan only: the API name of a deployed service")
+    parser.add_argument("--endpoint", help="Qianfan v1 only: the API name of a deployed service")
     parser.add_argument(
-        "--base-url", help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL or the vendor's)"
+        "--base-url",
+        help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL / OPENAI_BASE_URL,"
+        " or the vendor's)",
     )
     parser.add_argument("--system", help="a system prompt")
     parser.add_argument(

@@ -26,7 +26,7 @@ from llmstreams.mock.delivery import (
     send_answer,
     send_body,
 )
-from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
+from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
     DASHSCOPE_ERRORS,
@@ -269,23 +269,24 @@ class _Reply:
 
     @functools.cached_property
     def _template(self) -> EventTemplate:
-        """The frame of every event but the last, open for its text and usage."""
-        payload = self._payload(SLOTS[0], "null", 0)
-        payload["usage"] = SLOTS[1]
-        return EventTemplate(payload, prefix=b"data:", suffix=b"\n\n")
+        """The frame of every event but the last, open for its id, text and usage."""
+        payload = self._payload(SLOTS[1], "null", 0)
+        payload["usage"] = SLOTS[2]
+        head = b"id:" + ENCODED_SLOTS[0] + b"\nevent:result\n:HTTP_STATUS/200\ndata:"
+        return EventTemplate(payload, prefix=head, suffix=b"\n\n")
 
     def chunk(self, index: int, event_number: int) -> bytes:
-        head = b"id:%d\nevent:result\n:HTTP_STATUS/200\n" % event_number
-        if index == self.chunk_count - 1:
-            return head + self._data_line(index) + b"\n\n"
-        input_tokens = self.answer.prompt_tokens
-        output_tokens = self.answer.completion_tokens[index]
-        usage = b'{"total_tokens":%d,"output_tokens":%d,"input_tokens":%d}' % (
-            input_tokens + output_tokens,
-            output_tokens,
-            input_tokens,
+        answer = self.answer
+        if index == len(answer.chunks) - 1:
+            return _frame(event_number, "result", 200, self._data_line(index))
+        input_tokens = answer.prompt_tokens
+        output_tokens = answer.completion_tokens[index]
+        return self._template.fill(
+            b"%d" % event_number,
+            json_string(self._text(index)),
+            b'{"total_tokens":%d,"output_tokens":%d,"input_tokens":%d}'
+            % (input_tokens + output_tokens, output_tokens, input_tokens),
         )
-        return head + self._template.fill(json_string(self._text(index)), usage)
 
     def malformed(self, event_number: int) -> bytes:
         return _frame(

@@ -15,7 +15,8 @@ from llmstreams.mock.delivery import compact_json
 
 SLOTS = tuple(f"\x00llmstreams-slot-{index}\x00" for index in range(4))
 """Placeholder strings: put `SLOTS[i]` where the i-th varying value goes in a payload."""
-_ENCODED_SLOTS = tuple(compact_json({"": slot})[4:-1] for slot in SLOTS)
+ENCODED_SLOTS = tuple(compact_json({"": slot})[4:-1] for slot in SLOTS)
+"""The slots as they appear in rendered JSON; a template's prefix may hold them too."""
 _encode_string = json.encoder.encode_basestring
 
 
@@ -34,14 +35,14 @@ class EventTemplate:
         rendered = prefix + compact_json(payload) + suffix
         found = sorted(
             (rendered.index(slot), index)
-            for index, slot in enumerate(_ENCODED_SLOTS)
+            for index, slot in enumerate(ENCODED_SLOTS)
             if slot in rendered
         )
         parts: list[bytes] = []
         start = 0
         for position, index in found:
             parts.append(rendered[start:position])
-            start = position + len(_ENCODED_SLOTS[index])
+            start = position + len(ENCODED_SLOTS[index])
         parts.append(rendered[start:])
         self._parts = tuple(parts)
         self._order = tuple(index for _, index in found)
@@ -50,11 +51,7 @@ class EventTemplate:
 
     def fill(self, *values: bytes) -> bytes:
         """The event with slot i replaced by `values[i]` (JSON bytes, e.g. from json_string)."""
-        parts = self._parts
-        if len(values) != len(parts) - 1:
-            raise ValueError(f"this template has {len(parts) - 1} slots, got {len(values)} values")
-        pieces = [parts[0]]
-        for value, part in zip(values, parts[1:], strict=True):
-            pieces.append(value)
-            pieces.append(part)
+        pieces: list[bytes] = [b""] * (2 * len(self._parts) - 1)
+        pieces[0::2] = self._parts
+        pieces[1::2] = values  # a ValueError unless there is one value per slot
         return b"".join(pieces)
