@@ -195,8 +195,12 @@ class ChunkStream:
         self._attach_partial(error)
 
     def _attach_partial(self, error: BaseException) -> None:
-        if isinstance(error, LLMStreamsError) and error.partial is None:
-            error.partial = self._builder.build()
+        if isinstance(error, LLMStreamsError):
+            if error.partial is None:
+                error.partial = self._builder.build()
+            if error.request_id is None:
+                # Errors of the transport know no vendor: the chunks that arrived name the request.
+                error.request_id = error.partial.request_id
 
     def __del__(self) -> None:
         # A stream abandoned mid-way (no `async with`, no aclose) must not hold its connection.

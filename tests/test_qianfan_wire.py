@@ -162,10 +162,36 @@ def test_error_event_first_raises_at_once() -> None:
         list(parser.feed(b'data: {"error_code":110,"error_msg":"Access token invalid"}\n\n'))
 
 
-def test_a_skipped_or_repeated_sentence_id_is_no_error() -> None:
+def test_a_skipped_sentence_id_loses_no_text() -> None:
     parser = QianfanParser(head())
-    chunks = list(parser.feed(event(1, "a") + event(1, "b") + event(3, "d")))
-    assert [chunk.sentence_id for chunk in chunks] == [1, 1, 3]
+    chunks = list(parser.feed(event(0, "a") + event(1, "b") + event(3, "d") + event(4, "e", is_end=True)))
+    assert [chunk.sentence_id for chunk in chunks] == [0, 1, 3, 4]
+    assert list(parser.close()) == []
+    assert completion_of(chunks) == ("abde", 1)
+
+
+def test_sentence_id_zero_on_every_chunk_loses_no_text() -> None:
+    # What the official Qianfan SDK's own test server sends.
+    parser = QianfanParser(head())
+    chunks = list(parser.feed(event(0, "a") + event(0, "b") + event(0, "c", is_end=True)))
+    assert completion_of(chunks) == ("abc", 2)
+
+
+def test_interleaved_sentence_ids_lose_no_text() -> None:
+    # Plugin streams interleave two numberings.
+    parser = QianfanParser(head())
+    chunks = list(parser.feed(
+        event(0, "a") + event(0, "b") + event(1, "c") + event(1, "d") + event(2, "e", is_end=True)
+    ))
+    assert completion_of(chunks) == ("abcde", 2)
+
+
+def completion_of(chunks: list[Chunk]) -> tuple[str, int]:
+    builder = CompletionBuilder()
+    for chunk in chunks:
+        builder.add(chunk)
+    completion = builder.build()
+    return completion.text, completion.sentence_id_anomalies
 
 
 def test_malformed_event_is_a_protocol_error_quoting_it() -> None:

@@ -40,7 +40,12 @@ LOOP_LAG_INTERVAL = 0.005
 
 
 class Target(Protocol):
-    """One client sending one kind of request, as the load generator sees it."""
+    """One client sending one kind of request, as the load generator sees it.
+
+    Optional extras the load generator looks for: `input_tokens(last_item)` (the prompt's
+    token count the server reported) and `reads_sent_at` (true: each item has a `raw` mapping
+    in which the server may have stamped its true send time, SENT_AT_FIELD).
+    """
 
     def open_stream(self) -> AsyncIterator[Any]:
         """Send one request: an async iterator yielding once per chunk received.

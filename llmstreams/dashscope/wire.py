@@ -7,7 +7,6 @@ hierarchy (`api_error`). See protocol.md section 2 for the format.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -39,6 +38,7 @@ from llmstreams.validation import (
     check_number,
     check_stop,
     check_text,
+    encode_json,
     reject_unknown,
 )
 
@@ -156,12 +156,8 @@ def build_generation(
     parameters.update(extra)
 
     body = {"model": model, "input": body_input, "parameters": parameters}
-    try:
-        encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
-        raise InvalidParameterError("extra_params", f"must be JSON-serializable ({error})") from None
     return Generation(
-        body=encoded.encode(),
+        body=encode_json(body, blame="extra_params"),
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
