@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
@@ -39,7 +40,6 @@ from llmstreams.errors import (
     redact_url,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, decode_json
 from llmstreams.options import Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
@@ -428,8 +428,10 @@ def parse_token_response(
 ) -> AccessToken:
     """The token from `/oauth/2.0/token`'s answer, or the error it stands for."""
     try:
-        payload = decode_json(body)
-    except JSON_ERRORS:
+        # The standard library's decoder, which reads NaN/Infinity: a token whose `expires_in`
+        # is not a number is still used (until refused), as with any odd lifetime.
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
         payload = None
     if status == 429 or status >= 500:
         cls = RateLimitError if status == 429 else ServerError
