@@ -216,7 +216,6 @@ class RunSummary:
     cpu_seconds: float
     peak_rss_mb: float
     processes: int = 1
-    connections_opened: int | None = None
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -311,7 +310,6 @@ class RunSummary:
             "p99_loop_lag_ms": _finite(self.loop_lag.at(99)),
             "peak_rss_mb": round(self.peak_rss_mb, 2),
             "processes": self.processes,
-            "connections_opened": self.connections_opened,
             "client_bound": self.client_bound,
             "client_bound_reasons": list(self.client_bound_reasons),
         }
@@ -352,7 +350,6 @@ def summarize(
     percentiles: Sequence[float] = PERCENTILES,
     slos: Mapping[str, float] | None = None,
     processes: int = 1,
-    connections_opened: int | None = None,
 ) -> RunSummary:
     """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
     in SLO_METRICS) define the good requests of `request_goodput`."""
@@ -395,5 +392,4 @@ def summarize(
         cpu_seconds=cpu_seconds,
         peak_rss_mb=peak_rss_mb,
         processes=processes,
-        connections_opened=connections_opened,
     )

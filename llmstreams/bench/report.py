@@ -171,9 +171,7 @@ def format_run(summary: RunSummary) -> str:
         f"client        {summary.cpu_utilization:.0%} of a core"
         + ("" if per_chunk is None else f", {per_chunk:,.1f} µs CPU per chunk")
         + f"; event-loop lag p99 {_number(summary.loop_lag.at(99))} ms"
-        + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB"
-        + ("" if summary.connections_opened is None
-           else f"; {summary.connections_opened:,} connections opened"),
+        + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB",
         "client-bound  " + ("; ".join(summary.client_bound_reasons) or "no"),
         f"errors        {errors}",
     ]
