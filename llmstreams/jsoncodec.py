@@ -9,12 +9,69 @@ either into its vendor's `ProtocolError`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 import msgspec
+
+from llmstreams.errors import ProtocolError, snippet
 
 decode_json: Final[Callable[[str | bytes], Any]] = msgspec.json.Decoder().decode
 
 # What `decode_json` raises for text that is not JSON it accepts.
 JSON_ERRORS: Final = (ValueError, RecursionError)
+
+
+class DecodedJSON(Mapping[str, Any]):
+    """The JSON object of one event, decoded from its text only when first read.
+
+    A parser decodes what it needs into a typed struct; this keeps `Chunk.raw` "the decoded JSON
+    the chunk came from" without building a dict per event that nobody reads. The text was
+    already checked to be a JSON object by that typed decoding, which skips unknown fields
+    without converting their numbers: one holding an integer beyond `json`'s digit limit or a
+    number too large for a float makes the first read raise `ProtocolError` (the chunk's text was
+    whole, so the stream itself did not fail).
+    """
+
+    __slots__ = ("_source", "_decoded")
+
+    def __init__(self, source: str | bytes) -> None:
+        self._source = source
+        self._decoded: dict[str, Any] | None = None
+
+    def _value(self) -> dict[str, Any]:
+        decoded = self._decoded
+        if decoded is None:
+            try:
+                decoded = self._decoded = decode_json(self._source)
+            except JSON_ERRORS as error:
+                raise ProtocolError(
+                    f"a chunk's raw JSON holds a value that cannot be decoded "
+                    f"({type(error).__name__}: {snippet(str(error), 80)})"
+                ) from None
+        return decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._value()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._value())
+
+    def __len__(self) -> int:
+        return len(self._value())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._value()
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DecodedJSON):
+            other = other._value()
+        return self._value() == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._value())
+
+    def __reduce__(self) -> tuple[type[DecodedJSON], tuple[str | bytes]]:
+        return DecodedJSON, (self._source,)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import pickle
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,6 +24,8 @@ from llmstreams.transport import ResponseHead, ResponseParser
 from tests.support import chunks_until_error
 
 DIALECTS = ("qianfan", "dashscope", "openai")
+# Dialects decoding each event into a typed struct, with a lazily decoded `Chunk.raw`.
+TYPED_DIALECTS = ("qianfan",)
 PIECES = ["Hel", "lo", " there"]
 
 
@@ -284,6 +287,26 @@ def test_integers_beyond_64_bits_stay_exact(dialect: str) -> None:
     raw: Any = chunk.raw
     found = raw.get("huge") or raw.get("output", {}).get("huge") or raw["choices"][0]["delta"]["huge"]
     assert found == huge and type(found) is int
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_raw_is_the_decoded_event_and_equals_its_dict(dialect: str) -> None:
+    event = EVENTS[dialect](["x"])[0]
+    data = event.split(b"data:", 1)[1].strip()
+    (chunk, *_) = sse_parser(dialect).feed(event)
+    assert chunk.raw == json.loads(data)
+    assert json.loads(data) == chunk.raw
+    assert dict(chunk.raw) == json.loads(data)
+    assert pickle.loads(pickle.dumps(chunk.raw)) == json.loads(data)
+
+
+@pytest.mark.parametrize("dialect", TYPED_DIALECTS)
+def test_an_unknown_field_too_large_to_decode_fails_only_when_raw_is_read(dialect: str) -> None:
+    event = EVENTS[dialect](["x"])[0].replace(b'"x"', b'"x", "huge": 1e999', 1)
+    (chunk, *_) = sse_parser(dialect).feed(event)
+    assert chunk.text == "x"
+    with pytest.raises(ProtocolError, match="cannot be decoded"):
+        chunk.raw.get("huge")
 
 
 def test_equal_usage_counts_share_one_usage_and_chunks_share_the_request_id() -> None:

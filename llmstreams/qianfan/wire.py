@@ -12,6 +12,8 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
+import msgspec
+
 from llmstreams import validation
 from llmstreams.errors import (
     APIError,
@@ -26,7 +28,7 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, decode_json
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
 from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, make_chunk, make_usage
@@ -308,48 +310,74 @@ def _fault(error: Exception) -> str:
     return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
-def _chunk(payload: dict[str, Any], sentence_id: int, is_end: bool, previous: Chunk | None) -> Chunk:
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of a Qianfan event or answer that a chunk is made of; others are skipped.
+
+    Fields passed through unchecked keep any JSON value, as the chunk got them before; the flags
+    are 1/0 or true/false (`_FLAGS`). A field missing where it is required is None here.
+    """
+
+    result: str | None = None
+    sentence_id: int | None = None
+    is_end: bool | int | None = None
+    need_clear_history: Any = False
+    ban_round: Any = None
+    is_truncated: Any = False
+    is_safe: Any = None
+    finish_reason: Any = None
+    usage: _Usage | None = None
+    id: Any = None
+    created: Any = None
+    error_code: Any = msgspec.UNSET
+
+
+_decode_event: Final = msgspec.json.Decoder(_Event).decode
+
+
+def _chunk(
+    event: _Event, source: str | bytes, sentence_id: int, is_end: bool, previous: Chunk | None
+) -> Chunk:
     """A chunk from a decoded event or body; KeyError/TypeError for a malformed one.
 
     Qianfan's `id` names the request (errors carry it too), so it is also the `request_id`.
     What the previous chunk already had (the id, equal usage counts) is shared, not copied.
     """
-    text = payload["result"]
-    if type(text) is not str:
-        raise TypeError("result is not a string")
-    get = payload.get
-    is_safe = get("is_safe")
-    response_id = get("id")
-    usage = get("usage")
+    text = event.result
+    if text is None:
+        raise TypeError("result is missing")
+    is_safe = event.is_safe
+    response_id = event.id
+    usage = event.usage
     previous_usage = None
     if previous is not None:
         previous_usage = previous.usage
         if response_id == previous.id:
             response_id = previous.id
-    if usage is not None:
-        prompt, completion, total = (
-            usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]
-        )
-        if not (type(prompt) is int and type(completion) is int and type(total) is int):
-            raise TypeError("usage counts are not integers")
-        usage = make_usage(prompt, completion, total, previous_usage)
     return make_chunk(
         text,
         sentence_id,
         is_end,
-        _FLAGS[get("need_clear_history", False)],
-        get("ban_round"),
-        _FLAGS[get("is_truncated", False)],
+        _FLAGS[event.need_clear_history],
+        event.ban_round,
+        _FLAGS[event.is_truncated],
         None if is_safe is None else _FLAGS[is_safe],
-        get("finish_reason"),
-        usage,
+        event.finish_reason,
+        None if usage is None else make_usage(
+            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, previous_usage
+        ),
         response_id,
-        get("created"),
+        event.created,
         response_id,
         "",
         (),
         None,
-        payload,
+        DecodedJSON(source),
     )
 
 
@@ -453,13 +481,13 @@ class QianfanParser:
 
     def _event_chunk(self, data: str) -> Chunk:
         try:
-            payload = decode_json(data)
-            if "error_code" in payload:
-                raise api_error(payload, self._head, hints=self._hints)
-            sentence_id = payload["sentence_id"]
-            if type(sentence_id) is not int:
-                raise TypeError("sentence_id is not an integer")
-            chunk = _chunk(payload, sentence_id, _FLAGS[payload["is_end"]], self._last)
+            event = _decode_event(data)
+            if event.error_code is not msgspec.UNSET:
+                raise api_error(decode_json(data), self._head, hints=self._hints)
+            sentence_id = event.sentence_id
+            if sentence_id is None:
+                raise TypeError("sentence_id is missing")
+            chunk = _chunk(event, data, sentence_id, _FLAGS[event.is_end], self._last)
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError) as error:
             raise ProtocolError(
                 f"a stream event is not a Qianfan chunk ({_fault(error)}): {snippet(data)}",
@@ -478,10 +506,10 @@ class QianfanParser:
     def _whole_body(self, body: bytes) -> Chunk:
         """The one chunk of a JSON answer (a non-stream call's), or its error."""
         try:
-            payload = decode_json(body)
-            if "error_code" in payload:
-                raise api_error(payload, self._head, hints=self._hints)
-            chunk = _chunk(payload, payload.get("sentence_id", 0), True, None)
+            event = _decode_event(body)
+            if event.error_code is not msgspec.UNSET:
+                raise api_error(decode_json(body), self._head, hints=self._hints)
+            chunk = _chunk(event, body, event.sentence_id or 0, True, None)
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError) as error:
             raise ProtocolError(
                 f"the response is not a Qianfan answer ({_fault(error)}): {snippet(body)}",
