@@ -61,6 +61,44 @@ class SSEDecoder:
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Decode the next piece of the stream; return the events it completes, in order."""
+        events: list[ServerSentEvent] = []
+        append_event = events.append
+        last_event_id = self._last_event_id
+        for block in self._complete_blocks(data):
+            # Fast path: an event that is one `data:` line (every Qianfan chunk looks like this).
+            if "\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
+                event = _new_instance(ServerSentEvent)
+                _set_data(event, block[6:] if block[5:6] == " " else block[5:])
+                _set_event(event, _DEFAULT_EVENT_TYPE)
+                _set_id(event, last_event_id)
+                _set_retry(event, None)
+                append_event(event)
+                continue
+            parsed = self._parse_event(block)
+            last_event_id = self._last_event_id
+            if parsed is not None:
+                append_event(parsed)
+        return events
+
+    def feed_data(self, data: bytes) -> list[str | ServerSentEvent]:
+        """`feed`, but an event that is one `data:` line comes as its data string.
+
+        Such an event has the default type and changes no event id, so a parser that reads only
+        the data of "message" events needs nothing more, and no object is made for it.
+        """
+        items: list[str | ServerSentEvent] = []
+        append_item = items.append
+        for block in self._complete_blocks(data):
+            if "\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
+                append_item(block[6:] if block[5:6] == " " else block[5:])
+                continue
+            parsed = self._parse_event(block)
+            if parsed is not None:
+                append_item(parsed)
+        return items
+
+    def _complete_blocks(self, data: bytes) -> list[str]:
+        """The text of every event `data` completes (line ends normalised), in order."""
         text = self._utf8.decode(data)
         if self._skip_leading_lf and text[:1] == "\n":
             text = text[1:]
@@ -85,25 +123,7 @@ class SSEDecoder:
         unfinished = blocks.pop()
         if unfinished:
             pending.append(unfinished)
-
-        events: list[ServerSentEvent] = []
-        append_event = events.append
-        last_event_id = self._last_event_id
-        for block in blocks:
-            # Fast path: an event that is one `data:` line (every Qianfan chunk looks like this).
-            if "\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
-                event = _new_instance(ServerSentEvent)
-                _set_data(event, block[6:] if block[5:6] == " " else block[5:])
-                _set_event(event, _DEFAULT_EVENT_TYPE)
-                _set_id(event, last_event_id)
-                _set_retry(event, None)
-                append_event(event)
-                continue
-            parsed = self._parse_event(block)
-            last_event_id = self._last_event_id
-            if parsed is not None:
-                append_event(parsed)
-        return events
+        return blocks
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream.

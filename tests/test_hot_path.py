@@ -20,6 +20,7 @@ from llmstreams import ChunkStream, Pool, ProtocolError, Timeout
 from llmstreams.dashscope.wire import EventStreamParser
 from llmstreams.openai.wire import GENERIC, DialectParser
 from llmstreams.qianfan.wire import QianfanParser
+from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
 from tests.support import chunks_until_error
 
@@ -319,3 +320,27 @@ def test_equal_usage_counts_share_one_usage_and_chunks_share_the_request_id() ->
     assert first.usage == llmstreams.Usage(1, 1, 2)
     assert first.usage is second.usage is third.usage
     assert first.id is second.id is third.id == "as-same"
+
+
+MIXED_STREAM = (
+    b"data: one\n\n:comment\ndata: two\n\nevent: other\ndata: three\n\nid: 7\ndata: four\n\n"
+    b"data:five\r\n\r\ndata: six\ndata: seven\n\nretry: 10\n\ndata\n\ndata: eight\n\n"
+)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 50, len(MIXED_STREAM)])
+def test_feed_data_gives_the_data_of_one_line_events_and_every_other_event_whole(size: int) -> None:
+    whole, data_only = SSEDecoder(), SSEDecoder()
+    events: list[ServerSentEvent] = []
+    items: list[str | ServerSentEvent] = []
+    for start in range(0, len(MIXED_STREAM), size):
+        piece = MIXED_STREAM[start:start + size]
+        events += whole.feed(piece)
+        items += data_only.feed_data(piece)
+    assert [item if isinstance(item, str) else item.data for item in items] == [
+        event.data for event in events
+    ]
+    assert [item for item in items if isinstance(item, str)] == ["one", "five", "eight"]
+    assert [item.event for item in items if not isinstance(item, str)] == [
+        "message", "other", "message", "message", "message"
+    ]

@@ -589,7 +589,7 @@ class DialectParser:
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed(data))
+            return self._chunks(self._decoder.feed_data(data))
         self._buffer.append(data)
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
@@ -649,14 +649,14 @@ class DialectParser:
         # The first bytes stay in the buffer, for the message should they be no event stream.
         del self._buffer[1:]
         self._buffer[0] = body[:_SNIPPET_BYTES]
-        return self._chunks(self._decoder.feed(body))
+        return self._chunks(self._decoder.feed_data(body))
 
-    def _chunks(self, events: list[ServerSentEvent]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[str | ServerSentEvent]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         if events:
             self._events_seen = True
         for event in events:
-            data = event.data
+            data = event if isinstance(event, str) else event.data
             if data == _DONE:
                 end = self._end_chunk()
                 self._done = True

@@ -402,7 +402,7 @@ class QianfanParser:
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed(data))
+            return self._chunks(self._decoder.feed_data(data))
         self._buffer.append(data)
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
@@ -448,7 +448,7 @@ class QianfanParser:
         if start.startswith(_SSE_STARTS):
             self._mode = _EVENTS
             self._buffer.clear()
-            return self._chunks(self._decoder.feed(body))
+            return self._chunks(self._decoder.feed_data(body))
         if any(prefix.startswith(start) for prefix in _SSE_STARTS):
             return iter(())
         self._mode = _FOREIGN
@@ -463,16 +463,20 @@ class QianfanParser:
             provider=PROVIDER,
         )
 
-    def _chunks(self, events: list[ServerSentEvent]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[str | ServerSentEvent]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         for event in events:
-            if event.event != "message":
-                raise ProtocolError(
-                    f"unexpected event type {snippet(event.event, 40)} in a Qianfan stream: "
-                    f"{snippet(event.data)}",
-                    provider=PROVIDER,
-                )
-            chunk = self._last = self._event_chunk(event.data)
+            if isinstance(event, str):
+                data = event
+            else:
+                if event.event != "message":
+                    raise ProtocolError(
+                        f"unexpected event type {snippet(event.event, 40)} in a Qianfan stream: "
+                        f"{snippet(event.data)}",
+                        provider=PROVIDER,
+                    )
+                data = event.data
+            chunk = self._last = self._event_chunk(data)
             if chunk.is_end:
                 self._finished = True
                 yield chunk
