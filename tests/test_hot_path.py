@@ -26,7 +26,7 @@ from tests.support import chunks_until_error
 
 DIALECTS = ("qianfan", "dashscope", "openai")
 # Dialects decoding each event into a typed struct, with a lazily decoded `Chunk.raw`.
-TYPED_DIALECTS = ("qianfan",)
+TYPED_DIALECTS = ("qianfan", "dashscope")
 PIECES = ["Hel", "lo", " there"]
 
 

@@ -8,9 +8,10 @@ hierarchy (`api_error`). See protocol.md section 2 for the format.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, Final
 
 import attrs
+import msgspec
 
 from llmstreams.errors import (
     APIError,
@@ -27,7 +28,7 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, decode_json
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
 from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
 from llmstreams.types import Chunk, Usage, make_chunk, make_usage
@@ -403,10 +404,13 @@ class EventStreamParser:
 
     def _chunk(self, data: str) -> Chunk:
         try:
-            payload = decode_json(data)
-            text, finish_reason = _text_and_finish_reason(payload["output"], self._message_format)
-            usage = payload.get("usage")
-            request_id = payload.get("request_id")
+            event = _decode_result(data)
+            output = event.output
+            text, finish_reason = _text_and_finish_reason(
+                output.text, output.finish_reason, output.choices, self._message_format
+            )
+            usage = event.usage
+            request_id = event.request_id
         except (*JSON_ERRORS, LookupError, TypeError, AttributeError):
             raise ProtocolError(
                 f"a DashScope stream event is not a generation result: {snippet(data)}",
@@ -442,7 +446,7 @@ class EventStreamParser:
             text, sentence_id, is_end, False, None, False, None,
             finish_reason if is_end else None,
             None if usage is None else _usage(usage, data, None if last is None else last.usage),
-            None, None, request_id, "", (), None, payload,
+            None, None, request_id, "", (), None, DecodedJSON(data),
         )
 
     def _error_event(self, data: str, window: list[bytes]) -> LLMStreamsError:
@@ -458,14 +462,32 @@ class EventStreamParser:
         return error
 
 
-def _text_and_finish_reason(output: Any, message_format: bool) -> tuple[Any, Any]:
-    """The text and finish_reason of an `output` object; raises LookupError/TypeError if absent."""
-    text = None if message_format else output.get("text")
-    if text is None:
+class _Output(msgspec.Struct, gc=False):
+    text: Any = None
+    finish_reason: Any = None
+    choices: Any = None
+
+
+class _ResultEvent(msgspec.Struct, gc=False):
+    """The fields of a `result` event that a chunk is made of; others are skipped."""
+
+    output: _Output
+    usage: Any = None
+    request_id: Any = None
+
+
+_decode_result: Final = msgspec.json.Decoder(_ResultEvent).decode
+
+
+def _text_and_finish_reason(
+    text: Any, finish_reason: Any, choices: Any, message_format: bool
+) -> tuple[Any, Any]:
+    """The text and finish_reason of an `output` object's fields; LookupError/TypeError if absent."""
+    if message_format or text is None:
         # Models whose default result format is "message" answer this way unasked, too.
-        choice = output["choices"][0]
+        choice = choices[0]
         return choice["message"]["content"], choice.get("finish_reason")
-    return text, output.get("finish_reason")
+    return text, finish_reason
 
 
 def _error_event_status(received: bytes) -> int | None:
@@ -565,7 +587,9 @@ def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chu
             f"the DashScope answer has no output: {snippet(body)}", provider=PROVIDER
         )
     try:
-        text, finish_reason = _text_and_finish_reason(output, message_format)
+        text, finish_reason = _text_and_finish_reason(
+            output.get("text"), output.get("finish_reason"), output.get("choices"), message_format
+        )
     except (LookupError, TypeError, AttributeError):
         text = finish_reason = None
     if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):
