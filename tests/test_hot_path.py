@@ -25,8 +25,6 @@ from llmstreams.transport import ResponseHead, ResponseParser
 from tests.support import chunks_until_error
 
 DIALECTS = ("qianfan", "dashscope", "openai")
-# Dialects decoding each event into a typed struct, with a lazily decoded `Chunk.raw`.
-TYPED_DIALECTS = ("qianfan", "dashscope")
 PIECES = ["Hel", "lo", " there"]
 
 
@@ -301,7 +299,7 @@ def test_raw_is_the_decoded_event_and_equals_its_dict(dialect: str) -> None:
     assert pickle.loads(pickle.dumps(chunk.raw)) == json.loads(data)
 
 
-@pytest.mark.parametrize("dialect", TYPED_DIALECTS)
+@pytest.mark.parametrize("dialect", DIALECTS)
 def test_an_unknown_field_too_large_to_decode_fails_only_when_raw_is_read(dialect: str) -> None:
     event = EVENTS[dialect](["x"])[0].replace(b'"x"', b'"x", "huge": 1e999', 1)
     (chunk, *_) = sse_parser(dialect).feed(event)
@@ -344,3 +342,9 @@ def test_feed_data_gives_the_data_of_one_line_events_and_every_other_event_whole
     assert [item.event for item in items if not isinstance(item, str)] == [
         "message", "other", "message", "message", "message"
     ]
+
+
+def test_feed_data_of_a_read_made_only_of_data_lines() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: a\n\ndata:  b\n\ndata: {}\n\ndata: d") == ["a", " b", "{}"]
+    assert decoder.feed_data(b"\n\ndata: e\n\n\n\ndata: f\n\n") == ["d", "e", "f"]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypedDict
 
 import attrs
+import msgspec
 
 from llmstreams.errors import (
     APIError,
@@ -35,7 +36,7 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, decode_json
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
 from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
@@ -511,7 +512,6 @@ def _json_or_none(body: bytes | str) -> Any:
 
 _UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
 _BOM: Final = b"\xef\xbb\xbf"
-_NO_DELTA: Final[Mapping[str, Any]] = {}
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -539,6 +539,38 @@ def _tool_call_deltas(tool_calls: Any) -> tuple[ToolCallDelta, ...]:
             arguments if isinstance(arguments, str) else ("" if arguments is None else json.dumps(arguments)),
         ))
     return tuple(deltas)
+
+
+class _Delta(msgspec.Struct, gc=False):
+    content: Any = None
+    reasoning_content: Any = None
+    reasoning: Any = None
+    tool_calls: Any = None
+
+
+class _Choice(msgspec.Struct, gc=False):
+    index: Any = msgspec.UNSET
+    delta: _Delta | None = None
+    text: Any = None
+    finish_reason: Any = None
+    is_end: Any = None
+    need_clear_history: Any = None
+    ban_round: Any = msgspec.UNSET
+
+
+class _Event(msgspec.Struct, gc=False):
+    """The fields of a stream event that a chunk is made of; others are skipped."""
+
+    choices: list[_Choice] | None = None
+    usage: Any = None
+    id: Any = None
+    model: Any = None
+    created: Any = None
+    ban_round: Any = None
+
+
+_decode_event: Final = msgspec.json.Decoder(_Event).decode
+_NO_DELTA: Final = _Delta()
 
 
 def _fault(error: Exception) -> str:
@@ -571,7 +603,7 @@ class DialectParser:
         self._finish_reason: str | None = None
         self._finish_seen = False
         self._usage: Any = None
-        self._last: dict[str, Any] = {}
+        self._last: Mapping[str, Any] = {}
         self._id: str | None = None
         self._model: str | None = None
         self._created: int | None = None
@@ -669,38 +701,40 @@ class DialectParser:
     def _event_chunk(self, data: str) -> Chunk | None:
         """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
         try:
-            payload = decode_json(data)
-            choices = payload.get("choices")
-            usage = payload.get("usage")
+            event = _decode_event(data)
+            choices = event.choices
+            usage = event.usage
             if usage is not None:
                 self._usage = usage
             if not choices:
                 if choices is None:
+                    payload = decode_json(data)
                     error = _error_object(payload)
                     if error is not None:
                         raise api_error(
                             payload, error, self._head, self._dialect,
                             request_id=self._request_id, before_generation=not self._count,
                         )
-                self._last = payload
+                self._last = DecodedJSON(data)
                 return None
             choice = choices[0]
-            if len(choices) > 1 and choice.get("index", 0) != 0:
-                choice = next((c for c in choices if c.get("index") == 0), None)
-                if choice is None:
+            if len(choices) > 1 and choice.index not in (msgspec.UNSET, 0):
+                first = next((c for c in choices if c.index == 0), None)
+                if first is None:
                     return None
-            finish_reason = choice.get("finish_reason")
+                choice = first
+            finish_reason = choice.finish_reason
             if finish_reason is not None:
                 self._finish_reason = finish_reason
                 self._finish_seen = True
             if self._kind == "chat":
-                delta = choice.get("delta") or _NO_DELTA
-                text = delta.get("content") or ""
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-                tool_calls = delta.get("tool_calls")
+                delta = choice.delta or _NO_DELTA
+                text = delta.content or ""
+                reasoning = delta.reasoning_content or delta.reasoning or ""
+                tool_calls = delta.tool_calls
                 deltas = _tool_call_deltas(tool_calls) if tool_calls else ()
             else:
-                text = choice.get("text") or ""
+                text = choice.text or ""
                 reasoning = ""
                 deltas = ()
             if type(text) is not str or type(reasoning) is not str:
@@ -708,20 +742,20 @@ class DialectParser:
             need_clear_history = False
             ban_round = None
             if self._dialect.choice_flags:
-                if choice.get("is_end"):
+                if choice.is_end:
                     self._finish_seen = True
-                need_clear_history = bool(choice.get("need_clear_history"))
-                ban_round = choice.get("ban_round", payload.get("ban_round"))
-            response_id = payload.get("id")
+                need_clear_history = bool(choice.need_clear_history)
+                ban_round = event.ban_round if choice.ban_round is msgspec.UNSET else choice.ban_round
+            response_id = event.id
             if response_id == self._id:
                 response_id = self._id  # the same string object for every chunk
             self._id = response_id
-            model = payload.get("model")
+            model = event.model
             if model == self._model:
                 model = self._model
             self._model = model
-            self._created = created = payload.get("created")
-            self._last = payload
+            self._created = created = event.created
+            self._last = raw = DecodedJSON(data)
             if not (text or reasoning or deltas or need_clear_history):
                 return None
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
@@ -735,7 +769,7 @@ class DialectParser:
             text, sentence_id, False, need_clear_history, ban_round, False, None, None, None,
             response_id, created,
             response_id if self._dialect.id_is_request_id else self._request_id,
-            reasoning, deltas, model, payload,
+            reasoning, deltas, model, raw,
         )
 
     def _end_chunk(self) -> Chunk:
