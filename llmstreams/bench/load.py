@@ -153,7 +153,8 @@ class Measurement:
     `loop_lags`: how late (seconds) each wake-up of a watcher asking to sleep
     LOOP_LAG_INTERVAL came, over the run: a busy loop delays every timestamp by about as much.
     `origin`: the clock's time when the run began (after the warm-up), which the records'
-    `start` count from.
+    `start` count from. `connections_opened`: new connections the client's pool opened during
+    the run (None where unknown).
     """
 
     records: tuple[RequestRecord, ...]
@@ -162,6 +163,7 @@ class Measurement:
     peak_rss_mb: float
     loop_lags: tuple[float, ...] = ()
     origin: float = 0.0
+    connections_opened: int | None = None
 
 
 async def run_load(

@@ -171,7 +171,9 @@ def format_run(summary: RunSummary) -> str:
         f"client        {summary.cpu_utilization:.0%} of a core"
         + ("" if per_chunk is None else f", {per_chunk:,.1f} µs CPU per chunk")
         + f"; event-loop lag p99 {_number(summary.loop_lag.at(99))} ms"
-        + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB",
+        + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB"
+        + ("" if summary.connections_opened is None
+           else f"; {summary.connections_opened:,} connections opened"),
         "client-bound  " + ("; ".join(summary.client_bound_reasons) or "no"),
         f"errors        {errors}",
     ]
@@ -278,6 +280,7 @@ COMPARED: tuple[tuple[str, str, str], ...] = (
     ("client_cpu_utilization", "client CPU", "cores"),
     ("p99_loop_lag_ms", "event-loop lag p99", "ms"),
     ("peak_rss_mb", "peak RSS", "MiB"),
+    ("connections_opened", "connections opened", "connections"),
     ("p99_harness_itl_error_ms", "harness ITL error p99", "ms"),
 )
 
