@@ -208,7 +208,7 @@ class CompletionBuilder:
     """
 
     __slots__ = (
-        "_parts", "_reasoning", "_tool_calls", "_last", "_chunk_count", "_usage",
+        "_parts", "_reasoning", "_tool_calls", "_last", "_usage",
         "_finish_reason", "_clear_history", "_model", "_next_sentence_id", "_anomalies",
     )
 
@@ -217,7 +217,6 @@ class CompletionBuilder:
         self._reasoning: list[str] = []
         self._tool_calls: dict[int, _ToolCallParts] = {}
         self._last: Chunk | None = None
-        self._chunk_count = 0
         self._usage: Usage | None = None
         self._finish_reason: str | None = None
         self._clear_history: Chunk | None = None
@@ -235,10 +234,10 @@ class CompletionBuilder:
                 if parts is None:
                     parts = self._tool_calls[delta.index] = _ToolCallParts(delta.index)
                 parts.add(delta)
-        if chunk.sentence_id != self._next_sentence_id:
+        sentence_id = chunk.sentence_id
+        if sentence_id != self._next_sentence_id:
             self._anomalies += 1
-        self._next_sentence_id = chunk.sentence_id + 1
-        self._chunk_count += 1
+        self._next_sentence_id = sentence_id + 1
         self._last = chunk
         if chunk.usage is not None:
             self._usage = chunk.usage
@@ -251,7 +250,7 @@ class CompletionBuilder:
 
     @property
     def chunk_count(self) -> int:
-        return self._chunk_count
+        return len(self._parts)
 
     @property
     def usage(self) -> Usage | None:
@@ -272,7 +271,7 @@ class CompletionBuilder:
             id=last.id,
             created=last.created,
             request_id=last.request_id,
-            chunk_count=self._chunk_count,
+            chunk_count=len(self._parts),
             is_complete=last.is_end,
             reasoning="".join(self._reasoning),
             tool_calls=tuple(
