@@ -163,6 +163,7 @@ class Server:
         line = self.process.stdout.readline().decode()
         match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         if match is None:
+            self.stop()
             raise RuntimeError(f"{self.name} did not start: {line!r}")
         self.url = match.group(1)
 
@@ -450,11 +451,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     for chunks in args.chunks:
         found = servers(chunks, args.before)
-        for server in found:
-            server.start()
         rounds = {measure: {server.name: [] for server in found} for measure in MEASURES}
         errors = 0
         try:
+            for server in found:
+                server.start()
             for round_number in range(args.rounds):
                 shift = round_number % len(found)
                 for server in found[shift:] + found[:shift]:

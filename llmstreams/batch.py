@@ -16,9 +16,13 @@ the successful results and runs the failed ids again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import signal
+import stat
+import tempfile
 import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -28,8 +32,15 @@ from typing import Any, Literal, TextIO, TypeAlias
 import attrs
 
 import llmstreams
+from llmstreams.errors import LLMStreamsError, snippet
 from llmstreams.fanout import FanOutStats, Job, Outcome, fan_out_as_completed
+from llmstreams.outputlock import OutputLock
 from llmstreams.progress import Progress
+
+try:
+    import resource
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
 
 Provider = Literal["qianfan", "dashscope", "openai"]
 Mode = Literal["resume", "overwrite", "retry_errors"]
@@ -93,6 +104,11 @@ def parse_line(line_number: int, raw: bytes) -> BatchRequest | InputProblem | No
         # Some of json's messages end in "at" ("Invalid control character at"): one "at" is enough.
         reason = error.msg.removesuffix(" at")
         return InputProblem(line_number, f"not valid JSON ({reason} at column {error.colno})")
+    except ValueError as error:
+        # JSON, but beyond what Python reads: an integer of more than 4,300 digits.
+        return InputProblem(line_number, f"not usable JSON ({str(error)[:100]})")
+    except RecursionError:
+        return InputProblem(line_number, "not usable JSON (nested too deeply)")
     return parse_item(line_number, item)
 
 
@@ -106,7 +122,7 @@ def parse_item(line_number: int, item: object) -> BatchRequest | InputProblem:
     request_id = item.pop("id")
     if id_key(request_id) is None:
         return InputProblem(
-            line_number, f'"id" must be a string or an integer, got {json.dumps(request_id)}'
+            line_number, f'"id" must be a string or an integer, got {_json_excerpt(request_id)}'
         )
     given = [key for key in _CONTENT_KEYS if item.get(key) is not None]
     if len(given) != 1:
@@ -120,6 +136,14 @@ def parse_item(line_number: int, item: object) -> BatchRequest | InputProblem:
         )
     prompt, messages = item.pop("prompt", None), item.pop("messages", None)
     return BatchRequest(request_id, line_number, prompt, messages, item)
+
+
+def _json_excerpt(value: object) -> str:
+    """`value` as short JSON for a message; its type's name if it cannot be shown."""
+    try:
+        return snippet(json.dumps(value, ensure_ascii=False), 60)
+    except (ValueError, RecursionError):
+        return f"a {type(value).__name__}"
 
 
 def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -169,8 +193,27 @@ def classify_parsed(
             yield Classified("run", line_number, request=parsed)
 
 
+def parse_result(raw: bytes) -> tuple[IdKey, dict[str, Any]] | None:
+    """The id and record of a result line; None for anything without a result's shape (an
+    object with a usable "id" and a "text" string or an "error" object)."""
+    try:
+        record = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    key = id_key(record.get("id"))
+    if key is None or not (isinstance(record.get("error"), dict) or isinstance(record.get("text"), str)):
+        return None
+    return key, record
+
+
 def cut_partial_line(path: Path) -> int:
-    """Cut off a last line without its newline (left by a killed run); the bytes removed."""
+    """Repair a last line without its newline (left by a killed run); the bytes removed.
+
+    A complete result that only lacks its newline is kept (the newline is added): its request
+    was paid for. Anything else after the last newline is a torn write and is cut off.
+    """
     if not path.exists():
         return 0
     with path.open("r+b") as output:
@@ -188,8 +231,14 @@ def cut_partial_line(path: Path) -> int:
             position = start
         else:
             keep = 0
-        if keep < size:
-            output.truncate(keep)
+        if keep == size:
+            return 0
+        output.seek(keep)
+        if parse_result(output.read(size - keep)) is not None:
+            output.seek(size)
+            output.write(b"\n")
+            return 0
+        output.truncate(keep)
         return size - keep
 
 
@@ -222,8 +271,10 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
     """Prepare the output for this run: repair it and read what is already done.
 
     `overwrite` empties it. `retry_errors` drops every error line, so that those ids run
-    again; any other run drops the lines of setup errors (`setup_error`). The output is
-    rewritten atomically, via a temporary file, when a line is dropped.
+    again; any other run drops the lines of setup errors (`setup_error`). When a line is
+    dropped the output is rewritten atomically, via a temporary file beside the real file, with
+    its mode (a symlinked output stays a symlink). Lines without a result's shape are reported,
+    never used.
     """
     if mode == "overwrite" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -235,29 +286,63 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
     kept: list[bytes] = []
     dropped = setup_errors = 0
     for line_number, raw in read_lines(path):
-        try:
-            record = json.loads(raw)
-            key = id_key(record["id"]) if isinstance(record, dict) else None
-        except (ValueError, KeyError):
-            key = None
-        if key is None:
-            unreadable.append(line_number)
+        result = parse_result(raw)
+        if result is None:
+            if raw.strip():
+                unreadable.append(line_number)
             continue
-        succeeded = "error" not in record
-        if not succeeded and (
-            mode == "retry_errors"
-            or (isinstance(record["error"], dict) and setup_error(record["error"]) is not None)
-        ):
+        key, record = result
+        error = record.get("error")
+        succeeded = not isinstance(error, dict)
+        if isinstance(error, dict) and (mode == "retry_errors" or setup_error(error) is not None):
             dropped += 1
             setup_errors += mode != "retry_errors"
             continue
         done[key] = succeeded
         kept.append(raw)
     if dropped:
-        temporary = path.with_name(path.name + ".tmp")
-        temporary.write_bytes(b"".join(kept))
-        os.replace(temporary, path)
+        _replace_contents(path, kept)
     return PreviousResults(done, unreadable, cut, setup_errors)
+
+
+def _replace_contents(path: Path, lines: list[bytes]) -> None:
+    """Atomically give the file at `path` (a symlink's target) these lines, keeping its mode."""
+    real = Path(os.path.realpath(path))
+    mode = stat.S_IMODE(real.stat().st_mode)
+    descriptor, temporary = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "wb") as output:
+            output.writelines(lines)
+        os.chmod(temporary, mode)
+        os.replace(temporary, real)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+class OutputFileError(LLMStreamsError):
+    """The output file cannot be used (a directory, or in one that cannot be written); raised
+    before any request was sent."""
+
+    hint = "Choose an OUTPUT file in a directory you can write"
+
+    def __init__(self, path: Path, error: OSError, *, action: str = "cannot use") -> None:
+        cause = error.strerror or str(error) or type(error).__name__
+        super().__init__(f"{action} {path}: {cause}")
+        self.path = path
+
+
+class OutputWriteError(OutputFileError):
+    """Writing results failed (disk full, file size limit, I/O error)."""
+
+    hint = (
+        "Every result written before is kept: free space (or fix the cause) and run the same "
+        "command again to resume"
+    )
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        super().__init__(path, error, action="cannot write results to")
 
 
 class ResultWriter:
@@ -282,8 +367,11 @@ class ResultWriter:
             # A lone surrogate (from a \ud800-style escape in the input): only escapes can carry it.
             data = (json.dumps(record) + "\n").encode()
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as error:
+            raise OutputWriteError(self.path, error) from None
         self.lines_written += 1
 
     def close(self) -> None:
@@ -477,20 +565,52 @@ async def run_batch(
     """
     started = time.perf_counter()
     summary = BatchSummary()
-    previous = load_previous(output_path, mode)
-    report_previous(output_path, previous, summary, report)
-    writer = ResultWriter(output_path)
+    lock, previous, writer = open_output(output_path, mode)
     try:
+        report_previous(output_path, previous, summary, report)
         plan(input_path, classify(input_path, previous.done), writer, summary, report)
         await _run_requests(
             input_path, previous, target, writer, summary,
             concurrency=concurrency, progress_stream=progress_stream,
-            handle_signals=handle_signals, fail_fast=fail_fast,
+            handle_signals=handle_signals, fail_fast=fail_fast, report=report,
         )
     finally:
         writer.close()
+        lock.release()
         summary.elapsed = time.perf_counter() - started
     return summary
+
+
+# A failure of these while preparing the output is one of writing (the disk), not of the path.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
+
+
+def open_output(path: Path, mode: Mode) -> tuple[OutputLock, PreviousResults, ResultWriter]:
+    """Lock the output for this run, repair it, read what is done and open it for appending.
+
+    Raises `OutputLockedError` when another run holds it, `OutputFileError` when it cannot be
+    used (a directory, a directory that cannot be written) or written.
+    """
+    if path.is_dir():
+        raise OutputFileError(path, IsADirectoryError(errno.EISDIR, "it is a directory"))
+    lock = OutputLock(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise OutputFileError(path, error) from None
+    try:
+        previous = load_previous(path, mode)
+        writer = ResultWriter(path)
+    except OSError as error:
+        lock.release()
+        if error.errno in _WRITE_ERRNOS:
+            raise OutputWriteError(path, error) from None
+        raise OutputFileError(path, error) from None
+    except BaseException:
+        lock.release()
+        raise
+    return lock, previous, writer
 
 
 class FailFast:
@@ -590,6 +710,48 @@ def plan(
         report(f"{input_path}: ... and {reported - MAX_REPORTED_PROBLEMS} more problems")
 
 
+# Descriptors a run needs besides one socket per stream: the event loop, files, the mock or
+# DNS threads, lazily imported modules.
+DESCRIPTOR_MARGIN = 32
+
+
+def fit_to_descriptors(concurrency: int, report: Reporter) -> int:
+    """`concurrency`, if the process may open a socket for each stream; else the soft limit on
+    open files is raised as far as the hard limit allows, and what still does not fit lowers
+    the concurrency. Each change is reported."""
+    if resource is None:  # pragma: no cover - Windows
+        return concurrency
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    in_use = _descriptors_in_use()
+    needed = in_use + concurrency + DESCRIPTOR_MARGIN
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return concurrency
+    wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if wanted > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass
+        else:
+            report(f"raised the limit on open files from {soft} to {wanted} for {concurrency} streams at once")
+            soft = wanted
+    if soft >= needed:
+        return concurrency
+    fitted = max(1, soft - in_use - DESCRIPTOR_MARGIN)
+    report(
+        f"concurrency lowered from {concurrency} to {fitted}: this process may open only {soft} "
+        "files (ulimit -n); raise that limit for more streams at once"
+    )
+    return fitted
+
+
+def _descriptors_in_use() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return DESCRIPTOR_MARGIN
+
+
 async def _run_requests(
     input_path: Path,
     previous: PreviousResults,
@@ -601,6 +763,7 @@ async def _run_requests(
     progress_stream: TextIO | None,
     handle_signals: bool,
     fail_fast: bool,
+    report: Reporter,
 ) -> None:
     """Second pass over the input: run the requests, writing each result as it finishes."""
     in_flight: dict[int, BatchRequest] = {}
@@ -617,6 +780,7 @@ async def _run_requests(
 
     if not summary.to_run:
         return
+    concurrency = fit_to_descriptors(min(concurrency, summary.to_run), report)
     progress = Progress(summary.to_run, label="batch", stream=progress_stream)
     outcomes = fan_out_as_completed(jobs(), concurrency=concurrency)
     loop = asyncio.get_running_loop()

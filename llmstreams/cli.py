@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from llmstreams import __version__
@@ -35,7 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
-    return int(args.func(args))
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    ctrl_c = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    try:
+        return int(args.func(args))
+    finally:
+        # A command may ignore Ctrl-C once its work is done, up to the process's exit; a
+        # caller that passed `argv` (a program, a test) gets its own handler back.
+        if argv is not None and in_main_thread:
+            signal.signal(signal.SIGINT, ctrl_c)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,34 @@ from types import TracebackType
 from typing import ClassVar, Self
 from urllib.parse import urlsplit
 
-from llmstreams.errors import InvalidParameterError
+from llmstreams.errors import InvalidParameterError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.origin import caller_origin, warn_left_open
 from llmstreams.pool import Pool, resolve_retry
 from llmstreams.streams import ChunkStream
 from llmstreams.transport import Exchange
 from llmstreams.types import Completion
+from llmstreams.validation import check_encodable, check_optional
 
 
 def validate_base_url(base_url: str) -> str:
-    """`base_url` without a trailing slash, or `InvalidParameterError`."""
-    parts = urlsplit(base_url) if isinstance(base_url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
-        raise InvalidParameterError(
-            "base_url", "must be an http:// or https:// URL such as https://host[:port]", base_url
-        )
+    """`base_url` without a trailing slash, or `InvalidParameterError` (which never shows a
+    password the URL carries)."""
+    rule = "must be an http:// or https:// URL such as https://host[:port]"
+    if not isinstance(base_url, str):
+        raise InvalidParameterError("base_url", rule, type(base_url).__name__)
+    check_encodable("base_url", base_url)
+    try:
+        parts = urlsplit(base_url)
+        port_ok = parts.port is None or parts.port > 0
+    except ValueError:
+        raise InvalidParameterError("base_url", rule, redact_url(base_url)) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+        raise InvalidParameterError("base_url", rule, redact_url(base_url))
     if parts.query or parts.fragment:
-        raise InvalidParameterError("base_url", "must not carry a query or fragment", base_url)
+        raise InvalidParameterError("base_url", "must not carry a query or fragment", redact_url(base_url))
+    if any(character.isspace() or not character.isprintable() for character in base_url):
+        raise InvalidParameterError("base_url", "must not contain spaces or control characters")
     return base_url.rstrip("/")
 
 
@@ -47,6 +57,9 @@ class BaseClient:
         max_retries: int | None = None,
     ) -> None:
         self.base_url = validate_base_url(base_url)
+        check_optional("pool", pool, Pool)
+        check_optional("timeout", timeout, Timeout)
+        check_optional("retry", retry, RetryPolicy)
         self._owns_pool = pool is None
         self._pool = pool if pool is not None else Pool(timeout=timeout, retry=retry)
         self.timeout = timeout if timeout is not None else self._pool.timeout
@@ -54,7 +67,7 @@ class BaseClient:
         self._origin = caller_origin()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} base_url={self.base_url!r}>"
+        return f"<{type(self).__name__} base_url={redact_url(self.base_url)!r}>"
 
     @property
     def pool(self) -> Pool:

@@ -26,6 +26,17 @@ def snippet(data: bytes | str, limit: int = _MAX_SNIPPET) -> str:
     return f"{text[:limit]!r}... ({len(text)} characters in all)"
 
 
+def redact_url(url: str) -> str:
+    """`url` with the password of its `user:password@` part (if any) replaced by `***`."""
+    scheme, separator, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{separator}{user}:***@{host}{slash}{path}"
+
+
 class LLMStreamsError(Exception):
     """Base class of every llmstreams error."""
 

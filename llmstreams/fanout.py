@@ -20,10 +20,11 @@ and every request of the fan-out (and of anything else using that pool) is held 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator
 from types import TracebackType
 
 import attrs
@@ -87,15 +88,98 @@ async def run_job(index: int, job: Job, on_chunk: ChunkCallback | None = None) -
     return Outcome(index, completion, None, first_chunk, time.perf_counter() - started, stream.attempts)
 
 
+class _Run:
+    """What the workers of one fan-out share. Workers hold this, never the `FanOut`, so that a
+    `FanOut` its caller dropped is collected, and its `__del__` stops them."""
+
+    __slots__ = (
+        "concurrency", "jobs", "on_chunk", "fail_fast", "finished", "changed", "room",
+        "workers", "running", "started", "failure",
+    )
+
+    def __init__(
+        self, jobs: Iterable[Job], concurrency: int, on_chunk: ChunkCallback | None, fail_fast: bool
+    ) -> None:
+        self.concurrency = concurrency
+        self.jobs: Iterator[tuple[int, Job]] = enumerate(jobs)
+        self.on_chunk = on_chunk
+        self.fail_fast = fail_fast
+        self.finished: deque[Outcome] = deque()
+        self.changed = asyncio.Event()
+        self.room = asyncio.Event()
+        self.workers: set[asyncio.Task[None]] = set()
+        self.running = 0
+        self.started = False
+        self.failure: BaseException | None = None
+
+    def start(self) -> None:
+        """One worker per job, up to `concurrency`: each takes its first job as it is made,
+        so that 2 jobs get 2 workers however high the concurrency."""
+        if self.started:
+            return
+        self.started = True
+        for _ in range(self.concurrency):
+            try:
+                taken = next(self.jobs, None)
+            except BaseException as error:
+                self.fail(error)
+                return
+            if taken is None:
+                return
+            self.running += 1
+            worker = asyncio.create_task(self.work(taken))
+            self.workers.add(worker)
+            worker.add_done_callback(self.workers.discard)
+
+    def stop(self) -> None:
+        self.started = True
+        for worker in self.workers:
+            worker.cancel()
+
+    async def work(self, taken: tuple[int, Job] | None) -> None:
+        try:
+            while taken is not None:
+                index, job = taken
+                outcome = await run_job(index, job, self.on_chunk)
+                if self.fail_fast and outcome.error is not None:
+                    outcome.error.add_note(f"raised by job {index} of the fan-out (fail_fast=True)")
+                    self.fail(outcome.error)
+                    return
+                self.finished.append(outcome)
+                self.changed.set()
+                # Backpressure: take no new job while a slow consumer has this many to read.
+                while len(self.finished) >= self.concurrency:
+                    self.room.clear()
+                    await self.room.wait()
+                taken = next(self.jobs, None)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:
+            self.fail(error)
+        finally:
+            self.running -= 1
+            self.changed.set()
+
+    def fail(self, error: BaseException) -> None:
+        if self.failure is None:
+            self.failure = error
+        current = asyncio.current_task()
+        for worker in self.workers:
+            if worker is not current:
+                worker.cancel()
+
+
 class FanOut:
     """The running fan-out behind `fan_out_as_completed`: an async iterator of `Outcome`s in
     the order they finish, and an async context manager that stops it on exit.
 
-    Workers start at the first `__anext__` (or on entering `async with`). Iterating to the end
-    finishes everything. `stop()` ends it gracefully: no new jobs start, the running ones are
-    cancelled (their streams closed), and iteration yields the outcomes that had already
-    finished, then ends. To leave early, use `async with` or call `aclose()`, which cancels the
-    jobs still running and waits until each of their streams is closed.
+    Workers start at the first `__anext__` (or on entering `async with`), never more of them
+    than jobs. Iterating to the end finishes everything. `stop()` ends it gracefully: no new
+    jobs start, the running ones are cancelled (their streams closed), and iteration yields the
+    outcomes that had already finished, then ends. To leave early, use `async with` or call
+    `aclose()`, which cancels the jobs still running and waits until each of their streams is
+    closed. A fan-out dropped without either (a `break` out of a bare `async for`) is stopped
+    when it is collected, as a dropped `ChunkStream` is closed.
     """
 
     def __init__(
@@ -106,29 +190,24 @@ class FanOut:
         on_chunk: ChunkCallback | None = None,
         fail_fast: bool = False,
     ) -> None:
-        self._concurrency = _check_concurrency(concurrency)
-        self._worker_count = (
-            max(1, min(self._concurrency, len(jobs))) if isinstance(jobs, Sized) else self._concurrency
-        )
-        self._jobs: Iterator[tuple[int, Job]] = enumerate(jobs)
-        self._on_chunk = on_chunk
-        self._fail_fast = fail_fast
-        self._finished: deque[Outcome] = deque()
-        self._changed = asyncio.Event()
-        self._room = asyncio.Event()
-        self._workers: set[asyncio.Task[None]] = set()
-        self._running = 0
-        self._started = False
-        self._failure: BaseException | None = None
+        self._run = _Run(jobs, _check_concurrency(concurrency), on_chunk, fail_fast)
 
     def __repr__(self) -> str:
+        run = self._run
         return (
-            f"<FanOut concurrency={self._concurrency} running_workers={self._running} "
-            f"waiting_outcomes={len(self._finished)}>"
+            f"<FanOut concurrency={run.concurrency} running_workers={run.running} "
+            f"waiting_outcomes={len(run.finished)}>"
         )
 
+    def __del__(self) -> None:
+        run = getattr(self, "_run", None)
+        if run is not None and run.workers:
+            # A closed loop refuses the cancellations: its workers cannot run again anyway.
+            with contextlib.suppress(RuntimeError):
+                run.stop()
+
     async def __aenter__(self) -> FanOut:
-        self._start()
+        self._run.start()
         return self
 
     async def __aexit__(
@@ -143,18 +222,19 @@ class FanOut:
         return self
 
     async def __anext__(self) -> Outcome:
-        self._start()
+        run = self._run
+        run.start()
         try:
             while True:
-                if self._finished:
-                    self._room.set()
-                    return self._finished.popleft()
-                if self._failure is not None:
-                    raise self._failure
-                if self._running == 0:
+                if run.finished:
+                    run.room.set()
+                    return run.finished.popleft()
+                if run.failure is not None:
+                    raise run.failure
+                if run.running == 0:
                     raise StopAsyncIteration
-                await self._changed.wait()
-                self._changed.clear()
+                await run.changed.wait()
+                run.changed.clear()
         except BaseException as error:
             if not isinstance(error, StopAsyncIteration):
                 await self.aclose()
@@ -163,60 +243,14 @@ class FanOut:
     def stop(self) -> None:
         """Start no more jobs and cancel the running ones; iteration then yields the outcomes
         that already finished and ends. Safe to call from a signal handler of the loop."""
-        self._started = True
-        for worker in self._workers:
-            worker.cancel()
+        self._run.stop()
 
     async def aclose(self) -> None:
         """Cancel the jobs still running and wait until every stream they opened is closed."""
-        self.stop()
-        workers = [worker for worker in self._workers if not worker.done()]
+        self._run.stop()
+        workers = [worker for worker in self._run.workers if not worker.done()]
         if workers:
             await asyncio.wait(workers)
-
-    def _start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        self._running = self._worker_count
-        for _ in range(self._worker_count):
-            worker = asyncio.create_task(self._work())
-            self._workers.add(worker)
-            worker.add_done_callback(self._workers.discard)
-
-    async def _work(self) -> None:
-        try:
-            while True:
-                # Backpressure: take no new job while a slow consumer has this many to read.
-                while len(self._finished) >= self._concurrency:
-                    self._room.clear()
-                    await self._room.wait()
-                taken = next(self._jobs, None)
-                if taken is None:
-                    return
-                index, job = taken
-                outcome = await run_job(index, job, self._on_chunk)
-                if self._fail_fast and outcome.error is not None:
-                    outcome.error.add_note(f"raised by job {index} of the fan-out (fail_fast=True)")
-                    self._fail(outcome.error)
-                    return
-                self._finished.append(outcome)
-                self._changed.set()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:
-            self._fail(error)
-        finally:
-            self._running -= 1
-            self._changed.set()
-
-    def _fail(self, error: BaseException) -> None:
-        if self._failure is None:
-            self._failure = error
-        current = asyncio.current_task()
-        for worker in self._workers:
-            if worker is not current:
-                worker.cancel()
 
 
 def fan_out_as_completed(

@@ -9,13 +9,12 @@ from typing import Any
 import attrs
 
 from llmstreams.errors import InvalidParameterError
+from llmstreams.validation import check_number
 
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise InvalidParameterError(
-            f"Timeout.{attribute.name}", "must be a positive number of seconds or None", value
-        )
+    if value is not None:
+        check_number(f"Timeout.{attribute.name}", value, low=0, low_open=True)
 
 
 @attrs.frozen(slots=True)
@@ -43,8 +42,9 @@ def _non_negative_int(instance: object, attribute: attrs.Attribute[int], value: 
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InvalidParameterError(f"RetryPolicy.{attribute.name}", "must be a number >= 0", value)
+    # Finite: an infinite or NaN wait would hang a retry.
+    if not math.isfinite(check_number(f"RetryPolicy.{attribute.name}", value, low=0)):
+        raise InvalidParameterError(f"RetryPolicy.{attribute.name}", "must be finite", value)
 
 
 @attrs.frozen(slots=True)

@@ -2,18 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import urllib.request
+import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import attrs
 
-from llmstreams.errors import InvalidParameterError
+from llmstreams.errors import InvalidParameterError, LLMStreamsError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.ratelimit import Limiter, RateLimit, RateLimiter
+from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
+
+if TYPE_CHECKING:
+    from aiohttp.client_proto import ResponseHandler
+    from aiohttp.client_reqrep import ClientRequest
+    from aiohttp.connector import Connection
+    from aiohttp.tracing import Trace
 
 T = TypeVar("T")
+
+logger = logging.getLogger("llmstreams")
 
 DEFAULT_MAX_CONNECTIONS = 10_000
 
@@ -24,10 +38,37 @@ class PoolStats:
 
     `open_streams`: requests started and not yet finished or closed.
     `connections_in_use`: HTTP responses open on a connection (released at the end of each body).
+    `requests_sent`: HTTP requests sent through the pool so far (retries and token fetches
+    included), and `connections_opened`: how many of them had to open a new connection;
+    `connections_opened / requests_sent` is the connections opened per request (0 once warm).
+    These two count history, not holdings, so equality compares only the first two.
     """
 
     open_streams: int
     connections_in_use: int
+    requests_sent: int = attrs.field(default=0, eq=False)
+    connections_opened: int = attrs.field(default=0, eq=False)
+
+
+class _CountingConnector(aiohttp.TCPConnector):
+    """A `TCPConnector` that counts the connections it hands out and how many of them are new."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.connections_requested = 0
+        self.connections_opened = 0
+        self._known: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()
+
+    async def connect(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> Connection:
+        connection = await super().connect(req, traces, timeout)
+        self.connections_requested += 1
+        protocol = connection.protocol
+        if protocol is not None and protocol not in self._known:
+            self._known.add(protocol)
+            self.connections_opened += 1
+        return connection
 
 
 class Pool:
@@ -39,6 +80,11 @@ class Pool:
     request sent through the pool, whichever client sends it; `rate_limiter` instead shares a
     limiter held elsewhere (e.g. `llmstreams.ray.ClusterRateLimiter`, one for a whole cluster). Use `async with Pool() as pool`
     or call `await pool.close()`.
+
+    Proxies: `proxy="http://host:port"` sends every request through that HTTP proxy (HTTPS
+    targets through a CONNECT tunnel). Without it, and unless `trust_env=False`, the
+    HTTP_PROXY / HTTPS_PROXY / NO_PROXY environment variables apply, as in curl, requests and
+    httpx. Redirects are never followed.
     """
 
     def __init__(
@@ -52,6 +98,8 @@ class Pool:
         keepalive_timeout: float = 30.0,
         rate_limit: RateLimit | None = None,
         rate_limiter: Limiter | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -64,6 +112,15 @@ class Pool:
                 "max_connections_per_host", "must be a whole number >= 0 (0: no per-host limit)",
                 max_connections_per_host,
             )
+        check_optional("timeout", timeout, Timeout)
+        check_optional("retry", retry, RetryPolicy)
+        check_optional("rate_limit", rate_limit, RateLimit)
+        check_number("keepalive_timeout", keepalive_timeout, low=0)
+        if proxy is not None:
+            proxy = _check_proxy(proxy)
+        self._proxy = proxy
+        self._env_proxies = _environment_proxies() if check_bool("trust_env", trust_env) else {}
+        self._proxy_by_origin: dict[tuple[str, str], str | None] = {}
         self.max_connections = max_connections
         self.max_connections_per_host = max_connections_per_host
         self.timeout = timeout if timeout is not None else Timeout()
@@ -75,6 +132,8 @@ class Pool:
             RateLimiter(rate_limit) if rate_limit is not None else rate_limiter
         )
         self._session: aiohttp.ClientSession | None = None
+        self._connector: _CountingConnector | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._shared: dict[Any, Any] = {}
         self._open_streams = 0
@@ -109,11 +168,23 @@ class Pool:
         return self._session is not None
 
     def session(self) -> aiohttp.ClientSession:
-        """The shared session, created on first use inside the running event loop."""
+        """The shared session, created on first use inside the running event loop.
+
+        A pool is bound to one event loop at a time. Used from a new loop after its first loop
+        was closed (two `asyncio.run` calls, a restarted notebook kernel), it starts afresh there:
+        connections of the closed loop cannot be used, and are dropped.
+        """
         if self._closed:
-            raise RuntimeError("this Pool is closed; create a new one")
+            raise LLMStreamsError(
+                "this Pool is closed (a client without pool= closes its own at the end of "
+                "`async with`): create a new Pool or client"
+            )
+        loop = asyncio.get_running_loop()
+        if self._session is not None and self._loop is not loop:
+            self._leave_loop()
         if self._session is None:
-            connector = aiohttp.TCPConnector(
+            self._loop = loop
+            connector = self._connector = _CountingConnector(
                 limit=self.max_connections,
                 limit_per_host=self.max_connections_per_host,
                 keepalive_timeout=self._keepalive_timeout,
@@ -126,12 +197,48 @@ class Pool:
             )
         return self._session
 
+    def _leave_loop(self) -> None:
+        assert self._session is not None and self._loop is not None
+        if not self._loop.is_closed():
+            raise LLMStreamsError(
+                "this Pool is in use by another event loop that is still running: make one "
+                "Pool (and its clients) per event loop"
+            )
+        logger.debug("pool: its event loop was closed; starting afresh in the running one")
+        session, self._session = self._session, None
+        # Its connections belong to the closed loop and can neither be used nor closed there;
+        # detaching tells aiohttp the session is finished with.
+        session.detach()
+        if isinstance(self.rate_limiter, RateLimiter):
+            # Its lock belongs to the closed loop (a shared limiter held elsewhere has none here).
+            self.rate_limiter.rebind()
+
     async def close(self) -> None:
         """Close every connection. Idempotent."""
         self._closed = True
         if self._session is not None:
             session, self._session = self._session, None
-            await session.close()
+            if self._loop is not None and self._loop.is_closed():
+                session.detach()
+            else:
+                await session.close()
+
+    def proxy_for(self, url: str) -> str | None:
+        """The proxy a request to `url` goes through: `proxy=`, else HTTP_PROXY / HTTPS_PROXY
+        unless NO_PROXY names the host (read once, when the pool was made), else None."""
+        if self._proxy is not None or not self._env_proxies:
+            return self._proxy
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        try:
+            return self._proxy_by_origin[origin]
+        except KeyError:
+            pass
+        proxy = self._env_proxies.get(parts.scheme)
+        if proxy is not None and _bypassed(parts, self._env_proxies.get("no", "")):
+            proxy = None
+        self._proxy_by_origin[origin] = proxy
+        return proxy
 
     def shared(self, key: Any, factory: Callable[[], T]) -> T:
         """The pool-wide object stored under `key`, made by `factory` on first use.
@@ -145,7 +252,13 @@ class Pool:
         return value
 
     def stats(self) -> PoolStats:
-        return PoolStats(open_streams=self._open_streams, connections_in_use=self._connections_in_use)
+        connector = self._connector
+        return PoolStats(
+            open_streams=self._open_streams,
+            connections_in_use=self._connections_in_use,
+            requests_sent=0 if connector is None else connector.connections_requested,
+            connections_opened=0 if connector is None else connector.connections_opened,
+        )
 
     def stream_opened(self) -> None:
         self._open_streams += 1
@@ -158,6 +271,44 @@ class Pool:
 
     def connection_released(self) -> None:
         self._connections_in_use -= 1
+
+
+def _check_proxy(proxy: Any) -> str:
+    rule = "must be an http:// URL such as http://proxy.example:3128"
+    if not isinstance(proxy, str):
+        raise InvalidParameterError("proxy", rule, type(proxy).__name__)
+    try:
+        parts = urlsplit(check_encodable("proxy", proxy))
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        valid = False
+    if not valid or any(character.isspace() for character in proxy):
+        raise InvalidParameterError("proxy", rule, redact_url(proxy))
+    return proxy
+
+
+def _environment_proxies() -> dict[str, str]:
+    """HTTP_PROXY, HTTPS_PROXY (lower case wins, as in curl and requests) and NO_PROXY (as "no")."""
+    proxies = urllib.request.getproxies_environment()
+    return {
+        scheme: value for scheme, value in proxies.items()
+        if scheme in ("http", "https", "no") and value
+    }
+
+
+def _bypassed(url: SplitResult, no_proxy: str) -> bool:
+    """Whether NO_PROXY ("*", or hosts and domains, with an optional port) names `url`'s host."""
+    host = (url.hostname or "").lower()
+    for entry in no_proxy.lower().replace(" ", "").split(","):
+        if entry == "*":
+            return True
+        name, _, port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if port and port != str(url.port or {"http": 80, "https": 443}.get(url.scheme)):
+            continue
+        name = name.lstrip(".")
+        if name and (host == name or host.endswith("." + name)):
+            return True
+    return False
 
 
 def resolve_retry(retry: RetryPolicy, max_retries: int | None) -> RetryPolicy:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -11,6 +12,8 @@ from typing import Any, Protocol
 import attrs
 
 from llmstreams.validation import check_number
+
+_MAX_TOKENS = 2**53
 
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
@@ -67,6 +70,17 @@ class _Window:
             self._total += amount
 
 
+def _request_window(span: float, rate: float) -> _Window:
+    """A window holding requests to `rate` per `span` seconds, fractions included.
+
+    Requests are whole, so a window admits a whole number of them: `ceil(rate)` per
+    `span * ceil(rate) / rate` seconds has the same rate (0.2/s: one per 5 s; 2.5/s: three per
+    1.2 s). A window of `span` with capacity 0.2 would admit one a second.
+    """
+    whole = max(1, math.ceil(rate))
+    return _Window(span * whole / rate, float(whole))
+
+
 class Limiter(Protocol):
     """What a `Pool` asks of its rate limiter (`RateLimiter`, or one shared across processes)."""
 
@@ -95,9 +109,9 @@ class RateLimiter:
         self._sleep = sleep
         self._lock = asyncio.Lock()
         self._request_windows = [
-            _Window(span, capacity)
-            for span, capacity in ((1.0, limit.requests_per_second), (60.0, limit.requests_per_minute))
-            if capacity is not None
+            _request_window(span, rate)
+            for span, rate in ((1.0, limit.requests_per_second), (60.0, limit.requests_per_minute))
+            if rate is not None
         ]
         self._tokens = (
             _Window(60.0, limit.tokens_per_minute) if limit.tokens_per_minute is not None else None
@@ -107,6 +121,10 @@ class RateLimiter:
 
     def __repr__(self) -> str:
         return f"<RateLimiter {self.limit} granted={self.requests_granted}>"
+
+    def rebind(self) -> None:
+        """Forget the event loop of the lock (its loop was closed; a new one runs)."""
+        self._lock = asyncio.Lock()
 
     def wait_time(self) -> float:
         """Seconds until one more request may be sent."""
@@ -130,5 +148,7 @@ class RateLimiter:
     def record_tokens(self, tokens: int) -> None:
         """Count a finished generation's tokens against `tokens_per_minute`."""
         if self._tokens is not None and tokens > 0:
+            # A server's absurd count (thousands of digits) must not overflow a float.
+            tokens = min(tokens, _MAX_TOKENS)
             self._tokens.record(self._clock(), float(tokens))
             self.tokens_recorded += tokens

@@ -43,12 +43,15 @@ _set_data, _set_event, _set_id, _set_retry = (
 )
 
 
+# utf-8-sig strips one leading BOM, waiting for more bytes if the BOM is split.
+_Utf8SigDecoder = codecs.getincrementaldecoder("utf-8-sig")
+
+
 class SSEDecoder:
     """Turns the bytes of one event stream, fed in arbitrary pieces, into `ServerSentEvent`s."""
 
     def __init__(self) -> None:
-        # utf-8-sig strips one leading BOM, waiting for more bytes if the BOM is split.
-        self._utf8 = codecs.getincrementaldecoder("utf-8-sig")(errors="replace")
+        self._utf8 = _Utf8SigDecoder(errors="replace")
         # Line-end-normalised text received since the last event boundary, not parsed yet.
         # Kept as parts and joined only once a boundary arrives, so a huge event costs linear time.
         self._pending: list[str] = []
@@ -141,6 +144,9 @@ class SSEDecoder:
                     retry = int(value)
         if not data_values:
             return None
-        return ServerSentEvent(
-            "\n".join(data_values), event_type or _DEFAULT_EVENT_TYPE, self._last_event_id, retry
-        )
+        event = _new_instance(ServerSentEvent)
+        _set_data(event, data_values[0] if len(data_values) == 1 else "\n".join(data_values))
+        _set_event(event, event_type or _DEFAULT_EVENT_TYPE)
+        _set_id(event, self._last_event_id)
+        _set_retry(event, retry)
+        return event

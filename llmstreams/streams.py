@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn
 
@@ -38,7 +39,8 @@ class ChunkStream:
         self._timeout = timeout
         self._retry = retry
         self._builder = CompletionBuilder()
-        self._pending: list[Chunk] = []
+        # The chunks of the current read, decoded one by one as they are asked for.
+        self._pending: Iterator[Chunk] = iter(())
         self._reader: BodyReader | None = None
         self._parser: ResponseParser | None = None
         self._state = "new"
@@ -78,16 +80,31 @@ class ChunkStream:
             )
 
     async def __anext__(self) -> Chunk:
-        if not self._pending:
-            if self._state == "new":
-                await self._open()
-            while not self._pending:
-                if self._state != "reading":
-                    raise StopAsyncIteration
-                await self._read_more()
-        chunk = self._pending.pop(0)
+        try:
+            chunk = next(self._pending, None)
+        except BaseException as error:
+            self._fail(error)
+            raise
+        if chunk is None:
+            chunk = await self._next_read_chunk()
         self._builder.add(chunk)
         return chunk
+
+    async def _next_read_chunk(self) -> Chunk:
+        """The next chunk once the current read is used up: open, or read on, or end."""
+        if self._state == "new":
+            await self._open()
+        while True:
+            try:
+                chunk = next(self._pending, None)
+            except BaseException as error:
+                self._fail(error)
+                raise
+            if chunk is not None:
+                return chunk
+            if self._state != "reading":
+                raise StopAsyncIteration
+            await self._read_more()
 
     @property
     def completion(self) -> Completion:
@@ -101,7 +118,18 @@ class ChunkStream:
         return self._builder.build()
 
     async def aclose(self) -> None:
-        """Stop reading and close the connection. Idempotent."""
+        """Stop reading and close the connection. Idempotent.
+
+        Once the generation's end has arrived, the connection goes back to the pool instead,
+        after the rest of the body is read (a wait bounded by the idle timeout).
+        """
+        reader, parser = self._reader, self._parser
+        if self._state == "reading" and reader is not None and parser is not None and parser.finished:
+            try:
+                await reader.release_at_end()
+            finally:
+                self._close(abort=False)
+            return
         self._close(abort=True)
 
     async def _open(self) -> None:
@@ -114,8 +142,7 @@ class ChunkStream:
                 on_attempt=self._count_attempt,
             )
         except BaseException as error:
-            self._close(abort=True)
-            self._attach_partial(error)
+            self._fail(error)
             raise
         self.last_read_at = self._loop.time()
         self._reader = opened.reader
@@ -129,19 +156,20 @@ class ChunkStream:
         self.attempts = number
 
     async def _read_more(self) -> None:
-        assert self._reader is not None and self._parser is not None
+        reader, parser = self._reader, self._parser
+        assert reader is not None and parser is not None
         try:
-            if self._parser.finished:
-                self._pending = self._parser.close()
+            if parser.finished:
+                self._pending = iter(parser.close())
+                await reader.release_at_end()
                 self._close(abort=False)
                 return
-            data = await read_body(self._reader, self._exchange.provider)
+            data = await read_body(reader, self._exchange.provider)
             assert self._loop is not None
             self.last_read_at = self._loop.time()
-            self._pending = self._parser.feed(data) if data else self._parser.close()
+            self._pending = iter(parser.feed(data) if data else parser.close())
         except BaseException as error:
-            self._close(abort=True)
-            self._attach_partial(error)
+            self._fail(error)
             raise
         if not data:
             self._close(abort=False)
@@ -161,9 +189,18 @@ class ChunkStream:
         if self._pool.rate_limiter is not None and usage is not None:
             self._pool.rate_limiter.record_tokens(usage.total_tokens)
 
+    def _fail(self, error: BaseException) -> None:
+        """`error` ends the stream: close the connection and attach what arrived before it."""
+        self._close(abort=True)
+        self._attach_partial(error)
+
     def _attach_partial(self, error: BaseException) -> None:
-        if isinstance(error, LLMStreamsError) and error.partial is None:
-            error.partial = self._builder.build()
+        if isinstance(error, LLMStreamsError):
+            if error.partial is None:
+                error.partial = self._builder.build()
+            if error.request_id is None:
+                # Errors of the transport know no vendor: the chunks that arrived name the request.
+                error.request_id = error.partial.request_id
 
     def __del__(self) -> None:
         # A stream abandoned mid-way (no `async with`, no aclose) must not hold its connection.

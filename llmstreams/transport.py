@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 import attrs
@@ -24,10 +26,13 @@ from llmstreams.errors import (
     APIConnectionError,
     APIError,
     APITimeoutError,
+    InvalidParameterError,
     LLMStreamsError,
     ProtocolError,
     StreamInterruptedError,
     StreamTimeoutError,
+    redact_url,
+    snippet,
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
@@ -36,6 +41,10 @@ from llmstreams.types import Chunk
 logger = logging.getLogger("llmstreams")
 
 _READ_ERRORS = (aiohttp.ClientError, OSError)
+# After the generation's end: the longest wait for the body's end, and how many bytes after the
+# last event are read before giving up on the connection.
+_END_WAIT = 5.0
+_MAX_TAIL = 64 * 1024
 
 
 @attrs.frozen(slots=True, repr=False)
@@ -55,7 +64,9 @@ class HttpRequest:
     def __repr__(self) -> str:
         params = ", ".join(self.params)
         headers = ", ".join(self.headers)
-        return f"<HttpRequest {self.method} {self.url} params=[{params}] headers=[{headers}]>"
+        return (
+            f"<HttpRequest {self.method} {redact_url(self.url)} params=[{params}] headers=[{headers}]>"
+        )
 
 
 @attrs.frozen(slots=True)
@@ -71,17 +82,19 @@ class ResponseHead:
 class ResponseParser(Protocol):
     """Turns one response body into chunks, raising `APIError` for the vendor's error bodies.
 
-    Nothing may be lost: when one `feed` holds good events followed by a bad one, it returns
-    the good chunks, reports `finished`, and raises the error from `close()`.
+    `feed` and `close` return iterables that the caller exhausts, in order, before it feeds
+    again. A parser may (and the stream parsers do) decode each event only when its chunk is
+    asked for, so a bad event raises its error from the iterator in its turn: after the good
+    chunks before it, before anything after it is decoded.
     """
 
     @property
     def finished(self) -> bool:
-        """True once nothing more needs reading: the generation's end was seen, or an error waits."""
+        """True once the generation's end was seen (set before that last chunk is yielded)."""
 
-    def feed(self, data: bytes) -> list[Chunk]: ...
+    def feed(self, data: bytes) -> Iterable[Chunk]: ...
 
-    def close(self) -> list[Chunk]:
+    def close(self) -> Iterable[Chunk]:
         """The body ended (or `finished` is True): the last chunks, or the error that ended it,
         or `StreamInterruptedError` if the generation's end never came."""
 
@@ -153,13 +166,19 @@ class BodyReader:
 
     async def read(self) -> bytes:
         """The next bytes of the body; b"" at its end."""
+        content = self._response.content
+        # What has already arrived needs no wait, so no deadline either.
+        data = content.read_nowait()
+        if data or content.at_eof():
+            self.bytes_received += len(data)
+            return data
         deadline = self._next_deadline()
         if deadline is not None:
             self._waiting_until = deadline
             if self._timer is None or self._timer_when > deadline:
                 self._arm(deadline)
         try:
-            data = await self._response.content.readany()
+            data = await content.readany()
         finally:
             self._waiting_until = None
         self.bytes_received += len(data)
@@ -199,6 +218,34 @@ class BodyReader:
         """Return the connection to the pool (the body was read to its end)."""
         self._finish(self._response.release)
 
+    async def release_at_end(self) -> None:
+        """The generation has ended: read the body to its end, then release the connection.
+
+        The body's end (a chunked body's last, empty chunk) may come in a read of its own
+        after the last event; a connection released before it is closed rather than reused,
+        and the next request pays for a new one. The wait is bounded by the idle timeout, at
+        most `_END_WAIT` (a reused connection is not worth a longer wait), and at most
+        `_MAX_TAIL` bytes are read; a body that does not end within them is closed.
+        """
+        content = self._response.content
+        if not content.at_eof():
+            if self._idle is None or self._idle > _END_WAIT:
+                self._idle = _END_WAIT
+            tail = 0
+            try:
+                while (data := await self.read()) and tail <= _MAX_TAIL:
+                    tail += len(data)
+            except (_ReadDeadline, *_READ_ERRORS):
+                self.abort()
+                return
+            except BaseException:
+                self.abort()
+                raise
+            if tail > _MAX_TAIL:
+                self.abort()
+                return
+        self.release()
+
     def abort(self) -> None:
         """Close the connection at once (the body was not read to its end)."""
         self._finish(self._response.close)
@@ -215,17 +262,21 @@ class BodyReader:
 
 @attrs.define(slots=True)
 class OpenExchange:
-    """A response whose first chunks have arrived (or whose body has ended)."""
+    """A response whose first chunk has arrived (or whose body has ended).
+
+    `first_chunks` yields that chunk, then the rest of the chunks of the same read.
+    """
 
     reader: BodyReader
     parser: ResponseParser
-    first_chunks: list[Chunk]
+    first_chunks: Iterator[Chunk]
     ended: bool
     attempts: int
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date)."""
+    """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None for
+    anything else, whatever the server sent."""
     if not value:
         return None
     value = value.strip()
@@ -237,9 +288,43 @@ def parse_retry_after(value: str | None) -> float | None:
         return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = when.timestamp() - time.time()
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
-    return max(when.timestamp() - time.time(), 0.0)
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+def read_head(response: aiohttp.ClientResponse) -> ResponseHead:
+    """The status and the headers the parsers use, from any headers a server may send."""
+    try:
+        content_type = response.content_type
+    except Exception:  # The stdlib email parser behind it raises many kinds on odd values.
+        content_type = ""
+    return ResponseHead(
+        status=response.status,
+        headers=response.headers,
+        content_type=content_type,
+        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400 and status != 304
+
+
+def redirect_error(status: int, location: str, *, where: str, provider: str) -> ProtocolError:
+    """The error for a redirect llmstreams did not follow, naming the host it pointed to."""
+    try:
+        target = urlsplit(urljoin(where, location)).netloc.rpartition("@")[2] if location else ""
+    except ValueError:
+        target = ""
+    destination = f"to {snippet(target, 80)}" if target else "without a usable Location"
+    return ProtocolError(
+        f"{where} answered HTTP {status}, a redirect {destination}; llmstreams does not "
+        "follow redirects (that would send the request and its credentials again, maybe to "
+        "another host): set base_url to where the service really is",
+        provider=provider,
+    )
 
 
 async def open_exchange(
@@ -313,14 +398,24 @@ async def _attempt(
     except APIConnectionError as error:
         # Preparing the request (e.g. fetching an access token) never reached the generation.
         raise _NoResponse(error) from None
+    if _has_url_credentials(request.url) and any(
+        name.lower() == "authorization" for name in request.headers
+    ):
+        raise InvalidParameterError(
+            "base_url",
+            "carries user:password@, but this client sends its own Authorization header: "
+            "remove the credentials from base_url",
+        )
     first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
     header_deadline = _earliest(first_deadline, total_deadline)
     logger.debug("%s: sending %r", exchange.provider, request)
     try:
         async with asyncio.timeout_at(header_deadline):
+            # Never redirected: following one would send the prompt and credentials elsewhere.
             response = await pool.session().request(
                 request.method, request.url, params=request.params,
-                headers=request.headers, data=request.body,
+                headers=request.headers, data=request.body, allow_redirects=False,
+                proxy=pool.proxy_for(request.url),
             )
     except (TimeoutError, *_READ_ERRORS) as error:
         timeout_phase = "total" if header_deadline == total_deadline else "first_chunk"
@@ -331,12 +426,16 @@ async def _attempt(
             raise _NoResponse(failure) from None
         raise failure from None
 
-    head = ResponseHead(
-        status=response.status,
-        headers=response.headers,
-        content_type=response.content_type,
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
-    )
+    try:
+        head = read_head(response)
+        if is_redirect(head.status):
+            raise redirect_error(
+                head.status, head.headers.get("Location", ""), where=_where(request),
+                provider=exchange.provider,
+            )
+    except BaseException:
+        response.close()
+        raise
     reader = BodyReader(
         response, pool, first_deadline=first_deadline, idle=timeout.idle,
         total_deadline=total_deadline,
@@ -346,12 +445,17 @@ async def _attempt(
         while True:
             data = await read_body(reader, exchange.provider)
             if not data:
-                chunks = parser.close()
+                # An error body is decoded here, so that the retry decision can see it.
+                chunks = list(parser.close())
                 reader.release()
-                return OpenExchange(reader, parser, chunks, ended=True, attempts=0)
-            chunks = parser.feed(data)
-            if chunks or parser.finished:
-                return OpenExchange(reader, parser, chunks, ended=False, attempts=0)
+                return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
+            # The first chunk is decoded here: an error event before it is still retryable.
+            rest = iter(parser.feed(data))
+            first = next(rest, None)
+            if first is not None:
+                return OpenExchange(
+                    reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
+                )
     except BaseException:
         reader.abort()
         raise
@@ -378,7 +482,8 @@ def request_failure(
             f"no {wanted} from {where} within the {phase} timeout", phase=phase, provider=provider
         )
     if isinstance(error, aiohttp.ClientResponseError):
-        return ProtocolError(f"{where} did not answer in HTTP: {error.message}", provider=provider)
+        reason = error.message or "its answer could not be read as an HTTP response"
+        return ProtocolError(f"{where} did not answer in HTTP: {reason}", provider=provider)
     return APIConnectionError(
         f"could not reach {where}{purpose}: {_describe(error)}", provider=provider
     )
@@ -394,13 +499,14 @@ async def read_body(reader: BodyReader, provider: str) -> bytes:
                 "the response began but no body arrived within the first_chunk timeout",
                 phase="first_chunk", provider=provider,
             ) from None
-        raise StreamTimeoutError(
-            f"the stream stopped: nothing arrived within the {deadline.phase} timeout",
-            phase=deadline.phase, provider=provider,
-        ) from None
+        if deadline.phase == "total":
+            message = "the stream was stopped: the total timeout ran out before it ended"
+        else:
+            message = f"the stream stopped: nothing arrived within the {deadline.phase} timeout"
+        raise StreamTimeoutError(message, phase=deadline.phase, provider=provider) from None
     except _READ_ERRORS as error:
         raise StreamInterruptedError(
-            f"the connection broke mid-response: {_describe(error)}", provider=provider
+            f"the stream broke off before its end: {_broken(error)}", provider=provider
         ) from None
 
 
@@ -412,8 +518,24 @@ def _earliest(first: float | None, second: float | None) -> float | None:
     return min(first, second)
 
 
+def _has_url_credentials(url: str) -> bool:
+    return "@" in url.partition("://")[2].partition("/")[0]
+
+
 def _where(request: HttpRequest) -> str:
-    return request.url.split("?", 1)[0]
+    return redact_url(request.url.split("?", 1)[0])
+
+
+def _broken(error: BaseException) -> str:
+    """What cut a body short, in words about the stream (aiohttp's own text names its parser
+    states and classes, e.g. "TransferEncodingError: 400", which reads like an HTTP status)."""
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the server closed the connection"
+    if isinstance(error, aiohttp.ClientPayloadError):
+        return "the connection closed in the middle of the response body"
+    if isinstance(error, OSError) and error.strerror:
+        return f"the connection failed ({error.strerror})"
+    return "the connection failed"
 
 
 def _describe(error: BaseException) -> str:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, cast
 
 import attrs
 
@@ -74,6 +74,76 @@ class Chunk:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     model: str | None = None
     raw: Mapping[str, Any] = attrs.field(factory=dict, repr=False, hash=False)
+
+
+# attrs' __init__ for a frozen class sets each field through object.__setattr__; the parsers make
+# one Chunk per event, so they fill the slots directly instead. The unpackings below fail at
+# import if a field is ever added or removed, so no slot can be left unset.
+_new_instance = object.__new__
+_Setter = Callable[[object, object], None]
+(
+    _set_text, _set_sentence_id, _set_is_end, _set_need_clear_history, _set_ban_round,
+    _set_is_truncated, _set_is_safe, _set_finish_reason, _set_usage, _set_id, _set_created,
+    _set_request_id, _set_reasoning, _set_tool_calls, _set_model, _set_raw,
+) = (cast(_Setter, Chunk.__dict__[field.name].__set__) for field in attrs.fields(Chunk))
+_set_prompt_tokens, _set_completion_tokens, _set_total_tokens = (
+    cast(_Setter, Usage.__dict__[field.name].__set__) for field in attrs.fields(Usage)
+)
+
+
+def make_chunk(
+    text: str,
+    sentence_id: int,
+    is_end: bool,
+    need_clear_history: bool,
+    ban_round: int | None,
+    is_truncated: bool,
+    is_safe: bool | None,
+    finish_reason: str | None,
+    usage: Usage | None,
+    id: str | None,
+    created: int | None,
+    request_id: str | None,
+    reasoning: str,
+    tool_calls: tuple[ToolCallDelta, ...],
+    model: str | None,
+    raw: Mapping[str, Any],
+) -> Chunk:
+    """`Chunk(...)` with every field given, at a fraction of the cost (for the parsers)."""
+    chunk: Chunk = _new_instance(Chunk)
+    _set_text(chunk, text)
+    _set_sentence_id(chunk, sentence_id)
+    _set_is_end(chunk, is_end)
+    _set_need_clear_history(chunk, need_clear_history)
+    _set_ban_round(chunk, ban_round)
+    _set_is_truncated(chunk, is_truncated)
+    _set_is_safe(chunk, is_safe)
+    _set_finish_reason(chunk, finish_reason)
+    _set_usage(chunk, usage)
+    _set_id(chunk, id)
+    _set_created(chunk, created)
+    _set_request_id(chunk, request_id)
+    _set_reasoning(chunk, reasoning)
+    _set_tool_calls(chunk, tool_calls)
+    _set_model(chunk, model)
+    _set_raw(chunk, raw)
+    return chunk
+
+
+def make_usage(prompt_tokens: int, completion_tokens: int, total_tokens: int, previous: Usage | None) -> Usage:
+    """`Usage(...)`, or `previous` itself when its counts are the same (a stream repeats them)."""
+    if (
+        previous is not None
+        and previous.completion_tokens == completion_tokens
+        and previous.prompt_tokens == prompt_tokens
+        and previous.total_tokens == total_tokens
+    ):
+        return previous
+    usage: Usage = _new_instance(Usage)
+    _set_prompt_tokens(usage, prompt_tokens)
+    _set_completion_tokens(usage, completion_tokens)
+    _set_total_tokens(usage, total_tokens)
+    return usage
 
 
 @attrs.frozen(slots=True)

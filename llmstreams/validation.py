@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from llmstreams.errors import InvalidParameterError
+
+# RFC 9110: a header name is a token; a value holds no control characters but tabs (aiohttp
+# sends it as UTF-8).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_HEADER_VALUE = re.compile(r"[^\x00-\x08\x0a-\x1f\x7f]*")
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
@@ -29,13 +36,26 @@ def check_number(
 ) -> float:
     """`value` as a float, if it is a real number within the interval."""
     rule = f"must be a number in {_interval(low, high, low_open, high_open)}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidParameterError(field, rule, _short(value))
+    # Compared before any conversion: an int of hundreds of digits has no float.
+    if isinstance(value, float) and math.isnan(value):
         raise InvalidParameterError(field, rule, value)
     if low is not None and (value < low or (low_open and value == low)):
-        raise InvalidParameterError(field, rule, value)
+        raise InvalidParameterError(field, rule, _short(value))
     if high is not None and (value > high or (high_open and value == high)):
-        raise InvalidParameterError(field, rule, value)
-    return float(value)
+        raise InvalidParameterError(field, rule, _short(value))
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidParameterError(field, f"{rule} (too large for a float)", _short(value)) from None
+
+
+def _short(value: Any) -> Any:
+    """`value` for an error message: a huge int is shown by its size (its repr may not exist)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {len(str(abs(value))) if value.bit_length() < 14_000 else 'thousands of'} digits"
+    return value
 
 
 def check_int(field: str, value: Any, *, low: int | None = None, high: int | None = None) -> int:
@@ -45,10 +65,16 @@ def check_int(field: str, value: Any, *, low: int | None = None, high: int | Non
     else:
         rule = f"must be a whole number in {_interval(low, high, False, False)}"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(field, rule, value)
+        raise InvalidParameterError(field, rule, _short(value))
     if (low is not None and value < low) or (high is not None and value > high):
-        raise InvalidParameterError(field, rule, value)
+        raise InvalidParameterError(field, rule, _short(value))
     return value
+
+
+def check_optional(field: str, value: Any, kind: type) -> None:
+    """Fail unless `value` is None or a `kind` (an option object such as a Timeout)."""
+    if value is not None and not isinstance(value, kind):
+        raise InvalidParameterError(field, f"must be a {kind.__name__} or None", type(value).__name__)
 
 
 def check_bool(field: str, value: Any) -> bool:
@@ -63,7 +89,37 @@ def check_text(field: str, value: Any, *, allow_empty: bool = False) -> str:
         raise InvalidParameterError(field, "must be a string", type(value).__name__)
     if not allow_empty and not value.strip():
         raise InvalidParameterError(field, "must not be empty")
+    check_encodable(field, value)
     return value
+
+
+def check_encodable(field: str, value: str) -> str:
+    """`value`, if it can be sent as UTF-8: a lone surrogate (from a "\\ud800" escape in JSON)
+    cannot."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as error:
+        raise InvalidParameterError(
+            field, f"holds a lone surrogate {value[error.start]!r} at index {error.start}, "
+            "which is not text and cannot be sent",
+        ) from None
+    return value
+
+
+def encode_json(fields: Mapping[str, Any], *, blame: str) -> bytes:
+    """`fields` as a compact UTF-8 JSON request body. Every other field was checked already,
+    so a value that cannot be sent (not JSON, NaN, a lone surrogate, nesting too deep for the
+    encoder) is blamed on the escape hatch `blame`."""
+    try:
+        return json.dumps(
+            fields, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode()
+    except (TypeError, ValueError, RecursionError) as error:
+        # UnicodeEncodeError is a ValueError.
+        reason = "nested too deeply" if isinstance(error, RecursionError) else str(error)
+        raise InvalidParameterError(
+            blame, f"values must be JSON that can be sent as UTF-8 ({reason[:200]})"
+        ) from None
 
 
 def check_stop(field: str, value: Any, *, max_items: int | None, max_length: int | None) -> list[str]:
@@ -76,6 +132,7 @@ def check_stop(field: str, value: Any, *, max_items: int | None, max_length: int
     for item in items:
         if not item:
             raise InvalidParameterError(field, "must not contain an empty string")
+        check_encodable(field, item)
         if max_length is not None and len(item) > max_length:
             raise InvalidParameterError(
                 field, f"each string must be at most {max_length} characters", item
@@ -140,12 +197,17 @@ def check_headers(field: str, headers: Any, *, reserved: Iterable[str] = ()) -> 
     reserved_names = frozenset(reserved)
     checked: dict[str, str] = {}
     for name, value in headers.items():
-        if not isinstance(name, str) or not name or any(c in name for c in ":\r\n \t"):
-            raise InvalidParameterError(field, "header names must be non-empty tokens", name)
-        if not isinstance(value, str) or "\r" in value or "\n" in value:
+        if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
             raise InvalidParameterError(
-                field, f"the value of {name!r} must be a string without line breaks"
+                field, "header names must be non-empty tokens (letters, digits, !#$%&'*+-.^_`|~)",
+                name if isinstance(name, str) else type(name).__name__,
             )
+        if not isinstance(value, str) or not _HEADER_VALUE.fullmatch(value):
+            raise InvalidParameterError(
+                field, f"the value of {name!r} must be a string without line breaks or other"
+                " control characters",
+            )
+        check_encodable(f"{field}[{name!r}]", value)
         if name.lower() in reserved_names:
             raise InvalidParameterError(
                 field, f"must not set {name}: the client sets it (for authentication)"

@@ -1,4 +1,5 @@
-"""Fixtures the mock server's tests share (a test module may define its own of the same name)."""
+"""Fixtures the mock server's tests share (a test module may define its own of the same name),
+and one for all: tests reach only 127.0.0.1, never through a proxy of the machine they run on."""
 
 from __future__ import annotations
 
@@ -8,6 +9,15 @@ import aiohttp
 import pytest
 
 from llmstreams.mock import MockServer
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pools honour the proxy variables (see `Pool`); the machine's must not apply here."""
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -18,10 +18,10 @@ import signal
 import struct
 import sys
 import termios
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
-from llmstreams.errors import APIError, StreamInterruptedError
+from llmstreams.errors import APIError, LLMStreamsError, StreamInterruptedError
 from llmstreams.mock.workers import READY_PREFIX
 from llmstreams.transport import HttpRequest, ResponseHead
 from llmstreams.types import Chunk
@@ -71,6 +71,17 @@ class LinesParser:
         if not self.end_seen:
             raise StreamInterruptedError("ended before the end line", provider="lines")
         return chunks
+
+
+def chunks_until_error(chunks: Iterable[Chunk]) -> tuple[list[Chunk], LLMStreamsError | None]:
+    """The chunks a parser's `feed`/`close` yields, and the llmstreams error that ended them."""
+    taken: list[Chunk] = []
+    try:
+        for chunk in chunks:
+            taken.append(chunk)
+    except LLMStreamsError as error:
+        return taken, error
+    return taken, None
 
 
 class LinesExchange:

@@ -529,3 +529,16 @@ def test_bad_goodput_metric_is_refused(capsys: pytest.CaptureFixture[str]) -> No
     with pytest.raises(SystemExit):
         bench("--goodput", "speed:3")
     assert "ttft, tpot, e2el" in capsys.readouterr().err
+
+
+def test_connections_opened_during_the_run_are_counted(tmp_path: Path) -> None:
+    cold, warm = tmp_path / "cold.json", tmp_path / "warm.json"
+    for path, warmup in ((cold, "0"), (warm, "4")):
+        assert bench(
+            "--mock-workers", "0", "--concurrency", "2", "--requests", "6", "--warmup", warmup,
+            *SMALL_ANSWER, "--json", str(path), "--quiet",
+        ) == 0
+    cold_run, warm_run = (json.loads(p.read_text(encoding="utf-8"))["runs"][0] for p in (cold, warm))
+    # Without a warm-up the run opens its connections itself; after one it reuses them.
+    assert cold_run["connections_opened"] >= 1
+    assert warm_run["connections_opened"] < cold_run["connections_opened"]

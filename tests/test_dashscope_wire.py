@@ -24,6 +24,7 @@ from llmstreams.errors import (
 )
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, Usage
+from tests.support import chunks_until_error
 
 SSE = "text/event-stream"
 
@@ -210,20 +211,27 @@ def test_usage_without_total_tokens_is_summed() -> None:
 
 def test_cumulative_event_that_does_not_continue_the_text_is_a_protocol_error() -> None:
     parser = stream_parser()
-    first = parser.feed(frame(1, text_payload("Hello")))
+    first = list(parser.feed(frame(1, text_payload("Hello"))))
     assert [chunk.text for chunk in first] == ["Hello"]
     with pytest.raises(ProtocolError, match="does not continue"):
-        parser.feed(frame(2, text_payload(" world")))
+        list(parser.feed(frame(2, text_payload(" world"))))
 
 
 def test_good_events_before_a_bad_one_are_returned_then_the_error_raised() -> None:
     parser = stream_parser(incremental_output=True)
     body = frame(1, text_payload("a")) + frame(2, text_payload("b")) + b"event:result\ndata:{oops\n\n"
-    assert [chunk.text for chunk in parser.feed(body)] == ["a", "b"]
+    chunks, error = chunks_until_error(parser.feed(body))
+    assert [chunk.text for chunk in chunks] == ["a", "b"]
+    assert isinstance(error, ProtocolError)
+    assert "oops" in str(error)
+
+
+def test_events_are_decoded_only_as_their_chunks_are_taken() -> None:
+    parser = stream_parser(incremental_output=True)
+    chunks = iter(parser.feed(frame(1, text_payload("a")) + b"event:result\ndata:{oops\n\n"))
+    assert next(chunks).text == "a"
     with pytest.raises(ProtocolError, match="oops"):
-        parser.feed(b"")
-    with pytest.raises(ProtocolError):
-        parser.close()
+        next(chunks)
 
 
 @pytest.mark.parametrize(
@@ -236,35 +244,35 @@ def test_good_events_before_a_bad_one_are_returned_then_the_error_raised() -> No
 def test_unexpected_json_is_a_protocol_error_quoting_it(data: bytes) -> None:
     parser = stream_parser(incremental_output=True)
     with pytest.raises(ProtocolError) as raised:
-        parser.feed(b"event:result\ndata:" + data + b"\n\n")
+        list(parser.feed(b"event:result\ndata:" + data + b"\n\n"))
     assert data.decode()[:5] in str(raised.value)
 
 
 def test_unknown_event_type_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="'keepalive'"):
-        stream_parser().feed(b"event:keepalive\ndata:{}\n\n")
+        list(stream_parser().feed(b"event:keepalive\ndata:{}\n\n"))
     with pytest.raises(ProtocolError, match="'message'"):
-        stream_parser().feed(b"data:" + json.dumps(text_payload("x")).encode() + b"\n\n")
+        list(stream_parser().feed(b"data:" + json.dumps(text_payload("x")).encode() + b"\n\n"))
 
 
 def test_stream_that_ends_before_the_last_event_is_interrupted() -> None:
     parser = stream_parser()
-    assert len(parser.feed(frame(1, text_payload("Hello")))) == 1
+    assert len(list(parser.feed(frame(1, text_payload("Hello"))))) == 1
     with pytest.raises(StreamInterruptedError) as raised:
-        parser.close()
+        list(parser.close())
     assert raised.value.request_id == "req-1"
 
 
 def test_empty_stream_is_interrupted() -> None:
     with pytest.raises(StreamInterruptedError):
-        stream_parser().close()
+        list(stream_parser().close())
 
 
 def test_event_stream_content_that_is_not_sse_is_a_protocol_error() -> None:
     parser = stream_parser()
-    assert parser.feed(b"<html><body>sign in</body></html>\n") == []
+    assert list(parser.feed(b"<html><body>sign in</body></html>\n")) == []
     with pytest.raises(ProtocolError, match="sign in"):
-        parser.close()
+        list(parser.close())
 
 
 def test_events_after_the_last_are_ignored() -> None:
@@ -272,7 +280,7 @@ def test_events_after_the_last_are_ignored() -> None:
     body = frame(1, text_payload("a", "stop")) + b"event:bogus\ndata:{}\n\n"
     assert [chunk.text for chunk in parser.feed(body)] == ["a"]
     assert parser.finished
-    assert parser.close() == []
+    assert list(parser.close()) == []
 
 
 # Mid-stream error events
@@ -298,10 +306,8 @@ def test_error_event_after_chunks(
 ) -> None:
     parser = stream_parser(incremental_output=True)
     body = frame(1, text_payload("a")) + frame(2, error_payload(code), event="error", status=status)
-    assert [chunk.text for chunk in parser.feed(body)] == ["a"]
-    with pytest.raises(error_class) as raised:
-        parser.close()
-    error = raised.value
+    chunks, error = chunks_until_error(parser.feed(body))
+    assert [chunk.text for chunk in chunks] == ["a"]
     assert type(error) is error_class
     assert (error.code, error.http_status, error.request_id) == (code, status, "req-err")
     assert error.message == f"{code} happened"
@@ -312,7 +318,7 @@ def test_error_event_after_chunks(
 def test_error_status_comes_from_the_comment_line_not_the_code() -> None:
     body = frame(1, error_payload("InternalError"), event="error", status=503)
     with pytest.raises(ServerError) as raised:
-        stream_parser().feed(body)
+        list(stream_parser().feed(body))
     assert raised.value.http_status == 503
 
 
@@ -334,21 +340,21 @@ def test_error_event_with_crlf_and_spaces() -> None:
     body = (b"id: 1\r\nevent: error\r\n:HTTP_STATUS/403\r\ndata: "
             + json.dumps(error_payload("AccessDenied.Unpurchased")).encode() + b"\r\n\r\n")
     with pytest.raises(PermissionDeniedError) as raised:
-        stream_parser().feed(body)
+        list(stream_parser().feed(body))
     assert raised.value.http_status == 403
 
 
 def test_error_event_without_status_comment() -> None:
     body = b"event:error\ndata:" + json.dumps(error_payload("ModelNotFound")).encode() + b"\n\n"
     with pytest.raises(NotFoundError) as raised:
-        stream_parser().feed(body)
+        list(stream_parser().feed(body))
     assert raised.value.http_status is None
     assert not raised.value.retryable
 
 
 def test_error_event_without_code_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="without a code"):
-        stream_parser().feed(b"event:error\n:HTTP_STATUS/500\ndata:{\"message\": \"?\"}\n\n")
+        list(stream_parser().feed(b"event:error\n:HTTP_STATUS/500\ndata:{\"message\": \"?\"}\n\n"))
 
 
 # Whole bodies: non-stream answers and errors before the stream
@@ -361,9 +367,9 @@ def body_parser(response_head: ResponseHead, **arguments: Any) -> Any:
 def test_non_stream_text_answer() -> None:
     body = json.dumps(text_payload("whole answer", "stop", 5)).encode()
     parser = body_parser(head(content_type="application/json"))
-    assert parser.feed(body[:10]) == []
-    assert parser.feed(body[10:]) == []
-    (chunk,) = parser.close()
+    assert list(parser.feed(body[:10])) == []
+    assert list(parser.feed(body[10:])) == []
+    (chunk,) = list(parser.close())
     assert parser.finished
     assert (chunk.text, chunk.is_end, chunk.finish_reason, chunk.sentence_id) == (
         "whole answer", True, "stop", 0
@@ -374,13 +380,14 @@ def test_non_stream_text_answer() -> None:
 
 def test_non_stream_message_answer_and_seed_style_answer() -> None:
     parser = body_parser(head(content_type="application/json"), result_format="message")
-    parser.feed(json.dumps(message_payload("Hi there", "stop")).encode())
-    assert parser.close()[0].text == "Hi there"
+    list(parser.feed(json.dumps(message_payload("Hi there", "stop")).encode()))
+    (chunk,) = parser.close()
+    assert chunk.text == "Hi there"
     # The seed's example answer: no finish_reason, no usage.
     seed_answer = b'{"output":{"text":"def is_even(num): ..."},"request_id":"d89c"}'
     parser = body_parser(head(content_type="application/json"))
-    parser.feed(seed_answer)
-    (chunk,) = parser.close()
+    list(parser.feed(seed_answer))
+    (chunk,) = list(parser.close())
     assert (chunk.text, chunk.finish_reason, chunk.usage, chunk.is_end) == (
         "def is_even(num): ...", None, None, True
     )
@@ -389,16 +396,16 @@ def test_non_stream_message_answer_and_seed_style_answer() -> None:
 @pytest.mark.parametrize("body", [b"not json", b"[]", b'{"output": {"text": 1}}', b""])
 def test_non_stream_body_that_is_not_an_answer(body: bytes) -> None:
     parser = body_parser(head(content_type="application/json"))
-    parser.feed(body)
+    list(parser.feed(body))
     with pytest.raises(ProtocolError):
-        parser.close()
+        list(parser.close())
 
 
 def test_non_stream_error_object_with_status_200() -> None:
     parser = body_parser(head(content_type="application/json"))
-    parser.feed(json.dumps(error_payload("Throttling")).encode())
+    list(parser.feed(json.dumps(error_payload("Throttling")).encode()))
     with pytest.raises(RateLimitError):
-        parser.close()
+        list(parser.close())
 
 
 @pytest.mark.parametrize(
@@ -429,9 +436,9 @@ def test_error_bodies_before_the_stream(
         (head(status, "application/json", retry_after=2.5), {"stream": True}),
     ):
         parser = wire.parser_for(response_head, generation(**arguments))
-        parser.feed(json.dumps(error_payload(code)).encode())
+        list(parser.feed(json.dumps(error_payload(code)).encode()))
         with pytest.raises(APIError) as raised:
-            parser.close()
+            list(parser.close())
         error = raised.value
         assert type(error) is error_class
         assert (error.http_status, error.code, error.request_id) == (status, code, "req-err")
@@ -448,9 +455,9 @@ def test_error_status_without_a_dashscope_body(
     status: int, error_class: type[APIError], retryable: bool
 ) -> None:
     parser = wire.parser_for(head(status, "text/html"), generation())
-    parser.feed(b"<html>Bad Gateway</html>")
+    list(parser.feed(b"<html>Bad Gateway</html>"))
     with pytest.raises(APIError) as raised:
-        parser.close()
+        list(parser.close())
     assert type(raised.value) is error_class
     assert raised.value.retryable is retryable
     assert raised.value.code is None
@@ -459,12 +466,12 @@ def test_error_status_without_a_dashscope_body(
 
 def test_stream_request_answered_with_a_page_is_a_protocol_error() -> None:
     parser = wire.parser_for(head(200, "text/html"), generation())
-    parser.feed(b"<html><title>Network sign-in</title></html>")
+    list(parser.feed(b"<html><title>Network sign-in</title></html>"))
     with pytest.raises(ProtocolError, match="Network sign-in"):
-        parser.close()
+        list(parser.close())
 
 
 def test_body_larger_than_the_limit_is_refused() -> None:
     parser = body_parser(head(content_type="application/json"))
     with pytest.raises(ProtocolError, match="longer than"):
-        parser.feed(b" " * (wire.MAX_BUFFERED_BODY + 1))
+        list(parser.feed(b" " * (wire.MAX_BUFFERED_BODY + 1)))

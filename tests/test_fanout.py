@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -415,3 +416,45 @@ def test_concurrency_must_be_a_positive_whole_number() -> None:
 
 async def test_no_jobs_no_outcomes() -> None:
     assert await fan_out([]) == []
+
+
+def fan_out_workers(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """The fan-out's worker tasks started since `before` (not the mock's, in the same loop)."""
+    return {
+        task for task in asyncio.all_tasks() - before
+        if task.get_coro().__qualname__.rpartition(".")[2].strip("_") == "work"  # type: ignore[union-attr]
+    }
+
+
+async def test_workers_are_never_more_than_jobs(dashscope: DashScopeClient) -> None:
+    before = asyncio.all_tasks()
+    jobs = (generate(dashscope, index) for index in range(2))
+    async with fan_out_as_completed(jobs, concurrency=100_000) as outcomes:
+        assert len(fan_out_workers(before)) == 2
+        assert len([outcome async for outcome in outcomes if outcome.ok]) == 2
+
+
+async def test_a_fan_out_dropped_by_break_stops_its_work(
+    dashscope: DashScopeClient, server: MockServer
+) -> None:
+    taken = 0
+
+    def jobs() -> Iterator[Job]:
+        nonlocal taken
+        for index in range(40):
+            taken += 1
+            yield generate(dashscope, index, "chunks_per_second=100")
+
+    before = asyncio.all_tasks()
+    async for outcome in fan_out_as_completed(jobs(), concurrency=4):
+        assert outcome.ok
+        break
+    gc.collect()
+    workers = fan_out_workers(before)
+    taken_when_dropped = taken
+    assert workers
+    async with asyncio.timeout(30):
+        await asyncio.wait(workers)
+    assert all(worker.cancelled() for worker in workers)
+    assert taken == taken_when_dropped < 40
+    assert server.stats.requests["dashscope.generation"] <= taken

@@ -98,3 +98,22 @@ async def test_many_paced_streams_share_the_timer_and_keep_every_event(
         assert events == expected
     stats = await server.wait_for(lambda stats: stats.streams_completed == 51)
     assert stats.streams_active == 0
+
+
+async def test_closing_the_server_ends_paced_streams_waiting_for_their_next_event(
+    session: aiohttp.ClientSession,
+) -> None:
+    server = MockServer()
+    await server.start()
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    headers = {BEHAVIOUR_HEADER: "chunks_per_second=0.01"}
+    async with session.post(
+        server.url + "/v1/chat/completions", json=body, headers=headers
+    ) as reply:
+        first = await asyncio.wait_for(reply.content.readuntil(b"\n\n"), 5)
+        assert first.startswith(b"data: ")
+        await server.wait_for(lambda stats: stats.streams_started == 1)
+        await asyncio.wait_for(server.close(), 5)
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await asyncio.wait_for(reply.read(), 5)
+    assert server.stats.streams_failed == 1

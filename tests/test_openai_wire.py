@@ -24,6 +24,7 @@ from llmstreams import (
 from llmstreams.openai.wire import GENERIC, Dialect, DialectParser, Kind, build_body
 from llmstreams.transport import ResponseHead, parse_retry_after
 from llmstreams.types import Chunk, CompletionBuilder, ToolCall, ToolCallDelta
+from tests.support import chunks_until_error
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -67,7 +68,7 @@ def parse(body: bytes, *, kind: Kind = "chat", dialect: Dialect = GENERIC, respo
         chunks += parser.feed(body[start:start + step])
         if parser.finished:
             break
-    return chunks + parser.close()
+    return chunks + list(parser.close())
 
 
 def collect(chunks: list[Chunk]) -> Any:
@@ -98,7 +99,7 @@ def test_without_usage_the_end_chunk_has_none() -> None:
 
 def test_text_arriving_with_the_finish_reason_is_not_held_back() -> None:
     parser = DialectParser(head(), GENERIC, "chat")
-    chunks = parser.feed(delta_event({"content": "last words"}, "stop"))
+    chunks = list(parser.feed(delta_event({"content": "last words"}, "stop")))
     assert [(c.text, c.is_end) for c in chunks] == [("last words", False)]
     assert not parser.finished
     assert [c.is_end for c in parser.feed(DONE)] == [True]
@@ -140,12 +141,19 @@ def test_reasoning_and_tool_call_pieces_are_chunks() -> None:
 def test_an_error_event_mid_stream_comes_after_the_chunks_before_it() -> None:
     error = {"error": {"message": "model crashed", "type": "server_error", "code": "internal"}}
     parser = DialectParser(head(), GENERIC, "chat")
-    chunks = parser.feed(delta_event({"content": "so far"}) + event(error))
+    chunks, caught = chunks_until_error(parser.feed(delta_event({"content": "so far"}) + event(error)))
     assert [c.text for c in chunks] == ["so far"]
-    assert parser.finished
-    with pytest.raises(ServerError, match="model crashed") as caught:
-        parser.close()
-    assert caught.value.retryable is False
+    assert isinstance(caught, ServerError)
+    assert "model crashed" in str(caught)
+    assert caught.retryable is False
+
+
+def test_events_are_decoded_only_as_their_chunks_are_taken() -> None:
+    parser = DialectParser(head(), GENERIC, "chat")
+    chunks = iter(parser.feed(delta_event({"content": "a"}) + b"data: {not json\n\n"))
+    assert next(chunks).text == "a"
+    with pytest.raises(ProtocolError, match="not a chat completion chunk"):
+        next(chunks)
 
 
 def test_an_error_event_before_any_text_may_be_retried() -> None:
@@ -331,16 +339,16 @@ def test_chat_only_fields_are_refused_on_completions() -> None:
 def test_bad_usage_at_the_end_comes_after_the_text_before_it() -> None:
     parser = DialectParser(head(), GENERIC, "chat")
     body = delta_event({"content": "kept"}, "stop") + event({"choices": [], "usage": {"prompt_tokens": "x"}})
-    chunks = parser.feed(body + DONE)
-    assert [c.text for c in chunks] == ["kept"] and parser.finished
-    with pytest.raises(ProtocolError, match="usage"):
-        parser.close()
+    chunks, error = chunks_until_error(parser.feed(body + DONE))
+    assert [c.text for c in chunks] == ["kept"]
+    assert isinstance(error, ProtocolError) and "usage" in str(error)
 
 
 def test_a_baidu_style_error_event_is_raised_not_ignored() -> None:
     parser = DialectParser(head(), GENERIC, "chat")
-    chunks = parser.feed(delta_event({"content": "so far"}) + event({"error_code": 336100, "error_msg": "busy"}))
+    chunks, error = chunks_until_error(
+        parser.feed(delta_event({"content": "so far"}) + event({"error_code": 336100, "error_msg": "busy"}))
+    )
     assert [c.text for c in chunks] == ["so far"]
-    with pytest.raises(APIError, match="busy") as caught:
-        parser.close()
-    assert caught.value.code == 336100
+    assert isinstance(error, APIError) and "busy" in str(error)
+    assert error.code == 336100

@@ -1,6 +1,6 @@
 """Both vendors' parsers keep the core's contract: when one read holds good events and then a
-bad one, the good chunks come first, `finished` turns True (so the stream stops reading at once,
-even if the server then goes quiet) and `close()` raises the error."""
+bad one, the good chunks come first and the error is raised in its turn, by the same iterable,
+so the stream raises it without reading again (even if the server then goes quiet)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from llmstreams import APIError, ProtocolError
 from llmstreams.dashscope.wire import EventStreamParser
 from llmstreams.qianfan.wire import QianfanParser
 from llmstreams.transport import ResponseHead, ResponseParser
+from tests.support import chunks_until_error
 
 SSE_HEAD = ResponseHead(
     status=200,
@@ -61,12 +62,10 @@ CASES = [
 
 
 @pytest.mark.parametrize(("make_parser", "body", "error_type"), CASES)
-def test_good_chunks_first_then_finished_then_the_error(
+def test_good_chunks_first_then_the_error(
     make_parser: type[ResponseParser], body: bytes, error_type: type[Exception]
 ) -> None:
     parser = make_parser()
-    chunks = parser.feed(body)
+    chunks, error = chunks_until_error(parser.feed(body))
     assert [chunk.text for chunk in chunks] == ["good"]
-    assert parser.finished
-    with pytest.raises(error_type):
-        parser.close()
+    assert isinstance(error, error_type)

@@ -137,11 +137,12 @@ async def test_a_token_refused_again_after_renewal_is_an_error(server: MockServe
 
 
 async def test_tokens_are_renewed_before_they_expire() -> None:
-    # A token with less than a minute to live is renewed before its next use.
+    # A token living less than the one-minute margin is used while valid, not fetched anew for
+    # every request: it is renewed in the last tenth of its life.
     async with MockServer(credentials=CREDENTIALS, token_ttl=30) as server, token_client(server) as client:
         await client.chat(USER, model=MODEL)
         await client.chat(USER, model=MODEL)
-        assert server.stats.requests["token"] == 2
+        assert server.stats.requests["token"] == 1
         assert server.stats.requests["qianfan.chat"] == 2
     # An hour-long token is renewed in its last 6 minutes only.
     async with MockServer(credentials=CREDENTIALS, token_ttl=3600) as server, token_client(server) as client:
@@ -322,6 +323,24 @@ async def test_token_endpoint_overload_is_retried_then_raised(token_server: Toke
     assert token_server.hits == 3
 
 
+@pytest.mark.parametrize("backoff", [0.001, 0.05])
+async def test_200_callers_share_a_failing_token_fetch_and_its_retries(
+    token_server: TokenServer, backoff: float
+) -> None:
+    retry = RetryPolicy(max_retries=2, backoff_base=backoff, backoff_max=backoff)
+    async with QianfanClient(
+        api_key=API_KEY, secret_key=SECRET_KEY, base_url=token_server.url, retry=retry
+    ) as client:
+        results = await asyncio.gather(
+            *(client.chat(USER, model=MODEL) for _ in range(100)),
+            *(client.stream_chat(USER, model=MODEL).collect() for _ in range(100)),
+            return_exceptions=True,
+        )
+    assert all(isinstance(result, ServerError) for result in results)
+    # One fetch and its two retries, whatever the callers' backoffs (it was about 150).
+    assert token_server.hits == 3
+
+
 async def test_a_silent_token_endpoint_times_out(token_server: TokenServer) -> None:
     token_server.hang = True
     async with QianfanClient(
@@ -357,6 +376,22 @@ def test_token_response_parsing() -> None:
     with pytest.raises(APIError, match="invalid_scope") as other:
         parse_token_response(400, b'{"error":"invalid_scope","error_description":"no scope"}', None, now=0.0)
     assert type(other.value) is APIError
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "lifetime"),
+    [("30", 30.0), ("0.5", 0.5), ("NaN", None), ("Infinity", None), ("-5", None), ("1" * 400, None),
+     ('"3600"', None), ("true", None)],
+)
+def test_a_token_is_used_while_it_is_valid(expires_in: str, lifetime: float | None) -> None:
+    body = f'{{"access_token":"24.abc","expires_in":{expires_in}}}'.encode()
+    token = parse_token_response(200, body, None, now=1000.0)
+    if lifetime is None:
+        # Unknown lifetime: used until the service refuses it (110/111), then renewed.
+        assert token.refresh_at == token.expires_at == float("inf")
+    else:
+        assert token.expires_at == 1000.0 + lifetime
+        assert token.refresh_at == token.expires_at - lifetime * 0.1
 
 
 async def test_cache_drops_only_the_token_that_failed() -> None:

@@ -22,6 +22,7 @@ from llmstreams import (
 from llmstreams.qianfan.wire import RETRYABLE_CODES, QianfanParser, error_class
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, CompletionBuilder, Usage
+from tests.support import chunks_until_error
 
 # The stream example of the Dolly-12B seed page, verbatim.
 DOLLY_STREAM = (
@@ -67,7 +68,7 @@ def parse_all(parser: QianfanParser, pieces: list[bytes]) -> list[Chunk]:
         chunks += parser.feed(piece)
         if parser.finished:
             return chunks
-    return chunks + parser.close()
+    return chunks + list(parser.close())
 
 
 def test_seed_stream_parses_into_chunks_with_every_field() -> None:
@@ -125,9 +126,9 @@ def test_need_clear_history_and_ban_round_reach_the_completion() -> None:
 def test_error_body_on_a_stream_request_raises_the_mapped_error() -> None:
     body = b'{"error_code":336501,"error_msg":"Rate limit reached for RPM","id":"as-err1"}'
     parser = QianfanParser(head(content_type="application/json", retry_after=1.5))
-    assert parser.feed(body) == []
+    assert list(parser.feed(body)) == []
     with pytest.raises(RateLimitError) as caught:
-        parser.close()
+        list(parser.close())
     error = caught.value
     assert error.code == 336501
     assert error.message == "Rate limit reached for RPM"
@@ -140,38 +141,64 @@ def test_error_body_on_a_stream_request_raises_the_mapped_error() -> None:
 def test_good_chunks_come_out_before_a_mid_stream_error() -> None:
     data = event(0, "a") + event(1, "b") + b'data: {"error_code":336100,"error_msg":"try again later","id":"as-x"}\n\n'
     parser = QianfanParser(head())
-    chunks = parser.feed(data)
+    chunks, error = chunks_until_error(parser.feed(data))
     assert [chunk.text for chunk in chunks] == ["a", "b"]
-    with pytest.raises(ServerError) as caught:
-        parser.feed(b"")
-    assert caught.value.code == 336100
-    assert caught.value.request_id == "as-x"
+    assert isinstance(error, ServerError)
+    assert error.code == 336100
+    assert error.request_id == "as-x"
+
+
+def test_events_are_decoded_only_as_their_chunks_are_taken() -> None:
+    parser = QianfanParser(head())
+    chunks = iter(parser.feed(event(0, "a") + b"data: {not json\n\n"))
+    assert next(chunks).text == "a"
+    with pytest.raises(ProtocolError, match="not a Qianfan chunk"):
+        next(chunks)
 
 
 def test_error_event_first_raises_at_once() -> None:
     parser = QianfanParser(head())
     with pytest.raises(AuthenticationError):
-        parser.feed(b'data: {"error_code":110,"error_msg":"Access token invalid"}\n\n')
+        list(parser.feed(b'data: {"error_code":110,"error_msg":"Access token invalid"}\n\n'))
 
 
-def test_a_skipped_sentence_id_is_a_protocol_error_after_the_chunks_before_it() -> None:
+def test_a_skipped_sentence_id_loses_no_text() -> None:
     parser = QianfanParser(head())
-    chunks = parser.feed(event(0, "a") + event(1, "b") + event(3, "d"))
-    assert [chunk.sentence_id for chunk in chunks] == [0, 1]
-    with pytest.raises(ProtocolError, match="sentence_id 3 arrived where 2 was due"):
-        parser.close()
+    chunks = list(parser.feed(event(0, "a") + event(1, "b") + event(3, "d") + event(4, "e", is_end=True)))
+    assert [chunk.sentence_id for chunk in chunks] == [0, 1, 3, 4]
+    assert list(parser.close()) == []
+    assert completion_of(chunks) == ("abde", 1)
 
 
-def test_a_stream_not_starting_at_sentence_zero_is_a_protocol_error() -> None:
-    with pytest.raises(ProtocolError, match="a chunk was lost"):
-        QianfanParser(head()).feed(event(1, "b"))
+def test_sentence_id_zero_on_every_chunk_loses_no_text() -> None:
+    # What the official Qianfan SDK's own test server sends.
+    parser = QianfanParser(head())
+    chunks = list(parser.feed(event(0, "a") + event(0, "b") + event(0, "c", is_end=True)))
+    assert completion_of(chunks) == ("abc", 2)
+
+
+def test_interleaved_sentence_ids_lose_no_text() -> None:
+    # Plugin streams interleave two numberings.
+    parser = QianfanParser(head())
+    chunks = list(parser.feed(
+        event(0, "a") + event(0, "b") + event(1, "c") + event(1, "d") + event(2, "e", is_end=True)
+    ))
+    assert completion_of(chunks) == ("abcde", 2)
+
+
+def completion_of(chunks: list[Chunk]) -> tuple[str, int]:
+    builder = CompletionBuilder()
+    for chunk in chunks:
+        builder.add(chunk)
+    completion = builder.build()
+    return completion.text, completion.sentence_id_anomalies
 
 
 def test_malformed_event_is_a_protocol_error_quoting_it() -> None:
     parser = QianfanParser(head())
-    assert len(parser.feed(event(0, "a"))) == 1
+    assert len(list(parser.feed(event(0, "a")))) == 1
     with pytest.raises(ProtocolError, match="not a Qianfan chunk") as caught:
-        parser.feed(b'data: {"id":"as-1","result":"\n\n')
+        list(parser.feed(b'data: {"id":"as-1","result":"\n\n'))
     assert '{"id":"as-1"' in str(caught.value)
 
 
@@ -189,14 +216,14 @@ def test_malformed_event_is_a_protocol_error_quoting_it() -> None:
 )
 def test_events_of_the_wrong_shape_are_protocol_errors(data: bytes) -> None:
     with pytest.raises(ProtocolError):
-        QianfanParser(head()).feed(data)
+        list(QianfanParser(head()).feed(data))
 
 
 def test_stream_ending_before_is_end_is_interrupted() -> None:
     parser = QianfanParser(head())
-    assert len(parser.feed(event(0, "a"))) == 1
+    assert len(list(parser.feed(event(0, "a")))) == 1
     with pytest.raises(StreamInterruptedError, match="before its last chunk"):
-        parser.close()
+        list(parser.close())
 
 
 def test_html_body_on_a_stream_request_is_a_protocol_error_with_a_snippet() -> None:
@@ -209,14 +236,14 @@ def test_html_body_on_a_stream_request_is_a_protocol_error_with_a_snippet() -> N
 
 def test_short_foreign_body_is_reported_at_its_end() -> None:
     parser = QianfanParser(head(content_type="text/plain"))
-    assert parser.feed(b"Bad Gateway") == []
+    assert list(parser.feed(b"Bad Gateway")) == []
     with pytest.raises(ProtocolError, match="Bad Gateway"):
-        parser.close()
+        list(parser.close())
 
 
 def test_empty_body_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="empty body"):
-        QianfanParser(head()).close()
+        list(QianfanParser(head()).close())
 
 
 def test_leading_bom_and_blank_lines_before_events_are_accepted() -> None:
@@ -238,9 +265,9 @@ def test_leading_bom_and_blank_lines_before_events_are_accepted() -> None:
 )
 def test_http_error_statuses(status: int, body: bytes, expected: type[APIError], retryable: bool) -> None:
     parser = QianfanParser(head(status=status, content_type="text/html", retry_after=0.5))
-    assert parser.feed(body) == []
+    assert list(parser.feed(body)) == []
     with pytest.raises(expected) as caught:
-        parser.close()
+        list(parser.close())
     assert type(caught.value) is expected
     assert caught.value.http_status == status
     assert caught.value.retryable is retryable
@@ -249,9 +276,9 @@ def test_http_error_statuses(status: int, body: bytes, expected: type[APIError],
 
 def test_bce_style_error_body_keeps_code_message_and_request_id() -> None:
     parser = QianfanParser(head(status=401, content_type="application/json"))
-    parser.feed(b'{"code":"AccessDenied","message":"signature mismatch","requestId":"r-1"}')
+    list(parser.feed(b'{"code":"AccessDenied","message":"signature mismatch","requestId":"r-1"}'))
     with pytest.raises(AuthenticationError) as caught:
-        parser.close()
+        list(parser.close())
     assert (caught.value.code, caught.value.message, caught.value.request_id) == (
         "AccessDenied", "signature mismatch", "r-1",
     )
@@ -261,7 +288,7 @@ def test_huge_error_body_is_not_buffered_without_end() -> None:
     parser = QianfanParser(head(status=502, content_type="text/html"))
     with pytest.raises(ServerError):
         for _ in range(100):
-            parser.feed(b"x" * 4096)
+            list(parser.feed(b"x" * 4096))
 
 
 @pytest.mark.parametrize(
@@ -287,9 +314,9 @@ def test_retryable_codes() -> None:
 
 def test_unknown_code_is_a_plain_api_error_with_its_code() -> None:
     parser = QianfanParser(head(content_type="application/json"))
-    parser.feed(b'{"error_code":424242,"error_msg":"something new","id":"as-n"}')
+    list(parser.feed(b'{"error_code":424242,"error_msg":"something new","id":"as-n"}'))
     with pytest.raises(APIError) as caught:
-        parser.close()
+        list(parser.close())
     assert type(caught.value) is APIError
     assert caught.value.code == 424242
     assert caught.value.retryable is False
@@ -298,18 +325,18 @@ def test_unknown_code_is_a_plain_api_error_with_its_code() -> None:
 def test_rejection_hints_are_added_to_their_codes_only() -> None:
     hints = {110: "pass api_key and secret_key instead"}
     parser = QianfanParser(head(content_type="application/json"), hints=hints)
-    parser.feed(b'{"error_code":110,"error_msg":"Access token invalid or no longer valid"}')
+    list(parser.feed(b'{"error_code":110,"error_msg":"Access token invalid or no longer valid"}'))
     with pytest.raises(AuthenticationError, match=r"no longer valid\. pass api_key and secret_key"):
-        parser.close()
+        list(parser.close())
     other = QianfanParser(head(content_type="application/json"), hints=hints)
-    other.feed(b'{"error_code":14,"error_msg":"IAM Certification failed"}')
+    list(other.feed(b'{"error_code":14,"error_msg":"IAM Certification failed"}'))
     with pytest.raises(AuthenticationError) as caught:
-        other.close()
+        list(other.close())
     assert caught.value.message == "IAM Certification failed"
 
 
 def test_anything_after_the_end_is_ignored() -> None:
     parser = QianfanParser(head())
-    chunks = parser.feed(event(0, "a", is_end=True) + b"data: garbage\n\n")
+    chunks = list(parser.feed(event(0, "a", is_end=True) + b"data: garbage\n\n"))
     assert [chunk.text for chunk in chunks] == ["a"]
     assert parser.finished

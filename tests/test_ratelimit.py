@@ -70,6 +70,42 @@ def test_non_positive_limits_are_rejected_by_name(field: str) -> None:
         RateLimit(**{field: 0})
 
 
+@pytest.mark.parametrize(
+    ("limit", "every"),
+    [
+        (RateLimit(requests_per_second=0.2), 5.0),
+        (RateLimit(requests_per_second=0.25), 4.0),
+        (RateLimit(requests_per_minute=0.5), 120.0),
+    ],
+)
+async def test_rates_below_one_per_window_are_held_exactly(limit: RateLimit, every: float) -> None:
+    rate, clock = limiter(limit)
+    grant_times = []
+    for _ in range(6):
+        await rate.acquire()
+        grant_times.append(clock.now)
+    assert grant_times == [every * number for number in range(6)]
+
+
+async def test_a_fractional_rate_above_one_is_held_over_time() -> None:
+    # 2.5 per second: never more than 3 at once, 25 in any 10 seconds after the first burst.
+    rate, clock = limiter(RateLimit(requests_per_second=2.5))
+    grant_times = []
+    for _ in range(33):
+        await rate.acquire()
+        grant_times.append(clock.now)
+    assert max(grant_times.count(time) for time in grant_times) == 3
+    assert grant_times[-1] == pytest.approx(12.0)
+    assert sum(1 for time in grant_times if time < 10.0) == 27
+
+
+async def test_an_absurd_token_count_does_not_overflow() -> None:
+    rate, _clock = limiter(RateLimit(tokens_per_minute=1000))
+    await rate.acquire()
+    rate.record_tokens(10**400)
+    assert rate.wait_time() == 60.0
+
+
 async def test_a_pool_takes_a_shared_limiter_or_a_limit_not_both() -> None:
     shared = RateLimiter(RateLimit(requests_per_second=5))
     async with Pool(rate_limiter=shared) as pool:

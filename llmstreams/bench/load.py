@@ -40,7 +40,12 @@ LOOP_LAG_INTERVAL = 0.005
 
 
 class Target(Protocol):
-    """One client sending one kind of request, as the load generator sees it."""
+    """One client sending one kind of request, as the load generator sees it.
+
+    Optional extras the load generator looks for: `input_tokens(last_item)` (the prompt's
+    token count the server reported) and `reads_sent_at` (true: each item has a `raw` mapping
+    in which the server may have stamped its true send time, SENT_AT_FIELD).
+    """
 
     def open_stream(self) -> AsyncIterator[Any]:
         """Send one request: an async iterator yielding once per chunk received.
@@ -148,7 +153,8 @@ class Measurement:
     `loop_lags`: how late (seconds) each wake-up of a watcher asking to sleep
     LOOP_LAG_INTERVAL came, over the run: a busy loop delays every timestamp by about as much.
     `origin`: the clock's time when the run began (after the warm-up), which the records'
-    `start` count from.
+    `start` count from. `connections_opened`: new connections the client's pool opened during
+    the run (None where unknown).
     """
 
     records: tuple[RequestRecord, ...]
@@ -157,6 +163,7 @@ class Measurement:
     peak_rss_mb: float
     loop_lags: tuple[float, ...] = ()
     origin: float = 0.0
+    connections_opened: int | None = None
 
 
 async def run_load(

@@ -187,7 +187,8 @@ class RunSummary:
     Latencies count only the requests that succeeded; `total_chunks` and the CPU figures
     count every chunk received (those of failed requests too: the client did that work).
     `cpu_seconds` is the client processes' CPU time over the run, `peak_rss_mb` their peak
-    resident memory (the sum over processes). `loop_lag` is the distribution of the event
+    resident memory (the sum over processes); `connections_opened` the new connections the
+    client pools opened during the run (None where unknown). `loop_lag` is the distribution of the event
     loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and
     `true_itl` are known only when the server stamped its true send times.
     """

@@ -255,6 +255,8 @@ def timeline_figure(runs: Runs) -> Any:
     """Requests in flight over each run (one row per run); open loops also show the requests
     due but waiting for a free slot."""
     plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     rows = max(1, len(runs))
     figure, axes = plt.subplots(rows, 1, figsize=(12, 2.4 * rows + 1.0), squeeze=False,
                                 constrained_layout=True)
@@ -268,6 +270,7 @@ def timeline_figure(runs: Runs) -> Any:
             times, counts = _in_flight(waiting)
             axis.step(times, counts, where="post", color="tab:red", label="waiting for a slot")
         axis.set_ylabel("requests")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylim(bottom=0)
         axis.set_xlim(left=0)
         axis.set_title(run_name(summary, summaries), fontsize="small", loc="left")

@@ -280,6 +280,7 @@ COMPARED: tuple[tuple[str, str, str], ...] = (
     ("client_cpu_utilization", "client CPU", "cores"),
     ("p99_loop_lag_ms", "event-loop lag p99", "ms"),
     ("peak_rss_mb", "peak RSS", "MiB"),
+    ("connections_opened", "connections opened", "connections"),
     ("p99_harness_itl_error_ms", "harness ITL error p99", "ms"),
 )
 

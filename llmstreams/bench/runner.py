@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -131,14 +131,14 @@ class ClientSpec:
     mock_auth: str | None
 
     @contextlib.asynccontextmanager
-    async def target(self) -> AsyncIterator[ClientTarget]:
+    async def target(self) -> AsyncIterator[tuple[ClientTarget, Pool]]:
         async with Pool() as pool:
             client = make_client(
                 self.workload.provider, base_url=self.base_url, pool=pool,
                 max_retries=self.max_retries, mock_auth=self.mock_auth,
                 protocol=self.workload.protocol,
             )
-            yield ClientTarget(client, self.workload, reads_sent_at=self.mock_auth is not None)
+            yield ClientTarget(client, self.workload, reads_sent_at=self.mock_auth is not None), pool
 
 
 async def run_benchmark(
@@ -159,6 +159,7 @@ async def run_benchmark(
                     loop_lags=measurement.loop_lags, label=_label(config, plan, workers),
                     percentiles=config.percentiles, slos=config.slos,
                     processes=config.processes,
+                    connections_opened=measurement.connections_opened,
                 )
                 result = RunResult(summary, measurement.records)
                 results.append(result)
@@ -192,9 +193,25 @@ def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str
 async def measure(spec: ClientSpec, plan: LoadPlan, processes: int = 1) -> Measurement:
     """One run of `plan` against `spec`'s target, in this process or shared by `processes`."""
     if processes == 1:
-        async with spec.target() as target:
-            return await run_load(target, plan)
+        return await _measure_here(spec, plan, None)
     return await asyncio.to_thread(_measure_in_processes, spec, plan, processes)
+
+
+async def _measure_here(
+    spec: ClientSpec, plan: LoadPlan, wait: Callable[[], Awaitable[None]] | None
+) -> Measurement:
+    """One run in this process, counting the connections opened after the warm-up."""
+    async with spec.target() as (target, pool):
+        opened_before: list[int] = []
+
+        async def before_run() -> None:
+            if wait is not None:
+                await wait()
+            opened_before.append(pool.stats().connections_opened)
+
+        measurement = await run_load(target, plan, before_run=before_run)
+        opened = pool.stats().connections_opened - opened_before[0]
+    return attrs.evolve(measurement, connections_opened=opened)
 
 
 def split_plan(plan: LoadPlan, processes: int) -> list[LoadPlan]:
@@ -236,6 +253,8 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         peak_rss_mb=sum(m.peak_rss_mb for m in measurements),
         loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
         origin=origin,
+        connections_opened=None if any(m.connections_opened is None for m in measurements)
+        else sum(m.connections_opened or 0 for m in measurements),
     )
 
 
@@ -278,8 +297,7 @@ async def _child_run(spec: ClientSpec, plan: LoadPlan, ready: Any) -> Measuremen
     async def all_warmed_up() -> None:
         await asyncio.to_thread(ready.wait)
 
-    async with spec.target() as target:
-        return await run_load(target, plan, before_run=all_warmed_up)
+    return await _measure_here(spec, plan, all_warmed_up)
 
 
 @contextlib.asynccontextmanager

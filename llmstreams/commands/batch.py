@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +19,20 @@ from llmstreams.batch import (
     PROTOCOLS,
     PROVIDERS,
     BatchSummary,
+    OutputFileError,
+    OutputWriteError,
     Provider,
     Target,
     make_client,
     run_batch,
 )
 from llmstreams.commands import library_log_level
+from llmstreams.outputlock import OutputLockedError
 from llmstreams.progress import format_duration
 
 DEFAULT_CONCURRENCY = 16
+EXIT_OUTPUT_WRITE_FAILED = 4
+EXIT_OUTPUT_LOCKED = 5
 DEFAULT_ACTORS = 2
 RAY_INSTALL = "pip install 'llmstreams[ray]'"
 
@@ -58,8 +66,10 @@ actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUT
 
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
-error (bad option, missing credentials, unreadable file); 3 when the run stopped early (see
-Failing fast); 130 when interrupted.
+error (bad option, missing credentials, unreadable file, OUTPUT a directory or not writable);
+3 when the run stopped early (see Failing fast); 4 when writing OUTPUT failed mid-run (disk
+full: free space and run again to resume); 5 when another run is writing OUTPUT; 130 when
+interrupted.
 """.replace("{fail_fast_after}", str(FAIL_FAST_AFTER))
 
 
@@ -172,19 +182,32 @@ def run(args: argparse.Namespace) -> int:
     parquet_parts = args.ray is not None and args.output.suffix.lower() == ".parquet"
     if args.output.is_dir() and not parquet_parts:
         return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
-    if args.output.exists() and args.output.resolve() == args.input.resolve():
-        return _usage_error("OUTPUT must not be INPUT")
+    if args.output.exists() and os.path.samefile(args.output, args.input):
+        return _usage_error("OUTPUT must not be INPUT (they are the same file)")
     if args.ray is not None and importlib.util.find_spec("ray") is None:
         return _usage_error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
     try:
-        with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-            summary = (
-                _run_on_ray(args, provider) if args.ray is not None
-                else asyncio.run(_main(args, provider))
-            )
-    except (llmstreams.InvalidParameterError, ValueError, ConnectionError) as error:
+        try:
+            with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
+                summary = (
+                    _run_on_ray(args, provider) if args.ray is not None
+                    else asyncio.run(_main(args, provider))
+                )
+        finally:
+            # The run is over, only its summary is left to print: a Ctrl-C now (a second one
+            # a moment after the first) must not turn a clean exit into a traceback.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except OutputWriteError as error:
+        print(f"llmstreams batch: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_WRITE_FAILED
+    except (llmstreams.InvalidParameterError, OutputFileError, ValueError, ConnectionError) as error:
         return _usage_error(str(error))
-    except KeyboardInterrupt:
+    except OutputLockedError as error:
+        print(f"llmstreams batch: error: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_LOCKED
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        # A second Ctrl-C cancels the run at once (see run_batch): the same end as the first.
         _report("interrupted; run the same command again to resume")
         return 130
     print(format_summary(summary, args.input, args.output))

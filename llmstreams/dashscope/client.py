@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 
 from llmstreams.client import BaseClient
 from llmstreams.dashscope import compatible, wire
-from llmstreams.errors import APIError, InvalidParameterError
+from llmstreams.errors import APIError, InvalidParameterError, redact_url
 from llmstreams.openai.client import DialectEndpoint, bearer_headers
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
@@ -113,10 +113,10 @@ class DashScopeClient(BaseClient):
             )
 
     def __repr__(self) -> str:
-        return f"<DashScopeClient base_url={self.base_url!r} protocol={self.protocol!r}>"
+        return f"<DashScopeClient base_url={redact_url(self.base_url)!r} protocol={self.protocol!r}>"
 
     def stream_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
     ) -> ChunkStream:
         """Stream a chat answer, in either protocol: `params` are those of `stream_generate`
         (native) or of the OpenAI-compatible dialect (openai)."""
@@ -127,7 +127,7 @@ class DashScopeClient(BaseClient):
         ))
 
     async def chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
     ) -> Completion:
         """A whole chat answer from one non-stream request; parameters as for `stream_chat`."""
         if self._compatible is None:
@@ -139,6 +139,7 @@ class DashScopeClient(BaseClient):
 
     def stream_generate(
         self,
+        /,
         prompt: str | None = None,
         *,
         messages: Sequence[Mapping[str, str]] | None = None,
@@ -177,6 +178,7 @@ class DashScopeClient(BaseClient):
 
     async def generate(
         self,
+        /,
         prompt: str | None = None,
         *,
         messages: Sequence[Mapping[str, str]] | None = None,

@@ -7,8 +7,7 @@ hierarchy (`api_error`). See protocol.md section 2 for the format.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -28,9 +27,10 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.sse import SSEDecoder
+from llmstreams.jsoncodec import JSON_ERRORS, decode_json
+from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
-from llmstreams.types import Chunk, Usage
+from llmstreams.types import Chunk, Usage, make_chunk, make_usage
 from llmstreams.validation import (
     check_bool,
     check_extra,
@@ -38,6 +38,7 @@ from llmstreams.validation import (
     check_number,
     check_stop,
     check_text,
+    encode_json,
     reject_unknown,
 )
 
@@ -155,12 +156,8 @@ def build_generation(
     parameters.update(extra)
 
     body = {"model": model, "input": body_input, "parameters": parameters}
-    try:
-        encoded = json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except (TypeError, ValueError) as error:
-        raise InvalidParameterError("extra_params", f"must be JSON-serializable ({error})") from None
     return Generation(
-        body=encoded.encode(),
+        body=encode_json(body, blame="extra_params"),
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
@@ -308,8 +305,8 @@ def error_from_body(head: ResponseHead, body: bytes) -> APIError:
 
 def _json_or_none(body: bytes) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        return decode_json(body)
+    except JSON_ERRORS:
         return None
 
 
@@ -339,7 +336,7 @@ class EventStreamParser:
 
     __slots__ = (
         "_decoder", "_cumulative", "_message_format", "_text", "_count", "_finished",
-        "_unparsed", "_error", "_request_id",
+        "_unparsed", "_request_id", "_last",
     )
 
     def __init__(self, *, cumulative: bool, message_format: bool) -> None:
@@ -353,52 +350,27 @@ class EventStreamParser:
         # every line of the events not yet complete. Only an error event looks at them, for
         # its `:HTTP_STATUS/NNN` comment, which the SSE decoder drops as the standard says.
         self._unparsed: list[bytes] = []
-        self._error: LLMStreamsError | None = None
         self._request_id: str | None = None
+        self._last: Chunk | None = None
 
     @property
     def finished(self) -> bool:
-        return self._finished or self._error is not None
+        return self._finished
 
-    def feed(self, data: bytes) -> list[Chunk]:
-        if self._error is not None:
-            raise self._error
+    def feed(self, data: bytes) -> Iterator[Chunk]:
         events = self._decoder.feed(data)
         if not events:
             self._unparsed.append(data)
-            return []
+            return iter(())
         window = self._unparsed
         window.append(data)
         self._unparsed = [data]
-        chunks: list[Chunk] = []
-        try:
-            for event in events:
-                kind = event.event
-                if kind == "result":
-                    chunk = self._chunk(event.data)
-                    chunks.append(chunk)
-                    if chunk.is_end:
-                        self._finished = True
-                        break
-                elif kind == "error":
-                    raise self._error_event(event.data, window)
-                else:
-                    raise ProtocolError(
-                        f"unexpected event type {kind!r} in a DashScope stream: {snippet(event.data)}",
-                        provider=PROVIDER, request_id=self._request_id,
-                    )
-        except LLMStreamsError as error:
-            if not chunks:
-                raise
-            self._error = error
-        return chunks
+        return self._chunks(events, window)
 
-    def close(self) -> list[Chunk]:
-        if self._error is not None:
-            raise self._error
+    def close(self) -> Iterator[Chunk]:
         self._decoder.close()
         if self._finished:
-            return []
+            return iter(())
         received = b"".join(self._unparsed)
         if not self._count and received.strip():
             raise ProtocolError(
@@ -410,13 +382,32 @@ class EventStreamParser:
             provider=PROVIDER, request_id=self._request_id,
         )
 
+    def _chunks(self, events: list[ServerSentEvent], window: list[bytes]) -> Iterator[Chunk]:
+        """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
+        for event in events:
+            kind = event.event
+            if kind == "result":
+                chunk = self._last = self._chunk(event.data)
+                if chunk.is_end:
+                    self._finished = True
+                    yield chunk
+                    return
+                yield chunk
+            elif kind == "error":
+                raise self._error_event(event.data, window)
+            else:
+                raise ProtocolError(
+                    f"unexpected event type {kind!r} in a DashScope stream: {snippet(event.data)}",
+                    provider=PROVIDER, request_id=self._request_id,
+                )
+
     def _chunk(self, data: str) -> Chunk:
         try:
-            payload = json.loads(data)
+            payload = decode_json(data)
             text, finish_reason = _text_and_finish_reason(payload["output"], self._message_format)
             usage = payload.get("usage")
             request_id = payload.get("request_id")
-        except (ValueError, LookupError, TypeError, AttributeError, RecursionError):
+        except (*JSON_ERRORS, LookupError, TypeError, AttributeError):
             raise ProtocolError(
                 f"a DashScope stream event is not a generation result: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
@@ -437,20 +428,21 @@ class EventStreamParser:
             self._text = text
             text = text[len(so_far):]
         if type(request_id) is str:
-            self._request_id = request_id
+            if request_id == self._request_id:
+                request_id = self._request_id
+            else:
+                self._request_id = request_id
         else:
             request_id = None
         is_end = finish_reason is not None and finish_reason != _NOT_FINISHED
         sentence_id = self._count
         self._count = sentence_id + 1
-        return Chunk(
-            text=text,
-            sentence_id=sentence_id,
-            is_end=is_end,
-            finish_reason=finish_reason if is_end else None,
-            usage=None if usage is None else _usage(usage, data),
-            request_id=request_id,
-            raw=payload,
+        last = self._last
+        return make_chunk(
+            text, sentence_id, is_end, False, None, False, None,
+            finish_reason if is_end else None,
+            None if usage is None else _usage(usage, data, None if last is None else last.usage),
+            None, None, request_id, "", (), None, payload,
         )
 
     def _error_event(self, data: str, window: list[bytes]) -> LLMStreamsError:
@@ -494,13 +486,14 @@ def _error_event_status(received: bytes) -> int | None:
     return None
 
 
-def _usage(usage: Any, data: str | bytes) -> Usage:
+def _usage(usage: Any, data: str | bytes, previous: Usage | None) -> Usage:
+    """The `Usage` of a `usage` object (`previous` itself if its counts are the same)."""
     try:
         prompt_tokens = usage["input_tokens"]
         completion_tokens = usage["output_tokens"]
         total_tokens = usage.get("total_tokens", prompt_tokens + completion_tokens)
         if type(prompt_tokens) is int and type(completion_tokens) is int and type(total_tokens) is int:
-            return Usage(prompt_tokens, completion_tokens, total_tokens)
+            return make_usage(prompt_tokens, completion_tokens, total_tokens, previous)
     except (LookupError, TypeError, AttributeError):
         pass
     raise ProtocolError(
@@ -586,7 +579,7 @@ def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chu
         sentence_id=0,
         is_end=True,
         finish_reason=None if finish_reason in (None, _NOT_FINISHED) else finish_reason,
-        usage=None if usage is None else _usage(usage, body),
+        usage=None if usage is None else _usage(usage, body, None),
         request_id=request_id if isinstance(request_id, str) else None,
         raw=payload,
     )

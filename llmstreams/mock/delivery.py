@@ -173,8 +173,9 @@ async def _write_events(
 
     async def flush() -> None:
         if pending:
-            await _write_frames(response, pending, behaviour)
+            data = _joined(pending, stamp=behaviour.stamp_send_times)
             pending.clear()
+            await _write(response, data, trickle=behaviour.trickle)
 
     for index in range(count + 1):
         if behaviour.malformed_after == index:
@@ -212,16 +213,14 @@ async def _write_events(
 _JSON_EVENT_END = b"}\n\n"
 
 
-async def _write_frames(
-    response: web.StreamResponse, frames: list[bytes], behaviour: Behaviour
-) -> None:
-    if behaviour.stamp_send_times:
-        stamp = b',"x_sent_at":%r}\n\n' % time.monotonic()
+def _joined(frames: list[bytes], *, stamp: bool) -> bytes:
+    """The frames as one write; with `stamp`, each JSON event ends with its send time."""
+    if stamp:
+        sent_at = b',"x_sent_at":%r}\n\n' % time.monotonic()
         frames = [
-            frame[:-3] + stamp if frame.endswith(_JSON_EVENT_END) else frame for frame in frames
+            frame[:-3] + sent_at if frame.endswith(_JSON_EVENT_END) else frame for frame in frames
         ]
-    data = frames[0] if len(frames) == 1 else b"".join(frames)
-    await _write(response, data, trickle=behaviour.trickle)
+    return frames[0] if len(frames) == 1 else b"".join(frames)
 
 
 async def _write(response: web.StreamResponse, data: bytes, *, trickle: bool) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Unpack
 
 from llmstreams.client import BaseClient
-from llmstreams.errors import APIError, InvalidParameterError
+from llmstreams.errors import APIError, InvalidParameterError, redact_url
 from llmstreams.openai.wire import (
     GENERIC,
     JSON_CONTENT_TYPE,
@@ -153,10 +153,10 @@ class OpenAICompatibleClient(BaseClient):
 
     def __repr__(self) -> str:
         key = "api_key set" if self.has_api_key else "no api_key"
-        return f"<OpenAICompatibleClient base_url={self.base_url!r} {key}>"
+        return f"<OpenAICompatibleClient base_url={redact_url(self.base_url)!r} {key}>"
 
     def stream_chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
     ) -> ChunkStream:
         """Stream a chat answer: iterate the returned `ChunkStream` (best inside `async with`).
 
@@ -168,7 +168,7 @@ class OpenAICompatibleClient(BaseClient):
         ))
 
     async def chat(
-        self, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
     ) -> Completion:
         """A whole chat answer, from one non-stream request."""
         return await self._complete(self._endpoint.exchange(
@@ -176,7 +176,7 @@ class OpenAICompatibleClient(BaseClient):
         ))
 
     def stream_complete(
-        self, prompt: str, *, model: str, **params: Unpack[CompleteParams]
+        self, /, prompt: str, *, model: str, **params: Unpack[CompleteParams]
     ) -> ChunkStream:
         """Stream a legacy text completion of `prompt` (`/completions`)."""
         return self._stream(self._endpoint.exchange(
@@ -184,7 +184,7 @@ class OpenAICompatibleClient(BaseClient):
         ))
 
     async def complete(
-        self, prompt: str, *, model: str, **params: Unpack[CompleteParams]
+        self, /, prompt: str, *, model: str, **params: Unpack[CompleteParams]
     ) -> Completion:
         """A whole legacy text completion of `prompt`, from one non-stream request."""
         return await self._complete(self._endpoint.exchange(

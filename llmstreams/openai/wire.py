@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Final, Literal, TypedDict
 
 import attrs
@@ -27,7 +27,6 @@ from llmstreams.errors import (
     ContentFilterError,
     InvalidParameterError,
     InvalidRequestError,
-    LLMStreamsError,
     NotFoundError,
     PermissionDeniedError,
     ProtocolError,
@@ -36,9 +35,10 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
+from llmstreams.jsoncodec import JSON_ERRORS, decode_json
 from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead
-from llmstreams.types import Chunk, ToolCallDelta, Usage
+from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
 from llmstreams.validation import (
     check_bool,
     check_extra,
@@ -502,8 +502,8 @@ def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: 
 
 def _json_or_none(body: bytes | str) -> Any:
     try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
+        return decode_json(body)
+    except JSON_ERRORS:
         return None
 
 
@@ -523,7 +523,7 @@ def _usage(usage: Any) -> Usage | None:
         total = prompt + completion
     if not (type(prompt) is int and type(completion) is int and type(total) is int):
         raise TypeError("usage counts are not integers")
-    return Usage(prompt, completion, total)
+    return make_usage(prompt, completion, total, None)
 
 
 def _tool_call_deltas(tool_calls: Any) -> tuple[ToolCallDelta, ...]:
@@ -554,7 +554,7 @@ class DialectParser:
 
     __slots__ = (
         "_head", "_dialect", "_kind", "_mode", "_buffer", "_buffered", "_decoder", "_count",
-        "_pending_error", "_done", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
+        "_done", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
         "_model", "_created", "_request_id", "_events_seen",
     )
 
@@ -567,7 +567,6 @@ class DialectParser:
         self._buffered = 0
         self._decoder = SSEDecoder()
         self._count = 0
-        self._pending_error: LLMStreamsError | None = None
         self._done = False
         self._finish_reason: str | None = None
         self._finish_seen = False
@@ -586,11 +585,9 @@ class DialectParser:
 
     @property
     def finished(self) -> bool:
-        return self._done or self._pending_error is not None
+        return self._done
 
-    def feed(self, data: bytes) -> list[Chunk]:
-        if self._pending_error is not None:
-            raise self._pending_error
+    def feed(self, data: bytes) -> Iterator[Chunk]:
         if self._mode == _EVENTS:
             return self._chunks(self._decoder.feed(data))
         self._buffer.append(data)
@@ -604,21 +601,19 @@ class DialectParser:
                 f"a whole answer longer than {_MAX_WHOLE_BODY} bytes: {snippet(self._body()[:1000])}",
                 provider=self._dialect.provider,
             )
-        return []
+        return iter(())
 
-    def close(self) -> list[Chunk]:
-        if self._pending_error is not None:
-            raise self._pending_error
+    def close(self) -> Iterator[Chunk]:
         provider = self._dialect.provider
         if self._mode == _STATUS:
             raise status_error(self._head, self._body(), self._dialect, self._request_id)
         if self._mode == _WHOLE:
-            return [self._whole_answer(self._body())]
+            return iter((self._whole_answer(self._body()),))
         if self._done:
-            return []
+            return iter(())
         if self._finish_seen:
             self._done = True
-            return [self._end_chunk()]
+            return iter((self._end_chunk(),))
         if self._mode == _EVENTS and self._events_seen:
             request_id = self._id if self._dialect.id_is_request_id else self._request_id
             raise StreamInterruptedError(
@@ -639,49 +634,42 @@ class DialectParser:
     def _body(self) -> bytes:
         return b"".join(self._buffer)
 
-    def _sniff(self) -> list[Chunk]:
+    def _sniff(self) -> Iterator[Chunk]:
         body = self._body()
         start = body.lstrip()
         if _BOM.startswith(start):
-            return []
+            return iter(())
         start = start.removeprefix(_BOM).lstrip()
         if not start:
-            return []
+            return iter(())
         if start[:1] == b"{":
             self._mode = _WHOLE
-            return []
+            return iter(())
         self._mode = _EVENTS
         # The first bytes stay in the buffer, for the message should they be no event stream.
         del self._buffer[1:]
         self._buffer[0] = body[:_SNIPPET_BYTES]
         return self._chunks(self._decoder.feed(body))
 
-    def _chunks(self, events: list[ServerSentEvent]) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        if not events:
-            return chunks
-        self._events_seen = True
+    def _chunks(self, events: list[ServerSentEvent]) -> Iterator[Chunk]:
+        """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
+        if events:
+            self._events_seen = True
         for event in events:
             data = event.data
-            try:
-                chunk = self._end_chunk() if data == _DONE else self._event_chunk(data)
-            except LLMStreamsError as error:
-                if not chunks:
-                    raise
-                # The chunks before the bad event go out first; the error comes on the next call.
-                self._pending_error = error
-                return chunks
+            if data == _DONE:
+                end = self._end_chunk()
+                self._done = True
+                yield end
+                return
+            chunk = self._event_chunk(data)
             if chunk is not None:
-                chunks.append(chunk)
-                if chunk.is_end:
-                    self._done = True
-                    break
-        return chunks
+                yield chunk
 
     def _event_chunk(self, data: str) -> Chunk | None:
         """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
         try:
-            payload = json.loads(data)
+            payload = decode_json(data)
             choices = payload.get("choices")
             usage = payload.get("usage")
             if usage is not None:
@@ -725,24 +713,29 @@ class DialectParser:
                 need_clear_history = bool(choice.get("need_clear_history"))
                 ban_round = choice.get("ban_round", payload.get("ban_round"))
             response_id = payload.get("id")
+            if response_id == self._id:
+                response_id = self._id  # the same string object for every chunk
             self._id = response_id
-            self._model = model = payload.get("model")
+            model = payload.get("model")
+            if model == self._model:
+                model = self._model
+            self._model = model
             self._created = created = payload.get("created")
             self._last = payload
             if not (text or reasoning or deltas or need_clear_history):
                 return None
-        except (ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as error:
+        except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
             raise ProtocolError(
                 f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
                 provider=self._dialect.provider, request_id=self._request_id,
             ) from None
         sentence_id = self._count
         self._count = sentence_id + 1
-        return Chunk(
-            text, sentence_id, False, need_clear_history, ban_round,
-            id=response_id, created=created,
-            request_id=response_id if self._dialect.id_is_request_id else self._request_id,
-            reasoning=reasoning, tool_calls=deltas, model=model, raw=payload,
+        return make_chunk(
+            text, sentence_id, False, need_clear_history, ban_round, False, None, None, None,
+            response_id, created,
+            response_id if self._dialect.id_is_request_id else self._request_id,
+            reasoning, deltas, model, payload,
         )
 
     def _end_chunk(self) -> Chunk:

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -36,13 +37,14 @@ from llmstreams.errors import (
     ProtocolError,
     RateLimitError,
     ServerError,
+    redact_url,
     snippet,
 )
 from llmstreams.options import Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, TOKEN_ERROR_CODES
-from llmstreams.transport import parse_retry_after, request_failure
+from llmstreams.transport import is_redirect, read_head, redirect_error, request_failure
 
 logger = logging.getLogger("llmstreams")
 
@@ -198,6 +200,9 @@ class AccessToken:
         if lifetime is None:
             return cls(value, float("inf"), float("inf"))
         margin = max(_REFRESH_MARGIN_MIN, min(lifetime * _REFRESH_SHARE, _REFRESH_MARGIN_MAX))
+        if margin >= lifetime:
+            # A short-lived token: renewed late in its life rather than before every request.
+            margin = lifetime * _REFRESH_SHARE
         return cls(value, now + lifetime - margin, now + lifetime)
 
 
@@ -218,38 +223,69 @@ class Authenticator(Protocol):
     rejection_hints: Mapping[int, str]
     """What to tell the user when the service refuses the credentials with these error codes."""
 
-    async def authorize(self, path: str) -> Authorization: ...
+    async def authorize(self, path: str, waiter: TokenWaiter | None = None) -> Authorization:
+        """What one attempt adds to its request; `waiter` is the generation's (see
+        `TokenWaiter`), for the methods that fetch tokens."""
 
     def recover(self, error: APIError, used: Authorization | None) -> bool:
         """Whether sending again may help after `error` (the attempt used `used`)."""
+
+
+class TokenWaiter:
+    """One generation's place among the waiters for a token.
+
+    When fetching fails, the transport retries each generation that waited; those retries are
+    shared as the first fetch was: a generation's n-th try takes the n-th fetch of the current
+    run of failures, joining it if another generation started it already. So 200 generations
+    and a failing token endpoint cause 1 + max_retries fetches, not one per generation.
+    `taken` is the position in that run of the next fetch this generation will take.
+    """
+
+    __slots__ = ("run", "taken")
+
+    def __init__(self) -> None:
+        self.run = -1
+        self.taken = 0
+
+    def __repr__(self) -> str:
+        return f"<TokenWaiter run={self.run} taken={self.taken}>"
+
+
+_MAX_FAILED_FETCHES_KEPT: Final = 32
 
 
 class TokenCache:
     """The access token of one (base URL, API key, secret key), shared through the pool.
 
     Single-flight: however many requests need a token at once, one fetch runs and they all
-    await it. A token is dropped on a 110/111 only if it is still the cached one, so a burst
-    of requests failing with the same old token causes a single renewal.
+    await it, and their retries share the fetches after it (see `TokenWaiter`). A token is
+    dropped on a 110/111 only if it is still the cached one, so a burst of requests failing
+    with the same old token causes a single renewal.
     """
 
-    __slots__ = ("_token", "_fetching")
+    __slots__ = ("_token", "_run", "_fetches", "_first")
 
     def __init__(self) -> None:
         self._token: AccessToken | None = None
-        self._fetching: asyncio.Future[AccessToken] | None = None
+        # The current run of fetches since the last success: a number, and its fetches (the
+        # last one may be running), of which the first `_first` were dropped to bound memory.
+        self._run = 0
+        self._fetches: list[asyncio.Future[AccessToken]] = []
+        self._first = 0
 
     def __repr__(self) -> str:
         state = "empty" if self._token is None else "holding a token"
-        return f"<TokenCache {state}{', fetching' if self._fetching else ''}>"
+        fetching = bool(self._fetches) and not self._fetches[-1].done()
+        return f"<TokenCache {state}{', fetching' if fetching else ''}>"
 
-    async def get(self, fetch: Callable[[], Awaitable[AccessToken]]) -> AccessToken:
+    async def get(
+        self, fetch: Callable[[], Awaitable[AccessToken]], waiter: TokenWaiter | None = None
+    ) -> AccessToken:
         token = self._token
         if token is not None and time.monotonic() < token.refresh_at:
             return token
-        fetching = self._fetching
-        if fetching is None:
-            fetching = self._fetching = asyncio.ensure_future(fetch())
-            fetching.add_done_callback(self._fetched)
+        waiter = waiter if waiter is not None else TokenWaiter()
+        fetching = self._take(fetch, waiter)
         try:
             # Shielded: a caller that gives up must not cancel the fetch the others await.
             return await asyncio.shield(fetching)
@@ -262,13 +298,47 @@ class TokenCache:
                 return token
             raise
 
+    def _take(
+        self, fetch: Callable[[], Awaitable[AccessToken]], waiter: TokenWaiter
+    ) -> asyncio.Future[AccessToken]:
+        """The fetch `waiter` awaits now: its next one in the current run, or a new one."""
+        fetches = self._fetches
+        if fetches and (fetches[-1].get_loop() is not asyncio.get_running_loop() or (
+            fetches[-1].done() and not fetches[-1].cancelled() and fetches[-1].exception() is None
+        )):
+            # The last fetch succeeded (its token needs renewing now) or ran on a closed loop.
+            self._start_run()
+            fetches = self._fetches
+        if waiter.run != self._run:
+            # New to this run: join the running fetch, if any; ended failures are not its own.
+            waiter.run = self._run
+            running = bool(fetches) and not fetches[-1].done()
+            waiter.taken = self._first + len(fetches) - (1 if running else 0)
+        position = max(waiter.taken, self._first)
+        waiter.taken = position + 1
+        index = position - self._first
+        if index < len(fetches) and not fetches[index].cancelled():
+            return fetches[index]
+        started = asyncio.ensure_future(fetch())
+        started.add_done_callback(self._fetched)
+        fetches.append(started)
+        if len(fetches) > _MAX_FAILED_FETCHES_KEPT:
+            del fetches[0]
+            self._first += 1
+        waiter.taken = self._first + len(fetches)
+        return started
+
+    def _start_run(self) -> None:
+        self._run += 1
+        self._fetches = []
+        self._first = 0
+
     def invalidate(self, token: AccessToken) -> None:
         """Forget `token` after the service rejected it, unless it was already replaced."""
         if self._token is token:
             self._token = None
 
     def _fetched(self, fetching: asyncio.Future[AccessToken]) -> None:
-        self._fetching = None
         if not fetching.cancelled() and fetching.exception() is None:
             self._token = fetching.result()
 
@@ -299,10 +369,10 @@ class TokenAuthenticator:
         self._cache = pool.shared(token_cache_key(base_url, api_key, secret_key), TokenCache)
 
     def __repr__(self) -> str:
-        return f"<TokenAuthenticator {self._token_url}>"
+        return f"<TokenAuthenticator {redact_url(self._token_url)}>"
 
-    async def authorize(self, path: str) -> Authorization:
-        token = await self._cache.get(self._fetch)
+    async def authorize(self, path: str, waiter: TokenWaiter | None = None) -> Authorization:
+        token = await self._cache.get(self._fetch, waiter)
         return Authorization({"access_token": token.value}, {}, token)
 
     def recover(self, error: APIError, used: Authorization | None) -> bool:
@@ -319,22 +389,28 @@ class TokenAuthenticator:
             "client_id": self._api_key,
             "client_secret": self._secret_key,
         }
-        logger.debug("%s: fetching an access token from %s", PROVIDER, url)
+        logger.debug("%s: fetching an access token from %s", PROVIDER, redact_url(url))
         try:
             async with asyncio.timeout(wait):
+                # Not redirected: the query carries the secret key.
                 async with self._pool.session().post(
-                    url, params=params, headers={"Accept": JSON_CONTENT_TYPE}
+                    url, params=params, headers={"Accept": JSON_CONTENT_TYPE},
+                    allow_redirects=False, proxy=self._pool.proxy_for(url),
                 ) as response:
+                    head = read_head(response)
+                    if is_redirect(head.status):
+                        raise redirect_error(
+                            head.status, head.headers.get("Location", ""),
+                            where=redact_url(url), provider=PROVIDER,
+                        )
                     body = await response.read()
-                    status = response.status
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as error:
             raise request_failure(
-                error, where=url, provider=PROVIDER, timeout_phase=phase,
+                error, where=redact_url(url), provider=PROVIDER, timeout_phase=phase,
                 wanted="access token", purpose=" for an access token",
             ) from None
-        token = parse_token_response(status, body, retry_after, now=time.monotonic())
-        logger.info("%s: fetched an access token from %s", PROVIDER, url)
+        token = parse_token_response(head.status, body, head.retry_after, now=time.monotonic())
+        logger.info("%s: fetched an access token from %s", PROVIDER, redact_url(url))
         return token
 
 
@@ -352,6 +428,8 @@ def parse_token_response(
 ) -> AccessToken:
     """The token from `/oauth/2.0/token`'s answer, or the error it stands for."""
     try:
+        # The standard library's decoder, which reads NaN/Infinity: a token whose `expires_in`
+        # is not a number is still used (until refused), as with any odd lifetime.
         payload = json.loads(body)
     except (ValueError, RecursionError):
         payload = None
@@ -369,15 +447,24 @@ def parse_token_response(
                 f"the token endpoint answered HTTP {status} without a usable access_token",
                 provider=PROVIDER,
             )
-        lifetime = payload.get("expires_in")
-        if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or lifetime <= 0:
-            lifetime = None
-        return AccessToken.issued(value, lifetime, now)
+        return AccessToken.issued(value, _lifetime(payload.get("expires_in")), now)
     if isinstance(payload, dict) and ("error" in payload or "error_description" in payload):
         raise _token_error(payload, status)
     raise ProtocolError(
         f"the token endpoint answered HTTP {status} with {snippet(body)}", provider=PROVIDER
     )
+
+
+def _lifetime(expires_in: object) -> float | None:
+    """Seconds a token lives; None (until the service refuses it) for anything but a positive,
+    finite number: NaN, infinities and integers beyond a float included."""
+    if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)):
+        return None
+    try:
+        seconds = float(expires_in)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
 def _token_error_text(payload: Mapping[str, object]) -> str:
@@ -419,7 +506,7 @@ class StaticTokenAuthenticator:
     def __repr__(self) -> str:
         return "<StaticTokenAuthenticator>"
 
-    async def authorize(self, path: str) -> Authorization:
+    async def authorize(self, path: str, waiter: TokenWaiter | None = None) -> Authorization:
         return self._authorization
 
     def recover(self, error: APIError, used: Authorization | None) -> bool:
@@ -443,7 +530,7 @@ class SignatureAuthenticator:
     def __repr__(self) -> str:
         return f"<SignatureAuthenticator {self._host}>"
 
-    async def authorize(self, path: str) -> Authorization:
+    async def authorize(self, path: str, waiter: TokenWaiter | None = None) -> Authorization:
         date = bce_timestamp(datetime.now(UTC))
         headers = {"Host": self._host, "Content-Type": JSON_CONTENT_TYPE, "x-bce-date": date}
         headers["Authorization"] = bce_authorization(

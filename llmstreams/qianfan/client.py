@@ -9,7 +9,7 @@ from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 from llmstreams.client import BaseClient
-from llmstreams.errors import APIError, InvalidParameterError
+from llmstreams.errors import APIError, InvalidParameterError, redact_url
 from llmstreams.openai.client import DialectEndpoint, bearer_headers
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
@@ -42,7 +42,7 @@ class QianfanExchange:
     """One Qianfan generation: its request (authorized afresh per attempt) and its parser."""
 
     provider = PROVIDER
-    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used")
+    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used", "_waiter")
 
     def __init__(
         self, *, url: str, path: str, body: bytes, headers: Mapping[str, str],
@@ -54,12 +54,13 @@ class QianfanExchange:
         self._headers = headers
         self._auth = authenticator
         self._used: auth.Authorization | None = None
+        self._waiter = auth.TokenWaiter()
 
     def __repr__(self) -> str:
         return f"<QianfanExchange POST {self._url}>"
 
     async def build_request(self) -> HttpRequest:
-        authorization = await self._auth.authorize(self._path)
+        authorization = await self._auth.authorize(self._path, self._waiter)
         self._used = authorization
         return HttpRequest(
             method="POST",
@@ -177,7 +178,7 @@ class QianfanClient(BaseClient):
 
     def __repr__(self) -> str:
         # The auth method tells the API version: "bce-v3 api_key" is v2's.
-        return f"<QianfanClient base_url={self.base_url!r} auth={self.auth_method!r}>"
+        return f"<QianfanClient base_url={redact_url(self.base_url)!r} auth={self.auth_method!r}>"
 
     @property
     def auth_method(self) -> str:
@@ -187,6 +188,7 @@ class QianfanClient(BaseClient):
 
     def stream_chat(
         self,
+        /,
         messages: Sequence[Mapping[str, Any]],
         *,
         model: str | None = None,
@@ -215,6 +217,7 @@ class QianfanClient(BaseClient):
 
     async def chat(
         self,
+        /,
         messages: Sequence[Mapping[str, Any]],
         *,
         model: str | None = None,
@@ -239,6 +242,7 @@ class QianfanClient(BaseClient):
 
     def stream_complete(
         self,
+        /,
         prompt: str,
         *,
         model: str | None = None,
@@ -263,6 +267,7 @@ class QianfanClient(BaseClient):
 
     async def complete(
         self,
+        /,
         prompt: str,
         *,
         model: str | None = None,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -230,15 +230,25 @@ class TcpServer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TcpServer]:
-        server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
         try:
-            yield self
+            async with tcp_server(self._accept) as self.url:
+                yield self
         finally:
-            server.close()
             for writer in self._writers:
                 writer.close()
-            await server.wait_closed()
+
+
+@asynccontextmanager
+async def tcp_server(
+    handler: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+) -> AsyncIterator[str]:
+    """A TCP server on 127.0.0.1 running `handler` for each connection; yields its http URL."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 # --- an HTTP server whose generation answers the test scripts ------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -160,23 +160,20 @@ def outcome(parser: ResponseParser, reads: list[bytes]) -> tuple[list[str], str 
     texts: list[str] = []
     try:
         for data in reads:
-            chunks = parser.feed(data)
-            check_chunks(chunks)
-            texts += [chunk.text for chunk in chunks]
+            take(parser.feed(data), texts)
             if parser.finished:
                 break
-        chunks = parser.close()
-        check_chunks(chunks)
-        texts += [chunk.text for chunk in chunks]
+        take(parser.close(), texts)
     except LLMStreamsError as error:
         return texts, type(error).__name__
     return texts, None
 
 
-def check_chunks(chunks: list[Chunk]) -> None:
-    assert isinstance(chunks, list)
+def take(chunks: Iterable[Chunk], texts: list[str]) -> None:
+    """Append the texts of `chunks` one by one, so that those before an error are kept."""
     for chunk in chunks:
         assert isinstance(chunk, Chunk) and type(chunk.text) is str
+        texts.append(chunk.text)
 
 
 # --- the properties -----------------------------------------------------------------------------
