@@ -585,6 +585,21 @@ async def run_batch(
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EIO})
 
 
+def lock_output(path: Path) -> OutputLock:
+    """The held lock of the output `path` for one run (its directory made if need be).
+
+    Raises `OutputLockedError` when another run holds it, `OutputFileError` when the lock
+    cannot be made there.
+    """
+    lock = OutputLock(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except OSError as error:
+        raise OutputFileError(path, error) from None
+    return lock
+
+
 def open_output(path: Path, mode: Mode) -> tuple[OutputLock, PreviousResults, ResultWriter]:
     """Lock the output for this run, repair it, read what is done and open it for appending.
 
@@ -593,12 +608,7 @@ def open_output(path: Path, mode: Mode) -> tuple[OutputLock, PreviousResults, Re
     """
     if path.is_dir():
         raise OutputFileError(path, IsADirectoryError(errno.EISDIR, "it is a directory"))
-    lock = OutputLock(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock.acquire()
-    except OSError as error:
-        raise OutputFileError(path, error) from None
+    lock = lock_output(path)
     try:
         previous = load_previous(path, mode)
         writer = ResultWriter(path)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
+import signal
 import threading
 import weakref
 from collections.abc import Coroutine, Iterator
@@ -41,6 +43,31 @@ ClientT = TypeVar("ClientT", bound=BaseClient)
 _THREAD_WAIT = 30.0
 
 
+# Signals that report a fault of the thread that caused it: never blocked.
+_FAULT_SIGNALS = frozenset(
+    getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP", "SIGSYS")
+    if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block the asynchronous signals in the calling thread for the duration.
+
+    A thread started meanwhile keeps them blocked, so the kernel delivers Ctrl-C (and the
+    like) to the main thread, where Python runs signal handlers: otherwise a main thread
+    blocked in input() or waiting on a sync call could miss its KeyboardInterrupt.
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULT_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _LoopThread:
     """An event loop running forever in a daemon thread."""
 
@@ -50,7 +77,8 @@ class _LoopThread:
         self._thread = threading.Thread(
             target=self._run, args=(started,), name="llmstreams-sync", daemon=True
         )
-        self._thread.start()
+        with _signals_blocked():
+            self._thread.start()  # the thread (and any it starts) keeps this signal mask
         started.wait(_THREAD_WAIT)
 
     def _run(self, started: threading.Event) -> None:

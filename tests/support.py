@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import re
+import signal
 import struct
 import sys
 import termios
@@ -159,6 +160,9 @@ def _own_terminal() -> None:
     so that Ctrl-C typed there is SIGINT."""
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    # As a shell starts a job: whatever the test process did with SIGINT is not inherited.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 class Terminal:
@@ -224,11 +228,14 @@ class Terminal:
 
     async def wait(self, timeout: float = 90) -> int:
         """The exit status, once everything it showed has been read."""
-        async with asyncio.timeout(timeout):
-            status = await self.process.wait()
-            while not self._eof:
-                self._changed.clear()
-                await self._changed.wait()
+        try:
+            async with asyncio.timeout(timeout):
+                status = await self.process.wait()
+                while not self._eof:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            raise AssertionError(f"still running; the terminal shows:\n{self.output!r}") from None
         return status
 
     def close(self) -> None:

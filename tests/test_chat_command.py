@@ -184,14 +184,3 @@ async def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(
     finally:
         terminal.close()
     assert "Traceback" not in terminal.output
-
-
-async def test_interactive_chat_ends_cleanly_on_ctrl_c() -> None:
-    terminal = await Terminal.start(sys.executable, "-m", "llmstreams", "chat", "--mock", env=environment())
-    try:
-        await terminal.expect("you> ")
-        terminal.send("\x03")  # Ctrl-C
-        assert await terminal.wait() == 0
-    finally:
-        terminal.close()
-    assert "Traceback" not in terminal.output

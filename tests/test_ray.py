@@ -27,6 +27,7 @@ from llmstreams.cli import main
 from llmstreams.mock import BEHAVIOUR_HEADER
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.workers import spawn_mock_workers
+from llmstreams.outputlock import OutputLock
 from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets, shared_out
 from tests.support import ROOT, python_examples, run_example
 
@@ -399,3 +400,20 @@ def test_a_limit_shared_out_adds_up_to_the_whole() -> None:
     # Less than one request per second each: one permit actor must hold it instead.
     assert shared_out(RateLimit(requests_per_second=3), 4) is None
     assert shared_out(RateLimit(tokens_per_minute=100), 400) == RateLimit(tokens_per_minute=0.25)
+
+
+def test_a_second_batch_on_the_same_output_refuses_at_once_on_ray_too(
+    mock_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    source = write_jsonl(tmp_path / "input.jsonl", [{"id": 1, "prompt": "q"}])
+    output = tmp_path / "output.jsonl"
+    holder = OutputLock(output)
+    holder.acquire()
+    try:
+        assert main([*batch_args(source, output, mock_url), "--ray"]) == 5
+    finally:
+        holder.release()
+    assert "output.jsonl" in capsys.readouterr().err
+    assert not output.exists()

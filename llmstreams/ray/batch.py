@@ -37,6 +37,7 @@ from llmstreams.batch import (
     classify_parsed,
     id_key,
     load_previous,
+    lock_output,
     parse_line,
     plan,
     read_lines,
@@ -144,8 +145,24 @@ def run_batch_on_ray(
     """`run_batch` with the requests run by Ray actors; see the module docstring.
 
     Ctrl-C stops it: every result received is written, the rest runs on the next run.
-    `fail_fast` as for `run_batch`.
+    `fail_fast` as for `run_batch`; OUTPUT is locked for the run as there.
     """
+    lock = lock_output(output_path)
+    try:
+        return _run_locked(input_path, output_path, job, mode, report, progress_stream, fail_fast)
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    input_path: Path,
+    output_path: Path,
+    job: RayJob,
+    mode: Mode,
+    report: Reporter,
+    progress_stream: TextIO | None,
+    fail_fast: bool,
+) -> BatchSummary:
     started = time.perf_counter()
     summary = BatchSummary()
     parquet_output = is_parquet(output_path)
