@@ -9,7 +9,6 @@ is one `event:error` frame carrying the error's status, after which the stream e
 from __future__ import annotations
 
 import functools
-import json
 from typing import Any
 
 import attrs
@@ -31,7 +30,8 @@ from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
     DASHSCOPE_ERRORS,
     dashscope_code,
-    dashscope_code_for_status,
+    injected_dashscope_code,
+    json_object,
 )
 
 GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
@@ -118,22 +118,12 @@ class _GenerationRoute:
 
 def _injected_failure(behaviour: Behaviour) -> DashScopeError | None:
     """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    if behaviour.fail_code is not None:
-        return DashScopeError(dashscope_code(behaviour.fail_code), status=behaviour.http_status)
-    if behaviour.http_status is not None:
-        return DashScopeError(
-            dashscope_code_for_status(behaviour.http_status), status=behaviour.http_status
-        )
-    return None
+    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
+    return None if code is None else DashScopeError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise DashScopeError("InvalidParameter", "Request body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise DashScopeError("InvalidParameter", "Request body must be a JSON object.")
+    payload = json_object(body, DashScopeError)
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise DashScopeError("BadRequest.EmptyModel")

@@ -44,7 +44,8 @@ from llmstreams.mock.vendor_errors import (
     DASHSCOPE_ERRORS,
     OPENAI_STYLE_CODES,
     dashscope_code,
-    dashscope_code_for_status,
+    injected_dashscope_code,
+    json_object,
 )
 
 STREAM_ONLY_FIELDS = ("stream", "stream_options")
@@ -275,23 +276,12 @@ class OpenAIRoutes:
 
 def _injected_failure(behaviour: Behaviour) -> OpenAIError | None:
     """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    if behaviour.fail_code is not None:
-        return OpenAIError(dashscope_code(behaviour.fail_code), status=behaviour.http_status)
-    if behaviour.http_status is not None:
-        return OpenAIError(
-            dashscope_code_for_status(behaviour.http_status), status=behaviour.http_status
-        )
-    return None
+    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
+    return None if code is None else OpenAIError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
-    try:
-        payload = json.loads(body)
-    except ValueError:
-        raise OpenAIError("InvalidParameter", "Request body is not valid JSON.") from None
-    if not isinstance(payload, dict):
-        raise OpenAIError("InvalidParameter", "Request body must be a JSON object.")
-    return payload
+    return json_object(body, OpenAIError)
 
 
 def _parse_request(kind: Kind, payload: dict[str, Any]) -> ParsedRequest:

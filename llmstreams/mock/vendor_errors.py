@@ -7,6 +7,10 @@ is translated to its nearest equivalent of the other where there is one.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from typing import Any
+
 import attrs
 
 QIANFAN_MESSAGES: dict[int, str] = {
@@ -191,3 +195,26 @@ OPENAI_STYLE_CODES: dict[str, OpenAIStyleCode] = {
     "SystemError": OpenAIStyleCode("server_error", "internal_error"),
     "ModelUnavailable": OpenAIStyleCode("server_error", "service_unavailable"),
 }
+
+
+def injected_dashscope_code(fail_code: str | None, http_status: int | None) -> str | None:
+    """The DashScope-style code the `fail_code` / `http_status` knobs inject, or None for neither.
+
+    The OpenAI-compatible routes use the same codes (their bodies name them their own way).
+    """
+    if fail_code is not None:
+        return dashscope_code(fail_code)
+    if http_status is not None:
+        return dashscope_code_for_status(http_status)
+    return None
+
+
+def json_object(body: bytes, refuse: Callable[[str, str], Exception]) -> dict[str, Any]:
+    """The request body as a JSON object; else `refuse(code, message)` is raised."""
+    try:
+        payload = json.loads(body)
+    except ValueError:
+        raise refuse("InvalidParameter", "Request body is not valid JSON.") from None
+    if not isinstance(payload, dict):
+        raise refuse("InvalidParameter", "Request body must be a JSON object.")
+    return payload
