@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import time
 import urllib.request
 import weakref
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
 
 import aiohttp
 import attrs
+from aiohttp.client_proto import ResponseHandler
 
 from llmstreams.errors import InvalidParameterError, LLMStreamsError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
@@ -20,7 +23,6 @@ from llmstreams.ratelimit import Limiter, RateLimit, RateLimiter
 from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
 
 if TYPE_CHECKING:
-    from aiohttp.client_proto import ResponseHandler
     from aiohttp.client_reqrep import ClientRequest
     from aiohttp.connector import Connection
     from aiohttp.tracing import Trace
@@ -50,11 +52,38 @@ class PoolStats:
     connections_opened: int = attrs.field(default=0, eq=False)
 
 
+class ArrivalStampingHandler(ResponseHandler):
+    """aiohttp's connection protocol, noting when bytes last arrived from the socket.
+
+    `data_received_at` is the `time.monotonic()` of the last `data_received`: a read of the
+    body returns bytes that arrived no later than that, however long the reading task then
+    waited for its turn on a busy loop. (`time.monotonic()` rather than `loop.time()`, which
+    is the same clock in asyncio's loop but whole milliseconds in uvloop's.)
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop)
+        self.data_received_at = time.monotonic()
+
+    def data_received(self, data: bytes) -> None:
+        # aiohttp calls it with no data when it resumes reading from its own buffer.
+        if data:
+            self.data_received_at = time.monotonic()
+        super().data_received(data)
+
+
 class _CountingConnector(aiohttp.TCPConnector):
-    """A `TCPConnector` that counts the connections it hands out and how many of them are new."""
+    """A `TCPConnector` that counts the connections it hands out and how many of them are new,
+    on connections that note when their bytes arrived (`ArrivalStampingHandler`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        # aiohttp has no public hook for the protocol class: `_factory` is what its connectors
+        # call to make one for each new connection.
+        self._factory = cast(
+            "functools.partial[ResponseHandler]",
+            functools.partial(ArrivalStampingHandler, loop=self._loop),
+        )
         self.connections_requested = 0
         self.connections_opened = 0
         self._known: weakref.WeakSet[ResponseHandler] = weakref.WeakSet()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, NoReturn
@@ -30,7 +29,7 @@ class ChunkStream:
 
     __slots__ = (
         "_pool", "_exchange", "_timeout", "_retry", "_builder", "_pending", "_reader",
-        "_parser", "_state", "_loop", "_origin", "attempts", "last_read_at",
+        "_parser", "_state", "_origin", "attempts", "last_read_at",
     )
 
     def __init__(self, pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy) -> None:
@@ -44,10 +43,10 @@ class ChunkStream:
         self._reader: BodyReader | None = None
         self._parser: ResponseParser | None = None
         self._state = "new"
-        self._loop: asyncio.AbstractEventLoop | None = None
         self.attempts = 0
-        # Loop time of the network read that carried the chunk yielded last (every chunk of one
-        # read shares it): a timestamp taken at the socket, not when the caller got round to it.
+        # The `time.monotonic()` by which the bytes carrying the chunk yielded last had arrived from the
+        # socket (every chunk of one read shares it): taken when the connection received them,
+        # not when the reading task got its turn on the loop.
         self.last_read_at: float | None = None
         self._origin = caller_origin()
 
@@ -134,7 +133,6 @@ class ChunkStream:
 
     async def _open(self) -> None:
         self._state = "opening"
-        self._loop = asyncio.get_running_loop()
         self._pool.stream_opened()
         try:
             opened = await open_exchange(
@@ -144,7 +142,7 @@ class ChunkStream:
         except BaseException as error:
             self._fail(error)
             raise
-        self.last_read_at = self._loop.time()
+        self.last_read_at = opened.reader.arrived_at
         self._reader = opened.reader
         self._parser = opened.parser
         self._pending = opened.first_chunks
@@ -165,8 +163,7 @@ class ChunkStream:
                 self._close(abort=False)
                 return
             data = await read_body(reader, self._exchange.provider)
-            assert self._loop is not None
-            self.last_read_at = self._loop.time()
+            self.last_read_at = reader.arrived_at
             self._pending = iter(parser.feed(data) if data else parser.close())
         except BaseException as error:
             self._fail(error)

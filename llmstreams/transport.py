@@ -35,7 +35,7 @@ from llmstreams.errors import (
     snippet,
 )
 from llmstreams.options import RetryPolicy, Timeout
-from llmstreams.pool import Pool
+from llmstreams.pool import ArrivalStampingHandler, Pool
 from llmstreams.types import Chunk
 
 logger = logging.getLogger("llmstreams")
@@ -139,7 +139,8 @@ class BodyReader:
 
     __slots__ = (
         "_response", "_pool", "_loop", "_idle", "_total_deadline", "_first_deadline",
-        "_waiting_until", "_timer", "_timer_when", "_released", "bytes_received",
+        "_waiting_until", "_timer", "_timer_when", "_released", "_protocol", "bytes_received",
+        "arrived_at",
     )
 
     def __init__(
@@ -161,7 +162,13 @@ class BodyReader:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._released = False
+        connection = response.connection
+        protocol = None if connection is None else connection.protocol
+        self._protocol = protocol if isinstance(protocol, ArrivalStampingHandler) else None
         self.bytes_received = 0
+        # The `time.monotonic()` by which the bytes of the last read had arrived (see
+        # ArrivalStampingHandler).
+        self.arrived_at = time.monotonic()
         pool.connection_acquired()
 
     async def read(self) -> bytes:
@@ -171,6 +178,7 @@ class BodyReader:
         data = content.read_nowait()
         if data or content.at_eof():
             self.bytes_received += len(data)
+            self._note_arrival()
             return data
         deadline = self._next_deadline()
         if deadline is not None:
@@ -182,7 +190,12 @@ class BodyReader:
         finally:
             self._waiting_until = None
         self.bytes_received += len(data)
+        self._note_arrival()
         return data
+
+    def _note_arrival(self) -> None:
+        protocol = self._protocol
+        self.arrived_at = time.monotonic() if protocol is None else protocol.data_received_at
 
     def _next_deadline(self) -> float | None:
         if self.bytes_received:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pickle
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -348,3 +349,48 @@ def test_feed_data_of_a_read_made_only_of_data_lines() -> None:
     decoder = SSEDecoder()
     assert decoder.feed_data(b"data: a\n\ndata:  b\n\ndata: {}\n\ndata: d") == ["a", " b", "{}"]
     assert decoder.feed_data(b"\n\ndata: e\n\n\n\ndata: f\n\n") == ["d", "e", "f"]
+
+
+async def test_a_chunk_is_timed_when_its_bytes_arrived_not_when_it_was_read() -> None:
+    first, second = openai_events(["one", "two"])[:2]
+    release, written = asyncio.Event(), asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        await release.wait()
+        await response.write(second)
+        written.set()
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        async with Pool() as pool:
+            client = llmstreams.OpenAICompatibleClient(
+                api_key="k", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", pool=pool
+            )
+            async with client.stream_chat([{"role": "user", "content": "hi"}], model="m") as stream:
+                assert (await anext(stream)).text == "one"
+                release.set()
+                await written.wait()
+                # The second event is in this side's socket now (loopback hands it over within
+                # the write). Arrival cannot be awaited from outside the connection: a few turns
+                # of the loop let it poll the socket and take the bytes in.
+                for _ in range(3):
+                    await asyncio.sleep(0)
+                asked_at = time.monotonic()
+                chunk = await anext(stream)
+                assert chunk.text == "two"
+                assert stream.last_read_at is not None and stream.last_read_at < asked_at
+                assert [c.text async for c in stream] == [""]
+    finally:
+        await runner.cleanup()

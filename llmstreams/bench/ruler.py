@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import selectors
@@ -97,6 +98,9 @@ class Ruler:
     def reset(self) -> None:
         self.lateness.clear()
         self.answers = 0
+        # The ruler's own process runs without automatic garbage collection (a pause would
+        # make every event due during it late); a run starts with the garbage of the last gone.
+        gc.collect()
 
 
 def _ms(seconds: float) -> float | None:
@@ -203,12 +207,14 @@ class RulerProtocol(asyncio.Protocol):
         transport = self._transport
         if transport is None:
             return
+        before_stamp = events.event_before_stamp(index)
+        tail = events.tail() if index == count - 1 else b""
+        # From here to the write only bytes and floats are made: no container is allocated,
+        # so the garbage collector cannot run between the stamp and the write.
         sent_at = time.monotonic()
-        self._ruler.lateness.append(sent_at - due)
-        payload = events.event(index, sent_at)
-        if index == count - 1:
-            payload += events.tail()
+        payload = b"%s%r}\n\n%s" % (before_stamp, sent_at, tail)
         transport.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+        self._ruler.lateness.append(sent_at - due)
         if index == count - 1:
             transport.write(_LAST_CHUNK)
             self._timers = []
@@ -233,8 +239,13 @@ class _Events:
         self.text = text
         self.created = int(time.time())
 
-    def event(self, index: int, sent_at: float) -> bytes:
+    def event_before_stamp(self, index: int) -> bytes:
+        """The event's `data:` line up to its stamp's value: the JSON object ends with
+        `"x_sent_at": `, and the stamp, `}` and the blank line follow."""
         raise NotImplementedError
+
+    def _data_before_stamp(self, document: dict[str, Any]) -> bytes:
+        return b"data: " + json.dumps(document).encode()[:-1] + b', "%s": ' % SENT_AT_FIELD.encode()
 
     def tail(self) -> bytes:
         return b""
@@ -244,7 +255,7 @@ class _Events:
 
 
 class _OpenAIEvents(_Events):
-    def event(self, index: int, sent_at: float) -> bytes:
+    def event_before_stamp(self, index: int) -> bytes:
         last = index == self.count - 1
         document = {
             "id": "chatcmpl-ruler",
@@ -254,9 +265,8 @@ class _OpenAIEvents(_Events):
             "choices": [{
                 "index": 0, "delta": {"content": self.text}, "finish_reason": "stop" if last else None,
             }],
-            SENT_AT_FIELD: sent_at,
         }
-        return b"data: " + json.dumps(document).encode() + b"\n\n"
+        return self._data_before_stamp(document)
 
     def tail(self) -> bytes:
         options = self.request.get("stream_options")
@@ -272,7 +282,7 @@ class _OpenAIEvents(_Events):
 
 
 class _QianfanEvents(_Events):
-    def event(self, index: int, sent_at: float) -> bytes:
+    def event_before_stamp(self, index: int) -> bytes:
         last = index == self.count - 1
         document: dict[str, Any] = {
             "id": "as-ruler",
@@ -283,11 +293,10 @@ class _QianfanEvents(_Events):
             "is_truncated": False,
             "result": self.text,
             "need_clear_history": False,
-            SENT_AT_FIELD: sent_at,
         }
         if last:
             document["usage"] = self._usage()
-        return b"data: " + json.dumps(document).encode() + b"\n\n"
+        return self._data_before_stamp(document)
 
 
 async def serve(pace: Pace, host: str = "127.0.0.1", port: int = 0) -> asyncio.Server:
@@ -348,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     pace = Pace(ttft=args.ttft, gap=args.gap, chunks=args.chunks, spread=args.spread, seed=args.seed)
 
     async def run() -> None:
+        gc.disable()
         server = await serve(pace, args.host, args.port)
         port = server.sockets[0].getsockname()[1]
         print(f"http://{args.host}:{port}", flush=True)
