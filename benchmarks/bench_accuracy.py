@@ -14,13 +14,18 @@ and notes when each event arrived on the same clock, so its error is known per e
 
 Clients, alternated within each round (the table keeps the median of the rounds and the
 spread, min-max):
-  * llmstreams: `llmstreams bench`'s load generator (`run_load` + `ClientTarget`): chunk times
-    from `ChunkStream.last_read_at`, streams started over --ramp-up (default: one answer's
-    length) so that they do not run in waves;
-  * aiohttp-bare: the usual hand-written loop (`async for line in response.content`, the time
-    taken after `json.loads` of each `data:` line), every stream started at once;
+  * llmstreams: `llmstreams bench`'s load generator (`run_load` + `ClientTarget`) as the
+    command runs it: on uvloop where installed, without automatic garbage collection during
+    the run, chunk times from `ChunkStream.last_read_at` (when the connection received the
+    bytes), streams started over --ramp-up (default: one answer's length) so that they do not
+    run in waves;
+  * aiohttp-bare: the usual hand-written loop on asyncio's loop (`async for line in
+    response.content`, the time taken after `json.loads` of each `data:` line), every stream
+    started at once;
   * aiohttp-bare-ramped: the same loop with the harness's ramp-up, to tell the effect of the
-    ramp from that of where the timestamp is taken.
+    ramp from that of where the timestamp is taken;
+  * aiohttp-bare-uvloop: the same loop as aiohttp-bare on uvloop, to tell the effect of the
+    loop from the rest.
 With --anchors-venv, GuideLLM and AIPerf (installed in that separate venv, never in the
 project's) are run against the same ruler at the same concurrency; their own reported ITL and
 TTFT percentiles are recorded next to the true ones (the ruler's pace plus its lateness).
@@ -48,12 +53,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.accuracy_anchors import ANCHORS, run_anchor
 from llmstreams import OpenAICompatibleClient, Pool
 from llmstreams.bench import ClientTarget, LoadPlan, RequestRecord, Workload, run_load, summarize
+from llmstreams.bench.eventloop import default_event_loop, run_on
 from llmstreams.bench.metrics import SENT_AT_FIELD
 from llmstreams.bench.report import environment
 from llmstreams.bench.ruler import RESET_PATH, STATS_PATH, Pace, spawn_ruler
 
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_accuracy.json"
-CLIENTS = ("llmstreams", "aiohttp-bare", "aiohttp-bare-ramped")
+CLIENTS = ("llmstreams", "aiohttp-bare", "aiohttp-bare-ramped", "aiohttp-bare-uvloop")
 CHAT_PATH = "/v1/chat/completions"
 BODY = {"model": "ruler", "messages": [{"role": "user", "content": "tick"}], "stream": True}
 
@@ -79,23 +85,23 @@ async def run_llmstreams(url: str, streams: int, seconds: float, ramp_up: float)
 
 async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> dict[str, Any]:
     """The hand-written loop: nothing of llmstreams but the statistics afterwards."""
-    loop = asyncio.get_running_loop()
+    now = time.monotonic
     records: list[RequestRecord] = []
     lags: list[float] = []
-    cpu_before, origin = time.process_time(), loop.time()
+    cpu_before, origin = time.process_time(), now()
     deadline = origin + seconds
 
     async def one_request(session: aiohttp.ClientSession) -> None:
         times: list[float] = []
         sent: list[float] = []
-        start = loop.time()
+        start = now()
         async with session.post(url + CHAT_PATH, json=BODY) as response:
             async for line in response.content:
                 if line.startswith(b"data: {"):
                     event = json.loads(line[6:])
-                    times.append(loop.time())
+                    times.append(now())
                     sent.append(event[SENT_AT_FIELD])
-        end = loop.time()
+        end = now()
         records.append(RequestRecord(
             index=len(records), start=start - origin, ttft=times[0] - start, e2el=end - start,
             gaps=tuple(b - a for a, b in itertools.pairwise(times)), chunks=len(times),
@@ -105,14 +111,14 @@ async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> di
 
     async def worker(session: aiohttp.ClientSession, delay: float) -> None:
         await asyncio.sleep(delay)
-        while loop.time() < deadline:
+        while now() < deadline:
             await one_request(session)
 
     async def watch() -> None:
         while True:
-            due = loop.time() + 0.005
+            due = now() + 0.005
             await asyncio.sleep(0.005)
-            lags.append(loop.time() - due)
+            lags.append(max(0.0, now() - due))
 
     watcher = asyncio.create_task(watch())
     connector = aiohttp.TCPConnector(limit=0)
@@ -120,18 +126,20 @@ async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> di
         await asyncio.gather(*(worker(session, ramp_up * i / streams) for i in range(streams)))
     watcher.cancel()
     return summarize(
-        records, duration=loop.time() - origin, cpu_seconds=time.process_time() - cpu_before,
+        records, duration=now() - origin, cpu_seconds=time.process_time() - cpu_before,
         peak_rss_mb=0.0, loop_lags=lags,
     ).to_json()
 
 
 def child(client: str, url: str, streams: int, seconds: float, ramp_up: float, out: Any) -> None:
-    runners: dict[str, Callable[[], Any]] = {
-        "llmstreams": lambda: run_llmstreams(url, streams, seconds, ramp_up),
-        "aiohttp-bare": lambda: run_bare(url, streams, seconds, 0.0),
-        "aiohttp-bare-ramped": lambda: run_bare(url, streams, seconds, ramp_up),
+    runners: dict[str, tuple[str, Callable[[], Any]]] = {
+        "llmstreams": (default_event_loop(), lambda: run_llmstreams(url, streams, seconds, ramp_up)),
+        "aiohttp-bare": ("asyncio", lambda: run_bare(url, streams, seconds, 0.0)),
+        "aiohttp-bare-ramped": ("asyncio", lambda: run_bare(url, streams, seconds, ramp_up)),
+        "aiohttp-bare-uvloop": ("uvloop", lambda: run_bare(url, streams, seconds, 0.0)),
     }
-    out.send(asyncio.run(runners[client]()))
+    event_loop, runner = runners[client]
+    out.send(run_on(event_loop, runner()))
 
 
 def measure(client: str, url: str, streams: int, seconds: float, ramp_up: float) -> dict[str, Any]:

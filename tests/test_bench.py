@@ -7,6 +7,7 @@ checks a timing: only counts, field names and the consistency of the statistics.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 from collections.abc import AsyncIterator
@@ -16,7 +17,10 @@ from typing import Any
 import pytest
 
 from llmstreams.bench import LoadPlan, RequestRecord, run_load, summarize
+from llmstreams.bench.eventloop import EVENT_LOOPS, default_event_loop
 from llmstreams.bench.metrics import Distribution, percentile
+from llmstreams.bench.runner import BenchConfig
+from llmstreams.bench.targets import Workload
 from llmstreams.cli import main
 from llmstreams.mock import MockCredentials, spawn_mock_workers
 
@@ -542,3 +546,44 @@ def test_connections_opened_during_the_run_are_counted(tmp_path: Path) -> None:
     # Without a warm-up the run opens its connections itself; after one it reuses them.
     assert cold_run["connections_opened"] >= 1
     assert warm_run["connections_opened"] < cold_run["connections_opened"]
+
+
+@pytest.mark.parametrize("event_loop", EVENT_LOOPS)
+def test_the_client_runs_on_the_event_loop_asked_for(event_loop: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert bench(
+        "--mock-workers", "1", "--processes", "2", "--concurrency", "2", "--requests", "6",
+        "--warmup", "0", "--event-loop", event_loop, *SMALL_ANSWER, "--json", str(report),
+        "--quiet",
+    ) == 0
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert document["config"]["event_loop"] == event_loop
+    # What the client processes report they really ran on.
+    assert document["runs"][0]["event_loop"] == event_loop
+    assert document["runs"][0]["total_chunks"] == 6 * CHUNKS_PER_ANSWER
+
+
+def test_uvloop_is_the_default_where_installed() -> None:
+    assert default_event_loop() == "uvloop"
+    assert BenchConfig(workload=Workload()).event_loop == "uvloop"
+    with pytest.raises(ValueError, match="event_loop must be one of uvloop, asyncio"):
+        BenchConfig(workload=Workload(), event_loop="trio")
+
+
+@pytest.mark.parametrize("collecting", [True, False])
+async def test_the_measured_run_goes_without_automatic_garbage_collection(collecting: bool) -> None:
+    seen: list[bool] = []
+
+    class WatchingTarget(CountingTarget):
+        def open_stream(self) -> AsyncIterator[int]:
+            seen.append(gc.isenabled())
+            return super().open_stream()
+
+    (gc.enable if collecting else gc.disable)()
+    try:
+        await run_load(WatchingTarget(), LoadPlan(concurrency=2, requests=4, warmup=2))
+        assert gc.isenabled() is collecting
+    finally:
+        gc.enable()
+    # The warm-up runs as the caller left the collector; the measured requests without it.
+    assert seen == [collecting] * 2 + [False] * 4

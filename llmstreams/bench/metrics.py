@@ -188,8 +188,8 @@ class RunSummary:
     count every chunk received (those of failed requests too: the client did that work).
     `cpu_seconds` is the client processes' CPU time over the run, `peak_rss_mb` their peak
     resident memory (the sum over processes); `connections_opened` the new connections the
-    client pools opened during the run (None where unknown). `loop_lag` is the distribution of the event
-    loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and
+    client pools opened during the run (None where unknown); `event_loop` the loop the client
+    ran on ("uvloop" or "asyncio"). `loop_lag` is the distribution of the event loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and
     `true_itl` are known only when the server stamped its true send times.
     """
 
@@ -218,6 +218,7 @@ class RunSummary:
     peak_rss_mb: float
     processes: int = 1
     connections_opened: int | None = None
+    event_loop: str = "asyncio"
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -312,6 +313,7 @@ class RunSummary:
             "p99_loop_lag_ms": _finite(self.loop_lag.at(99)),
             "peak_rss_mb": round(self.peak_rss_mb, 2),
             "processes": self.processes,
+            "event_loop": self.event_loop,
             "connections_opened": self.connections_opened,
             "client_bound": self.client_bound,
             "client_bound_reasons": list(self.client_bound_reasons),
@@ -354,6 +356,7 @@ def summarize(
     slos: Mapping[str, float] | None = None,
     processes: int = 1,
     connections_opened: int | None = None,
+    event_loop: str = "asyncio",
 ) -> RunSummary:
     """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
     in SLO_METRICS) define the good requests of `request_goodput`."""
@@ -397,4 +400,5 @@ def summarize(
         peak_rss_mb=peak_rss_mb,
         processes=processes,
         connections_opened=connections_opened,
+        event_loop=event_loop,
     )

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from llmstreams import Pool
+from llmstreams.bench.eventloop import check_event_loop, default_event_loop, run_on
 from llmstreams.bench.load import LoadPlan, Measurement, run_load
 from llmstreams.bench.metrics import PERCENTILES, RequestRecord, RunSummary, summarize
 from llmstreams.bench.targets import ClientTarget, Workload, make_client
@@ -36,6 +37,8 @@ class BenchConfig:
     `base_url` set: the runs go to that server and `mock_workers` / `knobs` are unused.
     `mock_workers` 0 runs the mock inside this process (its CPU then counts as the client's).
     `qianfan_auth` is how a QianfanClient authenticates to the mock (see QIANFAN_AUTH_METHODS).
+    `event_loop` is the loop the client runs on, "uvloop" or "asyncio" (see `run_on`); the
+    caller runs `run_benchmark` on it, and client processes start on it.
     """
 
     workload: Workload
@@ -56,8 +59,10 @@ class BenchConfig:
     percentiles: tuple[float, ...] = PERCENTILES
     slos: Mapping[str, float] = attrs.field(factory=dict)
     processes: int = 1
+    event_loop: str = attrs.field(factory=default_event_loop)
 
     def __attrs_post_init__(self) -> None:
+        check_event_loop(self.event_loop)
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, got {self.processes}")
         smallest = min(
@@ -112,6 +117,7 @@ class BenchConfig:
             "percentiles": list(self.percentiles),
             "goodput_slos_ms": dict(self.slos) or None,
             "processes": self.processes,
+            "event_loop": self.event_loop,
         }
 
 
@@ -129,6 +135,7 @@ class ClientSpec:
     base_url: str | None
     max_retries: int
     mock_auth: str | None
+    event_loop: str = attrs.field(factory=default_event_loop)
 
     @contextlib.asynccontextmanager
     async def target(self) -> AsyncIterator[tuple[ClientTarget, Pool]]:
@@ -150,7 +157,9 @@ async def run_benchmark(
     for workers in groups:
         async with _server(config, workers) as base_url:
             mock_auth = None if workers is None else config.qianfan_auth
-            spec = ClientSpec(config.workload, base_url, config.max_retries, mock_auth)
+            spec = ClientSpec(
+                config.workload, base_url, config.max_retries, mock_auth, config.event_loop
+            )
             for plan in config.plans():
                 measurement = await measure(spec, plan, config.processes)
                 summary = summarize(
@@ -160,6 +169,7 @@ async def run_benchmark(
                     percentiles=config.percentiles, slos=config.slos,
                     processes=config.processes,
                     connections_opened=measurement.connections_opened,
+                    event_loop=measurement.event_loop,
                 )
                 result = RunResult(summary, measurement.records)
                 results.append(result)
@@ -251,6 +261,7 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         duration=max(m.origin + m.duration for m in measurements) - origin,
         cpu_seconds=sum(m.cpu_seconds for m in measurements),
         peak_rss_mb=sum(m.peak_rss_mb for m in measurements),
+        event_loop=",".join(sorted({m.event_loop for m in measurements})),
         loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
         origin=origin,
         connections_opened=None if any(m.connections_opened is None for m in measurements)
@@ -288,7 +299,7 @@ def _longest(plan: LoadPlan) -> float:
 
 def _child(spec: ClientSpec, plan: LoadPlan, results: Any, ready: Any) -> None:
     try:
-        results.put(asyncio.run(_child_run(spec, plan, ready)))
+        results.put(run_on(spec.event_loop, _child_run(spec, plan, ready)))
     except Exception as error:  # reported to the parent, which raises it
         results.put(f"{type(error).__name__}: {error}")
 
