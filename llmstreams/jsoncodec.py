@@ -22,6 +22,22 @@ decode_json: Final[Callable[[str | bytes], Any]] = msgspec.json.Decoder().decode
 JSON_ERRORS: Final = (ValueError, RecursionError)
 
 
+def repaired_utf8(data: str | bytes) -> str | None:
+    """`data` as text with its invalid UTF-8 replaced by U+FFFD, when it is bytes that are not
+    valid UTF-8; else None.
+
+    Events arrive as bytes and are decoded as such; the JSON decoder refuses invalid UTF-8, but
+    an event stream's own decoding replaces it, so a parser retries with this text (text with a
+    stray byte is delivered, as a text decoder would have delivered it).
+    """
+    if isinstance(data, bytes):
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return data.decode("utf-8", "replace")
+    return None
+
+
 class DecodedJSON(Mapping[str, Any]):
     """The JSON object of one event, decoded from its text only when first read.
 

@@ -7,8 +7,8 @@ limit and without the reconnect behaviour of a browser `EventSource`.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
+import re
 from collections.abc import Callable
 from typing import cast
 
@@ -30,8 +30,15 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-_DATA_FIELD_PREFIX = "data:"
+_DATA_FIELD_PREFIX = b"data:"
 _DEFAULT_EVENT_TYPE = "message"
+_BOM = b"\xef\xbb\xbf"
+# The other common shape of an event: an id line, an event line, comment lines (in that order,
+# each optional), then one data line, as DashScope sends every event. Matched in one go; an id
+# holding NUL (which the standard ignores) or any other shape takes the line-by-line way.
+_ID_TYPE_DATA_EVENT = re.compile(
+    rb"(?:id: ?([^\n\0]*)\n)?(?:event: ?([^\n]*)\n)?(?::[^\n]*\n)*data: ?([^\n]*)"
+)
 
 # attrs' __init__ for a frozen class sets each field through object.__setattr__, which made up a
 # third of the decoding time for small events. The fast path fills the slots directly instead;
@@ -43,87 +50,105 @@ _set_data, _set_event, _set_id, _set_retry = (
 )
 
 
-# utf-8-sig strips one leading BOM, waiting for more bytes if the BOM is split.
-_Utf8SigDecoder = codecs.getincrementaldecoder("utf-8-sig")
-
-
 class SSEDecoder:
-    """Turns the bytes of one event stream, fed in arbitrary pieces, into `ServerSentEvent`s."""
+    """Turns the bytes of one event stream, fed in arbitrary pieces, into `ServerSentEvent`s.
+
+    The stream is split into events on bytes: every line end and field name is ASCII, which no
+    byte of a multi-byte UTF-8 character can be, so an event's bytes are decoded only when
+    asked for as text (invalid UTF-8 becomes U+FFFD, as the standard's decoding requires).
+    """
 
     def __init__(self) -> None:
-        self._utf8 = _Utf8SigDecoder(errors="replace")
-        # Line-end-normalised text received since the last event boundary, not parsed yet.
+        # Line-end-normalised bytes received since the last event boundary, not parsed yet.
         # Kept as parts and joined only once a boundary arrives, so a huge event costs linear time.
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         # The previous piece ended with CR: an LF starting the next piece belongs to that line end.
         self._skip_leading_lf = False
+        # Whether the stream's start is known not to be (or no longer to be) a byte order mark.
+        self._past_bom = False
         self._last_event_id: str | None = None
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Decode the next piece of the stream; return the events it completes, in order."""
         events: list[ServerSentEvent] = []
         append_event = events.append
-        last_event_id = self._last_event_id
         for block in self._complete_blocks(data):
-            # Fast path: an event that is one `data:` line (every Qianfan chunk looks like this).
-            if "\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
-                event = _new_instance(ServerSentEvent)
-                _set_data(event, block[6:] if block[5:6] == " " else block[5:])
-                _set_event(event, _DEFAULT_EVENT_TYPE)
-                _set_id(event, last_event_id)
-                _set_retry(event, None)
-                append_event(event)
-                continue
             parsed = self._parse_event(block)
-            last_event_id = self._last_event_id
             if parsed is not None:
-                append_event(parsed)
+                event_type, value, retry = parsed
+                event = _new_instance(ServerSentEvent)
+                _set_data(event, value.decode("utf-8", "replace"))
+                _set_event(event, event_type)
+                _set_id(event, self._last_event_id)
+                _set_retry(event, retry)
+                append_event(event)
         return events
 
-    def feed_data(self, data: bytes) -> list[str | ServerSentEvent]:
-        """`feed`, but an event that is one `data:` line comes as its data string.
+    def feed_events(self, data: bytes) -> list[tuple[str, bytes]]:
+        """`feed`, but each event as its type and its data's bytes (UTF-8, not checked).
 
-        Such an event has the default type and changes no event id, so a parser that reads only
-        the data of "message" events needs nothing more, and no object is made for it.
+        For a parser that reads only those two: no object is made per event, and the data goes
+        to the JSON decoder as the bytes that arrived, never turned into text and back.
         """
-        items: list[str | ServerSentEvent] = []
+        items: list[tuple[str, bytes]] = []
         append_item = items.append
+        match_id_type_data = _ID_TYPE_DATA_EVENT.fullmatch
         for block in self._complete_blocks(data):
-            if "\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
-                append_item(block[6:] if block[5:6] == " " else block[5:])
+            # Fast path: an event that is one `data:` line (most services send only those).
+            if b"\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
+                append_item((_DEFAULT_EVENT_TYPE, block[6:] if block[5:6] == b" " else block[5:]))
+                continue
+            shaped = match_id_type_data(block)
+            if shaped is not None:
+                event_id, event_type, value = shaped.groups()
+                if event_id is not None:
+                    self._last_event_id = event_id.decode("utf-8", "replace")
+                append_item((event_type.decode("utf-8", "replace") if event_type else "message", value))
                 continue
             parsed = self._parse_event(block)
             if parsed is not None:
-                append_item(parsed)
+                append_item(parsed[:2])
         return items
 
-    def _complete_blocks(self, data: bytes) -> list[str]:
-        """The text of every event `data` completes (line ends normalised), in order."""
-        text = self._utf8.decode(data)
-        if self._skip_leading_lf and text[:1] == "\n":
-            text = text[1:]
+    def _complete_blocks(self, data: bytes) -> list[bytes]:
+        """The bytes of every event `data` completes (line ends normalised), in order."""
+        if not self._past_bom:
+            data = self._without_bom(data)
+        if self._skip_leading_lf and data[:1] == b"\n":
+            data = data[1:]
             self._skip_leading_lf = False
-        if not text:
+        if not data:
             return []
-        self._skip_leading_lf = text[-1] == "\r"
-        if "\r" in text:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        self._skip_leading_lf = data[-1:] == b"\r"
+        if b"\r" in data:
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
         pending = self._pending
         # An event boundary is an empty line, i.e. two line ends in a row (possibly split
-        # between the pending text and this piece).
-        if "\n\n" not in text and not (text[0] == "\n" and pending and pending[-1][-1] == "\n"):
-            pending.append(text)
+        # between the pending bytes and this piece).
+        if b"\n\n" not in data and not (data[:1] == b"\n" and pending and pending[-1][-1:] == b"\n"):
+            pending.append(data)
             return []
         if pending:
-            pending.append(text)
-            text = "".join(pending)
+            pending.append(data)
+            data = b"".join(pending)
             pending.clear()
-        blocks = text.split("\n\n")
+        blocks = data.split(b"\n\n")
         unfinished = blocks.pop()
         if unfinished:
             pending.append(unfinished)
         return blocks
+
+    def _without_bom(self, data: bytes) -> bytes:
+        """`data` from the stream's start without one leading byte order mark; b"" while the
+        bytes so far could still be the start of one."""
+        start = b"".join([*self._pending, data])
+        if len(start) < len(_BOM) and _BOM.startswith(start):
+            self._pending = [start] if start else []
+            return b""
+        self._pending = []
+        self._past_bom = True
+        return start.removeprefix(_BOM)
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream.
@@ -132,41 +157,38 @@ class SSEDecoder:
         never dispatches anything. The decoder is reset for a new stream; the last event id is
         kept, as a browser keeps it across reconnections.
         """
-        self._utf8.reset()
         self._pending.clear()
         self._skip_leading_lf = False
+        self._past_bom = False
         return []
 
-    def _parse_event(self, block: str) -> ServerSentEvent | None:
-        """Apply the lines of one complete event (the text between two empty lines)."""
-        data_values: list[str] = []
-        event_type = ""
+    def _parse_event(self, block: bytes) -> tuple[str, bytes, int | None] | None:
+        """Apply the lines of one complete event (the bytes between two empty lines): its type,
+        data and retry field, or None when it has no data (nothing to dispatch)."""
+        data_values: list[bytes] = []
+        event_type = b""
         retry: int | None = None
-        for line in block.split("\n"):
+        for line in block.split(b"\n"):
             # An empty line here can only lead the block, right after a dispatch, when every
             # buffer is already empty: dispatching again would be a no-op.
             if not line:
                 continue
             # A comment line (":...") has an empty field name, which matches no field below.
-            name, colon, value = line.partition(":")
-            if colon and value[:1] == " ":
+            name, colon, value = line.partition(b":")
+            if colon and value[:1] == b" ":
                 value = value[1:]
-            if name == "data":
+            if name == b"data":
                 data_values.append(value)
-            elif name == "event":
+            elif name == b"event":
                 event_type = value
-            elif name == "id":
-                if "\0" not in value:
-                    self._last_event_id = value
-            elif name == "retry" and value.isascii() and value.isdigit():
+            elif name == b"id":
+                if b"\0" not in value:
+                    self._last_event_id = value.decode("utf-8", "replace")
+            elif name == b"retry" and value.isdigit():
                 # int() refuses more digits than sys.get_int_max_str_digits(): no usable delay.
                 with contextlib.suppress(ValueError):
                     retry = int(value)
         if not data_values:
             return None
-        event = _new_instance(ServerSentEvent)
-        _set_data(event, data_values[0] if len(data_values) == 1 else "\n".join(data_values))
-        _set_event(event, event_type or _DEFAULT_EVENT_TYPE)
-        _set_id(event, self._last_event_id)
-        _set_retry(event, retry)
-        return event
+        data = data_values[0] if len(data_values) == 1 else b"\n".join(data_values)
+        return (event_type.decode("utf-8", "replace") or _DEFAULT_EVENT_TYPE), data, retry

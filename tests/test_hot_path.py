@@ -328,27 +328,46 @@ MIXED_STREAM = (
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 50, len(MIXED_STREAM)])
-def test_feed_data_gives_the_data_of_one_line_events_and_every_other_event_whole(size: int) -> None:
-    whole, data_only = SSEDecoder(), SSEDecoder()
+def test_feed_events_gives_the_type_and_data_bytes_of_every_event(size: int) -> None:
+    whole, typed = SSEDecoder(), SSEDecoder()
     events: list[ServerSentEvent] = []
-    items: list[str | ServerSentEvent] = []
+    items: list[tuple[str, bytes]] = []
     for start in range(0, len(MIXED_STREAM), size):
         piece = MIXED_STREAM[start:start + size]
         events += whole.feed(piece)
-        items += data_only.feed_data(piece)
-    assert [item if isinstance(item, str) else item.data for item in items] == [
-        event.data for event in events
-    ]
-    assert [item for item in items if isinstance(item, str)] == ["one", "five", "eight"]
-    assert [item.event for item in items if not isinstance(item, str)] == [
-        "message", "other", "message", "message", "message"
+        items += typed.feed_events(piece)
+    assert items == [(event.event, event.data.encode()) for event in events]
+    assert [event_type for event_type, _ in items] == [
+        "message", "message", "other", "message", "message", "message", "message", "message"
     ]
 
 
-def test_feed_data_of_a_read_made_only_of_data_lines() -> None:
+def test_feed_events_of_a_read_made_only_of_data_lines() -> None:
     decoder = SSEDecoder()
-    assert decoder.feed_data(b"data: a\n\ndata:  b\n\ndata: {}\n\ndata: d") == ["a", " b", "{}"]
-    assert decoder.feed_data(b"\n\ndata: e\n\n\n\ndata: f\n\n") == ["d", "e", "f"]
+    assert decoder.feed_events(b"data: a\n\ndata:  b\n\ndata: {}\n\ndata: d") == [
+        ("message", b"a"), ("message", b" b"), ("message", b"{}")
+    ]
+    assert decoder.feed_events(b"\n\ndata: e\n\n\n\ndata: f\n\n") == [
+        ("message", b"d"), ("message", b"e"), ("message", b"f")
+    ]
+
+
+def test_an_event_split_inside_a_character_is_decoded_whole() -> None:
+    text = "流式输出"
+    encoded = b"data: " + text.encode() + b"\n\n"
+    for cut in range(1, len(encoded)):
+        decoder = SSEDecoder()
+        assert [*decoder.feed(encoded[:cut]), *decoder.feed(encoded[cut:])] == [ServerSentEvent(text)]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_invalid_utf8_in_an_event_of_any_dialect_becomes_replacement_characters(
+    dialect: str,
+) -> None:
+    event = EVENTS[dialect](["ab"])[0].replace(b'"ab"', b'"a\xffb"', 1)
+    chunk = next(iter(sse_parser(dialect).feed(event)))
+    assert chunk.text == "a\ufffdb"
+    assert chunk.raw == json.loads(event.decode("utf-8", "replace").split("data:", 1)[1])
 
 
 async def test_a_chunk_is_timed_when_its_bytes_arrived_not_when_it_was_read() -> None:

@@ -28,8 +28,8 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
-from llmstreams.sse import ServerSentEvent, SSEDecoder
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
+from llmstreams.sse import SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
 from llmstreams.types import Chunk, Usage, make_chunk, make_usage
 from llmstreams.validation import (
@@ -304,7 +304,7 @@ def error_from_body(head: ResponseHead, body: bytes) -> APIError:
     )
 
 
-def _json_or_none(body: bytes) -> Any:
+def _json_or_none(body: str | bytes) -> Any:
     try:
         return decode_json(body)
     except JSON_ERRORS:
@@ -359,7 +359,7 @@ class EventStreamParser:
         return self._finished
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
-        events = self._decoder.feed(data)
+        events = self._decoder.feed_events(data)
         if not events:
             self._unparsed.append(data)
             return iter(())
@@ -383,26 +383,25 @@ class EventStreamParser:
             provider=PROVIDER, request_id=self._request_id,
         )
 
-    def _chunks(self, events: list[ServerSentEvent], window: list[bytes]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[str, bytes]], window: list[bytes]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
-        for event in events:
-            kind = event.event
+        for kind, data in events:
             if kind == "result":
-                chunk = self._last = self._chunk(event.data)
+                chunk = self._last = self._chunk(data)
                 if chunk.is_end:
                     self._finished = True
                     yield chunk
                     return
                 yield chunk
             elif kind == "error":
-                raise self._error_event(event.data, window)
+                raise self._error_event(data, window)
             else:
                 raise ProtocolError(
-                    f"unexpected event type {kind!r} in a DashScope stream: {snippet(event.data)}",
+                    f"unexpected event type {kind!r} in a DashScope stream: {snippet(data)}",
                     provider=PROVIDER, request_id=self._request_id,
                 )
 
-    def _chunk(self, data: str) -> Chunk:
+    def _chunk(self, data: str | bytes) -> Chunk:
         try:
             event = _decode_result(data)
             output = event.output
@@ -412,6 +411,9 @@ class EventStreamParser:
             usage = event.usage
             request_id = event.request_id
         except (*JSON_ERRORS, LookupError, TypeError, AttributeError):
+            repaired = repaired_utf8(data)
+            if repaired is not None:
+                return self._chunk(repaired)
             raise ProtocolError(
                 f"a DashScope stream event is not a generation result: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
@@ -445,13 +447,18 @@ class EventStreamParser:
         return make_chunk(
             text, sentence_id, is_end, False, None, False, None,
             finish_reason if is_end else None,
-            None if usage is None else _usage(usage, data, None if last is None else last.usage),
+            None if usage is None else make_usage(
+                usage.input_tokens, usage.output_tokens,
+                usage.input_tokens + usage.output_tokens if usage.total_tokens is None
+                else usage.total_tokens,
+                None if last is None else last.usage,
+            ),
             None, None, request_id, "", (), None, DecodedJSON(data),
         )
 
-    def _error_event(self, data: str, window: list[bytes]) -> LLMStreamsError:
+    def _error_event(self, data: bytes, window: list[bytes]) -> LLMStreamsError:
         error = _error_from_payload(
-            _json_or_none(data.encode()), status=_error_event_status(b"".join(window)),
+            _json_or_none(repaired_utf8(data) or data), status=_error_event_status(b"".join(window)),
             retry_after=None,
         )
         if error is None:
@@ -468,11 +475,18 @@ class _Output(msgspec.Struct, gc=False):
     choices: Any = None
 
 
+class _EventUsage(msgspec.Struct, gc=False):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int | None = None
+
+
 class _ResultEvent(msgspec.Struct, gc=False):
-    """The fields of a `result` event that a chunk is made of; others are skipped."""
+    """The fields of a `result` event that a chunk is made of; others are skipped (a usage
+    without whole-number token counts fails the decoding)."""
 
     output: _Output
-    usage: Any = None
+    usage: _EventUsage | None = None
     request_id: Any = None
 
 

@@ -36,8 +36,8 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
-from llmstreams.sse import ServerSentEvent, SSEDecoder
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
+from llmstreams.sse import SSEDecoder
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
 from llmstreams.validation import (
@@ -58,7 +58,7 @@ JSON_CONTENT_TYPE: Final = "application/json"
 _MAX_ERROR_BODY: Final = 64 * 1024
 _MAX_WHOLE_BODY: Final = 32 * 1024 * 1024
 _SNIPPET_BYTES: Final = 200
-_DONE: Final = "[DONE]"
+_DONE: Final = b"[DONE]"
 _SEED_RANGE: Final = (-(2**63), 2**63 - 1)
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
 _TOOL_CHOICES: Final = ("none", "auto", "required")
@@ -621,7 +621,7 @@ class DialectParser:
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_data(data))
+            return self._chunks(self._decoder.feed_events(data))
         self._buffer.append(data)
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
@@ -681,14 +681,13 @@ class DialectParser:
         # The first bytes stay in the buffer, for the message should they be no event stream.
         del self._buffer[1:]
         self._buffer[0] = body[:_SNIPPET_BYTES]
-        return self._chunks(self._decoder.feed_data(body))
+        return self._chunks(self._decoder.feed_events(body))
 
-    def _chunks(self, events: list[str | ServerSentEvent]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[str, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         if events:
             self._events_seen = True
-        for event in events:
-            data = event if isinstance(event, str) else event.data
+        for _, data in events:
             if data == _DONE:
                 end = self._end_chunk()
                 self._done = True
@@ -698,7 +697,7 @@ class DialectParser:
             if chunk is not None:
                 yield chunk
 
-    def _event_chunk(self, data: str) -> Chunk | None:
+    def _event_chunk(self, data: str | bytes) -> Chunk | None:
         """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
         try:
             event = _decode_event(data)
@@ -759,6 +758,9 @@ class DialectParser:
             if not (text or reasoning or deltas or need_clear_history):
                 return None
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
+            text = repaired_utf8(data)
+            if text is not None:
+                return self._event_chunk(text)
             raise ProtocolError(
                 f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
                 provider=self._dialect.provider, request_id=self._request_id,

@@ -28,8 +28,8 @@ from llmstreams.errors import (
     StreamInterruptedError,
     snippet,
 )
-from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json
-from llmstreams.sse import ServerSentEvent, SSEDecoder
+from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
+from llmstreams.sse import SSEDecoder
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, make_chunk, make_usage
 from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
@@ -402,7 +402,7 @@ class QianfanParser:
 
     def feed(self, data: bytes) -> Iterator[Chunk]:
         if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_data(data))
+            return self._chunks(self._decoder.feed_events(data))
         self._buffer.append(data)
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
@@ -448,7 +448,7 @@ class QianfanParser:
         if start.startswith(_SSE_STARTS):
             self._mode = _EVENTS
             self._buffer.clear()
-            return self._chunks(self._decoder.feed_data(body))
+            return self._chunks(self._decoder.feed_events(body))
         if any(prefix.startswith(start) for prefix in _SSE_STARTS):
             return iter(())
         self._mode = _FOREIGN
@@ -463,19 +463,15 @@ class QianfanParser:
             provider=PROVIDER,
         )
 
-    def _chunks(self, events: list[str | ServerSentEvent]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[str, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
-        for event in events:
-            if isinstance(event, str):
-                data = event
-            else:
-                if event.event != "message":
-                    raise ProtocolError(
-                        f"unexpected event type {snippet(event.event, 40)} in a Qianfan stream: "
-                        f"{snippet(event.data)}",
-                        provider=PROVIDER,
-                    )
-                data = event.data
+        for event_type, data in events:
+            if event_type != "message":
+                raise ProtocolError(
+                    f"unexpected event type {snippet(event_type, 40)} in a Qianfan stream: "
+                    f"{snippet(data)}",
+                    provider=PROVIDER,
+                )
             chunk = self._last = self._event_chunk(data)
             if chunk.is_end:
                 self._finished = True
@@ -483,7 +479,7 @@ class QianfanParser:
                 return
             yield chunk
 
-    def _event_chunk(self, data: str) -> Chunk:
+    def _event_chunk(self, data: str | bytes) -> Chunk:
         try:
             event = _decode_event(data)
             if event.error_code is not msgspec.UNSET:
@@ -493,6 +489,9 @@ class QianfanParser:
                 raise TypeError("sentence_id is missing")
             chunk = _chunk(event, data, sentence_id, _FLAGS[event.is_end], self._last)
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError) as error:
+            text = repaired_utf8(data)
+            if text is not None:
+                return self._event_chunk(text)
             raise ProtocolError(
                 f"a stream event is not a Qianfan chunk ({_fault(error)}): {snippet(data)}",
                 provider=PROVIDER,
