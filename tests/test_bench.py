@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from llmstreams.bench import LoadPlan, RequestRecord, run_load, summarize
+from llmstreams.bench import LoadPlan, RequestRecord, load, run_load, summarize
 from llmstreams.bench.eventloop import EVENT_LOOPS, default_event_loop
 from llmstreams.bench.metrics import Distribution, percentile
 from llmstreams.bench.runner import BenchConfig
@@ -587,3 +587,38 @@ async def test_the_measured_run_goes_without_automatic_garbage_collection(collec
         gc.enable()
     # The warm-up runs as the caller left the collector; the measured requests without it.
     assert seen == [collecting] * 2 + [False] * 4
+
+
+async def test_garbage_in_cycles_is_still_collected_past_the_backstop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(load, "GC_BACKSTOP", 20_000)
+    collected = asyncio.Event()
+
+    def on_collection(phase: str, info: dict[str, int]) -> None:
+        # Only a collection made while automatic collection is off: the backstop's.
+        if phase == "stop" and not gc.isenabled():
+            collected.set()
+
+    class CycleMakingTarget(CountingTarget):
+        """Each item leaves container objects in reference cycles, as failed requests do,
+        until the collector has run."""
+
+        async def _items(self) -> AsyncIterator[int]:
+            for item in range(1, 2001):
+                if collected.is_set():
+                    return
+                for _ in range(1000):
+                    cycle: list[object] = []
+                    cycle.append(cycle)
+                await asyncio.sleep(load.LOOP_LAG_INTERVAL)  # the watcher's turn
+                yield item
+
+    gc.callbacks.append(on_collection)
+    try:
+        measurement = await run_load(CycleMakingTarget(), LoadPlan(concurrency=1, requests=1))
+    finally:
+        gc.callbacks.remove(on_collection)
+    assert collected.is_set()
+    assert measurement.gc_collections >= 1
+    assert measurement.records[0].chunks < 2000

@@ -189,8 +189,10 @@ class RunSummary:
     `cpu_seconds` is the client processes' CPU time over the run, `peak_rss_mb` their peak
     resident memory (the sum over processes); `connections_opened` the new connections the
     client pools opened during the run (None where unknown); `event_loop` the loop the client
-    ran on ("uvloop" or "asyncio"). `loop_lag` is the distribution of the event loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and
-    `true_itl` are known only when the server stamped its true send times.
+    ran on ("uvloop" or "asyncio"); `gc_collections` how often the garbage collector had to
+    run during the run (it is held off otherwise). `loop_lag` is the distribution of the event
+    loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and `true_itl`
+    are known only when the server stamped its true send times.
     """
 
     label: dict[str, Any]
@@ -219,6 +221,7 @@ class RunSummary:
     processes: int = 1
     connections_opened: int | None = None
     event_loop: str = "asyncio"
+    gc_collections: int = 0
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -314,6 +317,7 @@ class RunSummary:
             "peak_rss_mb": round(self.peak_rss_mb, 2),
             "processes": self.processes,
             "event_loop": self.event_loop,
+            "gc_collections": self.gc_collections,
             "connections_opened": self.connections_opened,
             "client_bound": self.client_bound,
             "client_bound_reasons": list(self.client_bound_reasons),
@@ -357,6 +361,7 @@ def summarize(
     processes: int = 1,
     connections_opened: int | None = None,
     event_loop: str = "asyncio",
+    gc_collections: int = 0,
 ) -> RunSummary:
     """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
     in SLO_METRICS) define the good requests of `request_goodput`."""
@@ -401,4 +406,5 @@ def summarize(
         processes=processes,
         connections_opened=connections_opened,
         event_loop=event_loop,
+        gc_collections=gc_collections,
     )

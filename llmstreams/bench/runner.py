@@ -170,6 +170,7 @@ async def run_benchmark(
                     processes=config.processes,
                     connections_opened=measurement.connections_opened,
                     event_loop=measurement.event_loop,
+                    gc_collections=measurement.gc_collections,
                 )
                 result = RunResult(summary, measurement.records)
                 results.append(result)
@@ -262,6 +263,7 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         cpu_seconds=sum(m.cpu_seconds for m in measurements),
         peak_rss_mb=sum(m.peak_rss_mb for m in measurements),
         event_loop=",".join(sorted({m.event_loop for m in measurements})),
+        gc_collections=sum(m.gc_collections for m in measurements),
         loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
         origin=origin,
         connections_opened=None if any(m.connections_opened is None for m in measurements)
