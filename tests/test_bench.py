@@ -35,7 +35,8 @@ VLLM_FIELDS = (
     "mean_e2el_ms", "median_e2el_ms", "std_e2el_ms", "p99_e2el_ms",
 )
 OWN_FIELDS = (
-    "failed", "errors", "total_chunks", "chunk_throughput", "cpu_seconds",
+    "failed", "errors", "total_chunks", "chunk_throughput", "cpu_seconds", "event_loop",
+    "gc_collections",
     "cpu_s_per_1k_chunks", "client_cpu_utilization", "peak_rss_mb", "p90_ttft_ms",
     "p90_itl_ms", "p90_e2el_ms", "mode", "concurrency", "request_rate", "mock_workers",
 )
@@ -85,6 +86,7 @@ def test_closed_loop_sweep_writes_json_jsonl_and_plots(
     assert code == 0
     output = capsys.readouterr().out
     assert "closed loop, 4 streams" in output
+    assert "; on uvloop" in output
 
     document = json.loads(report.read_text(encoding="utf-8"))
     assert document["config"]["concurrencies"] == [1, 4]

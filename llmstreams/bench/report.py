@@ -173,7 +173,10 @@ def format_run(summary: RunSummary) -> str:
         + f"; event-loop lag p99 {_number(summary.loop_lag.at(99))} ms"
         + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB"
         + ("" if summary.connections_opened is None
-           else f"; {summary.connections_opened:,} connections opened"),
+           else f"; {summary.connections_opened:,} connections opened")
+        + f"; on {summary.event_loop}"
+        + ("" if not summary.gc_collections
+           else f"; garbage collected {summary.gc_collections:,} times during the run"),
         "client-bound  " + ("; ".join(summary.client_bound_reasons) or "no"),
         f"errors        {errors}",
     ]
