@@ -64,7 +64,7 @@ class SSEDecoder:
         self._pending: list[bytes] = []
         # The previous piece ended with CR: an LF starting the next piece belongs to that line end.
         self._skip_leading_lf = False
-        # Whether the stream's start is known not to be (or no longer to be) a byte order mark.
+        # The stream's first bytes were checked for a byte order mark (one is dropped).
         self._past_bom = False
         self._last_event_id: str | None = None
 
@@ -103,7 +103,10 @@ class SSEDecoder:
                 event_id, event_type, value = shaped.groups()
                 if event_id is not None:
                     self._last_event_id = event_id.decode("utf-8", "replace")
-                append_item((event_type.decode("utf-8", "replace") if event_type else "message", value))
+                append_item((
+                    event_type.decode("utf-8", "replace") if event_type else _DEFAULT_EVENT_TYPE,
+                    value,
+                ))
                 continue
             parsed = self._parse_event(block)
             if parsed is not None:

@@ -44,9 +44,9 @@ class ChunkStream:
         self._parser: ResponseParser | None = None
         self._state = "new"
         self.attempts = 0
-        # The `time.monotonic()` by which the bytes carrying the chunk yielded last had arrived from the
-        # socket (every chunk of one read shares it): taken when the connection received them,
-        # not when the reading task got its turn on the loop.
+        # The `time.monotonic()` by which the bytes carrying the chunk yielded last had arrived
+        # from the socket (every chunk of one read shares it): taken when the connection
+        # received them, not when the reading task got its turn on the loop.
         self.last_read_at: float | None = None
         self._origin = caller_origin()
 
