@@ -400,11 +400,15 @@ def test_every_run_against_the_mock_measures_the_harness_error(tmp_path: Path) -
     ) == 0
     run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
     assert run["completed"] == 6
+    # The closing chunk of each answer ([DONE]: finish reason and usage, no text) is not timed.
+    assert run["total_chunks"] == 6 * CHUNKS_PER_ANSWER
     assert run["p99_harness_ttft_error_ms"] >= 0
     assert run["p99_harness_itl_error_ms"] >= 0
     for record in read_lines(lines):
+        assert record["chunks"] == CHUNKS_PER_ANSWER
+        assert record["output_tokens"] is not None  # read from the closing chunk all the same
         stamped = [error for error in record["send_error_ms"] if error is not None]
-        assert len(stamped) >= CHUNKS_PER_ANSWER
+        assert len(stamped) == CHUNKS_PER_ANSWER
 
 
 def test_prompts_file_and_max_tokens_reach_the_server(tmp_path: Path) -> None:
@@ -624,3 +628,17 @@ async def test_garbage_in_cycles_is_still_collected_past_the_backstop(
     assert collected.is_set()
     assert measurement.gc_collections >= 1
     assert measurement.records[0].chunks < 2000
+
+
+async def test_only_items_that_carry_output_are_timed() -> None:
+    class ClosingItemTarget(CountingTarget):
+        """Its third item of each request is a closing one, with no output."""
+
+        def carries_output(self, item: int) -> bool:
+            return item != 3
+
+    measurement = await run_load(ClosingItemTarget(), LoadPlan(concurrency=2, requests=4))
+    for record in measurement.records:
+        assert record.chunks == 2
+        assert len(record.gaps) == 1
+        assert record.output_tokens == 30  # still read from the request's last item

@@ -55,8 +55,11 @@ class Target(Protocol):
     """One client sending one kind of request, as the load generator sees it.
 
     Optional extras the load generator looks for: `input_tokens(last_item)` (the prompt's
-    token count the server reported) and `reads_sent_at` (true: each item has a `raw` mapping
-    in which the server may have stamped its true send time, SENT_AT_FIELD).
+    token count the server reported), `carries_output(item)` (false for an item that brings no
+    generated output, such as a stream's closing chunk with only the finish reason and usage:
+    it ends the request but is not timed as a token; without it every item is) and
+    `reads_sent_at` (true: each item has a `raw` mapping in which the server may have stamped
+    its true send time, SENT_AT_FIELD).
     """
 
     def open_stream(self) -> AsyncIterator[Any]:
@@ -265,7 +268,7 @@ async def measure_request(
     due: float | None = None,
     clock: Clock | None = None,
 ) -> RequestRecord:
-    """Send one request through `target` and time each of its chunks.
+    """Send one request through `target` and time each of its chunks that carry output.
 
     `due`: when the request was meant to be sent (default: now); the time from then until it
     is actually sent is its `client_queue`.
@@ -285,14 +288,19 @@ async def measure_request(
                 cast(Callable[[], float], lambda: stream.last_read_at)
                 if hasattr(stream, "last_read_at") else now
             )
+            carries_output: Callable[[Any], bool] = getattr(
+                target, "carries_output", _every_item
+            )
             if getattr(target, "reads_sent_at", False):
                 keep_raw = raws.append
                 async for item in stream:
-                    stamp(read_at())
-                    keep_raw(item.raw)
+                    if carries_output(item):
+                        stamp(read_at())
+                        keep_raw(item.raw)
             else:
-                async for item in stream:  # noqa: B007
-                    stamp(read_at())
+                async for item in stream:
+                    if carries_output(item):
+                        stamp(read_at())
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
@@ -316,6 +324,10 @@ async def measure_request(
         status=status,
         send_errors=_send_errors(times, raws),
     )
+
+
+def _every_item(item: Any) -> bool:
+    return True
 
 
 def _send_errors(times: Sequence[float], raws: Sequence[Any]) -> tuple[float, ...]:
