@@ -117,3 +117,18 @@ async def test_closing_the_server_ends_paced_streams_waiting_for_their_next_even
         with pytest.raises(aiohttp.ClientPayloadError):
             await asyncio.wait_for(reply.read(), 5)
     assert server.stats.streams_failed == 1
+
+
+@pytest.mark.parametrize("route", ["/v1/chat/completions", "/v2/chat/completions"])
+async def test_a_paced_stream_sends_its_usage_with_its_finish_not_a_pace_later(
+    server: MockServer, session: aiohttp.ClientSession, route: str
+) -> None:
+    knobs = "answer_chars=36; chunk_chars=12; chunks_per_second=200; stamp_send_times=true"
+    events = json_events(await stream_body(session, server, route, knobs))
+    finish = next(event for event in events if event["choices"] and event["choices"][0]["finish_reason"])
+    usage = events[-1]
+    assert usage["choices"] == [] and usage["usage"]
+    # One write carries both (one stamp); each content event had a paced write of its own.
+    assert usage["x_sent_at"] == finish["x_sent_at"]
+    stamps = [event["x_sent_at"] for event in events if event is not usage]
+    assert len(set(stamps)) == len(stamps)

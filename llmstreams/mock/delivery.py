@@ -214,13 +214,15 @@ _JSON_EVENT_END = b"}\n\n"
 
 
 def _joined(frames: list[bytes], *, stamp: bool) -> bytes:
-    """The frames as one write; with `stamp`, each JSON event ends with its send time."""
+    """The frames as one write; with `stamp`, each JSON event ends with its send time.
+
+    A JSON event is the only thing in an event stream that ends with `}` and a blank line (a
+    JSON string holds no raw line end), and a frame may hold several.
+    """
+    data = frames[0] if len(frames) == 1 else b"".join(frames)
     if stamp:
-        sent_at = b',"x_sent_at":%r}\n\n' % time.monotonic()
-        frames = [
-            frame[:-3] + sent_at if frame.endswith(_JSON_EVENT_END) else frame for frame in frames
-        ]
-    return frames[0] if len(frames) == 1 else b"".join(frames)
+        data = data.replace(_JSON_EVENT_END, b',"x_sent_at":%r}\n\n' % time.monotonic())
+    return data
 
 
 async def _write(response: web.StreamResponse, data: bytes, *, trickle: bool) -> None:

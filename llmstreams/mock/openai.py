@@ -589,12 +589,15 @@ class Reply:
             else:
                 events.append(template.fill(json_string(piece)))
         finish = {} if chat else {"text": ""}
-        events.append(_event(self._chunk(finish, last=True, usage=usage_at(tokens[-1]))))
+        closing = _event(self._chunk(finish, last=True, usage=usage_at(tokens[-1])))
         if self.stream_usage:
+            # The usage chunk goes out with the finish chunk, as servers send it: in the same
+            # step, not one pace later.
             payload = self._common("chat.completion.chunk" if chat else "text_completion")
             payload["choices"] = []
             payload["usage"] = self._usage(tokens[-1])
-            events.append(_event(payload))
+            closing += _event(payload)
+        events.append(closing)
         return events
 
     def _template(self, delta: dict[str, Any]) -> EventTemplate:
