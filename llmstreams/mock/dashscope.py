@@ -217,29 +217,14 @@ class _Reply:
         return b""
 
     def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
-        output: dict[str, Any]
-        if self.message_format:
-            output = {
-                "choices": [
-                    {
-                        "finish_reason": finish_reason,
-                        "message": {"role": "assistant", "content": text},
-                    }
-                ]
-            }
-        else:
-            output = {"finish_reason": finish_reason, "text": text}
         input_tokens = self.answer.prompt_tokens
         output_tokens = self.answer.completion_tokens[index]
-        return {
-            "output": output,
-            "usage": {
-                "total_tokens": input_tokens + output_tokens,
-                "output_tokens": output_tokens,
-                "input_tokens": input_tokens,
-            },
-            "request_id": self.request_id,
+        usage = {
+            "total_tokens": input_tokens + output_tokens,
+            "output_tokens": output_tokens,
+            "input_tokens": input_tokens,
         }
+        return _result_payload(self.message_format, text, finish_reason, usage, self.request_id)
 
     def _finish_reason(self) -> str:
         return "length" if self.answer.truncated else "stop"
@@ -257,25 +242,19 @@ class _Reply:
         finish_reason = self._finish_reason() if is_last else "null"
         return b"data:" + compact_json(self._payload(self._text(index), finish_reason, index))
 
-    @functools.cached_property
-    def _template(self) -> EventTemplate:
-        """The frame of every event but the last, open for its id, text and usage."""
-        payload = self._payload(SLOTS[1], "null", 0)
-        payload["usage"] = SLOTS[2]
-        head = b"id:" + ENCODED_SLOTS[0] + b"\nevent:result\n:HTTP_STATUS/200\ndata:"
-        return EventTemplate(payload, prefix=head, suffix=b"\n\n")
-
     def chunk(self, index: int, event_number: int) -> bytes:
         answer = self.answer
-        if index == len(answer.chunks) - 1:
-            return _frame(event_number, "result", 200, self._data_line(index))
+        is_last = index == len(answer.chunks) - 1
         input_tokens = answer.prompt_tokens
         output_tokens = answer.completion_tokens[index]
-        return self._template.fill(
+        return _result_template(
+            self.message_format, self._finish_reason() if is_last else "null"
+        ).fill(
             b"%d" % event_number,
             json_string(self._text(index)),
             b'{"total_tokens":%d,"output_tokens":%d,"input_tokens":%d}'
             % (input_tokens + output_tokens, output_tokens, input_tokens),
+            json_string(self.request_id),
         )
 
     def malformed(self, event_number: int) -> bytes:
@@ -295,6 +274,33 @@ class _Reply:
 
         chunks = pad_first_chunk(list(self.answer.chunks), length, first_line_length)
         return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
+
+
+def _result_payload(
+    message_format: bool, text: str, finish_reason: str, usage: Any, request_id: str
+) -> dict[str, Any]:
+    output: dict[str, Any]
+    if message_format:
+        output = {
+            "choices": [
+                {
+                    "finish_reason": finish_reason,
+                    "message": {"role": "assistant", "content": text},
+                }
+            ]
+        }
+    else:
+        output = {"finish_reason": finish_reason, "text": text}
+    return {"output": output, "usage": usage, "request_id": request_id}
+
+
+@functools.lru_cache(maxsize=16)
+def _result_template(message_format: bool, finish_reason: str) -> EventTemplate:
+    """A `result` event, open for its id, text, usage and request id: one per answer format
+    and finish reason, shared by every answer."""
+    payload = _result_payload(message_format, SLOTS[1], finish_reason, SLOTS[2], SLOTS[3])
+    head = b"id:" + ENCODED_SLOTS[0] + b"\nevent:result\n:HTTP_STATUS/200\ndata:"
+    return EventTemplate(payload, prefix=head, suffix=b"\n\n")
 
 
 def _frame(event_number: int, event: str, status: int, data_line: bytes) -> bytes:

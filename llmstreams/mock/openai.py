@@ -12,6 +12,7 @@ usage: the answer's seed leaves out `stream` and `stream_options`.
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import json
 import time
@@ -515,15 +516,10 @@ class Reply:
             pieces += [("arguments", piece) for piece in self.tool_call.argument_pieces]
         return pieces
 
-    def _completion_tokens(self) -> list[int]:
+    def _completion_tokens(self) -> tuple[int, ...]:
         """Completion tokens once each piece of `_pieces()` is out: [0, after 1st, ..., total]."""
-        counts = [0]
         arguments = self.tool_call.argument_pieces if self.tool_call else ()
-        for pieces in (self.reasoning, self.content, arguments):
-            base = counts[-1]
-            ends = list(itertools.accumulate(len(piece) for piece in pieces))
-            counts += [base + count for count in token_counts_at("".join(pieces), ends)]
-        return counts
+        return _completion_token_counts(self.reasoning, self.content, arguments)
 
     def _usage(self, completion_tokens: int) -> dict[str, Any]:
         usage: dict[str, Any] = {
@@ -558,38 +554,39 @@ class Reply:
 
     def _render_events(self) -> list[bytes]:
         chat = self.kind is Kind.CHAT
-        tokens = self._completion_tokens()
-        usage_at = self._usage if self.chunk_usage else lambda _: None
+        tokens = self._completion_tokens() if self.chunk_usage or self.stream_usage else ()
+        response_id = json_string(self.response_id)
+
+        def event(template: EventTemplate, *values: bytes, number: int) -> bytes:
+            if self.chunk_usage:
+                return template.fill(response_id, *values, compact_json(self._usage(tokens[number])))
+            return template.fill(response_id, *values)
+
         events = []
         if chat:
             role = {"role": "assistant", "content": ""}
-            events.append(_event(self._chunk(role, last=False, usage=usage_at(0))))
-        # The pieces of one kind differ only in their text and usage: one template each.
-        templates: dict[str, EventTemplate] = {}
+            events.append(event(self._template("role", role), number=0))
+        text_field = {"reasoning": "reasoning_content", "content": "content" if chat else "text"}
+        call_started = False
         for number, (what, piece) in enumerate(self._pieces(), start=1):
-            if what == "arguments" and "arguments" not in templates:
+            delta: dict[str, Any]
+            if what == "arguments":
                 assert self.tool_call is not None
-                call = {"index": 0, "id": self.tool_call.id, "type": "function"}
-                call["function"] = {"name": self.tool_call.name, "arguments": piece}
-                delta: dict[str, Any] = {"tool_calls": [call]}
-                events.append(
-                    _event(self._chunk(delta, last=False, usage=usage_at(tokens[number])))
-                )
-                templates[what] = self._template(
-                    {"tool_calls": [{"index": 0, "function": {"arguments": SLOTS[0]}}]}
-                )
-                continue
-            template = templates.get(what)
-            if template is None:
-                key = {"reasoning": "reasoning_content", "content": "content" if chat else "text"}
-                template = templates[what] = self._template({key[what]: SLOTS[0]})
-            if self.chunk_usage:
-                usage = compact_json(self._usage(tokens[number]))
-                events.append(template.fill(json_string(piece), usage))
+                call: dict[str, Any] = {"index": 0, "function": {"arguments": SLOTS[1]}}
+                if not call_started:
+                    # The first piece of the call also names it.
+                    call = {
+                        "index": 0, "id": self.tool_call.id, "type": "function",
+                        "function": {"name": self.tool_call.name, "arguments": SLOTS[1]},
+                    }
+                delta = {"tool_calls": [call]}
+                what = "arguments" if call_started else "call"
+                call_started = True
             else:
-                events.append(template.fill(json_string(piece)))
+                delta = {text_field[what]: SLOTS[1]}
+            events.append(event(self._template(what, delta), json_string(piece), number=number))
         finish = {} if chat else {"text": ""}
-        closing = _event(self._chunk(finish, last=True, usage=usage_at(tokens[-1])))
+        closing = event(self._template("finish", finish, last=True), number=-1)
         if self.stream_usage:
             # The usage chunk goes out with the finish chunk, as servers send it: in the same
             # step, not one pace later.
@@ -600,10 +597,46 @@ class Reply:
         events.append(closing)
         return events
 
-    def _template(self, delta: dict[str, Any]) -> EventTemplate:
-        usage = SLOTS[1] if self.chunk_usage else None
-        payload = self._chunk(delta, last=False, usage=usage)
-        return EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
+    def _template(self, what: str, delta: dict[str, Any], *, last: bool = False) -> EventTemplate:
+        """The event of one kind of chunk (`what`), its slots the response id, the text (where
+        `delta` holds SLOTS[1]) and, when every chunk carries it, the usage; shared by every
+        answer of the same shape."""
+        key = (
+            self.flavour, self.kind, self.refused, self.chunk_usage, self.created, self.model,
+            self.finish_reason if last else None, what,
+        )
+        template = _TEMPLATES.get(key)
+        if template is None:
+            usage_slot = SLOTS[2] if what in _TEXT_TEMPLATES else SLOTS[1]
+            payload = self._chunk(delta, last=last, usage=usage_slot if self.chunk_usage else None)
+            payload["id"] = SLOTS[0]
+            template = EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
+            if len(_TEMPLATES) >= _MAX_TEMPLATES:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
+        return template
+
+
+# The kinds of chunk whose template has a slot for a piece of text.
+_TEXT_TEMPLATES = frozenset({"reasoning", "content", "call", "arguments"})
+# Event templates by answer shape (see Reply._template); the key holds the `created` second and
+# the model asked for, so the table is emptied when it fills up rather than growing.
+_TEMPLATES: dict[tuple[Any, ...], EventTemplate] = {}
+_MAX_TEMPLATES = 512
+
+
+@functools.lru_cache(maxsize=1024)
+def _completion_token_counts(
+    reasoning: tuple[str, ...], content: tuple[str, ...], arguments: tuple[str, ...]
+) -> tuple[int, ...]:
+    """The completion tokens after each piece, reasoning then content then tool-call arguments,
+    from 0 (answers repeat: the mock composes them from one corpus)."""
+    counts = [0]
+    for pieces in (reasoning, content, arguments):
+        base = counts[-1]
+        ends = list(itertools.accumulate(len(piece) for piece in pieces))
+        counts += [base + count for count in token_counts_at("".join(pieces), ends)]
+    return tuple(counts)
 
 
 def _event(payload: dict[str, Any]) -> bytes:
