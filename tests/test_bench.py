@@ -66,6 +66,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--no-stream", "--incremental-output", "--max-retries", "--json", "--requests-jsonl",
         "--plots", "--quiet", "--trace", "--burstiness", "--ramp-up", "--processes", "--prompts",
         "--sharegpt", "--random-input-len", "--max-tokens", "--percentiles", "--goodput",
+        "--event-loop",
         "compare",
     ):
         assert option in text, option
