@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable
-from typing import cast
+from typing import Final, cast
 
 import attrs
 
@@ -32,7 +32,8 @@ class ServerSentEvent:
 
 _DATA_FIELD_PREFIX = b"data:"
 _DEFAULT_EVENT_TYPE = "message"
-_BOM = b"\xef\xbb\xbf"
+# The UTF-8 byte order mark, which a body may begin with.
+BOM: Final = b"\xef\xbb\xbf"
 # The other common shape of an event: an id line, an event line, comment lines (in that order,
 # each optional), then one data line, as DashScope sends every event. Matched in one go; an id
 # holding NUL (which the standard ignores) or any other shape takes the line-by-line way.
@@ -146,12 +147,12 @@ class SSEDecoder:
         """`data` from the stream's start without one leading byte order mark; b"" while the
         bytes so far could still be the start of one."""
         start = b"".join([*self._pending, data])
-        if len(start) < len(_BOM) and _BOM.startswith(start):
+        if len(start) < len(BOM) and BOM.startswith(start):
             self._pending = [start] if start else []
             return b""
         self._pending = []
         self._past_bom = True
-        return start.removeprefix(_BOM)
+        return start.removeprefix(BOM)
 
     def close(self) -> list[ServerSentEvent]:
         """End of stream.

@@ -38,7 +38,7 @@ from llmstreams.errors import (
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
-from llmstreams.transport import ResponseHead
+from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
 from llmstreams.validation import (
     check_bool,
@@ -54,10 +54,8 @@ Kind = Literal["chat", "completions"]
 PATHS: Final[Mapping[Kind, str]] = {"chat": "/chat/completions", "completions": "/completions"}
 JSON_CONTENT_TYPE: Final = "application/json"
 
-# How much of an error body is read for the error message, and how large a whole answer may be.
-_MAX_ERROR_BODY: Final = 64 * 1024
+# How large a whole answer may be.
 _MAX_WHOLE_BODY: Final = 32 * 1024 * 1024
-_SNIPPET_BYTES: Final = 200
 _DONE: Final = b"[DONE]"
 _SEED_RANGE: Final = (-(2**63), 2**63 - 1)
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -511,7 +509,6 @@ def _json_or_none(body: bytes | str) -> Any:
 # --- response side ------------------------------------------------------------------------------
 
 _UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
-_BOM: Final = b"\xef\xbb\xbf"
 
 
 def _usage(usage: Any) -> Usage | None:
@@ -626,7 +623,7 @@ class DialectParser:
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
             return self._sniff()
-        if self._mode == _STATUS and self._buffered > _MAX_ERROR_BODY:
+        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
             raise status_error(self._head, self._body(), self._dialect, self._request_id)
         if self._buffered > _MAX_WHOLE_BODY:
             raise ProtocolError(
@@ -668,11 +665,8 @@ class DialectParser:
 
     def _sniff(self) -> Iterator[Chunk]:
         body = self._body()
-        start = body.lstrip()
-        if _BOM.startswith(start):
-            return iter(())
-        start = start.removeprefix(_BOM).lstrip()
-        if not start:
+        start = body_start(body)
+        if start is None:
             return iter(())
         if start[:1] == b"{":
             self._mode = _WHOLE
@@ -680,7 +674,7 @@ class DialectParser:
         self._mode = _EVENTS
         # The first bytes stay in the buffer, for the message should they be no event stream.
         del self._buffer[1:]
-        self._buffer[0] = body[:_SNIPPET_BYTES]
+        self._buffer[0] = body[:SNIPPET_BYTES]
         return self._chunks(self._decoder.feed_events(body))
 
     def _chunks(self, events: list[tuple[str, bytes]]) -> Iterator[Chunk]:

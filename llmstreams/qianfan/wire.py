@@ -30,7 +30,7 @@ from llmstreams.errors import (
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
-from llmstreams.transport import ResponseHead
+from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
 from llmstreams.types import Chunk, make_chunk, make_usage
 from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
 
@@ -296,11 +296,7 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
 
 # 1/0 and true/false both mean a flag (1 == True and 0 == False hash alike).
 _FLAGS: Final[dict[object, bool]] = {True: True, False: False}
-_BOM: Final = b"\xef\xbb\xbf"
 _SSE_STARTS: Final = (b"data:", b":", b"event:", b"id:", b"retry:")
-# How much of a non-2xx body or an unexpected body is read for the error message.
-_MAX_ERROR_BODY: Final = 64 * 1024
-_SNIPPET_BYTES: Final = 200
 
 _UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
 
@@ -407,9 +403,9 @@ class QianfanParser:
         self._buffered += len(data)
         if self._mode == _UNDECIDED:
             return self._sniff()
-        if self._mode == _STATUS and self._buffered > _MAX_ERROR_BODY:
+        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
             raise status_error(self._head, self._body(), hints=self._hints)
-        if self._mode == _FOREIGN and self._buffered >= _SNIPPET_BYTES:
+        if self._mode == _FOREIGN and self._buffered >= SNIPPET_BYTES:
             raise self._foreign_body()
         return iter(())
 
@@ -436,11 +432,8 @@ class QianfanParser:
     def _sniff(self) -> Iterator[Chunk]:
         """Decide from the first bytes whether the body is events, JSON or neither."""
         body = self._body()
-        start = body.lstrip()
-        if _BOM.startswith(start):
-            return iter(())
-        start = start.removeprefix(_BOM).lstrip()
-        if not start:
+        start = body_start(body)
+        if start is None:
             return iter(())
         if start[:1] in (b"{", b"["):
             self._mode = _JSON
@@ -452,7 +445,7 @@ class QianfanParser:
         if any(prefix.startswith(start) for prefix in _SSE_STARTS):
             return iter(())
         self._mode = _FOREIGN
-        if self._buffered >= _SNIPPET_BYTES:
+        if self._buffered >= SNIPPET_BYTES:
             raise self._foreign_body()
         return iter(())
 
