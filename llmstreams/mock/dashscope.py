@@ -24,6 +24,7 @@ from llmstreams.mock.delivery import (
     retry_after_headers,
     send_answer,
     send_body,
+    send_json,
 )
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
@@ -188,12 +189,8 @@ async def _send_error(
     *,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    return await send_body(
-        request,
-        behaviour,
-        status=error.status,
-        content_type="application/json",
-        body=compact_json(_error_payload(error, request_id)),
+    return await send_json(
+        request, behaviour, status=error.status, payload=_error_payload(error, request_id),
         headers=headers,
     )
 

@@ -69,13 +69,7 @@ async def send_answer(
 ) -> web.StreamResponse:
     """A successful answer: one JSON body, or a stream shaped by the knobs."""
     if not stream:
-        return await send_body(
-            request,
-            behaviour,
-            status=200,
-            content_type="application/json",
-            body=compact_json(answer.whole()),
-        )
+        return await send_json(request, behaviour, status=200, payload=answer.whole())
     if behaviour.huge_line_bytes is not None:
         answer = answer.with_first_line_length(behaviour.huge_line_bytes)
     return await send_stream(request, context, behaviour, answer)
@@ -101,6 +95,21 @@ def retry_after_headers(behaviour: Behaviour) -> dict[str, str]:
 def mock_error(message: str) -> web.Response:
     """A mistake in the mock's own configuration (never a vendor answer)."""
     return web.Response(status=400, text=f"llmstreams mock: {message}\n")
+
+
+async def send_json(
+    request: web.BaseRequest,
+    behaviour: Behaviour,
+    *,
+    status: int,
+    payload: dict[str, Any],
+    headers: Mapping[str, str] | None = None,
+) -> web.StreamResponse:
+    """A JSON body (a whole answer or an error), written as the knobs say."""
+    return await send_body(
+        request, behaviour, status=status, content_type="application/json",
+        body=compact_json(payload), headers=headers,
+    )
 
 
 async def send_body(

@@ -32,6 +32,7 @@ from llmstreams.mock.delivery import (
     retry_after_headers,
     send_answer,
     send_body,
+    send_json,
 )
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
@@ -265,12 +266,8 @@ class OpenAIRoutes:
         *,
         headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        return await send_body(
-            request,
-            behaviour,
-            status=error.status,
-            content_type="application/json",
-            body=compact_json(self._error_body(error, response_id)),
+        return await send_json(
+            request, behaviour, status=error.status, payload=self._error_body(error, response_id),
             headers=headers,
         )
 

@@ -26,6 +26,7 @@ from llmstreams.mock.delivery import (
     retry_after_headers,
     send_answer,
     send_body,
+    send_json,
 )
 from llmstreams.mock.qianfan_auth import TokenState, bce_signature_accepted, is_bce_authorization
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
@@ -291,12 +292,8 @@ async def _send_error(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    return await send_body(
-        request,
-        behaviour,
-        status=status,
-        content_type="application/json",
-        body=compact_json(_error_payload(error, response_id)),
+    return await send_json(
+        request, behaviour, status=status, payload=_error_payload(error, response_id),
         headers=headers,
     )
 
