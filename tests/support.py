@@ -1,8 +1,9 @@
 """Shared test support.
 
 `LinesExchange`: a minimal vendor-free `Exchange` for testing the core, one JSON object per
-line: `{"text": str, "end": bool}` or `{"error": code, "retryable": bool}`. And helpers that
-run documentation examples in a fresh interpreter.
+line: `{"text": str, "end": bool}` or `{"error": code, "retryable": bool}`. `serving`: an
+aiohttp app on a loopback port. And helpers that run documentation examples in a fresh
+interpreter.
 """
 
 from __future__ import annotations
@@ -21,10 +22,25 @@ import termios
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
+from aiohttp import web
+
 from llmstreams.errors import APIError, LLMStreamsError, StreamInterruptedError
 from llmstreams.mock.workers import READY_PREFIX
 from llmstreams.transport import HttpRequest, ResponseHead
 from llmstreams.types import Chunk
+
+
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, *, backlog: int = 128) -> AsyncIterator[str]:
+    """`app` on a free port of 127.0.0.1 for the block; yields its base URL. A handler is
+    cancelled when its client goes away."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
 
 
 class LinesParser:

@@ -23,7 +23,7 @@ from llmstreams.openai.wire import GENERIC, DialectParser
 from llmstreams.qianfan.wire import QianfanParser
 from llmstreams.sse import ServerSentEvent, SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
-from tests.support import chunks_until_error
+from tests.support import chunks_until_error, serving
 
 DIALECTS = ("qianfan", "dashscope", "openai")
 PIECES = ["Hel", "lo", " there"]
@@ -116,15 +116,8 @@ class EventServer:
     async def running(self) -> AsyncIterator[EventServer]:
         app = web.Application()
         app.router.add_post("/{mode}/{dialect}/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
+        async with serving(app) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 def open_stream(pool: Pool, url: str, mode: str, dialect: str) -> ChunkStream:
@@ -388,28 +381,19 @@ async def test_a_chunk_is_timed_when_its_bytes_arrived_not_when_it_was_read() ->
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        async with Pool() as pool:
-            client = llmstreams.OpenAICompatibleClient(
-                api_key="k", base_url=f"http://127.0.0.1:{runner.addresses[0][1]}/v1", pool=pool
-            )
-            async with client.stream_chat([{"role": "user", "content": "hi"}], model="m") as stream:
-                assert (await anext(stream)).text == "one"
-                release.set()
-                await written.wait()
-                # The second event is in this side's socket now (loopback hands it over within
-                # the write). Arrival cannot be awaited from outside the connection: a few turns
-                # of the loop let it poll the socket and take the bytes in.
-                for _ in range(3):
-                    await asyncio.sleep(0)
-                asked_at = time.monotonic()
-                chunk = await anext(stream)
-                assert chunk.text == "two"
-                assert stream.last_read_at is not None and stream.last_read_at < asked_at
-                assert [c.text async for c in stream] == [""]
-    finally:
-        await runner.cleanup()
+    async with serving(app) as url, Pool() as pool:
+        client = llmstreams.OpenAICompatibleClient(api_key="k", base_url=url + "/v1", pool=pool)
+        async with client.stream_chat([{"role": "user", "content": "hi"}], model="m") as stream:
+            assert (await anext(stream)).text == "one"
+            release.set()
+            await written.wait()
+            # The second event is in this side's socket now (loopback hands it over within
+            # the write). Arrival cannot be awaited from outside the connection: a few turns
+            # of the loop let it poll the socket and take the bytes in.
+            for _ in range(3):
+                await asyncio.sleep(0)
+            asked_at = time.monotonic()
+            chunk = await anext(stream)
+            assert chunk.text == "two"
+            assert stream.last_read_at is not None and stream.last_read_at < asked_at
+            assert [c.text async for c in stream] == [""]

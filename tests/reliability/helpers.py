@@ -29,6 +29,7 @@ from llmstreams import (
     Timeout,
 )
 from llmstreams.mock import MockCredentials
+from tests.support import serving
 
 API_KEY = "SECRET-apikey-7f3a"
 SECRET_KEY = "SECRET-secretkey-91c4"
@@ -295,15 +296,8 @@ class ScriptedServer:
     async def running(self) -> AsyncIterator[ScriptedServer]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
+        async with serving(app, backlog=1024) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 # --- a proxy that records the secrets clients send and holds requests on demand ------------------

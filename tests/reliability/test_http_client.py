@@ -42,6 +42,7 @@ from tests.reliability.helpers import (
     tcp_server,
     vendor_params,
 )
+from tests.support import serving
 
 
 class ForwardProxy:
@@ -139,15 +140,8 @@ class Redirector:
     async def running(self) -> AsyncIterator[Redirector]:
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-        try:
+        async with serving(app) as self.url:
             yield self
-        finally:
-            await runner.cleanup()
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
