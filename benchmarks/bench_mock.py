@@ -274,24 +274,30 @@ def _load(url: str, request: bytes, connections: int, duration: float, pipe: Con
     pipe.send(asyncio.run(run()))
 
 
-def measure_throughput(
-    server: Server, connections: int, clients: int, duration: float
-) -> dict[str, float]:
-    request = request_bytes(server.route, server.url)
-    cpu_before = server.cpu_seconds()
+def in_client_processes(clients: int, work: Callable[..., None], *arguments: Any) -> list[Any]:
+    """`work(*arguments, pipe)` in `clients` forked processes at once; what each sent back."""
     context = multiprocessing.get_context("fork")
     pipes, processes = [], []
     for _ in range(clients):
         receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_load, args=(server.url, request, connections // clients, duration, sender)
-        )
+        process = context.Process(target=work, args=(*arguments, sender))
         process.start()
         pipes.append(receiver)
         processes.append(process)
     results = [pipe.recv() for pipe in pipes]
     for process in processes:
         process.join()
+    return results
+
+
+def measure_throughput(
+    server: Server, connections: int, clients: int, duration: float
+) -> dict[str, float]:
+    request = request_bytes(server.route, server.url)
+    cpu_before = server.cpu_seconds()
+    results = in_client_processes(
+        clients, _load, server.url, request, connections // clients, duration
+    )
     cpu = server.cpu_seconds() - cpu_before
     seconds = max(result["seconds"] for result in results)
     events = sum(result["events"] for result in results)
@@ -369,19 +375,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def measure_pacing(server: Server, streams: int, clients: int, stamps: bool) -> dict[str, Any]:
     cpu_before = server.cpu_seconds()
-    context = multiprocessing.get_context("fork")
-    pipes, processes = [], []
-    for _ in range(clients):
-        receiver, sender = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_paced, args=(server.url, streams // clients, stamps, sender)
-        )
-        process.start()
-        pipes.append(receiver)
-        processes.append(process)
-    per_stream = [events for pipe in pipes for events in pipe.recv()]
-    for process in processes:
-        process.join()
+    found = in_client_processes(clients, _paced, server.url, streams // clients, stamps)
+    per_stream = [events for result in found for events in result]
     cpu = server.cpu_seconds() - cpu_before
     interval = 1 / PACE
     late_sent, late_arrived, gaps_sent, gaps_arrived = [], [], [], []
