@@ -34,6 +34,12 @@ def check_event_loop(name: str) -> None:
         )
 
 
+def running_event_loop() -> str:
+    """"uvloop" when the running loop is uvloop's, else "asyncio"."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.partition(".")[0] == "uvloop" else "asyncio"
+
+
 def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
     """`asyncio.run(main)` on the event loop called `name` (one of EVENT_LOOPS)."""
     check_event_loop(name)

@@ -34,6 +34,7 @@ from typing import Any, Protocol, cast
 
 import attrs
 
+from llmstreams.bench.eventloop import running_event_loop
 from llmstreams.bench.metrics import OK, SENT_AT_FIELD, RequestRecord
 from llmstreams.bench.schedule import closed_loop_starts, open_loop_arrivals
 
@@ -81,7 +82,7 @@ class Clock(Protocol):
     async def sleep_until(self, when: float) -> None: ...
 
 
-class LoopClock:
+class MonotonicClock:
     """`time.monotonic()`, the clock of `ChunkStream.last_read_at`, slept on with the loop."""
 
     def __init__(self) -> None:
@@ -197,7 +198,7 @@ async def run_load(
     `before_run` is awaited between the warm-up and the measured run (client processes wait
     there for each other).
     """
-    clock = clock or LoopClock()
+    clock = clock or MonotonicClock()
     if plan.warmup:
         width = plan.concurrency or OPEN_LOOP_WARMUP_CONCURRENCY
         warmup = LoadPlan(concurrency=min(width, plan.warmup), requests=plan.warmup)
@@ -229,11 +230,6 @@ async def run_load(
         event_loop=running_event_loop(), gc_collections=len(collections),
     )
 
-
-def running_event_loop() -> str:
-    """"uvloop" when the running loop is uvloop's, else "asyncio"."""
-    module = type(asyncio.get_running_loop()).__module__
-    return "uvloop" if module.partition(".")[0] == "uvloop" else "asyncio"
 
 
 def peak_rss_mb() -> float:
@@ -273,7 +269,7 @@ async def measure_request(
     `due`: when the request was meant to be sent (default: now); the time from then until it
     is actually sent is its `client_queue`.
     """
-    clock = clock or LoopClock()
+    clock = clock or MonotonicClock()
     now = clock.now
     times: list[float] = []
     stamp = times.append

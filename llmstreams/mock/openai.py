@@ -562,7 +562,7 @@ class Reply:
         events = []
         if chat:
             role = {"role": "assistant", "content": ""}
-            events.append(event(self._template("role", role), number=0))
+            events.append(event(self._template("role", role, text_slot=False), number=0))
         text_field = {"reasoning": "reasoning_content", "content": "content" if chat else "text"}
         call_started = False
         for number, (what, piece) in enumerate(self._pieces(), start=1):
@@ -583,7 +583,7 @@ class Reply:
                 delta = {text_field[what]: SLOTS[1]}
             events.append(event(self._template(what, delta), json_string(piece), number=number))
         finish = {} if chat else {"text": ""}
-        closing = event(self._template("finish", finish, last=True), number=-1)
+        closing = event(self._template("finish", finish, last=True, text_slot=False), number=-1)
         if self.stream_usage:
             # The usage chunk goes out with the finish chunk, as servers send it: in the same
             # step, not one pace later.
@@ -594,17 +594,19 @@ class Reply:
         events.append(closing)
         return events
 
-    def _template(self, what: str, delta: dict[str, Any], *, last: bool = False) -> EventTemplate:
-        """The event of one kind of chunk (`what`), its slots the response id, the text (where
-        `delta` holds SLOTS[1]) and, when every chunk carries it, the usage; shared by every
-        answer of the same shape."""
+    def _template(
+        self, what: str, delta: dict[str, Any], *, last: bool = False, text_slot: bool = True
+    ) -> EventTemplate:
+        """The event of one kind of chunk (`what`), its slots the response id, the text (with
+        `text_slot`: `delta` holds SLOTS[1]) and, when every chunk carries it, the usage; shared
+        by every answer of the same shape."""
         key = (
             self.flavour, self.kind, self.refused, self.chunk_usage, self.created, self.model,
             self.finish_reason if last else None, what,
         )
         template = _TEMPLATES.get(key)
         if template is None:
-            usage_slot = SLOTS[2] if what in _TEXT_TEMPLATES else SLOTS[1]
+            usage_slot = SLOTS[2] if text_slot else SLOTS[1]
             payload = self._chunk(delta, last=last, usage=usage_slot if self.chunk_usage else None)
             payload["id"] = SLOTS[0]
             template = EventTemplate(payload, prefix=b"data: ", suffix=b"\n\n")
@@ -614,8 +616,6 @@ class Reply:
         return template
 
 
-# The kinds of chunk whose template has a slot for a piece of text.
-_TEXT_TEMPLATES = frozenset({"reasoning", "content", "call", "arguments"})
 # Event templates by answer shape (see Reply._template); the key holds the `created` second and
 # the model asked for, so the table is emptied when it fills up rather than growing.
 _TEMPLATES: dict[tuple[Any, ...], EventTemplate] = {}
