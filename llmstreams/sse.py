@@ -8,6 +8,7 @@ limit and without the reconnect behaviour of a browser `EventSource`.
 from __future__ import annotations
 
 import contextlib
+import operator
 import re
 from collections.abc import Callable
 from typing import Final, cast
@@ -30,16 +31,18 @@ class ServerSentEvent:
     retry: int | None = None
 
 
-_DATA_FIELD_PREFIX = b"data:"
 _DEFAULT_EVENT_TYPE = "message"
 # The UTF-8 byte order mark, which a body may begin with.
 BOM: Final = b"\xef\xbb\xbf"
-# The other common shape of an event: an id line, an event line, comment lines (in that order,
-# each optional), then one data line, as DashScope sends every event. Matched in one go; an id
-# holding NUL (which the standard ignores) or any other shape takes the line-by-line way.
-_ID_TYPE_DATA_EVENT = re.compile(
-    rb"(?:id: ?([^\n\0]*)\n)?(?:event: ?([^\n]*)\n)?(?::[^\n]*\n)*data: ?([^\n]*)"
+# One event per match, in one pass over a read's complete events: either the shape nearly every
+# service sends (an id line, an event line, comment lines, in that order and each optional, then
+# one data line), as its type and data; or any other block as a whole (the last group), to be
+# read line by line. An id holding NUL, which the standard ignores, makes another block too.
+_EVENTS = re.compile(
+    rb"(?:id:[^\n\0]*\n)?(?:event: ?([^\n]*)\n)?(?::[^\n]*\n)*data: ?([^\n]*)\n\n"
+    rb"|((?s:.+?))\n\n"
 )
+_event_type, _event_data, _other_block = (operator.itemgetter(group) for group in range(3))
 
 # attrs' __init__ for a frozen class sets each field through object.__setattr__, which made up a
 # third of the decoding time for small events. The fast path fills the slots directly instead;
@@ -73,75 +76,73 @@ class SSEDecoder:
         """Decode the next piece of the stream; return the events it completes, in order."""
         events: list[ServerSentEvent] = []
         append_event = events.append
-        for block in self._complete_blocks(data):
+        # After the region's last event boundary only line ends (empty lines) remain.
+        for block in self._complete_events(data).split(b"\n\n")[:-1]:
             parsed = self._parse_event(block)
             if parsed is not None:
                 event_type, value, retry = parsed
                 event = _new_instance(ServerSentEvent)
                 _set_data(event, value.decode("utf-8", "replace"))
-                _set_event(event, event_type)
+                _set_event(event, event_type.decode("utf-8", "replace") or _DEFAULT_EVENT_TYPE)
                 _set_id(event, self._last_event_id)
                 _set_retry(event, retry)
                 append_event(event)
         return events
 
-    def feed_events(self, data: bytes) -> list[tuple[str, bytes]]:
-        """`feed`, but each event as its type and its data's bytes (UTF-8, not checked).
+    def feed_events(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        """`feed`, but each event as its type's bytes (b"" for the default, "message") and its
+        data's bytes (UTF-8, not checked); ids and retry fields are not kept.
 
         For a parser that reads only those two: no object is made per event, and the data goes
-        to the JSON decoder as the bytes that arrived, never turned into text and back.
+        to the JSON decoder as the bytes that arrived, never turned into text and back. The
+        events of a read are split in one pass of `_EVENTS`; a block of another shape is
+        read line by line.
         """
-        items: list[tuple[str, bytes]] = []
-        append_item = items.append
-        match_id_type_data = _ID_TYPE_DATA_EVENT.fullmatch
-        for block in self._complete_blocks(data):
-            # Fast path: an event that is one `data:` line (most services send only those).
-            if b"\n" not in block and block[:5] == _DATA_FIELD_PREFIX:
-                append_item((_DEFAULT_EVENT_TYPE, block[6:] if block[5:6] == b" " else block[5:]))
-                continue
-            shaped = match_id_type_data(block)
-            if shaped is not None:
-                event_id, event_type, value = shaped.groups()
-                if event_id is not None:
-                    self._last_event_id = event_id.decode("utf-8", "replace")
-                append_item((
-                    event_type.decode("utf-8", "replace") if event_type else _DEFAULT_EVENT_TYPE,
-                    value,
-                ))
-                continue
-            parsed = self._parse_event(block)
-            if parsed is not None:
-                append_item(parsed[:2])
+        events = _EVENTS.findall(self._complete_events(data))
+        if not any(map(_other_block, events)):
+            return list(zip(map(_event_type, events), map(_event_data, events), strict=True))
+        items: list[tuple[bytes, bytes]] = []
+        for event_type, value, other in events:
+            if other:
+                parsed = self._parse_event(other)
+                if parsed is None:
+                    continue
+                event_type, value, _ = parsed
+            items.append((event_type, value))
         return items
 
-    def _complete_blocks(self, data: bytes) -> list[bytes]:
-        """The bytes of every event `data` completes (line ends normalised), in order."""
+    def _complete_events(self, data: bytes) -> bytes:
+        """The bytes of every event `data` completes (line ends normalised), up to and with the
+        last event boundary; b"" when it completes none."""
         if not self._past_bom:
             data = self._without_bom(data)
         if self._skip_leading_lf and data[:1] == b"\n":
             data = data[1:]
             self._skip_leading_lf = False
         if not data:
-            return []
+            return b""
         self._skip_leading_lf = data[-1:] == b"\r"
         if b"\r" in data:
             data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
 
         pending = self._pending
-        # An event boundary is an empty line, i.e. two line ends in a row (possibly split
-        # between the pending bytes and this piece).
-        if b"\n\n" not in data and not (data[:1] == b"\n" and pending and pending[-1][-1:] == b"\n"):
-            pending.append(data)
-            return []
         if pending:
+            # An event boundary is an empty line, i.e. two line ends in a row (possibly split
+            # between the pending bytes and this piece).
+            if b"\n\n" not in data and not (data[:1] == b"\n" and pending[-1][-1:] == b"\n"):
+                pending.append(data)
+                return b""
             pending.append(data)
             data = b"".join(pending)
             pending.clear()
-        blocks = data.split(b"\n\n")
-        unfinished = blocks.pop()
-        if unfinished:
-            pending.append(unfinished)
-        return blocks
+        end = data.rfind(b"\n\n") + 2
+        if end == 1:
+            pending.append(data)
+            return b""
+        if end < len(data):
+            pending.append(data[end:])
+            return data[:end]
+        return data
 
     def _without_bom(self, data: bytes) -> bytes:
         """`data` from the stream's start without one leading byte order mark; b"" while the
@@ -166,9 +167,10 @@ class SSEDecoder:
         self._past_bom = False
         return []
 
-    def _parse_event(self, block: bytes) -> tuple[str, bytes, int | None] | None:
-        """Apply the lines of one complete event (the bytes between two empty lines): its type,
-        data and retry field, or None when it has no data (nothing to dispatch)."""
+    def _parse_event(self, block: bytes) -> tuple[bytes, bytes, int | None] | None:
+        """Apply the lines of one complete event (the bytes between two empty lines): its type
+        (b"" for the default), data and retry field, or None when it has no data (nothing to
+        dispatch)."""
         data_values: list[bytes] = []
         event_type = b""
         retry: int | None = None
@@ -195,4 +197,4 @@ class SSEDecoder:
         if not data_values:
             return None
         data = data_values[0] if len(data_values) == 1 else b"\n".join(data_values)
-        return (event_type.decode("utf-8", "replace") or _DEFAULT_EVENT_TYPE), data, retry
+        return event_type, data, retry

@@ -324,24 +324,24 @@ MIXED_STREAM = (
 def test_feed_events_gives_the_type_and_data_bytes_of_every_event(size: int) -> None:
     whole, typed = SSEDecoder(), SSEDecoder()
     events: list[ServerSentEvent] = []
-    items: list[tuple[str, bytes]] = []
+    items: list[tuple[bytes, bytes]] = []
     for start in range(0, len(MIXED_STREAM), size):
         piece = MIXED_STREAM[start:start + size]
         events += whole.feed(piece)
         items += typed.feed_events(piece)
-    assert items == [(event.event, event.data.encode()) for event in events]
-    assert [event_type for event_type, _ in items] == [
-        "message", "message", "other", "message", "message", "message", "message", "message"
+    assert [(event_type.decode() or "message", data) for event_type, data in items] == [
+        (event.event, event.data.encode()) for event in events
     ]
+    assert [event_type for event_type, _ in items] == [b"", b"", b"other", b"", b"", b"", b"", b""]
 
 
 def test_feed_events_of_a_read_made_only_of_data_lines() -> None:
     decoder = SSEDecoder()
     assert decoder.feed_events(b"data: a\n\ndata:  b\n\ndata: {}\n\ndata: d") == [
-        ("message", b"a"), ("message", b" b"), ("message", b"{}")
+        (b"", b"a"), (b"", b" b"), (b"", b"{}")
     ]
     assert decoder.feed_events(b"\n\ndata: e\n\n\n\ndata: f\n\n") == [
-        ("message", b"d"), ("message", b"e"), ("message", b"f")
+        (b"", b"d"), (b"", b"e"), (b"", b"f")
     ]
 
 

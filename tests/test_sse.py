@@ -402,6 +402,37 @@ def test_field_soup_decodes_the_same_in_any_split(parts: list[bytes], cuts: list
     assert decode(*byte_by_byte(stream)) == whole
 
 
+def typed_events(*pieces: bytes) -> list[tuple[str, bytes]]:
+    """`feed_events` of `pieces` on a fresh decoder, with the type as `feed` names it."""
+    decoder = SSEDecoder()
+    items = [item for piece in pieces for item in decoder.feed_events(piece)]
+    return [(event_type.decode("utf-8", "replace") or "message", data) for event_type, data in items]
+
+
+@settings(deadline=None)
+@given(st.lists(st.sampled_from(SOUP_PIECES)), st.lists(st.integers(0, 300)))
+def test_feed_events_gives_what_feed_gives_for_any_soup_in_any_split(
+    parts: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(parts)
+    expected = [(event.event, event.data) for event in decode(stream)]
+    for pieces in ([stream], split_at(stream, [cut % (len(stream) + 1) for cut in cuts])):
+        typed = typed_events(*pieces)
+        assert [(event_type, data.decode("utf-8", "replace")) for event_type, data in typed] == expected
+
+
+@settings(deadline=None)
+@given(streams_and_events(), st.lists(st.integers(0, 10_000)))
+def test_feed_events_gives_the_modelled_events_of_a_valid_stream_in_any_split(
+    stream_and_events: tuple[bytes, list[ServerSentEvent]], cuts: list[int]
+) -> None:
+    stream, expected = stream_and_events
+    typed = typed_events(*split_at(stream, [cut % (len(stream) + 1) for cut in cuts]))
+    assert [(event_type, data.decode()) for event_type, data in typed] == [
+        (event.event, event.data) for event in expected
+    ]
+
+
 # Cross-check with aiohttp-sse-client2 over a real connection
 
 CROSS_CHECK_STREAMS = {

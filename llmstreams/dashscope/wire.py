@@ -383,21 +383,22 @@ class EventStreamParser:
             provider=PROVIDER, request_id=self._request_id,
         )
 
-    def _chunks(self, events: list[tuple[str, bytes]], window: list[bytes]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[bytes, bytes]], window: list[bytes]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         for kind, data in events:
-            if kind == "result":
+            if kind == b"result":
                 chunk = self._last = self._chunk(data)
                 if chunk.is_end:
                     self._finished = True
                     yield chunk
                     return
                 yield chunk
-            elif kind == "error":
+            elif kind == b"error":
                 raise self._error_event(data, window)
             else:
                 raise ProtocolError(
-                    f"unexpected event type {kind!r} in a DashScope stream: {snippet(data)}",
+                    f"unexpected event type {snippet(kind or b'message', 40)} in a DashScope stream: "
+                    f"{snippet(data)}",
                     provider=PROVIDER, request_id=self._request_id,
                 )
 

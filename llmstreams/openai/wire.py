@@ -677,7 +677,7 @@ class DialectParser:
         self._buffer[0] = body[:SNIPPET_BYTES]
         return self._chunks(self._decoder.feed_events(body))
 
-    def _chunks(self, events: list[tuple[str, bytes]]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         if events:
             self._events_seen = True

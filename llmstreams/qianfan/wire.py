@@ -456,10 +456,10 @@ class QianfanParser:
             provider=PROVIDER,
         )
 
-    def _chunks(self, events: list[tuple[str, bytes]]) -> Iterator[Chunk]:
+    def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         for event_type, data in events:
-            if event_type != "message":
+            if event_type and event_type != b"message":
                 raise ProtocolError(
                     f"unexpected event type {snippet(event_type, 40)} in a Qianfan stream: "
                     f"{snippet(data)}",
