@@ -322,16 +322,18 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 def read_head(response: aiohttp.ClientResponse) -> ResponseHead:
-    """The status and the headers the parsers use, from any headers a server may send."""
-    try:
-        content_type = response.content_type
-    except Exception:  # The stdlib email parser behind it raises many kinds on odd values.
-        content_type = ""
+    """The status and the headers the parsers use, from any headers a server may send.
+
+    `content_type` is the media type alone, lowercased, or "" when the server sent none. It is
+    cut from the header here rather than taken from aiohttp's `content_type`, which runs the
+    stdlib email parser on every response and names a missing type "application/octet-stream".
+    """
+    headers = response.headers
     return ResponseHead(
         status=response.status,
-        headers=response.headers,
-        content_type=content_type,
-        retry_after=parse_retry_after(response.headers.get("Retry-After")),
+        headers=headers,
+        content_type=headers.get("Content-Type", "").partition(";")[0].strip().lower(),
+        retry_after=parse_retry_after(headers.get("Retry-After")),
     )
 
 

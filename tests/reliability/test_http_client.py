@@ -32,8 +32,10 @@ from llmstreams.mock import MockServer, spawn_mock_workers
 from llmstreams.transport import parse_retry_after
 from tests.reliability.helpers import (
     ALL_AUTH,
+    DASHSCOPE,
     MOCK_CREDENTIALS,
     QIANFAN,
+    QIANFAN_SIGNED,
     VENDORS,
     Client,
     Vendor,
@@ -251,6 +253,30 @@ async def test_any_content_type_gives_an_llmstreams_error_or_works(
         else:
             assert completion.text == "hello"
         assert pool.stats().connections_in_use == 0
+
+
+# Not the token-auth client: its token request would reach this server too.
+@vendor_params([QIANFAN_SIGNED, DASHSCOPE])
+async def test_a_page_sent_without_a_content_type_is_refused_saying_so(vendor: Vendor) -> None:
+    head = b"HTTP/1.1 200 OK\r\nConnection: close\r\n"
+    async with raw_http_server(head, b"<html>" + b"x" * 300 + b"</html>") as url, Pool() as pool:
+        client = vendor.client(url, pool=pool, retry=None, max_retries=0)
+        with pytest.raises(ProtocolError, match="no content type"):
+            await vendor.stream(client).collect()
+
+
+# Not the token-auth client: its token request would reach this server too.
+@vendor_params([QIANFAN_SIGNED, DASHSCOPE])
+async def test_the_media_type_of_a_stream_is_read_whatever_its_case_and_parameters(
+    vendor: Vendor,
+) -> None:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: Text/Event-Stream ; Charset=UTF-8\r\nConnection: close\r\n"
+    body = b"".join(vendor.events(["Hel", "lo"]))
+    async with raw_http_server(head, body) as url, Pool() as pool:
+        client = vendor.client(url, pool=pool, retry=None, max_retries=0)
+        completion = await vendor.stream(client).collect()
+    assert completion.text == "Hello"
+    assert completion.is_complete
 
 
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
