@@ -302,15 +302,14 @@ def test_an_unknown_field_too_large_to_decode_fails_only_when_raw_is_read(dialec
         chunk.raw.get("huge")
 
 
-def test_equal_usage_counts_share_one_usage_and_chunks_share_the_request_id() -> None:
+def test_chunks_share_the_request_id() -> None:
     events = [
         qianfan_event({"id": "as-same", "sentence_id": number, "is_end": number == 2, "result": "x",
                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
         for number in range(3)
     ]
     first, second, third = QianfanParser(SSE_HEAD).feed(b"".join(events))
-    assert first.usage == llmstreams.Usage(1, 1, 2)
-    assert first.usage is second.usage is third.usage
+    assert first.usage == second.usage == third.usage == llmstreams.Usage(1, 1, 2)
     assert first.id is second.id is third.id == "as-same"
 
 

@@ -212,6 +212,12 @@ def test_malformed_event_is_a_protocol_error_quoting_it() -> None:
         b"data: [1, 2]\n\n",
         b'data: "text"\n\n',
         b'data: {"sentence_id":0,"is_end":false,"result":"x","usage":{"prompt_tokens":1}}\n\n',
+        *(
+            b'data: {"sentence_id":0,"is_end":false,"result":"x","usage":{"prompt_tokens":%s,'
+            b'"completion_tokens":1,"total_tokens":2}}\n\n' % count
+            for count in (b'"1"', b"true", b"1.5", b"null", b"[1]")
+        ),
+        b'data: {"sentence_id":0,"is_end":false,"result":"x","usage":[1,1,2]}\n\n',
     ],
 )
 def test_events_of_the_wrong_shape_are_protocol_errors(data: bytes) -> None:

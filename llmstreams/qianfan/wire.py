@@ -31,7 +31,7 @@ from llmstreams.errors import (
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
 from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
-from llmstreams.types import Chunk, make_chunk, make_usage
+from llmstreams.types import Chunk, Usage, make_chunk
 from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
 
 logger = logging.getLogger("llmstreams")
@@ -306,12 +306,6 @@ def _fault(error: Exception) -> str:
     return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
-class _Usage(msgspec.Struct, gc=False):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-
-
 class _Event(msgspec.Struct, gc=False):
     """The fields of a Qianfan event or answer that a chunk is made of; others are skipped.
 
@@ -327,7 +321,9 @@ class _Event(msgspec.Struct, gc=False):
     is_truncated: Any = False
     is_safe: Any = None
     finish_reason: Any = None
-    usage: _Usage | None = None
+    # Decoded straight into the public class (msgspec fills an attrs class's slots itself),
+    # which costs less than making one from a struct, or than comparing to share the last one.
+    usage: Usage | None = None
     id: Any = None
     created: Any = None
     error_code: Any = msgspec.UNSET
@@ -342,19 +338,15 @@ def _chunk(
     """A chunk from a decoded event or body; KeyError/TypeError for a malformed one.
 
     Qianfan's `id` names the request (errors carry it too), so it is also the `request_id`.
-    What the previous chunk already had (the id, equal usage counts) is shared, not copied.
+    An id equal to the previous chunk's is shared, not copied.
     """
     text = event.result
     if text is None:
         raise TypeError("result is missing")
     is_safe = event.is_safe
     response_id = event.id
-    usage = event.usage
-    previous_usage = None
-    if previous is not None:
-        previous_usage = previous.usage
-        if response_id == previous.id:
-            response_id = previous.id
+    if previous is not None and response_id == previous.id:
+        response_id = previous.id
     return make_chunk(
         text,
         sentence_id,
@@ -364,9 +356,7 @@ def _chunk(
         _FLAGS[event.is_truncated],
         None if is_safe is None else _FLAGS[is_safe],
         event.finish_reason,
-        None if usage is None else make_usage(
-            usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, previous_usage
-        ),
+        event.usage,
         response_id,
         event.created,
         response_id,
