@@ -29,9 +29,10 @@ from types import TracebackType
 
 import attrs
 
-from llmstreams.errors import InvalidParameterError, LLMStreamsError
+from llmstreams.errors import LLMStreamsError
 from llmstreams.streams import ChunkStream
 from llmstreams.types import Chunk, Completion
+from llmstreams.validation import check_int
 
 Job = Callable[[], ChunkStream]
 ChunkCallback = Callable[[int, Chunk], object]
@@ -60,12 +61,6 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-def _check_concurrency(concurrency: int) -> int:
-    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-        raise InvalidParameterError("concurrency", "must be a positive whole number", concurrency)
-    return concurrency
 
 
 async def run_job(index: int, job: Job, on_chunk: ChunkCallback | None = None) -> Outcome:
@@ -190,7 +185,7 @@ class FanOut:
         on_chunk: ChunkCallback | None = None,
         fail_fast: bool = False,
     ) -> None:
-        self._run = _Run(jobs, _check_concurrency(concurrency), on_chunk, fail_fast)
+        self._run = _Run(jobs, check_int("concurrency", concurrency, low=1), on_chunk, fail_fast)
 
     def __repr__(self) -> str:
         run = self._run

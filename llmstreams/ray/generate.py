@@ -27,6 +27,7 @@ from llmstreams.batch import (
 )
 from llmstreams.fanout import Outcome, run_job
 from llmstreams.ratelimit import Limiter, RateLimit
+from llmstreams.validation import check_int
 
 DEFAULT_CONCURRENCY = 64
 
@@ -161,10 +162,7 @@ class Generate:
             )
         if model is None and endpoint is None:
             raise llmstreams.InvalidParameterError("model", "give model (Qianfan: or endpoint)")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
-            raise llmstreams.InvalidParameterError(
-                "concurrency", "must be a positive whole number", concurrency
-            )
+        check_int("concurrency", concurrency, low=1)
         self.provider = provider
         self.model = model
         self.endpoint = endpoint
