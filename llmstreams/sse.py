@@ -135,10 +135,11 @@ class SSEDecoder:
             pending.append(data)
             data = b"".join(pending)
             pending.clear()
-        end = data.rfind(b"\n\n") + 2
-        if end == 1:
+        boundary = data.rfind(b"\n\n")
+        if boundary < 0:
             pending.append(data)
             return b""
+        end = boundary + 2
         if end < len(data):
             pending.append(data[end:])
             return data[:end]
