@@ -3,6 +3,7 @@ OpenAI-compatible server."""
 
 import logging
 
+from llmstreams.calls import Call
 from llmstreams.dashscope import DashScopeClient
 from llmstreams.errors import (
     APIConnectionError,
@@ -24,8 +25,10 @@ from llmstreams.errors import (
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
 from llmstreams.openai import OpenAICompatibleClient
+from llmstreams.openai.vendor import Vendor
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
+from llmstreams.providers import PROVIDERS, Provider, client_for
 from llmstreams.qianfan import QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
@@ -43,6 +46,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "Call",
     "Chunk",
     "ChunkStream",
     "Completion",
@@ -56,10 +60,12 @@ __all__ = [
     "NotFoundError",
     "OpenAICompatibleClient",
     "Outcome",
+    "PROVIDERS",
     "PermissionDeniedError",
     "Pool",
     "PoolStats",
     "ProtocolError",
+    "Provider",
     "QianfanClient",
     "RateLimit",
     "RateLimitError",
@@ -75,6 +81,8 @@ __all__ = [
     "ToolCallDelta",
     "Usage",
     "UsageError",
+    "Vendor",
+    "client_for",
     "fan_out",
     "fan_out_as_completed",
 ]

@@ -2,10 +2,10 @@
 
 Input lines are `{"id": ..., "prompt": "..."}` or `{"id": ..., "messages": [...]}`; any other
 key is a parameter of the client method (`temperature`, `stop`, `extra_headers`, ...). An id
-is a string or an integer; blank lines are skipped. Qianfan and OpenAI-compatible servers get
-a `prompt` on their completions API (`stream_complete`) and `messages` on chat (`stream_chat`);
-DashScope takes either (`stream_generate`; in its OpenAI-compatible mode a prompt is sent as
-the one user message of a chat).
+is a string or an integer; blank lines are skipped. Each line becomes a `Call` the client
+sends in its own API (`stream_call`): a prompt goes to a chat model as its one user message,
+and to a completions API only where the provider or model takes one (Qianfan v1's
+completion models, a generic OpenAI-compatible server), unless `prompt_as` says otherwise.
 
 Results are appended as they finish, each line with a single write, so a killed process leaves
 at most one partial last line, which the next run cuts off. By default a run resumes: the ids
@@ -27,11 +27,13 @@ import time
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal, TextIO, TypeAlias
+from typing import Any, Literal, TextIO
 
 import attrs
 
 import llmstreams
+from llmstreams.calls import Call, PromptAs
+from llmstreams.client import BaseClient
 from llmstreams.errors import LLMStreamsError, snippet
 from llmstreams.fanout import FanOutStats, Job, Outcome, fan_out_as_completed
 from llmstreams.outputlock import OutputLock
@@ -42,11 +44,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
-Provider = Literal["qianfan", "dashscope", "openai"]
 Mode = Literal["resume", "overwrite", "retry_errors"]
-PROVIDERS: tuple[Provider, ...] = ("qianfan", "dashscope", "openai")
-Protocol = Literal["native", "openai"]
-PROTOCOLS: tuple[Protocol, ...] = ("native", "openai")
 
 RequestId = str | int
 IdKey = tuple[str, str | int]
@@ -436,64 +434,25 @@ def problem_record(problem: InputProblem) -> dict[str, Any]:
     }
 
 
-Client: TypeAlias = (
-    llmstreams.QianfanClient | llmstreams.DashScopeClient | llmstreams.OpenAICompatibleClient
-)
-
-
-def make_client(
-    provider: Provider,
-    pool: llmstreams.Pool,
-    *,
-    base_url: str | None = None,
-    protocol: Protocol = "native",
-    credentials: Mapping[str, str] | None = None,
-) -> Client:
-    """A client of `provider` on `pool`; `protocol` is DashScope's. `credentials` are the
-    client's keyword arguments (`api_key`, `secret_key`, ...), else they come from the
-    environment."""
-    given: dict[str, Any] = dict(credentials or {})
-    if provider == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url, pool=pool, **given)
-    if provider == "openai":
-        return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool, **given)
-    return llmstreams.DashScopeClient(base_url=base_url, pool=pool, protocol=protocol, **given)
-
-
 @attrs.frozen(slots=True)
 class Target:
-    """Where the requests go: a client, and the model (or Qianfan endpoint) for all of them."""
+    """Where the requests go: a client, the model (or Qianfan v1 endpoint) for all of them, and
+    how a bare prompt is sent (None: as the client decides for the model)."""
 
-    client: Client
+    client: BaseClient
     model: str | None = None
     endpoint: str | None = None
+    prompt_as: PromptAs | None = None
 
     def job(self, request: BatchRequest) -> Job:
         """The fan-out job sending `request`; parameter errors surface as its outcome."""
-        client, params = self.client, request.params
+        client = self.client
 
         def start() -> llmstreams.ChunkStream:
-            if isinstance(client, llmstreams.DashScopeClient):
-                if client.protocol == "native":
-                    return client.stream_generate(
-                        request.prompt, messages=request.messages, model=self.model, **params
-                    )
-                messages = request.messages
-                if messages is None:
-                    messages = [{"role": "user", "content": request.prompt}]
-                return client.stream_chat(messages, model=self.model, **params)
-            if isinstance(client, llmstreams.OpenAICompatibleClient):
-                assert self.model is not None
-                if request.messages is not None:
-                    return client.stream_chat(request.messages, model=self.model, **params)
-                return client.stream_complete(request.prompt, model=self.model, **params)
-            if request.messages is not None:
-                return client.stream_chat(
-                    request.messages, model=self.model, endpoint=self.endpoint, **params
-                )
-            return client.stream_complete(
-                request.prompt, model=self.model, endpoint=self.endpoint, **params
-            )
+            return client.stream_call(Call(
+                prompt=request.prompt, messages=request.messages, model=self.model,
+                endpoint=self.endpoint, prompt_as=self.prompt_as, params=request.params,
+            ))
 
         return start
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from types import TracebackType
-from typing import ClassVar, Self
+from typing import Self
 from urllib.parse import urlsplit
 
+from llmstreams.calls import Call
 from llmstreams.errors import InvalidParameterError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.origin import caller_origin, warn_left_open
@@ -45,7 +46,8 @@ class BaseClient:
     `max_retries` default to the pool's.
     """
 
-    provider: ClassVar[str]
+    provider: str
+    """The name chunks and errors carry (`qianfan`, `dashscope`, `deepseek`, ...)."""
 
     def __init__(
         self,
@@ -97,6 +99,17 @@ class BaseClient:
                 name, self._origin,
                 f"use `async with {name}(...) as client:` or `await client.close()`", self,
             )
+
+    def stream_call(self, call: Call) -> ChunkStream:
+        """Stream the generation `call` describes, in this client's own API (see `Call`)."""
+        return self._stream(self._call_exchange(call, stream=True))
+
+    async def complete_call(self, call: Call) -> Completion:
+        """The whole answer to `call`, from one non-stream request."""
+        return await self._complete(self._call_exchange(call, stream=False))
+
+    def _call_exchange(self, call: Call, *, stream: bool) -> Exchange:
+        raise NotImplementedError
 
     def _stream(self, exchange: Exchange) -> ChunkStream:
         return ChunkStream(self._pool, exchange, timeout=self.timeout, retry=self.retry)

@@ -30,6 +30,7 @@ from collections.abc import Coroutine, Iterator
 from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
+from llmstreams.calls import Call
 from llmstreams.client import BaseClient
 from llmstreams.errors import UsageError
 from llmstreams.streams import ChunkStream
@@ -213,8 +214,8 @@ class SyncClient(Generic[ClientT]):
     """Wraps an async client (`QianfanClient`, `DashScopeClient`, ...) for calls without `await`.
 
     Its methods are the client's, by the same names and with the same arguments: `chat()`,
-    `complete()` and `generate()` return a `Completion`; `stream_chat()`, `stream_complete()`
-    and `stream_generate()` return a `SyncStream`. Use the client only through this wrapper
+    `complete()`, `generate()` and `complete_call()` return a `Completion`; `stream_chat()`,
+    `stream_complete()`, `stream_generate()` and `stream_call()` return a `SyncStream`. Use the client only through this wrapper
     (its pool lives on llmstreams' private loop). `close()` or `with` closes it.
     """
 
@@ -253,6 +254,12 @@ class SyncClient(Generic[ClientT]):
 
     def generate(self, *args: Any, **kwargs: Any) -> Completion:
         return self._call("generate", args, kwargs)
+
+    def complete_call(self, call: Call) -> Completion:
+        return self._call("complete_call", (call,), {})
+
+    def stream_call(self, call: Call) -> SyncStream:
+        return self._stream("stream_call", (call,), {})
 
     def stream_chat(self, *args: Any, **kwargs: Any) -> SyncStream:
         return self._stream("stream_chat", args, kwargs)

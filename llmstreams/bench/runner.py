@@ -36,7 +36,8 @@ class BenchConfig:
     run's load (their results merged).
     `base_url` set: the runs go to that server and `mock_workers` / `knobs` are unused.
     `mock_workers` 0 runs the mock inside this process (its CPU then counts as the client's).
-    `qianfan_auth` is how a QianfanClient authenticates to the mock (see QIANFAN_AUTH_METHODS).
+    `mock_auth` is how the client authenticates to the mock: one of its provider's
+    `mock_credentials` methods (None: the first).
     `event_loop` is the loop the client runs on, "uvloop" or "asyncio" (see `run_on`); the
     caller runs `run_benchmark` on it, and client processes start on it.
     """
@@ -55,7 +56,7 @@ class BenchConfig:
     mock_workers: tuple[int, ...] = (1,)
     knobs: Mapping[str, Any] = attrs.field(factory=dict)
     max_retries: int = 0
-    qianfan_auth: str = "api_key"
+    mock_auth: str | None = None
     percentiles: tuple[float, ...] = PERCENTILES
     slos: Mapping[str, float] = attrs.field(factory=dict)
     processes: int = 1
@@ -93,11 +94,10 @@ class BenchConfig:
     def to_json(self) -> dict[str, Any]:
         return {
             "provider": self.workload.provider,
-            "model": self.workload.model_or_default,
+            "model": self.workload.model_or_default(mock=self.base_url is None),
             "endpoint": self.workload.endpoint,
             "stream": self.workload.stream,
             "incremental_output": self.workload.incremental_output,
-            "protocol": self.workload.protocol if self.workload.provider == "dashscope" else None,
             "prompts": len(self.workload.requests()),
             "max_tokens": self.workload.max_tokens,
             "concurrencies": list(self.concurrencies),
@@ -113,7 +113,7 @@ class BenchConfig:
             "mock_workers": None if self.base_url is not None else list(self.mock_workers),
             "mock_knobs": None if self.base_url is not None else dict(self.knobs),
             "max_retries": self.max_retries,
-            "qianfan_auth": self.qianfan_auth if self.workload.provider == "qianfan" else None,
+            "mock_auth": self.mock_auth,
             "percentiles": list(self.percentiles),
             "goodput_slos_ms": dict(self.slos) or None,
             "processes": self.processes,
@@ -134,6 +134,7 @@ class ClientSpec:
     workload: Workload
     base_url: str | None
     max_retries: int
+    mock: bool
     mock_auth: str | None
     event_loop: str = attrs.field(factory=default_event_loop)
 
@@ -142,10 +143,9 @@ class ClientSpec:
         async with Pool() as pool:
             client = make_client(
                 self.workload.provider, base_url=self.base_url, pool=pool,
-                max_retries=self.max_retries, mock_auth=self.mock_auth,
-                protocol=self.workload.protocol,
+                max_retries=self.max_retries, mock=self.mock, mock_auth=self.mock_auth,
             )
-            yield ClientTarget(client, self.workload, reads_sent_at=self.mock_auth is not None), pool
+            yield ClientTarget(client, self.workload, mock=self.mock, reads_sent_at=self.mock), pool
 
 
 async def run_benchmark(
@@ -156,9 +156,9 @@ async def run_benchmark(
     groups: Sequence[int | None] = [None] if config.base_url is not None else config.mock_workers
     for workers in groups:
         async with _server(config, workers) as base_url:
-            mock_auth = None if workers is None else config.qianfan_auth
             spec = ClientSpec(
-                config.workload, base_url, config.max_retries, mock_auth, config.event_loop
+                config.workload, base_url, config.max_retries, workers is not None,
+                config.mock_auth, config.event_loop,
             )
             for plan in config.plans():
                 measurement = await measure(spec, plan, config.processes)
@@ -182,7 +182,7 @@ async def run_benchmark(
 def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str, Any]:
     label: dict[str, Any] = {
         "provider": config.workload.provider,
-        "model": config.workload.model_or_default,
+        "model": config.workload.model_or_default(mock=workers is not None),
         "endpoint": config.workload.endpoint,
         "stream": config.workload.stream,
         "target": "mock" if workers is not None else "url",
@@ -196,8 +196,8 @@ def _label(config: BenchConfig, plan: LoadPlan, workers: int | None) -> dict[str
     if workers is None and config.base_url is not None:
         parts = urlsplit(config.base_url)
         label["server"] = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
-    if config.workload.provider == "qianfan" and workers is not None:
-        label["qianfan_auth"] = config.qianfan_auth
+    if workers is not None and config.mock_auth is not None:
+        label["mock_auth"] = config.mock_auth
     return label
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import os
@@ -16,17 +17,24 @@ from typing import Any
 import llmstreams
 from llmstreams.batch import (
     FAIL_FAST_AFTER,
-    PROTOCOLS,
-    PROVIDERS,
     BatchSummary,
     OutputFileError,
     OutputWriteError,
-    Provider,
     Target,
-    make_client,
     run_batch,
 )
+from llmstreams.calls import PROMPT_AS
 from llmstreams.commands import library_log_level
+from llmstreams.commands.target import (
+    CommandError,
+    add_target_arguments,
+    check_target_arguments,
+    make_client,
+    model_of,
+    provider_list,
+)
+from llmstreams.mock import MockServer
+from llmstreams.providers import get as provider_named
 from llmstreams.outputlock import OutputLockedError
 from llmstreams.progress import format_duration
 
@@ -40,12 +48,14 @@ DESCRIPTION = """\
 Send one request per line of INPUT (JSONL) and append one result line per request to OUTPUT.
 
 Input lines: {"id": ..., "prompt": "..."} or {"id": ..., "messages": [...]}, plus any parameter
-of the client method ("temperature": 0.5, "stop": [...], "extra_params": {...}). Qianfan and
---provider openai send a prompt to the completions API and messages to chat; DashScope takes
-either. Credentials come from the environment, as for the clients: QIANFAN_API_KEY (a bce-v3/
-key selects API v2; with QIANFAN_SECRET_KEY, v1), QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY +
-QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY; OPENAI_API_KEY (optional) and OPENAI_BASE_URL
-(or --base-url http://host:port/v1) for any OpenAI-compatible server.
+of the client method ("temperature": 0.5, "stop": [...], "max_tokens": 100). A prompt reaches
+a chat model as its one user message; it goes to a completions API only where the provider or
+model has one (Qianfan v1's completion models such as CodeLlama-7b-Instruct, --provider
+openai), unless --prompt-as says otherwise. Credentials come from each provider's environment
+variables (below); --mock sends everything to a local mock server instead.
+
+Providers:
+{providers}
 
 Result lines: {"id", "text", "usage", "finish_reason", "request_id", "chunks", "attempts",
 "time_to_first_chunk", "elapsed"}, or {"id", "error": {"type", "code", "http_status",
@@ -70,7 +80,7 @@ error (bad option, missing credentials, unreadable file, OUTPUT a directory or n
 3 when the run stopped early (see Failing fast); 4 when writing OUTPUT failed mid-run (disk
 full: free space and run again to resume); 5 when another run is writing OUTPUT; 130 when
 interrupted.
-""".replace("{fail_fast_after}", str(FAIL_FAST_AFTER))
+""".replace("{fail_fast_after}", str(FAIL_FAST_AFTER)).replace("{providers}", provider_list())
 
 
 def register(subparsers: Any) -> None:
@@ -82,17 +92,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("input", type=Path, metavar="INPUT.jsonl")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUTPUT.jsonl")
-    parser.add_argument("--provider", choices=PROVIDERS, required=True)
-    parser.add_argument("--model", help="model name (Qianfan: or give --endpoint)")
-    parser.add_argument("--endpoint", help="Qianfan only: the API name of a deployed service")
+    add_target_arguments(parser, default_provider=None)
     parser.add_argument(
-        "--base-url",
-        help="API base URL (default: QIANFAN_BASE_URL / DASHSCOPE_BASE_URL or the vendor's; "
-        "--provider openai: OPENAI_BASE_URL, a URL ending in /v1)",
-    )
-    parser.add_argument(
-        "--protocol", choices=PROTOCOLS, default="native",
-        help="DashScope only: its native API (default) or its OpenAI-compatible mode",
+        "--prompt-as", choices=PROMPT_AS,
+        help="send each line's prompt as one chat message or to the completions API (default: "
+        "what the provider and model take)",
     )
     parser.add_argument(
         "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY,
@@ -168,13 +172,11 @@ def _report(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    provider: Provider = args.provider
-    if provider != "qianfan" and args.endpoint is not None:
-        return _usage_error(f"--endpoint is for --provider qianfan; {provider} takes --model")
-    if provider != "dashscope" and args.protocol != "native":
-        return _usage_error("--protocol is for --provider dashscope")
-    if args.model is None and args.endpoint is None:
-        return _usage_error("give --model" + (" or --endpoint" if provider == "qianfan" else ""))
+    problem = check_target_arguments(args)
+    if problem is not None:
+        return _usage_error(problem)
+    if args.mock and args.ray not in (None, "local"):
+        return _usage_error("--mock runs on this machine: use it with a local Ray (--ray alone)")
     if args.input.is_dir():
         return _usage_error(f"{args.input}: is a directory, not a JSONL file")
     if not args.input.is_file():
@@ -189,15 +191,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         try:
             with library_log_level(logging.WARNING if args.verbose else logging.ERROR):
-                summary = (
-                    _run_on_ray(args, provider) if args.ray is not None
-                    else asyncio.run(_main(args, provider))
-                )
+                summary = _run_on_ray(args) if args.ray is not None else asyncio.run(_main(args))
         finally:
             # The run is over, only its summary is left to print: a Ctrl-C now (a second one
             # a moment after the first) must not turn a clean exit into a traceback.
             if threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except CommandError as error:
+        print(error.lines("batch"), file=sys.stderr)
+        return 2
     except OutputWriteError as error:
         print(f"llmstreams batch: error: {error}", file=sys.stderr)
         return EXIT_OUTPUT_WRITE_FAILED
@@ -214,10 +216,14 @@ def run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-async def _main(args: argparse.Namespace, provider: Provider) -> BatchSummary:
-    async with llmstreams.Pool(rate_limit=_rate_limit(args), max_retries=args.max_retries) as pool:
-        client = make_client(provider, pool, base_url=args.base_url, protocol=args.protocol)
-        target = Target(client, model=args.model, endpoint=args.endpoint)
+async def _main(args: argparse.Namespace) -> BatchSummary:
+    async with contextlib.AsyncExitStack() as stack:
+        mock_url = (await stack.enter_async_context(MockServer())).url if args.mock else None
+        pool = await stack.enter_async_context(
+            llmstreams.Pool(rate_limit=_rate_limit(args), max_retries=args.max_retries)
+        )
+        client = make_client(args, pool, mock_url)
+        target = Target(client, model=model_of(args), endpoint=args.endpoint, prompt_as=args.prompt_as)
         return await run_batch(
             args.input, args.output, target,
             concurrency=args.concurrency, mode=args.mode, report=_report, handle_signals=True,
@@ -234,23 +240,38 @@ def _rate_limit(args: argparse.Namespace) -> llmstreams.RateLimit | None:
     )
 
 
-def _run_on_ray(args: argparse.Namespace, provider: Provider) -> BatchSummary:
-    from llmstreams.ray.batch import RayJob, credentials_from_environment, run_batch_on_ray
+def _run_on_ray(args: argparse.Namespace) -> BatchSummary:
+    from llmstreams.providers import credentials_from_environment
+    from llmstreams.ray.batch import RayJob, run_batch_on_ray
+    from llmstreams.ray.generate import Secrets
+    from llmstreams.sync import run as run_on_loop
 
-    credentials = credentials_from_environment(provider)
-    if credentials is None and args.ray == "local":
-        # A local Ray's workers have this environment: without credentials here, say so now.
-        make_client(provider, llmstreams.Pool(), base_url=args.base_url, protocol=args.protocol)
-    job = RayJob(
-        provider, model=args.model, endpoint=args.endpoint, base_url=args.base_url,
-        protocol=args.protocol,
-        credentials=credentials, address=args.ray,
-        actors=args.actors, concurrency=args.concurrency, max_retries=args.max_retries,
-        rate_limit=_rate_limit(args),
-    )
-    return run_batch_on_ray(
-        args.input, args.output, job, mode=args.mode, report=_report, fail_fast=not args.keep_going
-    )
+    provider = provider_named(args.provider)
+    mock = MockServer() if args.mock else None
+    try:
+        if mock is not None:
+            run_on_loop(mock.start())
+            base_url: str | None = mock.url + provider.mock_path
+            credentials = dict(next(iter(provider.mock_credentials.values())))
+        else:
+            base_url = args.base_url
+            credentials = credentials_from_environment(provider)
+            if credentials is None and args.ray == "local":
+                # A local Ray's workers have this environment: without credentials here, say so now.
+                make_client(args, llmstreams.Pool(), None)
+        job = RayJob(
+            provider.name, model=model_of(args), endpoint=args.endpoint, base_url=base_url,
+            prompt_as=args.prompt_as, credentials=None if credentials is None else Secrets(credentials),
+            address=args.ray, actors=args.actors, concurrency=args.concurrency,
+            max_retries=args.max_retries, rate_limit=_rate_limit(args),
+        )
+        return run_batch_on_ray(
+            args.input, args.output, job, mode=args.mode, report=_report,
+            fail_fast=not args.keep_going,
+        )
+    finally:
+        if mock is not None:
+            run_on_loop(mock.close())
 
 
 def _per_second(count: int, seconds: float) -> str:

@@ -31,15 +31,12 @@ from llmstreams.bench.report import (
 )
 from llmstreams.bench.runner import BenchConfig, RunResult, run_benchmark
 from llmstreams.bench.schedule import TraceError, read_trace
-from llmstreams.bench.targets import (
-    DASHSCOPE_PROTOCOLS,
-    DEFAULT_MODELS,
-    DEFAULT_PROMPT,
-    PROVIDERS,
-    QIANFAN_AUTH_METHODS,
-    Workload,
-)
+from llmstreams.bench.targets import DEFAULT_PROMPT, Workload
 from llmstreams.mock.behaviour import Behaviour, BehaviourError, with_knobs
+from llmstreams.providers import DEFAULT_PROVIDER, PROVIDERS
+from llmstreams.providers import get as provider_named
+
+MOCK_AUTH_METHODS = sorted({method for p in PROVIDERS.values() for method in p.mock_credentials})
 
 DEFAULT_CONCURRENCY = "64"
 DEFAULT_REQUESTS = 1000
@@ -56,17 +53,15 @@ _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
 )
 
 _DESCRIPTION = """\
-Measure throughput and latency of the llmstreams clients (QianfanClient, DashScopeClient,
-OpenAICompatibleClient) under load, timing every chunk of every request.
+Measure throughput and latency of the llmstreams clients under load, timing every chunk of
+every request.
 
-By default the target is the embedded mock server, started in separate worker processes so
-that the client's CPU figures are its own. --base-url benchmarks any server speaking the
-vendor's protocol instead, with the credentials the clients read from the environment
-(QIANFAN_API_KEY: a bce-v3/ key for API v2, or with QIANFAN_SECRET_KEY for v1;
-QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY; DASHSCOPE_API_KEY;
-OPENAI_API_KEY, optional). --provider openai --base-url http://host:port/v1 --model M
-benchmarks any OpenAI-compatible server (vLLM, SGLang). Credentials are never printed or
-recorded.
+By default (or with --mock) the target is the embedded mock server, started in separate
+worker processes so that the client's CPU figures are its own. --base-url benchmarks any
+server speaking the provider's protocol instead, with the credentials the provider's client
+reads from the environment (see `llmstreams chat --help` for each provider's variables).
+--provider openai --base-url http://host:port/v1 --model M benchmarks any OpenAI-compatible
+server (vLLM, SGLang). Credentials are never printed or recorded.
 
 Load: a closed loop keeps --concurrency requests in flight (--ramp-up spreads their starts);
 an open loop (--rate) sends requests at Poisson or gamma (--burstiness) arrival times whatever
@@ -96,7 +91,8 @@ examples:
   llmstreams bench compare before.json after.json
   llmstreams bench --mock-workers 1,2 --concurrency 256 --duration 10
   llmstreams bench --provider dashscope --no-stream --requests 500
-  llmstreams bench --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
+  llmstreams bench --provider deepseek --concurrency 16 --requests 200
+  llmstreams bench --provider qianfan-v1 --base-url http://127.0.0.1:8000 --concurrency 8 --requests 100
   llmstreams bench --provider openai --base-url http://127.0.0.1:8000/v1 --model qwen2.5-7b
 """
 
@@ -184,21 +180,24 @@ def register(subparsers: Any) -> None:
     )
 
     target.add_argument(
-        "--qianfan-auth", choices=QIANFAN_AUTH_METHODS, default="api_key",
-        help="mock: how the QianfanClient authenticates: api_key (default; an access token "
-        "fetched once) or access_key (every request signed, bce-auth-v1), both API v1, or v2 "
-        "(a bce-v3/ API key: API v2, OpenAI-compatible)",
+        "--mock", action="store_true",
+        help="benchmark the embedded mock server (the default when no --base-url is given)",
+    )
+    target.add_argument(
+        "--mock-auth", choices=MOCK_AUTH_METHODS,
+        help="mock: how the client authenticates, for providers with several methods: "
+        "qianfan-v1 takes api_key (default; an access token fetched once) or access_key "
+        "(every request signed, bce-auth-v1)",
     )
 
     request = parser.add_argument_group("request")
-    request.add_argument("--provider", choices=PROVIDERS, default="qianfan", help="(default qianfan)")
     request.add_argument(
-        "--model", help=f"model name (default {', '.join(f'{p}: {m}' for p, m in DEFAULT_MODELS.items())})"
+        "--provider", choices=list(PROVIDERS), default=DEFAULT_PROVIDER, metavar="NAME",
+        help=f"(default {DEFAULT_PROVIDER}) one of: {', '.join(PROVIDERS)}",
     )
-    request.add_argument("--endpoint", help="Qianfan endpoint name (a deployed service), instead of --model")
+    request.add_argument("--model", help="model id (default: the provider's; see llmstreams chat --help)")
     request.add_argument(
-        "--protocol", choices=DASHSCOPE_PROTOCOLS, default="native",
-        help="DashScope: its native API (default) or its OpenAI-compatible mode",
+        "--endpoint", help="qianfan-v1: the API name of a deployed service, instead of --model"
     )
     prompts = request.add_mutually_exclusive_group()
     prompts.add_argument(
@@ -334,14 +333,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> BenchConfig:
-    if args.endpoint is not None and args.provider != "qianfan":
-        raise ValueError("--endpoint is a Qianfan setting; DashScope takes --model")
+    provider = provider_named(args.provider)
+    if args.endpoint is not None and not provider.takes_endpoint:
+        raise ValueError(f"--endpoint is for --provider qianfan-v1; {provider.name} takes --model")
     if args.endpoint is not None and args.model is not None:
         raise ValueError("give --model or --endpoint, not both")
-    if args.protocol != "native" and args.provider != "dashscope":
-        raise ValueError("--protocol is a DashScope setting")
-    if args.provider == "openai" and args.base_url is not None and args.model is None:
-        raise ValueError("--provider openai with --base-url needs --model (a model the server serves)")
+    if args.mock and args.base_url is not None:
+        raise ValueError("give --mock or --base-url, not both")
+    if args.base_url is not None and args.model is None and provider.default_model is None:
+        raise ValueError(f"--provider {provider.name} with --base-url needs --model (a model the server serves)")
+    if args.mock_auth is not None and args.mock_auth not in provider.mock_credentials:
+        raise ValueError(
+            f"--mock-auth: {provider.name} authenticates with {', '.join(provider.mock_credentials)}"
+        )
     open_loop = args.rate is not None or args.trace is not None
     if args.burstiness != (1.0,) and args.rate is None:
         raise ValueError("--burstiness shapes the arrivals of --rate; give a rate")
@@ -358,7 +362,6 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         prompt=args.prompt,
         stream=args.stream,
         incremental_output=args.incremental_output,
-        protocol=args.protocol,
         prompts=_prompts(args, requests),
         max_tokens=args.max_tokens,
     )
@@ -380,7 +383,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         mock_workers=args.mock_workers,
         knobs=knobs,
         max_retries=args.max_retries,
-        qianfan_auth=args.qianfan_auth,
+        mock_auth=args.mock_auth,
         percentiles=args.percentiles,
         slos=dict(args.goodput or ()),
         processes=args.processes,

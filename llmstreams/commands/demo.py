@@ -2,7 +2,7 @@
 
 No credentials and no network beyond loopback: it starts the mock on 127.0.0.1, streams one
 chat answer from Qianfan API v2 to the terminal as it arrives, then fans out a few hundred
-requests over both vendors with a progress bar and prints a summary.
+requests over every provider of the registry with a progress bar and prints a summary.
 """
 
 from __future__ import annotations
@@ -17,19 +17,16 @@ from functools import partial
 from typing import Any
 
 import llmstreams
+from llmstreams.calls import Call
+from llmstreams.client import BaseClient
 from llmstreams.commands import library_log_level
 from llmstreams.fanout import FanOutStats, Job, fan_out_as_completed
 from llmstreams.mock import BEHAVIOUR_HEADER, Behaviour, MockServer
 from llmstreams.progress import Progress
+from llmstreams.providers import PROVIDERS
 
 DEMO_QUESTION = "In two sentences: why stream a model's answer instead of waiting for all of it?"
-QIANFAN_MODEL = "ERNIE-Speed-8K"
-QIANFAN_V2_MODEL = "ernie-speed-8k"
-DASHSCOPE_MODEL = "billa-7b-sft-v1"
-# Throwaway values: the mock accepts any non-empty credentials.
-DEMO_API_KEY = "demo-api-key"
-DEMO_SECRET_KEY = "demo-secret-key"
-DEMO_V2_API_KEY = "bce-v3/ALTAK-demo/demo-secret"
+STREAMED_PROVIDER = "qianfan"
 # The single answer is paced so that it visibly streams.
 _ANSWER_PACE = "chunks_per_second=15"
 # One request in this many is answered HTTP 429 once first, to show a retry at work.
@@ -83,26 +80,27 @@ def user(content: str) -> list[dict[str, str]]:
 async def _demo(requests: int, concurrency: int, chunks_per_second: float) -> int:
     behaviour = Behaviour(chunks_per_second=chunks_per_second)
     async with MockServer(behaviour=behaviour) as server, llmstreams.Pool() as pool:
-        _say(f"llmstreams demo: mock Qianfan and DashScope on {server.url} (nothing leaves this machine)")
-        qianfan = llmstreams.QianfanClient(
-            api_key=DEMO_API_KEY, secret_key=DEMO_SECRET_KEY, base_url=server.url, pool=pool
-        )
-        dashscope = llmstreams.DashScopeClient(api_key=DEMO_API_KEY, base_url=server.url, pool=pool)
-        qianfan_v2 = llmstreams.QianfanClient(api_key=DEMO_V2_API_KEY, base_url=server.url, pool=pool)
-        await _stream_one_answer(qianfan_v2)
-        stats, elapsed = await _fan_out(qianfan, dashscope, requests, concurrency)
+        _say(f"llmstreams demo: a mock of every provider on {server.url} (nothing leaves this machine)")
+        clients = {
+            name: (provider.mock_client(server.url, pool=pool), provider.model_for(mock=True))
+            for name, provider in PROVIDERS.items()
+        }
+        await _stream_one_answer(*clients[STREAMED_PROVIDER])
+        stats, elapsed = await _fan_out(list(clients.values()), requests, concurrency)
     _print_summary(stats, elapsed)
     return 0 if stats.failed == 0 else 1
 
 
-async def _stream_one_answer(client: llmstreams.QianfanClient) -> None:
+async def _stream_one_answer(client: BaseClient, model: str | None) -> None:
     _say(f"\nQ: {DEMO_QUESTION}")
     _say("A: ", end="")
     started = time.perf_counter()
     first_chunk: float | None = None
-    async with client.stream_chat(
-        user(DEMO_QUESTION), model=QIANFAN_V2_MODEL, extra_headers={BEHAVIOUR_HEADER: _ANSWER_PACE}
-    ) as stream:
+    call = Call(
+        messages=user(DEMO_QUESTION), model=model,
+        params={"extra_headers": {BEHAVIOUR_HEADER: _ANSWER_PACE}},
+    )
+    async with client.stream_call(call) as stream:
         async for chunk in stream:
             if first_chunk is None:
                 first_chunk = time.perf_counter() - started
@@ -111,14 +109,12 @@ async def _stream_one_answer(client: llmstreams.QianfanClient) -> None:
     elapsed = time.perf_counter() - started
     first = f"{first_chunk * 1000:.0f} ms" if first_chunk is not None else "-"
     _say(
-        f"\n   ({completion.chunk_count} chunks from {QIANFAN_V2_MODEL} via Qianfan API v2; "
+        f"\n   ({completion.chunk_count} chunks from {model} via {PROVIDERS[STREAMED_PROVIDER].title}; "
         f"first after {first}, all after {elapsed * 1000:.0f} ms)"
     )
 
 
-def _jobs(
-    qianfan: llmstreams.QianfanClient, dashscope: llmstreams.DashScopeClient, requests: int
-) -> Iterator[Job]:
+def _jobs(clients: list[tuple[BaseClient, str | None]], requests: int) -> Iterator[Job]:
     for index in range(requests):
         # Distinct questions: the mock answers (and fails) each distinct request on its own.
         question = f"Question {index}: {DEMO_QUESTION}"
@@ -127,31 +123,23 @@ def _jobs(
             if index % _RATE_LIMITED_EVERY == _RATE_LIMITED_EVERY - 1
             else None
         )
-        if index % 2:
-            yield partial(
-                dashscope.stream_generate, question, model=DASHSCOPE_MODEL, extra_headers=headers
-            )
-        else:
-            yield partial(qianfan.stream_chat, user(question), model=QIANFAN_MODEL, extra_headers=headers)
+        client, model = clients[index % len(clients)]
+        call = Call(prompt=question, model=model, params={"extra_headers": headers})
+        yield partial(client.stream_call, call)
 
 
 async def _fan_out(
-    qianfan: llmstreams.QianfanClient,
-    dashscope: llmstreams.DashScopeClient,
-    requests: int,
-    concurrency: int,
+    clients: list[tuple[BaseClient, str | None]], requests: int, concurrency: int
 ) -> tuple[FanOutStats, float]:
     _say(
-        f"\nFan-out: {requests} requests ({(requests + 1) // 2} Qianfan chat, "
-        f"{requests // 2} DashScope), {concurrency} at a time"
+        f"\nFan-out: {requests} requests over {len(clients)} providers "
+        f"({', '.join(PROVIDERS)}), {concurrency} at a time"
     )
     stats = FanOutStats()
     progress = Progress(requests, label="fan-out")
     started = time.perf_counter()
     try:
-        async with fan_out_as_completed(
-            _jobs(qianfan, dashscope, requests), concurrency=concurrency
-        ) as outcomes:
+        async with fan_out_as_completed(_jobs(clients, requests), concurrency=concurrency) as outcomes:
             async for outcome in outcomes:
                 stats.add(outcome)
                 progress.advance(failed=not outcome.ok)

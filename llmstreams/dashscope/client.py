@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Unpack
 
 from multidict import CIMultiDict
 
+from llmstreams.calls import Call
 from llmstreams.client import BaseClient
-from llmstreams.dashscope import compatible, wire
+from llmstreams.dashscope import wire
 from llmstreams.errors import APIError, InvalidParameterError, redact_url
-from llmstreams.openai.client import DialectEndpoint, bearer_headers
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
@@ -22,8 +22,9 @@ from llmstreams.validation import check_api_key, check_headers, check_text
 API_KEY_ENV = "DASHSCOPE_API_KEY"
 BASE_URL_ENV = "DASHSCOPE_BASE_URL"
 DEFAULT_BASE_URL = "https://dashscope.aliyuncs.com"
-# What the official SDKs' base URLs add to the host: this client adds them itself.
-_API_SUFFIXES = ("/api/v1", compatible.API_PREFIX)
+# What the dashscope SDK's base URL adds to the host: this client adds it itself.
+_NATIVE_SUFFIX = "/api/v1"
+COMPATIBLE_MODE_PATH = "/compatible-mode/v1"
 
 
 class GenerationExchange:
@@ -47,19 +48,14 @@ class GenerationExchange:
 
 
 class DashScopeClient(BaseClient):
-    """Text generation with DashScope models (`billa-7b-sft-v1`, `qwen-turbo`, any model name).
+    """Text generation with DashScope's native API (`billa-7b-sft-v1`, `qwen-turbo`, any model).
 
     The API key comes from `api_key` or the `DASHSCOPE_API_KEY` environment variable, the base
     URL from `base_url`, `DASHSCOPE_BASE_URL` or else https://dashscope.aliyuncs.com.
     `workspace` is sent as the `X-DashScope-WorkSpace` header; `extra_headers` go with every
-    request (a call's own `extra_headers` win over them).
-
-    `protocol="native"` (the default) speaks DashScope's own API: `stream_generate` /
-    `generate`, and `stream_chat` / `chat` for messages. `protocol="openai"` speaks the
-    OpenAI-compatible mode (`{base_url}/compatible-mode/v1/chat/completions`): `stream_chat` /
-    `chat` with the dialect's parameters plus `enable_thinking`, `thinking_budget` and
-    `enable_search`; reasoning text arrives in `Chunk.reasoning`. The international region is
-    `base_url=compatible.INTERNATIONAL_BASE_URL` (keys of one region do not work in the other).
+    request (a call's own `extra_headers` win over them). `stream_generate` / `generate` take a
+    prompt or messages, `stream_chat` / `chat` messages. DashScope's OpenAI-compatible mode is
+    `OpenAICompatibleClient(vendor="dashscope-compatible")`.
 
         async with DashScopeClient() as client:
             async with client.stream_generate("你好", model="billa-7b-sft-v1") as stream:
@@ -80,10 +76,7 @@ class DashScopeClient(BaseClient):
         retry: RetryPolicy | None = None,
         max_retries: int | None = None,
         extra_headers: Mapping[str, str] | None = None,
-        protocol: Literal["native", "openai"] = "native",
     ) -> None:
-        if protocol not in ("native", "openai"):
-            raise InvalidParameterError("protocol", "must be 'native' or 'openai'", protocol)
         api_key = check_api_key(
             api_key if api_key is not None else os.environ.get(API_KEY_ENV), variable=API_KEY_ENV
         )
@@ -100,42 +93,25 @@ class DashScopeClient(BaseClient):
         )
         self.workspace = workspace
         self._url = self.base_url + wire.GENERATION_PATH
-        self.protocol = protocol
         self._authorization = f"Bearer {api_key}"
         self._extra_headers = headers
-        self._compatible: DialectEndpoint | None = None
-        if protocol == "openai":
-            workspace_header = {} if workspace is None else {"X-DashScope-WorkSpace": workspace}
-            self._compatible = DialectEndpoint(
-                api_base=self.base_url + compatible.API_PREFIX,
-                headers={**bearer_headers(api_key), **workspace_header, **headers},
-                dialect=compatible.DIALECT,
-            )
 
     def __repr__(self) -> str:
-        return f"<DashScopeClient base_url={redact_url(self.base_url)!r} protocol={self.protocol!r}>"
+        return f"<DashScopeClient base_url={redact_url(self.base_url)!r}>"
 
     def stream_chat(
-        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, str]], *, model: str | None = None,
+        **params: Unpack[wire.GenerateParams],
     ) -> ChunkStream:
-        """Stream a chat answer, in either protocol: `params` are those of `stream_generate`
-        (native) or of the OpenAI-compatible dialect (openai)."""
-        if self._compatible is None:
-            return self.stream_generate(messages=messages, model=model, **params)
-        return self._stream(self._compatible.exchange(
-            "chat", stream=True, model=model, input_value=messages, params=params
-        ))
+        """Stream a chat answer: `stream_generate(messages=messages, ...)`."""
+        return self.stream_generate(messages=messages, model=model, **params)
 
     async def chat(
-        self, /, messages: Sequence[Mapping[str, Any]], *, model: str | None = None, **params: Any
+        self, /, messages: Sequence[Mapping[str, str]], *, model: str | None = None,
+        **params: Unpack[wire.GenerateParams],
     ) -> Completion:
-        """A whole chat answer from one non-stream request; parameters as for `stream_chat`."""
-        if self._compatible is None:
-            return await self.generate(messages=messages, model=model, **params)
-        compatible.check_whole_call(params)
-        return await self._complete(self._compatible.exchange(
-            "chat", stream=False, model=model, input_value=messages, params=params
-        ))
+        """A whole chat answer: `generate(messages=messages, ...)`."""
+        return await self.generate(messages=messages, model=model, **params)
 
     def stream_generate(
         self,
@@ -144,20 +120,7 @@ class DashScopeClient(BaseClient):
         *,
         messages: Sequence[Mapping[str, str]] | None = None,
         model: str | None = None,
-        result_format: str | None = None,
-        incremental_output: bool | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        temperature: float | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        enable_search: bool | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **unknown: Any,
+        **params: Unpack[wire.GenerateParams],
     ) -> ChunkStream:
         """Stream a generation: each `Chunk.text` is only the new text.
 
@@ -167,14 +130,7 @@ class DashScopeClient(BaseClient):
         request's `parameters`. Every parameter is checked here, before anything is sent: a
         broken rule raises `InvalidParameterError`. Nothing is sent until the stream is read.
         """
-        generation = wire.build_generation(
-            stream=True, prompt=prompt, messages=messages, model=model,
-            result_format=result_format, incremental_output=incremental_output, seed=seed,
-            max_tokens=max_tokens, top_p=top_p, top_k=top_k, temperature=temperature,
-            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty, stop=stop,
-            enable_search=enable_search, extra_params=extra_params, unknown=unknown,
-        )
-        return self._stream(self._exchange(generation, extra_headers))
+        return self._stream(self._exchange(True, prompt, messages, model, params))
 
     async def generate(
         self,
@@ -183,44 +139,35 @@ class DashScopeClient(BaseClient):
         *,
         messages: Sequence[Mapping[str, str]] | None = None,
         model: str | None = None,
-        result_format: str | None = None,
-        incremental_output: bool | None = None,
-        seed: int | None = None,
-        max_tokens: int | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        temperature: float | None = None,
-        repetition_penalty: float | None = None,
-        presence_penalty: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        enable_search: bool | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **unknown: Any,
+        **params: Unpack[wire.GenerateParams],
     ) -> Completion:
         """Generate without streaming: the whole answer as one `Completion`.
 
         Takes the same arguments as `stream_generate`.
         """
-        generation = wire.build_generation(
-            stream=False, prompt=prompt, messages=messages, model=model,
-            result_format=result_format, incremental_output=incremental_output, seed=seed,
-            max_tokens=max_tokens, top_p=top_p, top_k=top_k, temperature=temperature,
-            repetition_penalty=repetition_penalty, presence_penalty=presence_penalty, stop=stop,
-            enable_search=enable_search, extra_params=extra_params, unknown=unknown,
-        )
-        return await self._complete(self._exchange(generation, extra_headers))
+        return await self._complete(self._exchange(False, prompt, messages, model, params))
+
+    def _call_exchange(self, call: Call, *, stream: bool) -> Exchange:
+        if call.endpoint is not None:
+            raise InvalidParameterError("endpoint", "is Qianfan v1's; DashScope takes model=")
+        params: dict[str, Any] = dict(call.params)
+        if call.max_tokens is not None:
+            params["max_tokens"] = call.max_tokens
+        if call.messages is not None:
+            params.setdefault("result_format", "message")
+        if stream:
+            # Only the new text in each event: the same chunks for fewer bytes.
+            params.setdefault("incremental_output", True)
+        return self._exchange(stream, call.prompt, call.messages, call.model, params)
 
     def _exchange(
-        self, generation: wire.Generation, extra_headers: Mapping[str, str] | None
+        self, stream: bool, prompt: Any, messages: Any, model: Any, given: Mapping[str, Any]
     ) -> Exchange:
-        if self._compatible is not None:
-            raise InvalidParameterError(
-                "protocol",
-                "stream_generate() / generate() speak the native protocol; with "
-                "protocol='openai' call stream_chat(messages, model=...) / chat()",
-            )
-        call_headers = check_headers("extra_headers", extra_headers)
+        params = dict(given)
+        call_headers = check_headers("extra_headers", params.pop("extra_headers", None))
+        generation = wire.build_generation(
+            stream=stream, prompt=prompt, messages=messages, model=model, params=params
+        )
         headers: CIMultiDict[str] = CIMultiDict(
             {"Authorization": self._authorization, "Content-Type": "application/json"}
         )
@@ -238,12 +185,17 @@ class DashScopeClient(BaseClient):
 
 
 def _without_api_version(base_url: str) -> str:
-    """`base_url` without the /api/v1 (dashscope SDK) or /compatible-mode/v1 (openai SDK) that
-    the official SDKs' base URLs end in, since this client adds the path for the protocol."""
+    """`base_url` without the /api/v1 that the dashscope SDK's base URL ends in, since this
+    client adds the path itself. A compatible-mode URL is refused: that mode has its own client."""
     if isinstance(base_url, str):
         trimmed = base_url.rstrip("/")
-        for suffix in _API_SUFFIXES:
-            if trimmed.endswith(suffix):
-                return trimmed[: -len(suffix)]
+        if trimmed.endswith(COMPATIBLE_MODE_PATH):
+            raise InvalidParameterError(
+                "base_url",
+                "is a compatible-mode URL: DashScopeClient speaks the native API; use "
+                "OpenAICompatibleClient(vendor='dashscope-compatible', base_url=...) for that mode",
+                redact_url(base_url),
+            )
+        if trimmed.endswith(_NATIVE_SUFFIX):
+            return trimmed[: -len(_NATIVE_SUFFIX)]
     return base_url
-

@@ -7,8 +7,8 @@ hierarchy (`api_error`). See protocol.md section 2 for the format.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Final, TypedDict
 
 import attrs
 import msgspec
@@ -53,22 +53,32 @@ SEED_MAX = 2**64 - 1
 # Buffered bodies (non-stream answers, error bodies) larger than this are not a DashScope answer.
 MAX_BUFFERED_BODY = 32 * 1024 * 1024
 
-# The `parameters` fields this library knows and checks, in the order they are sent.
-PARAMETER_NAMES = (
-    "result_format",
-    "incremental_output",
-    "seed",
-    "max_tokens",
-    "top_p",
-    "top_k",
-    "temperature",
-    "repetition_penalty",
-    "presence_penalty",
-    "stop",
-    "enable_search",
-)
+
+
+class GenerateParams(TypedDict, total=False):
+    """The optional keyword arguments of a generation (`stream_generate` / `generate`, and the
+    native `stream_chat` / `chat`); None (as leaving one out) sends nothing, so the service's
+    default applies. They go in the request's `parameters`, in this order."""
+
+    result_format: str | None
+    incremental_output: bool | None
+    seed: int | None
+    max_tokens: int | None
+    top_p: float | None
+    top_k: int | None
+    temperature: float | None
+    repetition_penalty: float | None
+    presence_penalty: float | None
+    stop: str | Sequence[str] | None
+    enable_search: bool | None
+    extra_params: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
+
+
+# The `parameters` fields this library knows and checks.
+PARAMETER_NAMES: Final = tuple(GenerateParams.__annotations__)[:-2]
 # Every keyword a generation method takes, for "did you mean" suggestions.
-CALL_ARGUMENTS = ("prompt", "messages", "model", *PARAMETER_NAMES, "extra_params", "extra_headers")
+CALL_ARGUMENTS: Final = ("prompt", "messages", "model", *GenerateParams.__annotations__)
 
 _STREAM_CONTENT_TYPE = "text/event-stream"
 _STATUS_COMMENT = ":HTTP_STATUS/"
@@ -90,31 +100,20 @@ class Generation:
 
 
 def build_generation(
-    *,
-    stream: bool,
-    prompt: Any,
-    messages: Any,
-    model: Any,
-    result_format: Any,
-    incremental_output: Any,
-    seed: Any,
-    max_tokens: Any,
-    top_p: Any,
-    top_k: Any,
-    temperature: Any,
-    repetition_penalty: Any,
-    presence_penalty: Any,
-    stop: Any,
-    enable_search: Any,
-    extra_params: Any,
-    unknown: Mapping[str, Any],
+    *, stream: bool, prompt: Any, messages: Any, model: Any, params: Mapping[str, Any]
 ) -> Generation:
-    """Check every argument of a generation call (raising `InvalidParameterError`) and build its body."""
-    reject_unknown(unknown, CALL_ARGUMENTS, escape_hatch="extra_params")
+    """Check every argument of a generation call (raising `InvalidParameterError`) and build its
+    body; `params` are the call's keyword arguments other than `extra_headers`."""
+    reject_unknown(
+        {name: value for name, value in params.items() if name not in CALL_ARGUMENTS},
+        CALL_ARGUMENTS, escape_hatch="extra_params",
+    )
     if model is None:
         raise InvalidParameterError("model", "is required, e.g. model='billa-7b-sft-v1'")
     check_text("model", model)
     body_input = _check_input(prompt, messages)
+    result_format = params.get("result_format")
+    incremental_output = params.get("incremental_output")
 
     parameters: dict[str, Any] = {}
     if result_format is not None:
@@ -123,32 +122,32 @@ def build_generation(
         parameters["result_format"] = result_format
     if incremental_output is not None:
         parameters["incremental_output"] = check_bool("incremental_output", incremental_output)
-    if seed is not None:
+    if (seed := params.get("seed")) is not None:
         parameters["seed"] = check_int("seed", seed, low=0, high=SEED_MAX)
-    if max_tokens is not None:
+    if (max_tokens := params.get("max_tokens")) is not None:
         parameters["max_tokens"] = check_int("max_tokens", max_tokens, low=1)
-    if top_p is not None:
+    if (top_p := params.get("top_p")) is not None:
         parameters["top_p"] = check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
-    if top_k is not None:
+    if (top_k := params.get("top_k")) is not None:
         parameters["top_k"] = check_int("top_k", top_k, low=1)
-    if temperature is not None:
+    if (temperature := params.get("temperature")) is not None:
         parameters["temperature"] = check_number(
             "temperature", temperature, low=0.0, high=2.0, high_open=True
         )
-    if repetition_penalty is not None:
+    if (repetition_penalty := params.get("repetition_penalty")) is not None:
         parameters["repetition_penalty"] = check_number(
             "repetition_penalty", repetition_penalty, low=0.0, low_open=True
         )
-    if presence_penalty is not None:
+    if (presence_penalty := params.get("presence_penalty")) is not None:
         parameters["presence_penalty"] = check_number(
             "presence_penalty", presence_penalty, low=-2.0, high=2.0
         )
-    if stop is not None:
+    if (stop := params.get("stop")) is not None:
         parameters["stop"] = check_stop("stop", stop, max_items=None, max_length=None)
-    if enable_search is not None:
+    if (enable_search := params.get("enable_search")) is not None:
         parameters["enable_search"] = check_bool("enable_search", enable_search)
 
-    extra = check_extra("extra_params", extra_params)
+    extra = check_extra("extra_params", params.get("extra_params"))
     for name in extra:
         if name in PARAMETER_NAMES:
             raise InvalidParameterError(

@@ -78,12 +78,14 @@ class Kind(enum.Enum):
 class Flavour:
     """One vendor's bits on top of the dialect; this base is a generic OpenAI-compatible server."""
 
-    route_prefix = "openai"
-    """Stats route names are `<route_prefix>.chat` and `<route_prefix>.completions`."""
     cumulative_usage = False
     """Every chunk carries the usage so far (Qianfan v2)."""
     refuses_trigger = False
     """The trigger phrase is refused with HTTP 400 (True) or answered as `content_filter`."""
+    always_usage = False
+    """A stream ends with the usage whether or not `stream_options.include_usage` asked for it."""
+    usage_in_choice = False
+    """A stream's usage goes in the finishing choice (`choices[0].usage`), not a chunk of its own."""
 
     def authenticate(self, request: web.Request, credentials: MockCredentials | None) -> None:
         """Raise OpenAIError("InvalidApiKey") unless the request's key is acceptable."""
@@ -100,6 +102,22 @@ class Flavour:
 
     def error_code_name(self, code: str) -> str:
         return OPENAI_STYLE_CODES[code].code
+
+    def error_status(self, error: OpenAIError) -> int:
+        """The HTTP status of an error answer."""
+        return error.status
+
+    def error_body(self, error: OpenAIError, response_id: str) -> Any:
+        """The body of an error answer (a mock `code`, see vendor_errors)."""
+        return {
+            "error": {
+                "message": error.message,
+                "type": OPENAI_STYLE_CODES[error.code].type,
+                "param": None,
+                "code": self.error_code_name(error.code),
+            },
+            **self.error_extras(response_id),
+        }
 
     def check(self, parsed: ParsedRequest, payload: dict[str, Any]) -> None:
         """Vendor rules beyond the dialect's; raise OpenAIError."""
@@ -138,9 +156,11 @@ class ParsedRequest:
 class OpenAIRoutes:
     """The handlers of one vendor's chat (and completions) routes."""
 
-    def __init__(self, context: MockContext, flavour: Flavour) -> None:
+    def __init__(self, context: MockContext, flavour: Flavour, route: str) -> None:
+        """`route`: the stats name of the routes (`<route>.chat`, `<route>.completions`)."""
         self._context = context
         self._flavour = flavour
+        self._route = route
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, Kind.CHAT)
@@ -150,7 +170,7 @@ class OpenAIRoutes:
 
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         flavour = self._flavour
-        self._context.stats.request(f"{flavour.route_prefix}.{kind.value}")
+        self._context.stats.request(f"{self._route}.{kind.value}")
         body = await request.read()
         digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
         response_id = flavour.response_id(digest)
@@ -159,7 +179,7 @@ class OpenAIRoutes:
         mid_stream_error = (
             None
             if behaviour.error_after is None
-            else self._error_body(OpenAIError(dashscope_code(behaviour.error_code)), response_id)
+            else flavour.error_body(OpenAIError(dashscope_code(behaviour.error_code)), response_id)
         )
         await self._context.pause(behaviour.response_delay)
         try:
@@ -241,21 +261,10 @@ class OpenAIRoutes:
             refused=refused,
             prompt_tokens=answer.prompt_tokens,
             whole_usage=usage is not False,
-            stream_usage=usage is True or (usage is None and parsed.include_usage),
+            stream_usage=usage is True
+            or (usage is None and (parsed.include_usage or flavour.always_usage)),
             chunk_usage=usage is not False and flavour.cumulative_usage,
         )
-
-    def _error_body(self, error: OpenAIError, response_id: str) -> dict[str, Any]:
-        style = OPENAI_STYLE_CODES[error.code]
-        return {
-            "error": {
-                "message": error.message,
-                "type": style.type,
-                "param": None,
-                "code": self._flavour.error_code_name(error.code),
-            },
-            **self._flavour.error_extras(response_id),
-        }
 
     async def _send_error(
         self,
@@ -267,7 +276,8 @@ class OpenAIRoutes:
         headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         return await send_json(
-            request, behaviour, status=error.status, payload=self._error_body(error, response_id),
+            request, behaviour, status=self._flavour.error_status(error),
+            payload=self._flavour.error_body(error, response_id),
             headers=headers,
         )
 
@@ -584,7 +594,11 @@ class Reply:
             events.append(event(self._template(what, delta), json_string(piece), number=number))
         finish = {} if chat else {"text": ""}
         closing = event(self._template("finish", finish, last=True, text_slot=False), number=-1)
-        if self.stream_usage:
+        if self.stream_usage and self.flavour.usage_in_choice:
+            payload = self._chunk(finish, last=True, usage=None)
+            payload["choices"][0]["usage"] = self._usage(tokens[-1])
+            closing = _event(payload)
+        elif self.stream_usage:
             # The usage chunk goes out with the finish chunk, as servers send it: in the same
             # step, not one pace later.
             payload = self._common("chat.completion.chunk" if chat else "text_completion")

@@ -8,11 +8,17 @@
   error bodies with a top-level `request_id`.
 - Generic (`/v1/chat/completions`, `/v1/completions`): any key or none, unless credentials
   name one.
+- DeepSeek, Moonshot, Zhipu, Volcano Engine Ark, SiliconFlow: their error bodies and where
+  their usage arrives (see each class).
+
+Each is served at the path the provider registry gives it (`Provider.mock_path`).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from http import HTTPStatus
 
 from aiohttp import web
 
@@ -27,16 +33,13 @@ from llmstreams.mock.openai import (
 )
 from llmstreams.mock.text import qianfan_id, request_uuid
 from llmstreams.mock.vendor_errors import OPENAI_STYLE_CODES
+from llmstreams.providers import PROVIDERS
 
-QIANFAN_V2_PREFIX = "/v2"
-DASHSCOPE_COMPATIBLE_PREFIX = "/compatible-mode/v1"
-OPENAI_PREFIX = "/v1"
 QIANFAN_V2_KEY_PREFIX = "bce-v3/"
 _CHAT_ID_PREFIX = "chatcmpl-"
 
 
 class QianfanV2(Flavour):
-    route_prefix = "qianfan.v2"
     cumulative_usage = True
 
     def authenticate(self, request: web.Request, credentials: MockCredentials | None) -> None:
@@ -66,7 +69,6 @@ class QianfanV2(Flavour):
 
 
 class DashScopeCompatible(Flavour):
-    route_prefix = "dashscope.compatible"
     refuses_trigger = True
 
     def authenticate(self, request: web.Request, credentials: MockCredentials | None) -> None:
@@ -96,12 +98,131 @@ class DashScopeCompatible(Flavour):
         return enabled if isinstance(enabled, bool) else super().thinking(parsed, payload)
 
 
+class DeepSeek(Flavour):
+    """The dialect as DeepSeek speaks it (reasoning on its reasoner and thinking-mode models)."""
+
+    def thinking(self, parsed: ParsedRequest, payload: dict[str, Any]) -> bool:
+        switch = payload.get("thinking")
+        if isinstance(switch, dict):
+            return switch.get("type") == "enabled"
+        return super().thinking(parsed, payload)
+
+
+class Moonshot(Flavour):
+    """Errors carry a `type` only; a stream's usage, always sent, rides in the finishing choice."""
+
+    always_usage = True
+    usage_in_choice = True
+    _TYPES = {
+        "InvalidApiKey": "invalid_authentication_error",
+        "AccessDenied": "permission_denied_error",
+        "ModelNotFound": "resource_not_found_error",
+        "DataInspectionFailed": "content_filter",
+        "Throttling": "rate_limit_reached_error",
+        "Throttling.RateQuota": "rate_limit_reached_error",
+        "Throttling.AllocationQuota": "exceeded_current_quota_error",
+        "ModelUnavailable": "engine_overloaded_error",
+    }
+
+    def error_body(self, error: OpenAIError, response_id: str) -> Any:
+        default = "server_error" if error.status >= 500 else "invalid_request_error"
+        return {"error": {"type": self._TYPES.get(error.code, default), "message": error.message}}
+
+
+class Zhipu(Flavour):
+    """Errors are `{"error": {"code": "<business code>", "message"}}`; usage always sent."""
+
+    always_usage = True
+    _CODES = {
+        "InvalidApiKey": "1002",
+        "AccessDenied": "1220",
+        "ModelNotFound": "1211",
+        "DataInspectionFailed": "1301",
+        "Throttling": "1302",
+        "Throttling.RateQuota": "1302",
+        "Throttling.AllocationQuota": "1113",
+        "ModelUnavailable": "1305",
+    }
+
+    def error_body(self, error: OpenAIError, response_id: str) -> Any:
+        default = "500" if error.status >= 500 else "1210"
+        return {"error": {"code": self._CODES.get(error.code, default), "message": error.message}}
+
+    def thinking(self, parsed: ParsedRequest, payload: dict[str, Any]) -> bool:
+        switch = payload.get("thinking")
+        if isinstance(switch, dict):
+            return switch.get("type") == "enabled"
+        return super().thinking(parsed, payload)
+
+
+class Volcengine(Flavour):
+    """Errors name an Ark code and the HTTP reason as their type."""
+
+    _CODES = {
+        "InvalidApiKey": "AuthenticationError",
+        "AccessDenied": "AccessDenied",
+        "ModelNotFound": "InvalidEndpointOrModel.NotFound",
+        "DataInspectionFailed": "SensitiveContentDetected",
+        "Throttling": "RateLimitExceeded.EndpointRPMExceeded",
+        "Throttling.RateQuota": "RateLimitExceeded.EndpointRPMExceeded",
+        "Throttling.AllocationQuota": "AccountOverdueError",
+        "ModelUnavailable": "ServerOverloaded",
+    }
+
+    def error_body(self, error: OpenAIError, response_id: str) -> Any:
+        default = "InternalServiceError" if error.status >= 500 else "InvalidParameter"
+        return {
+            "error": {
+                "code": self._CODES.get(error.code, default),
+                "message": f"{error.message} Request id: {response_id}",
+                "param": "",
+                "type": _reason(error.status),
+            }
+        }
+
+
+class SiliconFlow(Flavour):
+    """Flat error bodies with integer codes (a 401 is a bare JSON string); usage on every chunk."""
+
+    cumulative_usage = True
+    _CODES = {
+        "ModelNotFound": 20012,
+        "AccessDenied": 30011,
+        "Throttling.AllocationQuota": 30011,
+        "InvalidParameter": 20015,
+    }
+
+    def error_body(self, error: OpenAIError, response_id: str) -> Any:
+        if error.code == "InvalidApiKey":
+            return "Invalid token"
+        code = self._CODES.get(error.code, 50000 if error.status >= 500 else 20015)
+        return {"code": code, "message": error.message, "data": None}
+
+
+def _reason(status: int) -> str:
+    return HTTPStatus(status).phrase.replace(" ", "")
+
+
+# Each OpenAI-compatible provider of the registry, by name, with what it serves besides chat.
+FLAVOURS: dict[str, tuple[Flavour, bool]] = {
+    "qianfan": (QianfanV2(), True),
+    "dashscope-compatible": (DashScopeCompatible(), False),
+    "openai": (Flavour(), True),
+    "deepseek": (DeepSeek(), False),
+    "moonshot": (Moonshot(), False),
+    "zhipu": (Zhipu(), False),
+    "volcengine": (Volcengine(), False),
+    "siliconflow": (SiliconFlow(), False),
+}
+
+
 def add_routes(app: web.Application, context: MockContext) -> None:
-    qianfan = OpenAIRoutes(context, QianfanV2())
-    app.router.add_post(QIANFAN_V2_PREFIX + "/chat/completions", qianfan.chat)
-    app.router.add_post(QIANFAN_V2_PREFIX + "/completions", qianfan.completions)
-    dashscope = OpenAIRoutes(context, DashScopeCompatible())
-    app.router.add_post(DASHSCOPE_COMPATIBLE_PREFIX + "/chat/completions", dashscope.chat)
-    generic = OpenAIRoutes(context, Flavour())
-    app.router.add_post(OPENAI_PREFIX + "/chat/completions", generic.chat)
-    app.router.add_post(OPENAI_PREFIX + "/completions", generic.completions)
+    """Every OpenAI-compatible provider's routes, at the path the registry gives it."""
+    for provider in PROVIDERS.values():
+        if provider.vendor is None:
+            continue
+        flavour, serves_completions = FLAVOURS[provider.name]
+        routes = OpenAIRoutes(context, flavour, provider.mock_route)
+        app.router.add_post(provider.mock_path + "/chat/completions", routes.chat)
+        if serves_completions:
+            app.router.add_post(provider.mock_path + "/completions", routes.completions)

@@ -9,17 +9,19 @@ from pathlib import Path
 
 import attrs
 
+from llmstreams.providers import PROVIDERS
+
 ROUTE_NAMES = (
     "token",
     "qianfan.chat",
     "qianfan.completions",
     "qianfan.service_list",
     "dashscope.generation",
-    "qianfan.v2.chat",
-    "qianfan.v2.completions",
-    "dashscope.compatible.chat",
-    "openai.chat",
-    "openai.completions",
+    *(
+        f"{provider.mock_route}.{kind}"
+        for provider in PROVIDERS.values() if provider.mock_route is not None
+        for kind in ("chat", "completions")
+    ),
 )
 
 
@@ -35,8 +37,8 @@ class MockStats:
     requests: Mapping[str, int]
     """Requests received per route: "token", "qianfan.chat", "qianfan.completions",
     "qianfan.service_list" (the console route the official SDK calls), "dashscope.generation",
-    and the OpenAI-compatible "qianfan.v2.chat", "qianfan.v2.completions",
-    "dashscope.compatible.chat", "openai.chat", "openai.completions"."""
+    and each OpenAI-compatible provider's "<mock_route>.chat" and "<mock_route>.completions"
+    ("qianfan.v2.chat", "dashscope.compatible.chat", "openai.chat", "deepseek.chat", ...)."""
     streams_started: int
     streams_completed: int
     streams_aborted: int

@@ -1,5 +1,5 @@
-"""Calls in the OpenAI-compatible dialect: `DialectEndpoint` (shared by every client that speaks
-it) and `OpenAICompatibleClient` (any server: vLLM, SGLang, hosted services)."""
+"""Calls in the OpenAI-compatible dialect: `DialectEndpoint` (how a call of the dialect is
+sent) and `OpenAICompatibleClient` (any server or vendor that speaks it)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Unpack
 
+from urllib.parse import urlsplit
+
+from llmstreams.calls import Call
 from llmstreams.client import BaseClient
 from llmstreams.errors import APIError, InvalidParameterError, redact_url
+from llmstreams.openai.vendor import GENERIC_VENDOR, Vendor
 from llmstreams.openai.wire import (
-    GENERIC,
     JSON_CONTENT_TYPE,
     PATHS,
     ChatParams,
@@ -23,12 +26,10 @@ from llmstreams.openai.wire import (
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
-from llmstreams.transport import HttpRequest, ResponseHead
+from llmstreams.transport import Exchange, HttpRequest, ResponseHead
 from llmstreams.types import Completion
 from llmstreams.validation import check_api_key, check_headers
 
-API_KEY_ENV: Final = "OPENAI_API_KEY"
-BASE_URL_ENV: Final = "OPENAI_BASE_URL"
 # Headers the endpoint sets itself: a caller's extra_headers may not replace them.
 _RESERVED_HEADERS: Final = frozenset({"authorization", "content-type", "content-length", "host"})
 
@@ -107,22 +108,28 @@ def bearer_headers(api_key: str | None) -> dict[str, str]:
 class OpenAICompatibleClient(BaseClient):
     """Chat and text completions on any server that speaks the OpenAI-compatible dialect.
 
-    `base_url` ends in `/v1`, as the openai SDK's does (e.g. `http://127.0.0.1:8000/v1` for a
-    vLLM server); without it, `OPENAI_BASE_URL` is read. `api_key` (or `OPENAI_API_KEY`) is
-    sent as a bearer token; none at all is fine for a local server that wants none.
-    `extra_headers` go with every request (a call's own `extra_headers` add to them).
+    `vendor` names the service (a name from `llmstreams.providers`, e.g. "deepseek", "qianfan",
+    "dashscope", or a `Vendor`); the default, "openai", is any server (vLLM, SGLang, a gateway).
+    A vendor brings its base URL, its key variable, its extra parameters and its error codes:
 
-        async with OpenAICompatibleClient(base_url="http://127.0.0.1:8000/v1") as client:
-            async with client.stream_chat(messages, model="qwen2.5-7b-instruct") as stream:
+        async with OpenAICompatibleClient(vendor="deepseek") as client:  # reads DEEPSEEK_API_KEY
+            async with client.stream_chat(messages, model="deepseek-chat") as stream:
                 async for chunk in stream:
                     print(chunk.text, end="")
-    """
 
-    provider = GENERIC.provider
+    `base_url` is what the openai SDK calls its base URL (`http://127.0.0.1:8000/v1` for a vLLM
+    server); without it, the vendor's environment variable (OPENAI_BASE_URL for the generic
+    client), then the vendor's own. A vendor's base URL given as a bare host gets the vendor's
+    API path appended. `api_key` (or the vendor's variable, e.g. OPENAI_API_KEY) is sent as a
+    bearer token; a local server may want none. `extra_headers` go with every request (a
+    call's own `extra_headers` add to them): Qianfan's `appid`, DashScope's
+    `X-DashScope-WorkSpace`.
+    """
 
     def __init__(
         self,
         *,
+        vendor: str | Vendor = GENERIC_VENDOR,
         base_url: str | None = None,
         api_key: str | None = None,
         pool: Pool | None = None,
@@ -131,29 +138,40 @@ class OpenAICompatibleClient(BaseClient):
         max_retries: int | None = None,
         extra_headers: Mapping[str, str] | None = None,
     ) -> None:
+        vendor = _vendor(vendor)
+        if base_url is None and vendor.base_url_env is not None:
+            base_url = os.environ.get(vendor.base_url_env, "").strip() or None
         if base_url is None:
-            base_url = os.environ.get(BASE_URL_ENV, "").strip() or None
+            base_url = vendor.base_url
         if base_url is None:
             raise InvalidParameterError(
                 "base_url",
-                f"is required: pass base_url='http://host:port/v1' or set {BASE_URL_ENV}",
+                f"is required: pass base_url='http://host:port/v1' or set {vendor.base_url_env}",
             )
         if api_key is None:
-            api_key = os.environ.get(API_KEY_ENV, "").strip() or None
-        if api_key is not None:
-            api_key = check_api_key(api_key, variable=API_KEY_ENV)
+            api_key = os.environ.get(vendor.api_key_env, "").strip() or None
+        if api_key is not None or vendor.requires_key:
+            api_key = check_api_key(api_key, variable=vendor.api_key_env)
+            _check_key_shape(api_key, vendor)
         headers = check_extra_headers(extra_headers)
         super().__init__(
-            base_url=base_url, pool=pool, timeout=timeout, retry=retry, max_retries=max_retries
+            base_url=_with_api_path(base_url, vendor), pool=pool, timeout=timeout, retry=retry,
+            max_retries=max_retries,
         )
+        self.vendor = vendor
+        self.provider = vendor.dialect.provider
         self.has_api_key = api_key is not None
         self._endpoint = DialectEndpoint(
-            api_base=self.base_url, headers={**bearer_headers(api_key), **headers}, dialect=GENERIC
+            api_base=self.base_url, headers={**bearer_headers(api_key), **headers},
+            dialect=vendor.dialect,
         )
 
     def __repr__(self) -> str:
         key = "api_key set" if self.has_api_key else "no api_key"
-        return f"<OpenAICompatibleClient base_url={redact_url(self.base_url)!r} {key}>"
+        return (
+            f"<OpenAICompatibleClient vendor={self.vendor.name!r} "
+            f"base_url={redact_url(self.base_url)!r} {key}>"
+        )
 
     def stream_chat(
         self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
@@ -161,7 +179,8 @@ class OpenAICompatibleClient(BaseClient):
         """Stream a chat answer: iterate the returned `ChunkStream` (best inside `async with`).
 
         Parameters are checked here, before anything is sent; nothing is sent until the
-        stream is read. Usage is asked for (`include_usage=False` to not).
+        stream is read. Usage is asked for (`include_usage=False` to not). A vendor's own
+        parameters (e.g. DashScope's `enable_thinking`) are keyword arguments too.
         """
         return self._stream(self._endpoint.exchange(
             "chat", stream=True, model=model, input_value=messages, params=params
@@ -190,3 +209,49 @@ class OpenAICompatibleClient(BaseClient):
         return await self._complete(self._endpoint.exchange(
             "completions", stream=False, model=model, input_value=prompt, params=params
         ))
+
+    def _call_exchange(self, call: Call, *, stream: bool) -> Exchange:
+        if call.endpoint is not None:
+            raise InvalidParameterError(
+                "endpoint", f"is Qianfan v1's; {self.vendor.title} names models with model="
+            )
+        params: dict[str, Any] = dict(call.params)
+        if call.max_tokens is not None:
+            params["max_tokens"] = call.max_tokens
+        model = call.model or self.vendor.default_model
+        if call.sends_prompt(self.vendor.prompt_as):
+            return self._endpoint.exchange(
+                "completions", stream=stream, model=model, input_value=call.prompt, params=params
+            )
+        return self._endpoint.exchange(
+            "chat", stream=stream, model=model, input_value=call.as_messages(), params=params
+        )
+
+
+def _vendor(vendor: Any) -> Vendor:
+    if isinstance(vendor, Vendor):
+        return vendor
+    from llmstreams.providers import vendor_named
+
+    return vendor_named(vendor)
+
+
+def _check_key_shape(api_key: str, vendor: Vendor) -> None:
+    if vendor.key_prefix_required and vendor.key_prefix and not api_key.startswith(vendor.key_prefix):
+        raise InvalidParameterError(
+            "api_key",
+            f"{vendor.title} keys start {vendor.key_prefix} (from {vendor.api_key_env} or api_key=); "
+            "the key given does not",
+        )
+
+
+def _with_api_path(base_url: str, vendor: Vendor) -> str:
+    """`base_url`, with the vendor's API path when it was given as a bare host."""
+    if vendor.api_path and isinstance(base_url, str):
+        try:
+            path = urlsplit(base_url).path
+        except ValueError:
+            return base_url
+        if path in ("", "/"):
+            return base_url.rstrip("/") + vendor.api_path
+    return base_url

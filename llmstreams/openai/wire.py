@@ -119,10 +119,16 @@ class Dialect:
     - `temperature_max`, `max_stop`: the vendor's limits (None: not checked here).
     - `system_first_only`: a `system` message may only come first.
     - `extras`: vendor body fields taken as keyword arguments, each with its check.
-    - `error_classes`: the vendor's error `code`s, by the class they raise.
+    - `error_classes`: the vendor's error `code`s (or, for vendors whose errors carry only a
+      `type`, error types), by the class they raise.
+    - `quota_codes`: codes (or types) that say the account's balance or quota is used up: not
+      retried, whatever the status (waiting does not refill it).
     - `id_is_request_id`: the chunks' `id` names the request (Qianfan's `as-...`).
     - `choice_flags`: choices carry Qianfan's `is_end`, `need_clear_history` and `ban_round`.
     - `request_id_headers`: response headers that name the request.
+    - `stream_only`: extras the vendor refuses on a whole (non-stream) answer.
+    - `check_model`: the vendor's own check of a model id (e.g. a name of another API
+      version refused with the id to use instead).
     """
 
     provider: str
@@ -131,9 +137,12 @@ class Dialect:
     system_first_only: bool = False
     extras: Mapping[str, ExtraCheck] = attrs.field(factory=dict)
     error_classes: Mapping[str, type[APIError]] = attrs.field(factory=dict)
+    quota_codes: frozenset[str] = frozenset()
     id_is_request_id: bool = False
     choice_flags: bool = False
     request_id_headers: tuple[str, ...] = ("x-request-id",)
+    stream_only: tuple[str, ...] = ()
+    check_model: Callable[[Any], str] | None = None
 
 
 GENERIC: Final = Dialect(provider="openai")
@@ -330,6 +339,14 @@ def build_body(
         {name: value for name, value in params.items() if name not in names}, names,
         escape_hatch="extra_body",
     )
+    if not stream:
+        for name in dialect.stream_only:
+            if params.get(name):
+                raise InvalidParameterError(
+                    name, f"{dialect.provider} takes it on streams only: stream the answer"
+                )
+    if dialect.check_model is not None:
+        model = dialect.check_model(model)
     if model is None:
         raise InvalidParameterError("model", "is required: the model id the server serves")
     check_text("model", model)
@@ -406,10 +423,11 @@ def retry_after(head: ResponseHead) -> float | None:
 
 
 def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> type[APIError]:
-    if isinstance(code, str):
-        known = dialect.error_classes.get(code) or _CODE_CLASSES.get(code)
-        if known is not None:
-            return known
+    for name in (code, error_type):
+        if isinstance(name, (str, int)):
+            known = dialect.error_classes.get(str(name)) or _CODE_CLASSES.get(str(name))
+            if known is not None:
+                return known
     if status == 429:
         return RateLimitError
     if status >= 500:
@@ -474,6 +492,7 @@ def api_error(
         before_generation
         and (status in (408, 409, 429) or status >= 500 or cls in (RateLimitError, ServerError))
         and code not in _NOT_RETRYABLE_CODES
+        and not {str(code), error_type} & dialect.quota_codes
     )
     return cls(
         message, code=code, http_status=status, provider=dialect.provider,
@@ -485,6 +504,10 @@ def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: 
     """The error for a non-2xx response, whatever its body."""
     payload = _json_or_none(body)
     error = _error_object(payload)
+    if error is None and isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        error = payload  # A flat {"code", "message"} body (SiliconFlow).
+    elif isinstance(payload, str) and payload:
+        payload, error = {}, {"message": payload}  # A bare JSON string (SiliconFlow's 401).
     if error is not None:
         assert isinstance(payload, dict)
         return api_error(payload, error, head, dialect, request_id=request_id, before_generation=True)
@@ -553,6 +576,7 @@ class _Choice(msgspec.Struct, gc=False):
     is_end: Any = None
     need_clear_history: Any = None
     ban_round: Any = msgspec.UNSET
+    usage: Any = None
 
 
 class _Event(msgspec.Struct, gc=False):
@@ -720,6 +744,8 @@ class DialectParser:
             if finish_reason is not None:
                 self._finish_reason = finish_reason
                 self._finish_seen = True
+                if choice.usage is not None and usage is None:
+                    self._usage = choice.usage  # Moonshot puts it in the finishing choice.
             if self._kind == "chat":
                 delta = choice.delta or _NO_DELTA
                 text = delta.content or ""

@@ -48,8 +48,11 @@ from llmstreams.transport import is_redirect, read_head, redirect_error, request
 
 logger = logging.getLogger("llmstreams")
 
-V2_API_KEY: Final = "bce-v3 api_key"
 V2_KEY_PREFIX: Final = "bce-v3/"
+V2_INSTEAD: Final = (
+    "QianfanClient speaks the legacy API v1; API v2 is OpenAI-compatible: "
+    "OpenAICompatibleClient(vendor='qianfan') or llmstreams.client_for('qianfan')"
+)
 API_KEY: Final = "api_key/secret_key"
 ACCESS_TOKEN: Final = "access_token"
 ACCESS_KEY: Final = "access_key/secret_access_key"
@@ -122,14 +125,7 @@ def _from_arguments(passed: Mapping[str, str]) -> Credentials:
         if not isinstance(value, str) or not value.strip():
             raise InvalidParameterError(field, "must be a non-empty string")
     if is_v2_key(passed.get("api_key")):
-        others = [field for field in passed if field != "api_key"]
-        if others:
-            raise InvalidParameterError(
-                others[0],
-                "a bce-v3/ api_key is a v2 API key and goes alone: drop the other credentials "
-                f"for v2, or give v1's {_CHOICES}",
-            )
-        return Credentials(V2_API_KEY, {"api_key": passed["api_key"].strip()}, "arguments")
+        raise InvalidParameterError("api_key", f"is a Qianfan v2 key (bce-v3/...); {V2_INSTEAD}")
     methods = [
         method for method, fields in _FIELDS_BY_METHOD.items() if any(f in passed for f in fields)
     ]
@@ -152,10 +148,6 @@ def _from_environment(environ: Mapping[str, str]) -> Credentials:
     def is_set(variable: str) -> bool:
         return bool(environ.get(variable, "").strip())
 
-    v2_key = environ.get("QIANFAN_API_KEY", "")
-    if is_v2_key(v2_key):
-        return Credentials(V2_API_KEY, {"api_key": v2_key.strip()}, "environment")
-
     complete: dict[str, dict[str, str]] = {}
     partial: list[tuple[list[str], list[str]]] = []
     for method, layout in ENV_LAYOUTS:
@@ -170,6 +162,10 @@ def _from_environment(environ: Mapping[str, str]) -> Credentials:
             ", ".join(variables),
             "environment variables of more than one authentication method are set; pass the "
             f"credentials as arguments or leave one method's variables: {_ENV_CHOICES}",
+        )
+    if not complete and is_v2_key(environ.get("QIANFAN_API_KEY")):
+        raise InvalidParameterError(
+            "QIANFAN_API_KEY", f"holds a Qianfan v2 key (bce-v3/...); {V2_INSTEAD}"
         )
     if complete:
         ((method, layout),) = complete.items()

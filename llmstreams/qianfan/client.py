@@ -1,41 +1,58 @@
-"""`QianfanClient`: chat and completions on Baidu Qianfan, API v2 (OpenAI-compatible) or the
-legacy wenxinworkshop API v1."""
+"""`QianfanClient`: chat and completions on Baidu Qianfan's wenxinworkshop API v1.
+
+Baidu switched v1 off for its public cloud on 2026-08-31; private deployments and recorded
+traffic still speak it. Qianfan's API v2 is OpenAI-compatible: `OpenAICompatibleClient(
+vendor="qianfan")` (or `llmstreams.client_for("qianfan")`).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Final, Literal
+from typing import Any, Final, TypedDict, Unpack
 from urllib.parse import urlsplit
 
+from llmstreams.calls import Call, PromptAs
 from llmstreams.client import BaseClient
 from llmstreams.errors import APIError, InvalidParameterError, redact_url
-from llmstreams.openai.client import DialectEndpoint, bearer_headers
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
-from llmstreams.qianfan import auth, v2, wire
-from llmstreams.qianfan.models import Kind, check_v2_model, resolve_endpoint
+from llmstreams.qianfan import auth, wire
+from llmstreams.qianfan.models import Kind, lookup_model, resolve_endpoint
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, QianfanParser
 from llmstreams.streams import ChunkStream
 from llmstreams.transport import Exchange, HttpRequest, ResponseHead
 from llmstreams.types import Completion
-from llmstreams.validation import check_int, check_text, reject_unknown
+from llmstreams.validation import check_int, reject_unknown
 
 DEFAULT_BASE_URL: Final = "https://aip.baidubce.com"
 BASE_URL_VARIABLE: Final = "QIANFAN_BASE_URL"
 API_PREFIX: Final = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 
-_CALL_PARAMETERS: Final = (
-    "model", "endpoint", *wire.SAMPLING_FIELDS, "extra_params", "extra_headers",
-)
+
+class CallParams(TypedDict, total=False):
+    """The optional keyword arguments of every call; None (as leaving one out) sends nothing.
+
+    `model` is a name from `MODELS` (any case); `endpoint` the API name of a service you
+    deployed. `extra_params` adds body fields this library does not know (`system`,
+    `max_output_tokens`, ...); `extra_headers` adds request headers.
+    """
+
+    model: str | None
+    endpoint: str | None
+    temperature: float | None
+    top_k: int | None
+    top_p: float | None
+    penalty_score: float | None
+    stop: str | Sequence[str] | None
+    user_id: str | None
+    extra_params: Mapping[str, Any] | None
+    extra_headers: Mapping[str, str] | None
+
+
+_CALL_PARAMETERS: Final = tuple(CallParams.__annotations__)
 _CHAT_PARAMETERS: Final = ("messages", *_CALL_PARAMETERS)
 _COMPLETE_PARAMETERS: Final = ("prompt", *_CALL_PARAMETERS)
-# v1 parameters v2 does not take, and what to pass there instead.
-_V1_ONLY: Final = {
-    "top_k": "extra_body={'top_k': ...} if the model takes it",
-    "user_id": "user=",
-    "extra_params": "extra_body=",
-}
 
 
 class QianfanExchange:
@@ -78,31 +95,25 @@ class QianfanExchange:
 
 
 class QianfanClient(BaseClient):
-    """Baidu Qianfan chat (`stream_chat` / `chat`) and completions (`stream_complete` / `complete`).
+    """Baidu Qianfan API v1 chat (`stream_chat` / `chat`) and completions (`stream_complete` /
+    `complete`).
 
-    API v2 (OpenAI-compatible, today's API): an `api_key` starting `bce-v3/` (the console's
-    API key, or QIANFAN_API_KEY) selects it. Calls take `model=` the v2 model id
-    (`ernie-speed-8k`), the dialect's parameters (`temperature`, `top_p`, `penalty_score`,
-    `max_completion_tokens`, `stop`, `seed`, `tools`, ..., `extra_body`; see
-    `llmstreams.openai.wire.ChatParams`), and `app_id=` is sent as the `appid` header.
-
-    API v1 (wenxinworkshop, switched off by Baidu on 2026-08-31; private deployments still
-    speak it), one method of three: `api_key` + `secret_key` (access tokens fetched, cached in
-    the pool and renewed for you), `access_token` (used as given), or `access_key` +
+    One authentication method of three: `api_key` + `secret_key` (access tokens fetched,
+    cached in the pool and renewed for you), `access_token` (used as given), or `access_key` +
     `secret_access_key` (each request signed, bce-auth-v1). With none given, they are read from
     the environment: QIANFAN_API_KEY + QIANFAN_SECRET_KEY (or the official SDK's QIANFAN_AK +
     QIANFAN_SK), QIANFAN_ACCESS_TOKEN, or QIANFAN_ACCESS_KEY + QIANFAN_SECRET_ACCESS_KEY (or
-    the SDK's QIANFAN_ACCESS_KEY + QIANFAN_SECRET_KEY). Calls take `model=` (a name from
-    `MODELS`) or `endpoint=` (a deployed service's API name).
+    the SDK's QIANFAN_ACCESS_KEY + QIANFAN_SECRET_KEY). A v2 key (`bce-v3/...`) is refused,
+    naming the v2 client. Calls take `model=` (a name from `MODELS`) or `endpoint=` (a deployed
+    service's API name), and the parameters of `CallParams`.
 
-    `api_version="v1"` or `"v2"` insists on one (credentials of the other are refused).
-    `base_url` defaults to QIANFAN_BASE_URL, then https://qianfan.baidubce.com (v2) or
-    https://aip.baidubce.com (v1). `max_input_chars` (v1 only) limits the total characters of a
-    chat's message contents (4800, the older models' limit; None to not check). `extra_headers`
-    are sent with every request (a call's own `extra_headers` add to them).
+    `base_url` defaults to QIANFAN_BASE_URL, then https://aip.baidubce.com. `max_input_chars`
+    limits the total characters of a chat's message contents (4800, the older models' limit;
+    None to not check). `extra_headers` are sent with every request (a call's own
+    `extra_headers` add to them).
 
-        async with QianfanClient(api_key="bce-v3/...") as client:
-            async with client.stream_chat(messages, model="ernie-speed-8k") as stream:
+        async with QianfanClient(api_key="...", secret_key="...") as client:
+            async with client.stream_chat(messages, model="ERNIE-Speed-8K") as stream:
                 async for chunk in stream:
                     print(chunk.text, end="")
     """
@@ -117,8 +128,6 @@ class QianfanClient(BaseClient):
         access_token: str | None = None,
         access_key: str | None = None,
         secret_access_key: str | None = None,
-        app_id: str | None = None,
-        api_version: Literal["v1", "v2"] | None = None,
         base_url: str | None = None,
         pool: Pool | None = None,
         timeout: Timeout | None = None,
@@ -127,8 +136,6 @@ class QianfanClient(BaseClient):
         extra_headers: Mapping[str, str] | None = None,
         max_input_chars: int | None = wire.DEFAULT_MAX_INPUT_CHARS,
     ) -> None:
-        if api_version not in (None, "v1", "v2"):
-            raise InvalidParameterError("api_version", "must be 'v1', 'v2' or None", api_version)
         credentials = auth.resolve_credentials(
             {
                 "api_key": api_key,
@@ -139,37 +146,15 @@ class QianfanClient(BaseClient):
             },
             os.environ,
         )
-        is_v2 = credentials.method == auth.V2_API_KEY
-        _check_version(api_version, is_v2, credentials.method)
-        if app_id is not None:
-            if not is_v2:
-                raise InvalidParameterError(
-                    "app_id", "is sent by API v2 only (its appid header); v1 calls go to the app "
-                    "of their credentials",
-                )
-            check_text("app_id", app_id)
         headers = wire.check_headers("extra_headers", extra_headers)
         if max_input_chars is not None:
             max_input_chars = check_int("max_input_chars", max_input_chars, low=1)
         if base_url is None:
-            base_url = os.environ.get(BASE_URL_VARIABLE, "").strip() or (
-                v2.BASE_URL if is_v2 else DEFAULT_BASE_URL
-            )
+            base_url = os.environ.get(BASE_URL_VARIABLE, "").strip() or DEFAULT_BASE_URL
         super().__init__(
             base_url=base_url, pool=pool, timeout=timeout, retry=retry, max_retries=max_retries
         )
-        self.api_version: Literal["v1", "v2"] = "v2" if is_v2 else "v1"
         self.max_input_chars = max_input_chars
-        self._v2: DialectEndpoint | None = None
-        self._auth: auth.Authenticator | None = None
-        if is_v2:
-            app_header = {} if app_id is None else {v2.APP_ID_HEADER: app_id}
-            self._v2 = DialectEndpoint(
-                api_base=self.base_url + v2.API_PREFIX,
-                headers={**bearer_headers(credentials.values["api_key"]), **app_header, **headers},
-                dialect=v2.DIALECT,
-            )
-            return
         self._base_path = urlsplit(self.base_url).path
         self._headers = {"Content-Type": JSON_CONTENT_TYPE, **headers}
         self._auth = auth.authenticator(
@@ -177,141 +162,66 @@ class QianfanClient(BaseClient):
         )
 
     def __repr__(self) -> str:
-        # The auth method tells the API version: "bce-v3 api_key" is v2's.
         return f"<QianfanClient base_url={redact_url(self.base_url)!r} auth={self.auth_method!r}>"
 
     @property
     def auth_method(self) -> str:
-        """"bce-v3 api_key" (v2), or v1's "api_key/secret_key", "access_token" or
-        "access_key/secret_access_key"."""
-        return auth.V2_API_KEY if self._auth is None else self._auth.method
+        """"api_key/secret_key", "access_token" or "access_key/secret_access_key"."""
+        return self._auth.method
 
     def stream_chat(
-        self,
-        /,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        endpoint: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        penalty_score: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        user_id: str | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **params: Any,
+        self, /, messages: Sequence[Mapping[str, Any]], **params: Unpack[CallParams]
     ) -> ChunkStream:
         """Stream a chat answer: iterate the returned `ChunkStream` (best inside `async with`).
-
-        Parameters are checked here, before anything is sent. On v2, `params` are the
-        dialect's other parameters (`max_completion_tokens`, `tools`, `extra_body`...).
-        """
-        return self._stream(self._exchange(
-            "chat", messages, stream=True, model=model, endpoint=endpoint,
-            sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                      "penalty_score": penalty_score, "stop": stop, "user_id": user_id},
-            extra_params=extra_params, extra_headers=extra_headers, params=params,
-        ))
+        Parameters are checked here, before anything is sent."""
+        return self._stream(self._exchange("chat", messages, stream=True, params=params))
 
     async def chat(
-        self,
-        /,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        model: str | None = None,
-        endpoint: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        penalty_score: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        user_id: str | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **params: Any,
+        self, /, messages: Sequence[Mapping[str, Any]], **params: Unpack[CallParams]
     ) -> Completion:
         """A whole chat answer, from one non-stream request."""
-        return await self._complete(self._exchange(
-            "chat", messages, stream=False, model=model, endpoint=endpoint,
-            sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                      "penalty_score": penalty_score, "stop": stop, "user_id": user_id},
-            extra_params=extra_params, extra_headers=extra_headers, params=params,
-        ))
+        return await self._complete(self._exchange("chat", messages, stream=False, params=params))
 
-    def stream_complete(
-        self,
-        /,
-        prompt: str,
-        *,
-        model: str | None = None,
-        endpoint: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        penalty_score: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        user_id: str | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **params: Any,
-    ) -> ChunkStream:
+    def stream_complete(self, /, prompt: str, **params: Unpack[CallParams]) -> ChunkStream:
         """Stream a continuation of `prompt` (completions models such as CodeLlama-7b-Instruct)."""
-        return self._stream(self._exchange(
-            "completions", prompt, stream=True, model=model, endpoint=endpoint,
-            sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                      "penalty_score": penalty_score, "stop": stop, "user_id": user_id},
-            extra_params=extra_params, extra_headers=extra_headers, params=params,
-        ))
+        return self._stream(self._exchange("completions", prompt, stream=True, params=params))
 
-    async def complete(
-        self,
-        /,
-        prompt: str,
-        *,
-        model: str | None = None,
-        endpoint: str | None = None,
-        temperature: float | None = None,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        penalty_score: float | None = None,
-        stop: str | Sequence[str] | None = None,
-        user_id: str | None = None,
-        extra_params: Mapping[str, Any] | None = None,
-        extra_headers: Mapping[str, str] | None = None,
-        **params: Any,
-    ) -> Completion:
+    async def complete(self, /, prompt: str, **params: Unpack[CallParams]) -> Completion:
         """A whole continuation of `prompt`, from one non-stream request."""
-        return await self._complete(self._exchange(
-            "completions", prompt, stream=False, model=model, endpoint=endpoint,
-            sampling={"temperature": temperature, "top_k": top_k, "top_p": top_p,
-                      "penalty_score": penalty_score, "stop": stop, "user_id": user_id},
-            extra_params=extra_params, extra_headers=extra_headers, params=params,
-        ))
+        return await self._complete(
+            self._exchange("completions", prompt, stream=False, params=params)
+        )
+
+    def _call_exchange(self, call: Call, *, stream: bool) -> Exchange:
+        params: dict[str, Any] = {**call.params, "model": call.model, "endpoint": call.endpoint}
+        extra = dict(params.get("extra_params") or {})
+        if call.max_tokens is not None:
+            extra["max_output_tokens"] = call.max_tokens
+        messages = list(call.as_messages())
+        if messages and messages[0].get("role") == "system":
+            # v1 takes the system prompt as a field of its own.
+            extra["system"] = messages.pop(0).get("content")
+        if extra:
+            params["extra_params"] = extra
+        if call.sends_prompt(self._prompt_kind(call)):
+            return self._exchange("completions", call.prompt, stream=stream, params=params)
+        return self._exchange("chat", messages, stream=stream, params=params)
+
+    @staticmethod
+    def _prompt_kind(call: Call) -> PromptAs:
+        """A public model's prompt goes where the model takes it; a deployed service's prompt
+        goes to completions, as its name says nothing of its kind."""
+        if call.model is None:
+            return "completion"
+        return "completion" if lookup_model(call.model).kind == "completions" else "chat"
 
     def _exchange(
-        self,
-        kind: Kind,
-        input_value: Any,
-        *,
-        stream: bool,
-        model: Any,
-        endpoint: Any,
-        sampling: dict[str, Any],
-        extra_params: Any,
-        extra_headers: Any,
-        params: dict[str, Any],
+        self, kind: Kind, input_value: Any, *, stream: bool, params: Mapping[str, Any]
     ) -> Exchange:
-        if self._v2 is not None:
-            return self._v2_exchange(
-                kind, input_value, stream=stream, model=model, endpoint=endpoint,
-                given={**sampling, "extra_params": extra_params}, extra_headers=extra_headers,
-                params=params,
-            )
-        assert self._auth is not None
+        given = dict(params)
         reject_unknown(
-            params, _CHAT_PARAMETERS if kind == "chat" else _COMPLETE_PARAMETERS,
+            {name: value for name, value in given.items() if name not in _CALL_PARAMETERS},
+            _CHAT_PARAMETERS if kind == "chat" else _COMPLETE_PARAMETERS,
             escape_hatch="extra_params", hints=wire.V1_PARAMETER_HINTS,
         )
         input_fields: dict[str, Any]
@@ -321,65 +231,18 @@ class QianfanClient(BaseClient):
             }
         else:
             input_fields = {"prompt": wire.check_prompt(input_value)}
-        service = resolve_endpoint(kind, model=model, endpoint=endpoint)
+        service = resolve_endpoint(kind, model=given.get("model"), endpoint=given.get("endpoint"))
         fields = {
             **input_fields,
             "stream": stream,
-            **wire.sampling_fields(**sampling),
-            **wire.check_extra_params(extra_params),
+            **wire.sampling_fields(**{name: given.get(name) for name in wire.SAMPLING_FIELDS}),
+            **wire.check_extra_params(given.get("extra_params")),
         }
         path = f"{API_PREFIX}/{kind}/{service}"
         return QianfanExchange(
             url=f"{self.base_url}{path}",
             path=f"{self._base_path}{path}",
             body=wire.encode_body(fields),
-            headers={**self._headers, **wire.check_headers("extra_headers", extra_headers)},
+            headers={**self._headers, **wire.check_headers("extra_headers", given.get("extra_headers"))},
             authenticator=self._auth,
-        )
-
-    def _v2_exchange(
-        self,
-        kind: Kind,
-        input_value: Any,
-        *,
-        stream: bool,
-        model: Any,
-        endpoint: Any,
-        given: dict[str, Any],
-        extra_headers: Any,
-        params: dict[str, Any],
-    ) -> Exchange:
-        assert self._v2 is not None
-        if endpoint is not None:
-            raise InvalidParameterError(
-                "endpoint",
-                "is v1's: v2 has no endpoints; call a service you deployed by the model id the "
-                "console shows for it, model='...'",
-            )
-        for name, instead in _V1_ONLY.items():
-            if given[name] is not None:
-                raise InvalidParameterError(name, f"is a v1 parameter; on v2 pass {instead}")
-        v2_params = {name: value for name, value in given.items() if value is not None}
-        v2_params.update(params)
-        if extra_headers is not None:
-            v2_params["extra_headers"] = extra_headers
-        return self._v2.exchange(
-            kind, stream=stream, model=check_v2_model(model), input_value=input_value,
-            params=v2_params,
-        )
-
-
-def _check_version(api_version: str | None, is_v2: bool, method: str) -> None:
-    """Credentials of one API version given for the other are refused, saying which is which."""
-    if api_version == "v1" and is_v2:
-        raise InvalidParameterError(
-            "api_key",
-            "is a v2 API key (bce-v3/...), but api_version='v1' was asked for: v1 takes api_key + "
-            "secret_key, access_token, or access_key + secret_access_key",
-        )
-    if api_version == "v2" and not is_v2:
-        raise InvalidParameterError(
-            "api_key",
-            f"api_version='v2' takes an API key starting bce-v3/ (from the Qianfan console); the "
-            f"{method} credentials given are v1's",
         )

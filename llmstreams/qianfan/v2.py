@@ -1,22 +1,24 @@
 """Qianfan API v2: the OpenAI-compatible dialect with Qianfan's URLs, limits and extras.
 
 Everything on the wire is the dialect's (`llmstreams.openai.wire`); Qianfan adds its base URL,
-the `/v2` prefix, the `appid` header, `penalty_score`, a system message only first, at most
-four stop strings, and the chunks' `is_end` / `need_clear_history` / `ban_round` (protocol.md
-section 5.1). Its errors are mapped by HTTP status and the dialect's codes.
+the `/v2` path, `penalty_score`, a system message only first, at most four stop strings, and
+the chunks' `is_end` / `need_clear_history` / `ban_round` (protocol.md section 5.1). An app is
+chosen with the `appid` header (`extra_headers={"appid": ...}`). Keys are the console's
+`bce-v3/ALTAK-...` API keys; v1's credentials belong to `QianfanClient`.
+API reference: https://cloud.baidu.com/doc/qianfan-api/s/3m7of64lb
 """
 
 from __future__ import annotations
 
 from typing import Any, Final
 
+from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
+from llmstreams.qianfan.models import check_v2_model
 from llmstreams.qianfan.wire import PROVIDER
 from llmstreams.validation import check_number
 
-BASE_URL: Final = "https://qianfan.baidubce.com"
-API_PREFIX: Final = "/v2"
-APP_ID_HEADER: Final = "appid"
+KEY_PREFIX: Final = "bce-v3/"
 
 
 def _check_penalty_score(field: str, value: Any) -> float:
@@ -30,4 +32,19 @@ DIALECT: Final = Dialect(
     extras={"penalty_score": _check_penalty_score},
     id_is_request_id=True,
     choice_flags=True,
+    check_model=check_v2_model,
+)
+
+VENDOR: Final = Vendor(
+    name="qianfan",
+    title="Baidu Qianfan (API v2)",
+    dialect=DIALECT,
+    base_url="https://qianfan.baidubce.com/v2",
+    api_path="/v2",
+    api_key_env="QIANFAN_API_KEY",
+    base_url_env="QIANFAN_BASE_URL",
+    key_prefix=KEY_PREFIX,
+    key_prefix_required=True,
+    default_model="ernie-speed-8k",
+    docs="https://cloud.baidu.com/doc/qianfan-api/s/3m7of64lb",
 )

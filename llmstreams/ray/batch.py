@@ -29,8 +29,6 @@ from llmstreams.batch import (
     IdKey,
     InputProblem,
     Mode,
-    Protocol,
-    Provider,
     RecordWriter,
     Reporter,
     ResultWriter,
@@ -43,10 +41,8 @@ from llmstreams.batch import (
     read_lines,
     report_previous,
 )
-from llmstreams.dashscope.client import API_KEY_ENV as DASHSCOPE_API_KEY_ENV
-from llmstreams.openai.client import API_KEY_ENV as OPENAI_API_KEY_ENV
+from llmstreams.calls import PromptAs
 from llmstreams.progress import Progress
-from llmstreams.qianfan.auth import ENV_LAYOUTS, resolve_credentials
 from llmstreams.ratelimit import RateLimit
 from llmstreams.ray.generate import RESULT_JSON_COLUMN, Generate, Secrets
 from llmstreams.ray.ratelimit import ClusterRateLimiter, shared_out
@@ -60,11 +56,11 @@ CALLS_PER_ACTOR = 2
 class RayJob:
     """How the requests run: on which cluster, with how many actors, sent where and how."""
 
-    provider: Provider
+    provider: str
     model: str | None = None
     endpoint: str | None = None
     base_url: str | None = None
-    protocol: Protocol = "native"
+    prompt_as: PromptAs | None = None
     credentials: Secrets | None = None
     address: str | None = None
     actors: int = 2
@@ -75,20 +71,6 @@ class RayJob:
 
 class MixedIdsError(ValueError):
     """Parquet output asked for ids of more than one type (strings and integers)."""
-
-
-def credentials_from_environment(provider: Provider) -> Secrets | None:
-    """The credentials this process's environment holds for `provider`, to hand to the actors
-    (None when it holds none: the workers' own environment must then have them). Variables
-    that do not make one complete set raise `InvalidParameterError`, as for a client."""
-    if provider in ("dashscope", "openai"):
-        variable = DASHSCOPE_API_KEY_ENV if provider == "dashscope" else OPENAI_API_KEY_ENV
-        api_key = os.environ.get(variable, "").strip()
-        return Secrets({"api_key": api_key}) if api_key else None
-    variables = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
-    if not any(os.environ.get(variable, "").strip() for variable in variables):
-        return None
-    return Secrets(resolve_credentials({}, os.environ).values)
 
 
 def connect(address: str | None) -> bool:
@@ -231,7 +213,7 @@ def _run(
             fn_constructor_args=(job.provider,),
             fn_constructor_kwargs={
                 "model": job.model, "endpoint": job.endpoint, "base_url": job.base_url,
-                "protocol": job.protocol,
+                "prompt_as": job.prompt_as,
                 "credentials": job.credentials, "concurrency": job.concurrency,
                 "max_retries": job.max_retries, "rate_limit": share, "rate_limiter": limiter,
                 "json_column": "request",

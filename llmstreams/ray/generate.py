@@ -11,20 +11,18 @@ import attrs
 import pyarrow
 
 import llmstreams
+from llmstreams import providers
 from llmstreams.batch import (
     INPUT_ERROR,
-    PROVIDERS,
     BatchRequest,
     InputProblem,
-    Protocol,
-    Provider,
     Target,
-    make_client,
     parse_item,
     parse_line,
     problem_record,
     result_record,
 )
+from llmstreams.calls import PromptAs
 from llmstreams.fanout import Outcome, run_job
 from llmstreams.ratelimit import Limiter, RateLimit
 from llmstreams.validation import check_int
@@ -141,12 +139,12 @@ class Generate:
 
     def __init__(
         self,
-        provider: Provider,
+        provider: str,
         *,
         model: str | None = None,
         endpoint: str | None = None,
         base_url: str | None = None,
-        protocol: Protocol = "native",
+        prompt_as: PromptAs | None = None,
         credentials: Mapping[str, str] | Secrets | None = None,
         concurrency: int = DEFAULT_CONCURRENCY,
         max_retries: int | None = None,
@@ -156,12 +154,12 @@ class Generate:
         fail_fast: bool = False,
         json_column: str | None = None,
     ) -> None:
-        if provider not in PROVIDERS:
-            raise llmstreams.InvalidParameterError(
-                "provider", f"must be one of {', '.join(PROVIDERS)}", provider
-            )
+        registered = providers.get(provider)
+        model = model if model is not None or endpoint is not None else registered.default_model
         if model is None and endpoint is None:
-            raise llmstreams.InvalidParameterError("model", "give model (Qianfan: or endpoint)")
+            raise llmstreams.InvalidParameterError(
+                "model", f"give model= ({registered.name} has no default model)"
+            )
         check_int("concurrency", concurrency, low=1)
         self.provider = provider
         self.model = model
@@ -175,11 +173,10 @@ class Generate:
         pool = llmstreams.Pool(
             max_retries=max_retries, timeout=timeout, rate_limit=rate_limit, rate_limiter=rate_limiter
         )
-        client = make_client(
-            provider, pool, base_url=base_url, protocol=protocol,
-            credentials=None if secrets is None else secrets.values,
+        client = registered.client(
+            pool=pool, base_url=base_url, **({} if secrets is None else secrets.values)
         )
-        self._target = Target(client, model=model, endpoint=endpoint)
+        self._target = Target(client, model=model, endpoint=endpoint, prompt_as=prompt_as)
         self._slots = asyncio.Semaphore(concurrency)
 
     def __repr__(self) -> str:
