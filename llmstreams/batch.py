@@ -448,10 +448,14 @@ class Target:
         """The fan-out job sending `request`; parameter errors surface as its outcome."""
         client = self.client
 
+        params = dict(request.params)
+        max_tokens = params.pop("max_tokens", None)
+
         def start() -> llmstreams.ChunkStream:
             return client.stream_call(Call(
                 prompt=request.prompt, messages=request.messages, model=self.model,
-                endpoint=self.endpoint, prompt_as=self.prompt_as, params=request.params,
+                endpoint=self.endpoint, max_tokens=max_tokens, prompt_as=self.prompt_as,
+                params=params,
             ))
 
         return start

@@ -36,13 +36,13 @@ def head(status: int = 200, content_type: str = SSE, retry_after: float | None =
 
 
 def generation(**arguments: Any) -> wire.Generation:
-    call: dict[str, Any] = {name: None for name in wire.PARAMETER_NAMES}
-    call.update(prompt=None, messages=None, model="billa-7b-sft-v1", extra_params=None)
-    call.update(stream=True, unknown={})
+    call: dict[str, Any] = {"prompt": None, "messages": None, "model": "billa-7b-sft-v1", "stream": True}
     if "messages" not in arguments:
         call["prompt"] = "hi"
-    call.update(arguments)
-    return wire.build_generation(**call)
+    params = {name: value for name, value in arguments.items() if name not in (*call, "unknown")}
+    params.update(arguments.get("unknown", {}))
+    call.update({name: value for name, value in arguments.items() if name in call})
+    return wire.build_generation(**call, params=params)
 
 
 def frame(number: int, payload: dict[str, Any], *, event: str = "result", status: int = 200) -> bytes:

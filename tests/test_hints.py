@@ -55,12 +55,17 @@ def test_the_registry_knows_the_listed_v1_models_and_the_error_names_endpoint(
 
 
 async def test_dashscope_takes_the_official_sdks_base_url_style(llmstreams_mock: MockServer) -> None:
-    for suffix, protocol in (("/api/v1", "native"), ("/api/v1/", "native"), ("/compatible-mode/v1", "openai")):
-        async with llmstreams.DashScopeClient(
-            api_key="k", base_url=llmstreams_mock.url + suffix, protocol=protocol
-        ) as client:
+    for suffix in ("/api/v1", "/api/v1/"):
+        async with llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url + suffix) as client:
             assert client.base_url == llmstreams_mock.url
             assert (await client.chat(MESSAGES, model="qwen-turbo")).text
+    # The openai SDK's base URL of the compatible mode, as that mode's client takes it.
+    async with llmstreams.OpenAICompatibleClient(
+        vendor="dashscope-compatible", api_key="sk-k",
+        base_url=llmstreams_mock.url + "/compatible-mode/v1",
+    ) as compatible:
+        assert compatible.base_url == llmstreams_mock.url + "/compatible-mode/v1"
+        assert (await compatible.chat(MESSAGES, model="qwen-turbo")).text
 
 
 async def test_a_404_says_http_404_once(llmstreams_mock: MockServer) -> None:

@@ -39,7 +39,7 @@ TOOLS = [{"type": "function", "function": {
     "name": "search", "description": "web search",
     "parameters": {"type": "object", "properties": {"query": {"type": "string"}}},
 }}]
-Client = QianfanClient | DashScopeClient | OpenAICompatibleClient
+Client = OpenAICompatibleClient
 
 
 @attrs.frozen
@@ -59,10 +59,13 @@ ROUTES = [
           lambda url, pool: OpenAICompatibleClient(base_url=url + "/v1", api_key=OPENAI_KEY, pool=pool),
           "openai"),
     Route("qianfan-v2", "ernie-speed-8k",
-          lambda url, pool: QianfanClient(api_key=V2_KEY, base_url=url, pool=pool), "qianfan.v2"),
+          lambda url, pool: OpenAICompatibleClient(
+              vendor="qianfan", api_key=V2_KEY, base_url=url, pool=pool
+          ), "qianfan.v2"),
     Route("dashscope-compatible", "qwen-plus",
-          lambda url, pool: DashScopeClient(api_key=DASHSCOPE_KEY, base_url=url, pool=pool,
-                                            protocol="openai"),
+          lambda url, pool: OpenAICompatibleClient(
+              vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=url, pool=pool
+          ),
           "dashscope.compatible", completions=False),
 ]
 COMPLETION_ROUTES = [route for route in ROUTES if route.completions]
@@ -130,18 +133,21 @@ async def test_usage_is_asked_by_default_and_can_be_left_out(server: MockServer,
 
 
 async def test_qianfan_v2_chunks_carry_the_request_id_and_appid_is_sent(server: MockServer, pool: Pool) -> None:
-    client = QianfanClient(api_key=V2_KEY, app_id="app-123", base_url=server.url, pool=pool)
+    client = OpenAICompatibleClient(
+        vendor="qianfan", api_key=V2_KEY, extra_headers={"appid": "app-123"}, base_url=server.url,
+        pool=pool,
+    )
     stream = client.stream_chat(
         [{"role": "system", "content": "Be brief."}, *MESSAGES], model="ernie-speed-8k"
     )
     completion = await collect(stream)
     assert completion.request_id is not None and completion.request_id.startswith("as-")
     assert completion.id == completion.request_id
-    assert client.api_version == "v2" and client.auth_method == "bce-v3 api_key"
+    assert client.provider == "qianfan" and client.base_url == server.url + "/v2"
 
 
 async def test_qianfan_v2_trigger_phrase_clears_history(server: MockServer, pool: Pool) -> None:
-    client = QianfanClient(api_key=V2_KEY, base_url=server.url, pool=pool)
+    client = OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=server.url, pool=pool)
     messages = [{"role": "user", "content": "tell me [[unsafe]] things"}]
     streamed = await collect(client.stream_chat(messages, model="ernie-speed-8k"))
     whole = await client.chat(messages, model="ernie-speed-8k")
@@ -162,7 +168,9 @@ async def test_reasoning_models_stream_their_reasoning(route: Route, server: Moc
 async def test_dashscope_enable_thinking_streams_and_is_refused_whole_before_sending(
     server: MockServer, pool: Pool
 ) -> None:
-    client = DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool, protocol="openai")
+    client = OpenAICompatibleClient(
+        vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool
+    )
     completion = await collect(client.stream_chat(MESSAGES, model="qwen-plus", enable_thinking=True))
     assert len(completion.reasoning) == 120
     with pytest.raises(InvalidParameterError) as caught:
@@ -283,7 +291,7 @@ async def test_wrong_keys_are_authentication_errors_that_never_show_the_key(pool
     credentials = MockCredentials(qianfan_v2_api_key=V2_KEY, openai_api_key=OPENAI_KEY)
     async with MockServer(credentials=credentials) as server:
         wrong_v2 = "bce-v3/ALTAK-wrong/secret-wrong"
-        qianfan = QianfanClient(api_key=wrong_v2, base_url=server.url, pool=pool)
+        qianfan = OpenAICompatibleClient(vendor="qianfan", api_key=wrong_v2, base_url=server.url, pool=pool)
         generic = OpenAICompatibleClient(base_url=server.url + "/v1", api_key="sk-wrong-key", pool=pool)
         for client, key in ((qianfan, wrong_v2), (generic, "sk-wrong-key")):
             with pytest.raises(AuthenticationError) as caught:
@@ -297,7 +305,9 @@ async def test_wrong_keys_are_authentication_errors_that_never_show_the_key(pool
 
 async def test_no_key_is_fine_for_a_server_that_wants_none(server: MockServer, pool: Pool) -> None:
     client = OpenAICompatibleClient(base_url=server.url + "/v1", pool=pool)
-    assert repr(client) == f"<OpenAICompatibleClient base_url='{server.url}/v1' no api_key>"
+    assert repr(client) == (
+        f"<OpenAICompatibleClient vendor='openai' base_url='{server.url}/v1' no api_key>"
+    )
     assert len((await client.chat(MESSAGES, model="m")).text) == 240
 
 
@@ -337,22 +347,23 @@ async def test_max_tokens_cuts_the_answer(server: MockServer, pool: Pool) -> Non
 @pytest.mark.parametrize(
     ("make", "call", "field"),
     [
-        (lambda url: QianfanClient(api_key=V2_KEY, base_url=url),
-         lambda c: c.stream_chat(MESSAGES, endpoint="my_service"), "endpoint"),
-        (lambda url: QianfanClient(api_key=V2_KEY, base_url=url),
+        (lambda url: OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=url),
+         lambda c: c.stream_chat(MESSAGES, model="m", endpoint="my_service"), "endpoint"),
+        (lambda url: OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=url),
          lambda c: c.stream_chat(MESSAGES, model="ERNIE-Speed-8K"), "model"),
-        (lambda url: QianfanClient(api_key=V2_KEY, base_url=url),
+        (lambda url: OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=url),
          lambda c: c.stream_chat(MESSAGES, model="ernie-speed-8k", top_k=3), "top_k"),
-        (lambda url: QianfanClient(api_key=V2_KEY, base_url=url),
+        (lambda url: OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=url),
          lambda c: c.stream_chat(MESSAGES, model="ernie-speed-8k", penalty_score=3), "penalty_score"),
-        (lambda url: QianfanClient(api_key=V2_KEY, base_url=url),
+        (lambda url: OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=url),
          lambda c: c.stream_chat([*MESSAGES, {"role": "system", "content": "x"}], model="ernie-speed-8k"),
          "messages[1].role"),
         (lambda url: QianfanClient(api_key="v1-key", secret_key="v1-secret", base_url=url),
          lambda c: c.stream_chat(MESSAGES, model="ERNIE-Speed-8K", max_completion_tokens=5),
          "max_completion_tokens"),
-        (lambda url: DashScopeClient(api_key=DASHSCOPE_KEY, base_url=url, protocol="openai"),
-         lambda c: c.stream_generate("hi", model="qwen-plus"), "protocol"),
+        (lambda url: OpenAICompatibleClient(
+            vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=url
+        ), lambda c: c.stream_chat(MESSAGES, model="qwen-plus", thinking_budget=0), "thinking_budget"),
         (lambda url: OpenAICompatibleClient(base_url=url + "/v1"),
          lambda c: c.stream_chat(MESSAGES, model="m", n=2), "n"),
         (lambda url: OpenAICompatibleClient(base_url=url + "/v1"),
@@ -372,31 +383,30 @@ async def test_bad_calls_are_refused_before_sending(
 
 
 @pytest.mark.parametrize(
-    ("arguments", "field"),
+    ("make", "field", "names"),
     [
-        ({"api_key": V2_KEY, "api_version": "v1"}, "api_key"),
-        ({"api_key": "v1-key", "secret_key": "v1-secret", "api_version": "v2"}, "api_key"),
-        ({"access_token": "the-token", "api_version": "v2"}, "api_key"),
-        ({"api_key": V2_KEY, "secret_key": "v1-secret"}, "secret_key"),
-        ({"api_key": "v1-key", "secret_key": "v1-secret", "app_id": "app-1"}, "app_id"),
-        ({"api_key": V2_KEY, "api_version": "v3"}, "api_version"),
+        (lambda: QianfanClient(api_key=V2_KEY), "api_key", "OpenAICompatibleClient(vendor='qianfan')"),
+        (lambda: QianfanClient(api_key=V2_KEY, secret_key="v1-secret"), "api_key", "vendor='qianfan'"),
+        (lambda: OpenAICompatibleClient(vendor="qianfan", api_key="v1-secret"), "api_key", "bce-v3/"),
+        (lambda: DashScopeClient(api_key=DASHSCOPE_KEY, base_url="https://h.example/compatible-mode/v1"),
+         "base_url", "vendor='dashscope-compatible'"),
     ],
 )
-def test_credentials_of_one_version_are_refused_for_the_other(arguments: dict[str, Any], field: str) -> None:
+def test_a_credential_for_another_api_is_refused_naming_the_right_client(
+    make: Callable[[], Any], field: str, names: str
+) -> None:
     with pytest.raises(InvalidParameterError) as caught:
-        QianfanClient(**arguments)
-    assert caught.value.field == field
-    for secret in ("v1-secret", "the-token", V2_KEY):
+        make()
+    assert caught.value.field == field and names in str(caught.value)
+    for secret in ("v1-secret", V2_KEY):
         assert secret not in str(caught.value)
 
 
-async def test_a_v2_key_in_the_environment_selects_v2(monkeypatch: pytest.MonkeyPatch) -> None:
-    for variable in ("QIANFAN_SECRET_KEY", "QIANFAN_AK", "QIANFAN_SK", "QIANFAN_ACCESS_TOKEN",
-                     "QIANFAN_ACCESS_KEY", "QIANFAN_SECRET_ACCESS_KEY", "QIANFAN_BASE_URL"):
-        monkeypatch.delenv(variable, raising=False)
+async def test_the_v2_key_variable_feeds_the_qianfan_vendor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("QIANFAN_BASE_URL", raising=False)
     monkeypatch.setenv("QIANFAN_API_KEY", V2_KEY)
-    async with QianfanClient() as client:
-        assert client.api_version == "v2" and client.base_url == "https://qianfan.baidubce.com"
+    async with OpenAICompatibleClient(vendor="qianfan") as client:
+        assert client.has_api_key and client.base_url == "https://qianfan.baidubce.com/v2"
         assert V2_KEY not in repr(client)
 
 
@@ -479,11 +489,13 @@ async def test_the_openai_sdk_calls_the_tools_llmstreams_assembles(
 async def test_switching_vendors_is_switching_the_client(server: MockServer, pool: Pool) -> None:
     """Every client takes stream_chat(messages, model=...) and chat(messages, model=...)."""
     clients: list[tuple[Client, str]] = [
-        (QianfanClient(api_key=V2_KEY, base_url=server.url, pool=pool), "ernie-speed-8k"),
+        (OpenAICompatibleClient(vendor="qianfan", api_key=V2_KEY, base_url=server.url, pool=pool),
+         "ernie-speed-8k"),
         (QianfanClient(api_key="v1-key", secret_key="v1-secret", base_url=server.url, pool=pool),
          "ERNIE-Speed-8K"),
-        (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool, protocol="openai"),
-         "qwen-plus"),
+        (OpenAICompatibleClient(
+            vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool
+        ), "qwen-plus"),
         (DashScopeClient(api_key=DASHSCOPE_KEY, base_url=server.url, pool=pool), "qwen-plus"),
         (OpenAICompatibleClient(base_url=server.url + "/v1", pool=pool), "any-model"),
     ]

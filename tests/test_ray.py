@@ -374,7 +374,7 @@ def test_parquet_output_of_mixed_ids_is_a_usage_error(
 
 def test_generate_rejects_bad_settings_before_any_ray_work() -> None:
     with pytest.raises(InvalidParameterError, match="model"):
-        Generate("dashscope")
+        Generate("openai")  # no default model: the server's own must be named
     with pytest.raises(InvalidParameterError, match="provider"):
         Generate("nowhere", model=MODEL)  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match="concurrency"):

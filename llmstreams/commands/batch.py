@@ -34,9 +34,9 @@ from llmstreams.commands.target import (
     provider_list,
 )
 from llmstreams.mock import MockServer
-from llmstreams.providers import get as provider_named
 from llmstreams.outputlock import OutputLockedError
 from llmstreams.progress import format_duration
+from llmstreams.providers import get as provider_named
 
 DEFAULT_CONCURRENCY = 16
 EXIT_OUTPUT_WRITE_FAILED = 4
@@ -252,7 +252,7 @@ def _run_on_ray(args: argparse.Namespace) -> BatchSummary:
         if mock is not None:
             run_on_loop(mock.start())
             base_url: str | None = mock.url + provider.mock_path
-            credentials = dict(next(iter(provider.mock_credentials.values())))
+            credentials: dict[str, str] | None = dict(next(iter(provider.mock_credentials.values())))
         else:
             base_url = args.base_url
             credentials = credentials_from_environment(provider)

@@ -16,9 +16,8 @@ Each is served at the path the provider registry gives it (`Provider.mock_path`)
 
 from __future__ import annotations
 
-from typing import Any
-
 from http import HTTPStatus
+from typing import Any, ClassVar
 
 from aiohttp import web
 
@@ -113,7 +112,7 @@ class Moonshot(Flavour):
 
     always_usage = True
     usage_in_choice = True
-    _TYPES = {
+    _TYPES: ClassVar[dict[str, str]] = {
         "InvalidApiKey": "invalid_authentication_error",
         "AccessDenied": "permission_denied_error",
         "ModelNotFound": "resource_not_found_error",
@@ -133,7 +132,7 @@ class Zhipu(Flavour):
     """Errors are `{"error": {"code": "<business code>", "message"}}`; usage always sent."""
 
     always_usage = True
-    _CODES = {
+    _CODES: ClassVar[dict[str, Any]] = {
         "InvalidApiKey": "1002",
         "AccessDenied": "1220",
         "ModelNotFound": "1211",
@@ -158,7 +157,7 @@ class Zhipu(Flavour):
 class Volcengine(Flavour):
     """Errors name an Ark code and the HTTP reason as their type."""
 
-    _CODES = {
+    _CODES: ClassVar[dict[str, Any]] = {
         "InvalidApiKey": "AuthenticationError",
         "AccessDenied": "AccessDenied",
         "ModelNotFound": "InvalidEndpointOrModel.NotFound",
@@ -185,7 +184,7 @@ class SiliconFlow(Flavour):
     """Flat error bodies with integer codes (a 401 is a bare JSON string); usage on every chunk."""
 
     cumulative_usage = True
-    _CODES = {
+    _CODES: ClassVar[dict[str, Any]] = {
         "ModelNotFound": 20012,
         "AccessDenied": 30011,
         "Throttling.AllocationQuota": 30011,
@@ -219,7 +218,7 @@ FLAVOURS: dict[str, tuple[Flavour, bool]] = {
 def add_routes(app: web.Application, context: MockContext) -> None:
     """Every OpenAI-compatible provider's routes, at the path the registry gives it."""
     for provider in PROVIDERS.values():
-        if provider.vendor is None:
+        if provider.vendor is None or provider.mock_route is None:
             continue
         flavour, serves_completions = FLAVOURS[provider.name]
         routes = OpenAIRoutes(context, flavour, provider.mock_route)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Unpack
-
 from urllib.parse import urlsplit
 
 from llmstreams.calls import Call
@@ -16,11 +15,11 @@ from llmstreams.openai.vendor import GENERIC_VENDOR, Vendor
 from llmstreams.openai.wire import (
     JSON_CONTENT_TYPE,
     PATHS,
-    ChatParams,
     CompleteParams,
     Dialect,
     DialectParser,
     Kind,
+    VendorChatParams,
     build_body,
 )
 from llmstreams.options import RetryPolicy, Timeout
@@ -174,7 +173,7 @@ class OpenAICompatibleClient(BaseClient):
         )
 
     def stream_chat(
-        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[VendorChatParams]
     ) -> ChunkStream:
         """Stream a chat answer: iterate the returned `ChunkStream` (best inside `async with`).
 
@@ -187,7 +186,7 @@ class OpenAICompatibleClient(BaseClient):
         ))
 
     async def chat(
-        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[ChatParams]
+        self, /, messages: Sequence[Mapping[str, Any]], *, model: str, **params: Unpack[VendorChatParams]
     ) -> Completion:
         """A whole chat answer, from one non-stream request."""
         return await self._complete(self._endpoint.exchange(

@@ -87,6 +87,31 @@ class ChatParams(TypedDict, total=False):
     extra_headers: Mapping[str, str] | None
 
 
+class VendorParams(TypedDict, total=False):
+    """Parameters of some vendors only, typed here so that calls passing them type-check; each
+    vendor's preset checks the ones it takes and refuses the others before sending (see
+    `Dialect.extras`)."""
+
+    penalty_score: float | None
+    enable_thinking: bool | None
+    thinking_budget: int | None
+    enable_search: bool | None
+    thinking: Mapping[str, Any] | None
+    reasoning_effort: str | None
+    do_sample: bool | None
+    request_id: str | None
+    user_id: str | None
+    tool_stream: bool | None
+    service_tier: str | None
+    min_p: float | None
+    top_k: int | None
+    enable_enhancement: bool | None
+
+
+class VendorChatParams(ChatParams, VendorParams, total=False):
+    """A chat call's keyword arguments on a vendor's preset: the dialect's and the vendors'."""
+
+
 class CompleteParams(TypedDict, total=False):
     """The optional keyword arguments of a legacy text completion (`stream_complete` / `complete`)."""
 
@@ -129,6 +154,8 @@ class Dialect:
     - `stream_only`: extras the vendor refuses on a whole (non-stream) answer.
     - `check_model`: the vendor's own check of a model id (e.g. a name of another API
       version refused with the id to use instead).
+    - `parameter_hints`: what to pass instead of parameters people bring from elsewhere (the
+      vendor's other API), for the error that refuses them.
     """
 
     provider: str
@@ -143,6 +170,7 @@ class Dialect:
     request_id_headers: tuple[str, ...] = ("x-request-id",)
     stream_only: tuple[str, ...] = ()
     check_model: Callable[[Any], str] | None = None
+    parameter_hints: Mapping[str, str] = attrs.field(factory=dict)
 
 
 GENERIC: Final = Dialect(provider="openai")
@@ -337,7 +365,7 @@ def build_body(
     names = (*(CHAT_PARAMETERS if kind == "chat" else COMPLETE_PARAMETERS), *dialect.extras)
     reject_unknown(
         {name: value for name, value in params.items() if name not in names}, names,
-        escape_hatch="extra_body",
+        escape_hatch="extra_body", hints=dialect.parameter_hints,
     )
     if not stream:
         for name in dialect.stream_only:

@@ -1,7 +1,7 @@
 """Qianfan authentication: which credentials a client uses, access tokens, AK/SK signatures.
 
-API v2 takes one method: an `api_key` starting `bce-v3/`, sent as a bearer token. API v1
-takes three, exactly one per client:
+API v1 takes three methods, exactly one per client (API v2's `bce-v3/` keys are bearer tokens
+of the OpenAI-compatible client, and are refused here, naming it):
 
 - `api_key` + `secret_key`: an access token is fetched from `/oauth/2.0/token`, cached in the
   pool (shared by every client and request of that pool), renewed before it runs out and

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from llmstreams.calls import Call, PromptAs
 from llmstreams.client import BaseClient
-from llmstreams.errors import APIError, InvalidParameterError, redact_url
+from llmstreams.errors import APIError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.qianfan import auth, wire

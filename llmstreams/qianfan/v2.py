@@ -33,6 +33,13 @@ DIALECT: Final = Dialect(
     id_is_request_id=True,
     choice_flags=True,
     check_model=check_v2_model,
+    parameter_hints={
+        "endpoint": "it is API v1's: v2 has no endpoints; call a service you deployed by the "
+        "model id the console shows for it, model='...'",
+        "top_k": "it is API v1's; on v2 pass extra_body={'top_k': ...} if the model takes it",
+        "user_id": "it is API v1's; on v2 pass user=",
+        "extra_params": "it is API v1's; on v2 pass extra_body=",
+    },
 )
 
 VENDOR: Final = Vendor(

@@ -80,8 +80,9 @@ V1_GONE_CODE: Final = 336005
 V1_GONE_STATUSES: Final = frozenset({404, 410})
 V1_GONE_HINT: Final = (
     "If the endpoint and base_url are right, the v1 API may be switched off (Baidu ended it on "
-    "2026-08-31): move to v2 with QianfanClient(api_key='bce-v3/...') from the console and "
-    "model='<the v2 model id, e.g. ernie-speed-8k>' (see docs/qianfan.md)"
+    "2026-08-31): move to v2 with OpenAICompatibleClient(vendor='qianfan', api_key='bce-v3/...') "
+    "(a key from the console) and model='<the v2 model id, e.g. ernie-speed-8k>' (see "
+    "docs/qianfan.md)"
 )
 TOKEN_ERROR_CODES: Final = frozenset({110, 111})
 

@@ -58,10 +58,7 @@ def qianfan_parser(head: ResponseHead, hints_index: int) -> ResponseParser:
 def dashscope_parser(head: ResponseHead, stream: bool, incremental: bool, message: bool) -> ResponseParser:
     generation = dashscope_wire.build_generation(
         stream=stream, prompt="hello", messages=None, model="billa-7b-sft-v1",
-        result_format="message" if message else None, incremental_output=incremental,
-        seed=None, max_tokens=None, top_p=None, top_k=None, temperature=None,
-        repetition_penalty=None, presence_penalty=None, stop=None, enable_search=None,
-        extra_params=None, unknown={},
+        params={"result_format": "message" if message else None, "incremental_output": incremental},
     )
     return dashscope_wire.parser_for(head, generation)
 

@@ -1,5 +1,5 @@
-"""The command line on the OpenAI-compatible dialect: `batch --provider openai`, DashScope
-`--protocol openai`, Qianfan v2 by key, and `bench` against any OpenAI-compatible server."""
+"""The command line on every provider of the registry: `batch` and `bench` against the mock
+(`--mock`) or a server given by URL with credentials from the environment."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from llmstreams import PROVIDERS
 from llmstreams.cli import main
 from llmstreams.mock import MockCredentials, spawn_mock_workers
 
@@ -40,62 +41,88 @@ def results(path: Path) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in rows}
 
 
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_batch_runs_on_every_provider_against_the_mock(
+    provider: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source, output = write_input(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    code = main(["batch", str(source), "-o", str(output), "--provider", provider, "--mock"])
+    assert code == 0, capsys.readouterr().err
+    rows = results(output)
+    assert set(rows) == {"chat", "prompt"}
+    for row in rows.values():
+        assert len(row["text"]) == 240 and row["usage"]["total_tokens"] > 0
+
+
 @pytest.mark.parametrize(
-    ("provider", "extra", "environment"),
+    ("provider", "path", "environment"),
     [
-        ("openai", ["--model", "mock-model"], {"OPENAI_API_KEY": "sk-batch-key"}),
-        ("qianfan", ["--model", "ernie-speed-8k"], {"QIANFAN_API_KEY": "bce-v3/ALTAK-batch/key"}),
-        ("dashscope", ["--model", "qwen-plus", "--protocol", "openai"], {"DASHSCOPE_API_KEY": "sk-ds"}),
+        ("openai", "/v1", {"OPENAI_API_KEY": "sk-batch-key"}),
+        ("qianfan", "", {"QIANFAN_API_KEY": "bce-v3/ALTAK-batch/key"}),
+        ("dashscope-compatible", "", {"DASHSCOPE_API_KEY": "sk-ds"}),
+        ("deepseek", "/deepseek", {"DEEPSEEK_API_KEY": "sk-deepseek-key"}),
     ],
 )
-def test_batch_runs_on_every_dialect_client(
-    provider: str, extra: list[str], environment: dict[str, str], tmp_path: Path,
+def test_batch_takes_a_servers_url_and_credentials_from_the_environment(
+    provider: str, path: str, environment: dict[str, str], tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 ) -> None:
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     source, output = write_input(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
     with spawn_mock_workers(1) as url:
-        base_url = url + "/v1" if provider == "openai" else url
         code = main(["batch", str(source), "-o", str(output), "--provider", provider,
-                     "--base-url", base_url, *extra])
+                     "--base-url", url + path, "--model", "some-model"])
     assert code == 0, capsys.readouterr().err
-    rows = results(output)
-    assert set(rows) == {"chat", "prompt"}
-    for row in rows.values():
-        assert len(row["text"]) == 240 and row["usage"]["total_tokens"] > 0
+    assert {row["id"] for row in results(output).values() if row.get("text")} == {"chat", "prompt"}
     for value in environment.values():
         assert value not in capsys.readouterr().out
 
 
-def test_batch_refuses_protocol_for_other_providers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    source = write_input(tmp_path / "in.jsonl")
-    code = main(["batch", str(source), "-o", str(tmp_path / "out.jsonl"), "--provider", "openai",
-                 "--model", "m", "--protocol", "openai"])
-    assert code == 2 and "--protocol" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize(
-    ("arguments", "label"),
+    ("arguments", "complaint"),
     [
-        (["--provider", "openai"], {"provider": "openai", "model": "mock-model"}),
-        (["--qianfan-auth", "v2"], {"provider": "qianfan", "qianfan_auth": "v2"}),
-        (["--provider", "dashscope", "--protocol", "openai"], {"provider": "dashscope"}),
+        (["--provider", "deepseek", "--endpoint", "my_service"], "--endpoint is for Qianfan v1"),
+        (["--provider", "openai", "--mock", "--base-url", "http://127.0.0.1:9/v1"], "not both"),
+        (["--provider", "openai"], "--provider openai needs --model"),
+        (["--provider", "qianfan-v2"], "invalid choice"),
     ],
 )
-def test_bench_against_the_mock_on_the_dialect(arguments: list[str], label: dict[str, Any], tmp_path: Path) -> None:
+def test_batch_refuses_options_that_do_not_fit_the_provider(
+    arguments: list[str], complaint: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = write_input(tmp_path / "in.jsonl")
+    try:
+        code = main(["batch", str(source), "-o", str(tmp_path / "out.jsonl"), *arguments])
+    except SystemExit as exit_:
+        code = int(exit_.code or 0)
+    assert code == 2 and complaint in capsys.readouterr().err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_bench_against_the_mock_on_every_provider(provider: str, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     assert main([
-        "bench", "--mock-workers", "0", "--concurrency", "2", "--requests", "6", "--warmup", "0",
-        *SMALL_ANSWER, *arguments, "--json", str(report), "--quiet",
+        "bench", "--mock", "--mock-workers", "0", "--concurrency", "2", "--requests", "6",
+        "--warmup", "0", *SMALL_ANSWER, "--provider", provider, "--json", str(report), "--quiet",
     ]) == 0
     document = json.loads(report.read_text(encoding="utf-8"))
     run = document["runs"][0]
     assert run["completed"] == 6 and run["failed"] == 0
     # Four pieces of 12 characters; the closing chunk (finish reason and usage) is not timed.
     assert run["total_chunks"] == 6 * 4
-    for name, value in label.items():
-        assert run[name] == value
+    assert run["provider"] == provider and run["model"] == PROVIDERS[provider].model_for(mock=True)
+
+
+def test_bench_signs_qianfan_v1_requests_when_asked(tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    assert main([
+        "bench", "--mock-workers", "0", "--concurrency", "2", "--requests", "4", *SMALL_ANSWER,
+        "--provider", "qianfan-v1", "--mock-auth", "access_key", "--json", str(report), "--quiet",
+    ]) == 0
+    run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
+    assert run["completed"] == 4 and run["mock_auth"] == "access_key"
 
 
 def test_bench_targets_any_openai_compatible_server(
@@ -121,7 +148,8 @@ def test_bench_targets_any_openai_compatible_server(
     ("arguments", "complaint"),
     [
         (["--provider", "openai", "--base-url", "http://127.0.0.1:9/v1"], "--model"),
-        (["--protocol", "openai"], "--protocol"),
+        (["--provider", "deepseek", "--mock-auth", "access_key"], "deepseek authenticates with api_key"),
+        (["--mock", "--base-url", "http://127.0.0.1:9"], "not both"),
     ],
 )
 def test_bench_refuses_incomplete_dialect_settings(
