@@ -54,7 +54,7 @@ async def test_v2_chat_stream_example(server: MockServer) -> None:
     output = await run_example(V2_EXAMPLES[0], server.url, v2=True)
     text, api, usage, request_id = output.rstrip("\n").split("\n")[-4:]
     assert len(text) == 240
-    assert api == "api: v2 finish_reason: stop"
+    assert api == "vendor: qianfan finish_reason: stop"
     assert usage.startswith("usage: Usage(prompt_tokens=")
     assert request_id == "request id: as-"
     assert server.stats.requests["qianfan.v2.chat"] == 1
