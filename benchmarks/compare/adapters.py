@@ -58,7 +58,7 @@ class IteratorTarget:
         self.output_tokens = output_tokens
 
 
-def llmstreams_client(vendor: str, base_url: str, pool: llmstreams.Pool, **credentials: str) -> Any:
+def llmstreams_client(vendor: str, base_url: str, pool: llmstreams.Pool, **credentials: Any) -> Any:
     """llmstreams' client for `vendor` ("qianfan" v1, "dashscope" native or "openai"): the one
     place the benchmarks make one."""
     if vendor == "qianfan":
