@@ -1,6 +1,6 @@
 """Run the serving benchmarks people trust (GuideLLM, AIPerf) against the ruler, from a venv of
 their own, and read back their own reported numbers (never their code). Used by
-bench_accuracy.py --anchors-venv.
+`python -m benchmarks.bench_accuracy --anchors-venv`.
 
 Both run offline here: GuideLLM reads its prompts from a JSON file (no tokenizer needed);
 AIPerf insists on a tokenizer, so it gets a two-word whitespace tokenizer built locally

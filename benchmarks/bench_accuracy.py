@@ -1,7 +1,8 @@
 """How wrong is the harness's clock? Its own error against the ruler, next to a bare aiohttp loop.
 
-Usage: .venv/bin/python benchmarks/bench_accuracy.py [--streams 16,64,256,1000,2000]
+Usage: .venv/bin/python -m benchmarks.bench_accuracy [--streams 16,64,256,1000,2000]
            [--rounds 3] [--seconds 8] [--anchors-venv .anchors] [--json PATH]
+(from the checkout's root)
 
 The ruler (`llmstreams.bench.ruler`, in a process of its own) streams every answer on a
 precise schedule (first event after --ttft, then one every --gap; answer lengths spread by
@@ -19,9 +20,9 @@ spread, min-max):
     the run, chunk times from `ChunkStream.last_read_at` (when the connection received the
     bytes), streams started over --ramp-up (default: one answer's length) so that they do not
     run in waves;
-  * aiohttp-bare: the usual hand-written loop on asyncio's loop (`async for line in
-    response.content`, the time taken after `json.loads` of each `data:` line), every stream
-    started at once;
+  * aiohttp-bare: the usual hand-written loop on asyncio's loop (`benchmarks.baselines`'
+    `line_stream`: `async for line in response.content`, the time taken after `json.loads` of
+    each `data:` line), every stream started at once;
   * aiohttp-bare-ramped: the same loop with the harness's ramp-up, to tell the effect of the
     ramp from that of where the timestamp is taken;
   * aiohttp-bare-uvloop: the same loop as aiohttp-bare on uvloop, to tell the effect of the
@@ -39,7 +40,6 @@ import itertools
 import json
 import multiprocessing
 import statistics
-import sys
 import time
 import urllib.request
 from collections.abc import Callable
@@ -48,9 +48,8 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.accuracy_anchors import ANCHORS, run_anchor
+from benchmarks.baselines import line_stream
 from llmstreams import OpenAICompatibleClient, Pool
 from llmstreams.bench import ClientTarget, LoadPlan, RequestRecord, Workload, run_load, summarize
 from llmstreams.bench.eventloop import default_event_loop, run_on
@@ -95,12 +94,9 @@ async def run_bare(url: str, streams: int, seconds: float, ramp_up: float) -> di
         times: list[float] = []
         sent: list[float] = []
         start = now()
-        async with session.post(url + CHAT_PATH, json=BODY) as response:
-            async for line in response.content:
-                if line.startswith(b"data: {"):
-                    event = json.loads(line[6:])
-                    times.append(now())
-                    sent.append(event[SENT_AT_FIELD])
+        async for event in line_stream(session, url + CHAT_PATH, json=BODY):
+            times.append(now())
+            sent.append(event[SENT_AT_FIELD])
         end = now()
         records.append(RequestRecord(
             index=len(records), start=start - origin, ttft=times[0] - start, e2el=end - start,
@@ -253,7 +249,11 @@ def _number(value: Any) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_accuracy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--streams", default="16,64,256,1000,2000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0)

@@ -1,6 +1,7 @@
 """Throughput of `llmstreams.sse.SSEDecoder`, alone and against other ways to read SSE with aiohttp.
 
-Usage: .venv/bin/python benchmarks/bench_decoder.py [--events N] [--repeats R] [--json PATH]
+Usage: .venv/bin/python -m benchmarks.bench_decoder [--events N] [--repeats R] [--json PATH]
+(from the checkout's root)
 
 Every reader consumes the same stream of ~100-byte Qianfan-style events
 (`data: {"id":...,"sentence_id":N,"result":...,"is_end":false}` + blank line) and yields each
@@ -27,8 +28,6 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 from aiohttp_sse_client2.client import EventSource  # type: ignore[import-untyped]
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from llmstreams.sse import SSEDecoder
 
@@ -157,7 +156,10 @@ async def end_to_end_seconds(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_decoder",
+        description=__doc__.split("\n\n")[0],
+    )
     parser.add_argument("--events", type=int, default=200_000, help="events per stream")
     parser.add_argument("--repeats", type=int, default=5, help="runs per measurement; best kept")
     parser.add_argument("--json", type=Path, metavar="PATH", help="also write the numbers here")

@@ -1,6 +1,7 @@
 """Fan-out throughput and memory against the mock server running in separate processes.
 
-Usage: .venv/bin/python benchmarks/bench_fanout.py [--mock-workers N] [--scale F] [--json PATH]
+Usage: .venv/bin/python -m benchmarks.bench_fanout [--mock-workers N] [--scale F] [--json PATH]
+(from the checkout's root)
 
 Each run is one `fan_out_as_completed` of DashScope stream requests through one shared Pool,
 in a fresh child process (so that its peak RSS is its own), against `spawn_mock_workers`
@@ -33,8 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil  # type: ignore[import-untyped]
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import llmstreams
 from llmstreams.fanout import Job
@@ -149,7 +148,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_fanout",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--mock-workers", type=int, default=2)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the request counts")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each; the best is kept")

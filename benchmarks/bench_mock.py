@@ -1,7 +1,8 @@
 """How fast one mock worker serves events, next to two baseline servers, and how well it paces.
 
-Usage: .venv/bin/python benchmarks/bench_mock.py [--rounds 5] [--duration 2] [--chunks 100,10]
+Usage: .venv/bin/python -m benchmarks.bench_mock [--rounds 5] [--duration 2] [--chunks 100,10]
        [--connections 64] [--clients 2] [--before PATH] [--paced-streams 2000] [--json PATH]
+(from the checkout's root)
 
 Throughput: each server runs alone in one process; a load generator of `--clients` processes
 (raw asyncio protocols over keep-alive connections, so the client costs far less per event than
@@ -43,8 +44,9 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from benchmarks.baselines import PrebuiltHTTPProtocol, start_prebuilt_server
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 CHUNK_CHARS = 24
 TERMINAL = b"\r\n0\r\n\r\n"
@@ -101,36 +103,19 @@ def serve_aiohttp_prebuilt(chunks: int) -> None:
 
 def serve_raw_asyncio(chunks: int) -> None:
     frames = [b"%x\r\n%s\r\n" % (len(frame), frame) for frame in prebuilt_frames(chunks)]
-    head = (
+    response_head = (
         b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
-    class Protocol(asyncio.Protocol):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            assert isinstance(transport, asyncio.Transport)
-            self.transport = transport
-            self.buffer = b""
-
-        def data_received(self, data: bytes) -> None:
-            self.buffer += data
-            while True:
-                end = self.buffer.find(b"\r\n\r\n")
-                if end < 0:
-                    return
-                match = re.search(rb"(?i)content-length:\s*(\d+)", self.buffer[:end])
-                length = int(match.group(1)) if match else 0
-                if len(self.buffer) < end + 4 + length:
-                    return
-                self.buffer = self.buffer[end + 4 + length :]
-                self.transport.write(head)
-                for frame in frames:
-                    self.transport.write(frame)
-                self.transport.write(b"0\r\n\r\n")
+    class Protocol(PrebuiltHTTPProtocol):
+        def answer(self, head: bytes) -> None:
+            self.transport.write(response_head)
+            for frame in frames:
+                self.transport.write(frame)
+            self.transport.write(b"0\r\n\r\n")
 
     async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=4096)
-        port = server.sockets[0].getsockname()[1]
+        _server, port = await start_prebuilt_server(Protocol, backlog=4096)
         print(f"listening on http://127.0.0.1:{port}", flush=True)
         await asyncio.Event().wait()
 
@@ -200,7 +185,7 @@ def request_bytes(route: str, url: str, knobs: str = "") -> bytes:
 
 
 def servers(chunks: int, before: Path | None) -> list[Server]:
-    script = [sys.executable, str(Path(__file__).resolve())]
+    script = [sys.executable, "-m", "benchmarks.bench_mock"]
     mock = [sys.executable, "-m", "llmstreams.mock", "--port", "0"]
     mock += ["--answer-chars", str(chunks * CHUNK_CHARS), "--chunk-chars", str(CHUNK_CHARS)]
     found = [
@@ -519,7 +504,10 @@ def report(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_mock",
+        description=__doc__.split("\n\n")[0],
+    )
     parser.add_argument("--serve", nargs=2, metavar=("KIND", "CHUNKS"), help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=2.0)

@@ -1,6 +1,7 @@
 """The same batch locally and on Ray (1 and 2 actors), against mock worker processes.
 
-Usage: .venv/bin/python benchmarks/bench_ray.py [--rounds N] [--small N] [--large N] [--json PATH]
+Usage: .venv/bin/python -m benchmarks.bench_ray [--rounds N] [--small N] [--large N] [--json PATH]
+(from the checkout's root)
 
 Every run is the batch command's own code on the same JSONL input (DashScope requests, the mock
 answering at full speed: 10 chunks of 24 characters each), output overwritten:
@@ -33,8 +34,6 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import ray
 import ray.data
@@ -151,7 +150,11 @@ def rate_limited(url: str, count: int, scenario: str, rps: float) -> dict[str, f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.bench_ray",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", type=int, default=500)
     parser.add_argument("--large", type=int, default=3000)

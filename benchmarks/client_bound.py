@@ -1,7 +1,7 @@
 """The client as the bottleneck: llmstreams against a bare aiohttp loop, side by side in one process.
 
-Usage: .venv/bin/python benchmarks/client_bound.py [--rounds 7] [--out benchmarks/results]
-(also `benchmarks/compare_clients.py --client-bound`).
+Usage: .venv/bin/python -m benchmarks.client_bound [--rounds 7] [--out benchmarks/results]
+(also `python -m benchmarks.compare --client-bound`), from the checkout's root.
 
 A server in another process answers every request with pre-built bytes (the whole chunked
 response in one write), so it costs almost nothing and each read of the client carries many
@@ -42,9 +42,9 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import llmstreams
+from benchmarks.baselines import PrebuiltHTTPProtocol, count_floor_events, start_prebuilt_server
+from benchmarks.compare.adapters import llmstreams_client
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STREAMS = 24
@@ -143,38 +143,15 @@ def base_url(server: str, chunks: int, *, paced: bool = False) -> str:
     return f"{server}/n{chunks}{'p' if paced else ''}"
 
 
-class PrebuiltProtocol(asyncio.Protocol):
-    """HTTP/1.1 keep-alive, one request at a time, answered with pre-built bytes: the answer of
-    `chunks` chunks in the dialect the rest of the path names, for a path `/n<chunks>[h]/...`."""
+class PrebuiltProtocol(PrebuiltHTTPProtocol):
+    """Answers with pre-built bytes: the answer of `chunks` chunks in the dialect the rest of
+    the path names, for a path `/n<chunks>[p]/...`."""
 
     def __init__(self, answers: dict[tuple[str, int], bytes]) -> None:
         self.answers = answers
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buffer[:end].decode("latin-1")
-            length = 0
-            for line in head.split("\r\n")[1:]:
-                name, _, value = line.partition(":")
-                if name.strip().lower() == "content-length":
-                    length = int(value)
-            if len(self.buffer) < end + 4 + length:
-                return
-            self.buffer = self.buffer[end + 4 + length:]
-            self.answer(head.split(" ", 2)[1])
-
-    def answer(self, target: str) -> None:
-        assert self.transport is not None
+    def answer(self, head: bytes) -> None:
+        target = head.split(b" ", 2)[1].decode("latin-1")
         prefix, _, path = target.lstrip("/").partition("/")
         paced = prefix.endswith("p")
         chunks = int(prefix[1:].rstrip("p"))
@@ -191,7 +168,7 @@ class PrebuiltProtocol(asyncio.Protocol):
         self._write_paced(events, 0)
 
     def _write_paced(self, events: list[bytes], number: int) -> None:
-        if self.transport is None or self.transport.is_closing():
+        if self.transport.is_closing():
             return
         event = events[number]
         self.transport.write(b"%x\r\n%s\r\n" % (len(event), event))
@@ -204,11 +181,8 @@ class PrebuiltProtocol(asyncio.Protocol):
 def serve(port_out: Any) -> None:
     async def main() -> None:
         answers = responses()
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: PrebuiltProtocol(answers), "127.0.0.1", 0, backlog=16384
-        )
-        port_out.send(server.sockets[0].getsockname()[1])
+        _server, port = await start_prebuilt_server(lambda: PrebuiltProtocol(answers), backlog=16384)
+        port_out.send(port)
         await asyncio.Event().wait()
 
     asyncio.run(main())
@@ -261,21 +235,11 @@ class BareLoop:
     async def stream(
         self, server: str, chunks: int, *, paced: bool = False, on_first: Callable[[], None] | None = None
     ) -> int:
-        loads = self.loads
-        count = reads = 0
         url = base_url(server, chunks, paced=paced) + PATHS[self.vendor]
-        async with self.session.post(url, params=self.params, data=self.body, headers=self.headers) as response:
-            pending = b""
-            async for data in response.content.iter_any():
-                reads += 1
-                lines = (pending + data).split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    if line.startswith(b"data:") and line != b"data: [DONE]":
-                        loads(line[5:])
-                        count += 1
-                        if count == 1 and on_first is not None:
-                            on_first()
+        count, reads = await count_floor_events(
+            self.session, url, self.loads, on_first,
+            params=self.params, data=self.body, headers=self.headers,
+        )
         self.reads += reads
         self.events += count
         return count
@@ -307,12 +271,10 @@ class Llmstreams:
 
     def _new_client(self, url: str) -> Any:
         if self.vendor == "qianfan":
-            return llmstreams.QianfanClient(access_token=TOKEN, base_url=url, pool=self.pool)
+            return llmstreams_client(self.vendor, url, self.pool, access_token=TOKEN)
         if self.vendor == "dashscope":
-            return llmstreams.DashScopeClient(api_key=TOKEN, base_url=url, pool=self.pool)
-        return llmstreams.OpenAICompatibleClient(
-            api_key=TOKEN, base_url=url + "/v1", pool=self.pool
-        )
+            return llmstreams_client(self.vendor, url, self.pool, api_key=TOKEN)
+        return llmstreams_client(self.vendor, url + "/v1", self.pool, api_key=TOKEN)
 
     async def stream(
         self, server: str, chunks: int, *, paced: bool = False, on_first: Callable[[], None] | None = None
@@ -575,7 +537,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         "# The client as the bottleneck",
         "",
-        f"Recorded by `benchmarks/client_bound.py` (Python {config['python']}, aiohttp "
+        f"Recorded by `python -m benchmarks.client_bound` (Python {config['python']}, aiohttp "
         f"{config['aiohttp']}); {config['rounds']} rounds of alternating blocks, medians, "
         "spread = lowest-highest ratio over rounds. Events per read (bare loop): "
         + ", ".join(f"{vendor} {value}" for vendor, value in report["events_per_read"].items())
@@ -620,7 +582,11 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.client_bound",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating blocks (7)")
     parser.add_argument("--open-streams", type=int, default=OPEN_STREAMS,
                         help=f"streams held open at once for RSS and loop lag; 0 to skip ({OPEN_STREAMS})")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 EVENT_LOOPS: tuple[str, ...] = ("uvloop", "asyncio")
+# uvloop is in the bench extra, not in the package's own requirements.
+INSTALL_UVLOOP = "pip install 'llmstreams[bench]'"
 
 
 def default_event_loop() -> str:
@@ -30,8 +33,18 @@ def check_event_loop(name: str) -> None:
     if name == "uvloop" and importlib.util.find_spec("uvloop") is None:
         raise ValueError(
             "event_loop uvloop is not installed here (it has no Windows build): "
-            "use event_loop asyncio, or `pip install uvloop`"
+            f"use event_loop asyncio, or `{INSTALL_UVLOOP}`"
         )
+
+
+def missing_uvloop_notice() -> str | None:
+    """One line on how to install uvloop where it could run but is missing, else None."""
+    if sys.platform == "win32" or importlib.util.find_spec("uvloop") is not None:
+        return None
+    return (
+        "uvloop is not installed, so the client runs on asyncio's loop (events wait longer "
+        f"to be timed): {INSTALL_UVLOOP}"
+    )
 
 
 def running_event_loop() -> str:

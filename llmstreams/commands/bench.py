@@ -11,7 +11,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmstreams import LLMStreamsError
-from llmstreams.bench.eventloop import EVENT_LOOPS, default_event_loop, run_on
+from llmstreams.bench.eventloop import (
+    EVENT_LOOPS,
+    default_event_loop,
+    missing_uvloop_notice,
+    run_on,
+)
 from llmstreams.bench.metrics import PERCENTILES, SLO_METRICS
 from llmstreams.bench.prompts import (
     Prompt,
@@ -302,6 +307,9 @@ def run(args: argparse.Namespace) -> int:
         except PlotsUnavailable as error:
             print(f"llmstreams bench: {error}", file=sys.stderr)
             return 2
+    notice = missing_uvloop_notice() if config.event_loop == "asyncio" else None
+    if notice is not None:
+        print(f"llmstreams bench: {notice}", file=sys.stderr)
     print(_describe_target(config), flush=True)
     try:
         results = run_on(

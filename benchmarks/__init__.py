@@ -1,0 +1,1 @@
+"""The benchmarks: run each from the checkout's root as `python -m benchmarks.<name>`."""
