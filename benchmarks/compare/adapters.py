@@ -58,14 +58,16 @@ class IteratorTarget:
         self.output_tokens = output_tokens
 
 
+# The benchmarks' three wire dialects, as providers of the registry.
+PROVIDER_OF_DIALECT = {"qianfan": "qianfan-v1", "dashscope": "dashscope", "openai": "openai"}
+
+
 def llmstreams_client(vendor: str, base_url: str, pool: llmstreams.Pool, **credentials: Any) -> Any:
     """llmstreams' client for `vendor` ("qianfan" v1, "dashscope" native or "openai"): the one
     place the benchmarks make one."""
-    if vendor == "qianfan":
-        return llmstreams.QianfanClient(base_url=base_url, pool=pool, **credentials)
-    if vendor == "dashscope":
-        return llmstreams.DashScopeClient(base_url=base_url, pool=pool, **credentials)
-    return llmstreams.OpenAICompatibleClient(base_url=base_url, pool=pool, **credentials)
+    return llmstreams.client_for(
+        PROVIDER_OF_DIALECT[vendor], base_url=base_url, pool=pool, **credentials
+    )
 
 
 def _unlimited_session() -> aiohttp.ClientSession:
