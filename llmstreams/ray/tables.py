@@ -62,7 +62,7 @@ def load_previous_parts(directory: Path, mode: Mode) -> PreviousResults:
     if mode == "overwrite":
         for part in parts:
             part.unlink()
-        return PreviousResults({}, [], 0)
+        return PreviousResults({}, [])
     done: dict[IdKey, bool] = {}
     kept: list[pyarrow.Table] = []
     dropped = setup_errors = 0
@@ -86,7 +86,7 @@ def load_previous_parts(directory: Path, mode: Mode) -> PreviousResults:
         _write_part(directory, pyarrow.concat_tables(kept))
         for part in parts:
             part.unlink()
-    return PreviousResults(done, [], 0, setup_errors)
+    return PreviousResults(done, [], setup_errors=setup_errors)
 
 
 def _write_part(directory: Path, table: pyarrow.Table) -> None:
