@@ -1,21 +1,27 @@
 """A batch never destroys what it did not write: an OUTPUT that is not the output of an earlier
 run is refused (one line, exit 2, the file as it was, nothing sent) unless --overwrite, and the
-half-written end a killed run left is moved to OUTPUT.partial, not deleted.
+half-written end a killed run left is moved to OUTPUT.partial, not deleted. JSONL and Parquet.
 
-Runs are the command in a subprocess against the mock in this test's loop.
+JSONL runs are the command in a subprocess against the mock in this test's loop; Parquet ones
+run the command in this process, refused or with nothing left to run, so no Ray starts.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow
+import pyarrow.parquet
 import pytest
 
+from llmstreams.cli import main
 from llmstreams.mock import MockServer
-from tests.reliability.test_batch_faults import batch_process, finish
+from llmstreams.ray.generate import columns_of, result_table
+from tests.reliability.test_batch_faults import MODEL, batch_process, finish
 from tests.test_batch import by_id, read_results, write_lines
 
 ANSWER = {"id": "r0", "text": "paid for", "usage": None, "finish_reason": "stop", "attempts": 1}
@@ -127,3 +133,104 @@ async def test_rewriting_the_output_keeps_the_lines_that_are_not_results(
     lines = output.read_bytes().splitlines(keepends=True)
     assert lines[:2] == [line(ANSWER), b"a line someone added\n"]
     assert json.loads(lines[2])["id"] == "r1" and "text" in json.loads(lines[2])
+
+
+# Parquet output (batch --ray): refused or resumed before any Ray work.
+
+
+def parquet_args(source: Path, output: Path, *extra: str) -> list[str]:
+    return [
+        "batch", str(source), "-o", str(output), "--provider", "dashscope", "--model", MODEL,
+        "--base-url", "http://127.0.0.1:9", "--ray", *extra,
+    ]
+
+
+def write_result_part(directory: Path, records: list[dict[str, Any]]) -> Path:
+    directory.mkdir(exist_ok=True)
+    part = directory / f"part-{uuid.uuid4().hex}.parquet"
+    pyarrow.parquet.write_table(result_table([columns_of(record) for record in records]), part)
+    return part
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {path.name: path.read_bytes()}
+    return {entry.name: entry.read_bytes() for entry in sorted(path.iterdir())}
+
+
+def foreign_parquet_file(path: Path) -> None:
+    pyarrow.parquet.write_table(pyarrow.table({"id": [1, 2], "name": ["a", "b"]}), path)
+
+
+def not_ours_parquet(case: str, output: Path) -> None:
+    if case == "a Parquet file":
+        foreign_parquet_file(output)
+        return
+    output.mkdir()
+    if case == "a dataset of other columns":
+        foreign_parquet_file(output / "part-0.parquet")
+    elif case == "an unreadable part":
+        write_result_part(output, [{**ANSWER, "id": "r0"}])
+        (output / "part-1.parquet").write_bytes(b"PAR1 not really")
+    else:
+        (output / "readme.txt").write_text("my notes")
+
+
+PARQUET_NOT_OURS = ["a Parquet file", "a dataset of other columns", "an unreadable part", "other files"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--retry-errors"]], ids=["resume", "retry-errors"])
+@pytest.mark.parametrize("case", PARQUET_NOT_OURS)
+def test_a_parquet_output_a_batch_did_not_write_is_refused_and_left_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    case: str, mode: list[str],
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    source = prompts(tmp_path / "input.jsonl", 2)
+    output = tmp_path / "out.parquet"
+    not_ours_parquet(case, output)
+    held = snapshot(output)
+    assert main(parquet_args(source, output, *mode)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{output} " in err, err
+    assert "is not the output of an earlier batch run" in err and "--overwrite" in err
+    assert snapshot(output) == held
+    assert not (tmp_path / "out.parquet.partial").exists()
+
+
+@pytest.mark.parametrize("case", PARQUET_NOT_OURS)
+def test_overwrite_replaces_a_parquet_output_a_batch_did_not_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    source = prompts(tmp_path / "input.jsonl", 1)
+    output = tmp_path / "out.parquet"
+    not_ours_parquet(case, output)
+    # The input's one line is malformed: nothing to send, so no Ray is needed.
+    write_lines(source, [{"id": "r0"}])
+    assert main(parquet_args(source, output, "--overwrite")) == 1
+    parts = sorted(output.glob("*.parquet"))
+    assert len(parts) == 1 and pyarrow.parquet.read_table(parts[0]).column("id").to_pylist() == ["r0"]
+
+
+@pytest.mark.parametrize("mode", [[], ["--retry-errors"]], ids=["resume", "retry-errors"])
+def test_a_parquet_part_left_half_written_is_moved_aside_and_other_files_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    mode: list[str],
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    source = prompts(tmp_path / "input.jsonl", 1)
+    output = tmp_path / "out.parquet"
+    part = write_result_part(output, [ANSWER])
+    leftover = output / f"part-{uuid.uuid4().hex}.parquet.tmp"
+    leftover.write_bytes(b"PAR1 cut short")
+    (output / "notes.tmp").write_text("not ours")
+    (output / "_SUCCESS").write_text("")
+    # Every id is done already: the run reads and repairs OUTPUT, then has nothing to send.
+    assert main(parquet_args(source, output, *mode)) == 0
+    partial = tmp_path / "out.parquet.partial"
+    assert (
+        f"{output}: moved what an interrupted run left half-written (14 bytes) to {partial}\n"
+    ) in capsys.readouterr().err
+    assert (partial / leftover.name).read_bytes() == b"PAR1 cut short"
+    assert sorted(entry.name for entry in output.iterdir()) == sorted(["_SUCCESS", "notes.tmp", part.name])
