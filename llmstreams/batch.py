@@ -8,9 +8,10 @@ and to a completions API only where the provider or model takes one (Qianfan v1'
 completion models, a generic OpenAI-compatible server), unless `prompt_as` says otherwise.
 
 Results are appended as they finish, each line with a single write, so a killed process leaves
-at most one partial last line, which the next run cuts off. By default a run resumes: the ids
-already in the output are skipped. `overwrite` starts the output afresh; `retry_errors` keeps
-the successful results and runs the failed ids again.
+at most one partial last line, which the next run moves aside (to OUTPUT.partial). By default a
+run resumes: the ids already in the output are skipped. `overwrite` starts the output afresh;
+`retry_errors` keeps the successful results and runs the failed ids again. An output that holds
+something a batch did not write is refused, unless `overwrite` (see `load_previous`).
 """
 
 from __future__ import annotations
@@ -192,8 +193,13 @@ def classify_parsed(
 
 
 def parse_result(raw: bytes) -> tuple[IdKey, dict[str, Any]] | None:
-    """The id and record of a result line; None for anything without a result's shape (an
-    object with a usable "id" and a "text" string or an "error" object)."""
+    """The id and record of an llmstreams result line; None for any other line.
+
+    A result line (what `result_record` and `problem_record` write) is a JSON object with an
+    "id" that is a string or an integer, and either a "text" string and an "attempts" integer
+    (an answer), or an "error" object with a "type" string and a "message" string (a failed
+    request, or an input line that is not a request).
+    """
     try:
         record = json.loads(raw)
     except (ValueError, RecursionError):
@@ -201,43 +207,52 @@ def parse_result(raw: bytes) -> tuple[IdKey, dict[str, Any]] | None:
     if not isinstance(record, dict):
         return None
     key = id_key(record.get("id"))
-    if key is None or not (isinstance(record.get("error"), dict) or isinstance(record.get("text"), str)):
+    if key is None or not (_is_answer(record) or _is_failure(record.get("error"))):
         return None
     return key, record
 
 
-def cut_partial_line(path: Path) -> int:
-    """Repair a last line without its newline (left by a killed run); the bytes removed.
+def _is_answer(record: Mapping[str, Any]) -> bool:
+    attempts = record.get("attempts")
+    return (
+        isinstance(record.get("text"), str)
+        and isinstance(attempts, int) and not isinstance(attempts, bool)
+    )
 
-    A complete result that only lacks its newline is kept (the newline is added): its request
-    was paid for. Anything else after the last newline is a torn write and is cut off.
-    """
-    if not path.exists():
-        return 0
-    with path.open("r+b") as output:
-        size = output.seek(0, os.SEEK_END)
-        position = size
-        block = 4096
-        while position > 0:
-            start = max(0, position - block)
-            output.seek(start)
-            data = output.read(position - start)
-            newline = data.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            position = start
-        else:
-            keep = 0
-        if keep == size:
-            return 0
-        output.seek(keep)
-        if parse_result(output.read(size - keep)) is not None:
-            output.seek(size)
-            output.write(b"\n")
-            return 0
-        output.truncate(keep)
-        return size - keep
+
+def _is_failure(error: object) -> bool:
+    return (
+        isinstance(error, dict)
+        and isinstance(error.get("type"), str) and isinstance(error.get("message"), str)
+    )
+
+
+# Every result line starts so (`json.dumps` of a record whose first key is "id"): an unfinished
+# last line of ours is a prefix of this or starts with it.
+RESULT_LINE_START = b'{"id": '
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_path(output: Path) -> Path:
+    """Where the unfinished end of an interrupted run is moved: beside OUTPUT, named
+    OUTPUT.partial (a file for JSONL output, a directory for Parquet parts)."""
+    return output.with_name(output.name + PARTIAL_SUFFIX)
+
+
+def looks_unfinished(tail: bytes) -> bool:
+    """Whether `tail`, the bytes after the last newline, can be a result line cut short."""
+    return tail.startswith(RESULT_LINE_START) or RESULT_LINE_START.startswith(tail)
+
+
+class ForeignOutputError(LLMStreamsError):
+    """OUTPUT holds something an llmstreams batch did not write; refused before anything in it
+    was changed or any request was sent."""
+
+    hint = "Choose another OUTPUT, or add --overwrite to replace what it holds"
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path} {reason}, so it is not the output of an earlier batch run")
+        self.path = path
 
 
 def setup_error(error: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -255,40 +270,60 @@ def setup_error(error: Mapping[str, Any]) -> tuple[Any, ...] | None:
 class PreviousResults:
     """What an earlier run left in the output: id -> whether it succeeded.
 
-    `setup_errors`: failed ids dropped from the output to run again, since their error was
-    about the setup (which may have been fixed since).
+    `moved_bytes`: what an interrupted run left half-written, moved out of the output into the
+    file or directory `moved_to` (`partial_path`). `setup_errors`: failed ids dropped from the
+    output to run again, since their error was about the setup (which may have been fixed
+    since).
     """
 
     done: dict[IdKey, bool]
     unreadable_lines: list[int]
-    cut_bytes: int
+    moved_bytes: int = 0
+    moved_to: Path | None = None
     setup_errors: int = 0
 
 
 def load_previous(path: Path, mode: Mode) -> PreviousResults:
-    """Prepare the output for this run: repair it and read what is already done.
+    """Prepare the output for this run: check it is ours, repair it, read what is done.
 
-    `overwrite` empties it. `retry_errors` drops every error line, so that those ids run
-    again; any other run drops the lines of setup errors (`setup_error`). When a line is
-    dropped the output is rewritten atomically, via a temporary file beside the real file, with
-    its mode (a symlinked output stays a symlink). Lines without a result's shape are reported,
-    never used.
+    `overwrite` empties it, whatever it holds. Otherwise it must be empty (blank lines at
+    most) or hold at least one result line (`parse_result`), or `ForeignOutputError` is raised
+    before anything is changed. Lines between results that are not results are reported and
+    kept, never used. After the last newline there may be:
+    - a whole result without its newline: kept (the newline is added), its request was paid for;
+    - the start of a result line (`looks_unfinished`), after at least one result: a write cut
+      short by a killed run, appended with a newline to `partial_path` and cut from the output;
+    - anything else: `ForeignOutputError`.
+
+    `retry_errors` drops every error line, so that those ids run again; any other run drops the
+    lines of setup errors (`setup_error`). When a line is dropped the output is rewritten
+    atomically, via a temporary file beside the real file, with its mode (a symlinked output
+    stays a symlink).
     """
     if mode == "overwrite" or not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
-        return PreviousResults({}, [], 0)
-    cut = cut_partial_line(path)
+        return PreviousResults({}, [])
     done: dict[IdKey, bool] = {}
     unreadable: list[int] = []
     kept: list[bytes] = []
-    dropped = setup_errors = 0
+    results = dropped = setup_errors = 0
+    whole_size = 0
+    tail = b""
     for line_number, raw in read_lines(path):
+        if not raw.endswith(b"\n"):
+            if parse_result(raw) is None:
+                tail = raw
+                break
+            raw += b"\n"
+        whole_size += len(raw)
         result = parse_result(raw)
         if result is None:
             if raw.strip():
                 unreadable.append(line_number)
+            kept.append(raw)
             continue
+        results += 1
         key, record = result
         error = record.get("error")
         succeeded = not isinstance(error, dict)
@@ -298,9 +333,38 @@ def load_previous(path: Path, mode: Mode) -> PreviousResults:
             continue
         done[key] = succeeded
         kept.append(raw)
+    if not results and (unreadable or tail.strip()):
+        raise ForeignOutputError(path, "holds no llmstreams result lines")
+    if tail and not looks_unfinished(tail):
+        raise ForeignOutputError(
+            path, f"ends with {len(tail)} bytes after its last newline that are not a result line"
+        )
+    moved_to = _move_aside(path, tail) if tail else None
     if dropped:
         _replace_contents(path, kept)
-    return PreviousResults(done, unreadable, cut, setup_errors)
+    elif path.stat().st_size != whole_size:
+        _fit_to(path, whole_size)
+    return PreviousResults(done, unreadable, len(tail), moved_to, setup_errors)
+
+
+def _move_aside(path: Path, tail: bytes) -> Path:
+    """Append the unfinished last line `tail` of the output at `path`, and a newline, to its
+    `partial_path`, written through before the output is cut."""
+    sidecar = partial_path(path)
+    with sidecar.open("ab") as partial:
+        partial.write(tail + b"\n")
+        partial.flush()
+        os.fsync(partial.fileno())
+    return sidecar
+
+
+def _fit_to(path: Path, size: int) -> None:
+    """Cut the output at `path` to `size` bytes, or add the newline its last line lacks."""
+    with path.open("r+b") as output:
+        if output.seek(0, os.SEEK_END) < size:
+            output.write(b"\n")
+        else:
+            output.truncate(size)
 
 
 def _replace_contents(path: Path, lines: list[bytes]) -> None:
@@ -472,7 +536,7 @@ class BatchSummary:
     malformed: int = 0
     duplicates: int = 0
     unreadable_output_lines: int = 0
-    cut_bytes: int = 0
+    moved_bytes: int = 0
     interrupted: bool = False
     stopped_early: str | None = None
     """Why the run stopped before the end: its first results all failed with one setup error."""
@@ -623,13 +687,13 @@ def report_previous(
     output_path: Path, previous: PreviousResults, summary: BatchSummary, report: Reporter
 ) -> None:
     """Count and report what was repaired or ignored in the output of an earlier run."""
-    summary.cut_bytes = previous.cut_bytes
+    summary.moved_bytes = previous.moved_bytes
     summary.unreadable_output_lines = len(previous.unreadable_lines)
     summary.setup_errors_rerun = previous.setup_errors
-    if previous.cut_bytes:
+    if previous.moved_bytes:
         report(
-            f"{output_path}: removed a partial last line ({previous.cut_bytes} bytes)"
-            " left by an interrupted run"
+            f"{output_path}: moved what an interrupted run left half-written"
+            f" ({previous.moved_bytes} bytes) to {previous.moved_to}"
         )
     if previous.setup_errors:
         report(

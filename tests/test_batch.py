@@ -19,7 +19,6 @@ from llmstreams.batch import (
     BatchSummary,
     Mode,
     Target,
-    cut_partial_line,
     parse_line,
     run_batch,
 )
@@ -191,15 +190,20 @@ async def test_resume_skips_done_ids_and_retry_errors_runs_the_failed_again(
     assert len(results) == 7
 
 
-async def test_a_partial_last_line_from_a_crash_is_cut_before_resuming(
+async def test_a_partial_last_line_from_a_crash_is_moved_aside_before_resuming(
     tmp_path: Path, dashscope: Target
 ) -> None:
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(4)]
     output = tmp_path / "output.jsonl"
-    output.write_bytes(b'{"id": 0, "text": "done before"}\n{"id": 1, "text": "half wri')
+    torn = b'{"id": 1, "text": "half wri'
+    output.write_bytes(b'{"id": 0, "text": "done before", "attempts": 1}\n' + torn)
     summary, reports, _ = await run(tmp_path, dashscope, lines)
-    assert summary.cut_bytes == len(b'{"id": 1, "text": "half wri')
-    assert any("partial last line" in report for report in reports)
+    assert summary.moved_bytes == len(torn)
+    assert reports == [
+        f"{output}: moved what an interrupted run left half-written ({len(torn)} bytes)"
+        f" to {output}.partial"
+    ]
+    assert (tmp_path / "output.jsonl.partial").read_bytes() == torn + b"\n"
     results = by_id(read_results(output))
     assert set(results) == {0, 1, 2, 3}
     assert results[0]["text"] == "done before"
@@ -208,22 +212,11 @@ async def test_a_partial_last_line_from_a_crash_is_cut_before_resuming(
 
 async def test_overwrite_starts_afresh(tmp_path: Path, dashscope: Target) -> None:
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(3)]
-    (tmp_path / "output.jsonl").write_text('{"id": 0, "text": "old"}\nnot a result\n')
+    (tmp_path / "output.jsonl").write_text('{"id": 0, "text": "old", "attempts": 1}\nnot a result\n')
     summary, _, _ = await run(tmp_path, dashscope, lines, mode="overwrite")
     results = by_id(read_results(tmp_path / "output.jsonl"))
     assert set(results) == {0, 1, 2} and results[0]["text"] != "old"
     assert summary.already_done == 0
-
-
-def test_cut_partial_line_keeps_whole_lines(tmp_path: Path) -> None:
-    path = tmp_path / "out.jsonl"
-    path.write_bytes(b"x" * 10_000 + b"\n" + b"y" * 9_000)
-    assert cut_partial_line(path) == 9_000
-    assert path.read_bytes() == b"x" * 10_000 + b"\n"
-    assert cut_partial_line(path) == 0
-    path.write_bytes(b"no newline at all")
-    assert cut_partial_line(path) == len(b"no newline at all")
-    assert path.read_bytes() == b""
 
 
 def test_parse_line_names_what_is_wrong() -> None:
@@ -284,7 +277,10 @@ async def test_a_killed_run_resumes_with_every_id_exactly_once(tmp_path: Path) -
     summary = stdout.decode()
     assert f"already done         {written}" in summary
     assert f"run now              {count - written}: {count - written} succeeded" in summary
-    assert "partial last line" in stderr.decode()
+    assert f"moved what an interrupted run left half-written (25 bytes) to {output}.partial" in (
+        stderr.decode()
+    )
+    assert (tmp_path / "output.jsonl.partial").read_bytes() == b'{"id": "r0", "text": "cut\n'
 
 
 async def test_ctrl_c_stops_cleanly_with_every_finished_result_on_disk(tmp_path: Path) -> None:

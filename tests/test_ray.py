@@ -207,7 +207,7 @@ def test_batch_on_ray_resumes_and_reports_like_a_local_batch(
     source = write_jsonl(tmp_path / "input.jsonl", lines)
     output = tmp_path / "output.jsonl"
     # An earlier run left 50 results and a partial line.
-    write_jsonl(output, [{"id": i, "text": "earlier"} for i in range(50)])
+    write_jsonl(output, [{"id": i, "text": "earlier", "attempts": 1} for i in range(50)])
     with output.open("ab") as raw:
         raw.write(b'{"id": 60, "te')
 
@@ -221,7 +221,8 @@ def test_batch_on_ray_resumes_and_reports_like_a_local_batch(
     assert "input lines          205 (2 malformed, 1 duplicate id)" in captured.out
     assert "already done         50" in captured.out
     assert "run now              152: 151 succeeded, 1 failed (InvalidParameterError 1)" in captured.out
-    assert "partial last line" in captured.err and "input.jsonl:204: not valid JSON" in captured.err
+    assert f"moved what an interrupted run left half-written (14 bytes) to {output}.partial" in captured.err
+    assert "input.jsonl:204: not valid JSON" in captured.err
     assert "batch: 152/152 (100%) | 1 failed" in captured.err
 
     assert main([*batch_args(source, output, mock_url), "--ray", "--retry-errors"]) == 1

@@ -18,6 +18,7 @@ import llmstreams
 from llmstreams.batch import (
     FAIL_FAST_AFTER,
     BatchSummary,
+    ForeignOutputError,
     OutputFileError,
     OutputWriteError,
     Target,
@@ -63,7 +64,10 @@ Result lines: {"id", "text", "usage", "finish_reason", "request_id", "chunks", "
 
 Resuming: by default the ids already in OUTPUT are skipped, so after a crash or Ctrl-C the same
 command carries on where it stopped. --retry-errors runs the failed ids again;
---overwrite starts OUTPUT afresh.
+--overwrite starts OUTPUT afresh. A result line cut short by a kill is moved to OUTPUT.partial
+(said on stderr), never deleted. OUTPUT must be empty, new, or the output of an earlier run (it
+holds result lines, and ends with a whole one or one cut short); anything else is refused
+(exit 2) unless --overwrite.
 
 Failing fast: when the first {fail_fast_after} requests all fail with the same error that no
 retry fixes (a bad key, no permission, an unknown model), the run stops there rather than
@@ -72,11 +76,12 @@ writing that error for every id. Once the cause is fixed, the same command runs 
 
 On Ray (--ray, needs the ray extra): the same, with the requests streamed by --actors Ray
 actors of --concurrency streams each, on a local Ray or a cluster; INPUT and OUTPUT may be
-.parquet. See docs/ray.md.
+.parquet (OUTPUT a directory of parts, checked and repaired as a JSONL one). See docs/ray.md.
 
 Exit status: 0 when every id of INPUT has a successful result; 1 when some request failed
 (in this run or an earlier one) or some input line was malformed or a duplicate; 2 for a usage
-error (bad option, missing credentials, unreadable file, OUTPUT a directory or not writable);
+error (bad option, missing credentials, unreadable file, OUTPUT a directory or not writable, or
+not the output of an earlier run);
 3 when the run stopped early (see Failing fast); 4 when writing OUTPUT failed mid-run (disk
 full: free space and run again to resume); 5 when another run is writing OUTPUT; 130 when
 interrupted.
@@ -132,7 +137,8 @@ def register(subparsers: Any) -> None:
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument(
         "--overwrite", action="store_const", dest="mode", const="overwrite",
-        help="discard OUTPUT and run everything again",
+        help="discard what OUTPUT holds, even if a batch did not write it, and run everything "
+        "again (without it, an OUTPUT that is not the output of an earlier run is refused)",
     )
     modes.add_argument(
         "--retry-errors", action="store_const", dest="mode", const="retry_errors",
@@ -203,7 +209,10 @@ def run(args: argparse.Namespace) -> int:
     except OutputWriteError as error:
         print(f"llmstreams batch: error: {error}", file=sys.stderr)
         return EXIT_OUTPUT_WRITE_FAILED
-    except (llmstreams.InvalidParameterError, OutputFileError, ValueError, ConnectionError) as error:
+    except (
+        llmstreams.InvalidParameterError, OutputFileError, ForeignOutputError, ValueError,
+        ConnectionError,
+    ) as error:
         return _usage_error(str(error))
     except OutputLockedError as error:
         print(f"llmstreams batch: error: {error}", file=sys.stderr)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from llmstreams import DashScopeClient, Pool, QianfanClient, RetryPolicy
-from llmstreams.batch import INPUT_ERROR, Target, cut_partial_line, run_batch
+from llmstreams.batch import INPUT_ERROR, ForeignOutputError, Target, load_previous, run_batch
 from llmstreams.cli import main
 from llmstreams.mock import Behaviour, MockServer
 from tests.test_batch import by_id, read_results, write_lines
@@ -238,20 +238,32 @@ async def test_a_second_run_on_the_same_output_refuses_at_once_naming_the_first(
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".lock")] == []
 
 
+A_RESULT = b'{"id": 0, "text": "a", "attempts": 1}\n'
+
+
 def test_a_complete_last_record_without_newline_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "out.jsonl"
-    record = b'{"id": 1, "text": "paid for"}'
+    record = b'{"id": 1, "text": "paid for", "attempts": 1}'
     path.write_bytes(record)
-    assert cut_partial_line(path) == 0
+    assert load_previous(path, "resume").done == {("int", 1): True}
     assert path.read_bytes() == record + b"\n"
-    path.write_bytes(b'{"id": 0, "text": "a"}\n' + record)
-    assert cut_partial_line(path) == 0
-    assert path.read_bytes() == b'{"id": 0, "text": "a"}\n' + record + b"\n"
-    # Only an unparseable tail, or one without a result's shape, goes.
-    for tail in (b'{"id": 2, "text": "torn', b'{"id": 2, "prompt": "x"}', b"[" * 100_000):
-        path.write_bytes(b'{"id": 0, "text": "a"}\n' + tail)
-        assert cut_partial_line(path) == len(tail)
-        assert path.read_bytes() == b'{"id": 0, "text": "a"}\n'
+    path.write_bytes(A_RESULT + record)
+    assert load_previous(path, "resume").moved_bytes == 0
+    assert path.read_bytes() == A_RESULT + record + b"\n"
+    # A tail cut short, or one starting like a result line but without a result's shape, is
+    # moved aside; anything else is refused and left as it was.
+    for tail in (b'{"id": 2, "text": "torn', b'{"id": 2, "prompt": "x"}', b'{"i'):
+        path.write_bytes(A_RESULT + tail)
+        assert load_previous(path, "resume").moved_bytes == len(tail)
+        assert path.read_bytes() == A_RESULT
+    assert (tmp_path / "out.jsonl.partial").read_bytes() == (
+        b'{"id": 2, "text": "torn\n{"id": 2, "prompt": "x"}\n{"i\n'
+    )
+    for tail in (b"[" * 100_000, b'{"ID": 2, "text": "x"', b"   "):
+        path.write_bytes(A_RESULT + tail)
+        with pytest.raises(ForeignOutputError, match=f"ends with {len(tail)} bytes"):
+            load_previous(path, "resume")
+        assert path.read_bytes() == A_RESULT + tail
 
 
 async def run_in_process(tmp_path: Path, url: str, lines: list[Any], mode: str = "resume") -> tuple[list[str], int]:
@@ -272,7 +284,7 @@ async def test_output_without_a_trailing_newline_loses_and_repeats_nothing(
     tmp_path: Path, server: MockServer
 ) -> None:
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(3)]
-    (tmp_path / "output.jsonl").write_bytes(b'{"id": 0, "text": "a"}\n{"id": 1, "text": "b"}')
+    (tmp_path / "output.jsonl").write_bytes(A_RESULT + b'{"id": 1, "text": "b", "attempts": 1}')
     _, requests = await run_in_process(tmp_path, server.url, lines)
     assert requests == 1
     results = by_id(read_results(tmp_path / "output.jsonl"))
@@ -284,7 +296,7 @@ async def test_garbage_and_non_result_lines_in_output_are_skipped_and_reported(
 ) -> None:
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(3)]
     (tmp_path / "output.jsonl").write_bytes(
-        b'{"id": 0, "text": "a"}\n' + b"[" * 100_000 + b"\n" + b'{"id": 1, "prompt": "q1"}\n'
+        A_RESULT + b"[" * 100_000 + b"\n" + b'{"id": 1, "prompt": "q1"}\n'
     )
     reports, requests = await run_in_process(tmp_path, server.url, lines)
     assert requests == 2  # 1 and 2: an input-shaped line is not a result
@@ -298,7 +310,7 @@ async def test_retry_errors_keeps_a_symlink_and_the_mode(tmp_path: Path, server:
     lines = [{"id": i, "prompt": f"q{i}"} for i in range(3)]
     real = tmp_path / "kept" / "results.jsonl"
     real.parent.mkdir()
-    real.write_bytes(b'{"id": 0, "text": "a"}\n{"id": 1, "error": {"type": "ServerError"}}\n')
+    real.write_bytes(A_RESULT + b'{"id": 1, "error": {"type": "ServerError", "message": "m"}}\n')
     real.chmod(0o600)
     (tmp_path / "output.jsonl").symlink_to(real)
     _, requests = await run_in_process(tmp_path, server.url, lines, mode="retry_errors")
