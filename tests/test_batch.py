@@ -306,14 +306,16 @@ def test_usage_errors_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     output = str(tmp_path / "output.jsonl")
     common = [str(source), "-o", output]
     monkeypatch.delenv("DASHSCOPE_API_KEY", raising=False)
-    assert main(["batch", *common, "--provider", "dashscope"]) == 2
-    assert "give --model" in capsys.readouterr().err
+    assert main(["batch", *common, "--provider", "openai"]) == 2
+    assert "--provider openai needs --model" in capsys.readouterr().err
     assert main(["batch", *common, "--provider", "dashscope", "--model", MODEL, "--endpoint", "e"]) == 2
-    assert "--endpoint is for --provider qianfan" in capsys.readouterr().err
+    assert "--endpoint is for Qianfan v1 deployments" in capsys.readouterr().err
     assert main(["batch", str(tmp_path / "missing.jsonl"), "-o", output, "--provider", "dashscope", "--model", MODEL]) == 2
     assert "no such file" in capsys.readouterr().err
     assert main(["batch", *common, "--provider", "dashscope", "--model", MODEL]) == 2
-    assert "DASHSCOPE_API_KEY" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "set DASHSCOPE_API_KEY" in error and "hint: to try without credentials" in error
+    assert len(error.strip().splitlines()) == 2
     assert not Path(output).exists() or Path(output).read_bytes() == b""
 
 
