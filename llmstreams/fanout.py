@@ -22,7 +22,6 @@ and every request of the fan-out (and of anything else using that pool) is held 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
@@ -32,6 +31,7 @@ from types import TracebackType
 import attrs
 
 from llmstreams.errors import LLMStreamsError
+from llmstreams.origin import call_from_finalizer
 from llmstreams.streams import ChunkStream
 from llmstreams.types import Chunk, Completion
 from llmstreams.validation import check_int
@@ -153,19 +153,8 @@ class _Run:
         whichever thread allocates): the gate closes at once, the cancellations go to the loop."""
         self.started = True
         self.stopped = True
-        loop = self.loop
-        if loop is None or not self.workers:
-            return
-        try:
-            here: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
-        except RuntimeError:
-            here = None
-        # A closed loop refuses the cancellations: its workers cannot run again anyway.
-        with contextlib.suppress(RuntimeError):
-            if here is loop:
-                self.stop()
-            else:
-                loop.call_soon_threadsafe(self.stop)
+        if self.loop is not None and self.workers:
+            call_from_finalizer(self.loop, self.stop)
 
     async def work(self, taken: tuple[int, Job] | None) -> None:
         try:
