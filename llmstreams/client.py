@@ -94,6 +94,7 @@ class BaseClient:
     def __del__(self) -> None:
         # `_origin` is set last in __init__: a client whose construction failed holds nothing.
         if hasattr(self, "_origin") and self._owns_pool and self._pool.in_use:
+            self._pool.close_from_finalizer()
             name = type(self).__name__
             warn_left_open(
                 name, self._origin,

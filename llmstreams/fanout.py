@@ -11,7 +11,9 @@ Each job's success or typed error is kept in its `Outcome`; one failure never st
 unless `fail_fast=True`. Only `LLMStreamsError`s are results: any other exception raised by a
 job, by the jobs iterable or by `on_chunk` is a bug, and it stops the fan-out and propagates.
 However the fan-out ends (finished, failed fast, cancelled, or left early), every stream it
-opened is closed before control returns to the caller.
+opened is closed before control returns to the caller. A consumer that leaves its `async for`
+(`break`, `return`, an exception) is gone: no job starts after that moment, whether or not the
+`FanOut` is still referenced or inside `async with`.
 
 Client-side rate limits need nothing here: give the clients a `Pool(rate_limit=RateLimit(...))`
 and every request of the fan-out (and of anything else using that pool) is held to them.
@@ -20,16 +22,16 @@ and every request of the fan-out (and of anything else using that pool) is held 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
 
 import attrs
 
 from llmstreams.errors import LLMStreamsError
+from llmstreams.origin import call_from_finalizer
 from llmstreams.streams import ChunkStream
 from llmstreams.types import Chunk, Completion
 from llmstreams.validation import check_int
@@ -85,11 +87,16 @@ async def run_job(index: int, job: Job, on_chunk: ChunkCallback | None = None) -
 
 class _Run:
     """What the workers of one fan-out share. Workers hold this, never the `FanOut`, so that a
-    `FanOut` its caller dropped is collected, and its `__del__` stops them."""
+    `FanOut` its caller dropped is collected, and its `__del__` stops them.
+
+    `stopped` is the gate every job passes before it starts: it is set synchronously, from any
+    thread, by whatever ends the fan-out, so that no worker the loop runs before its
+    cancellation arrives can start another request.
+    """
 
     __slots__ = (
         "concurrency", "jobs", "on_chunk", "fail_fast", "finished", "changed", "room",
-        "workers", "running", "started", "failure",
+        "workers", "running", "started", "stopped", "failure", "loop",
     )
 
     def __init__(
@@ -105,7 +112,9 @@ class _Run:
         self.workers: set[asyncio.Task[None]] = set()
         self.running = 0
         self.started = False
+        self.stopped = False
         self.failure: BaseException | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def start(self) -> None:
         """One worker per job, up to `concurrency`: each takes its first job as it is made,
@@ -113,27 +122,43 @@ class _Run:
         if self.started:
             return
         self.started = True
+        self.loop = asyncio.get_running_loop()
         for _ in range(self.concurrency):
             try:
-                taken = next(self.jobs, None)
+                taken = self.take()
             except BaseException as error:
                 self.fail(error)
                 return
             if taken is None:
                 return
             self.running += 1
-            worker = asyncio.create_task(self.work(taken))
+            worker = asyncio.create_task(self.work(taken), name=WORKER_NAME)
             self.workers.add(worker)
             worker.add_done_callback(self.workers.discard)
 
+    def take(self) -> tuple[int, Job] | None:
+        """The next job, or None once the jobs ran out or the fan-out was stopped."""
+        if self.stopped:
+            return None
+        return next(self.jobs, None)
+
     def stop(self) -> None:
         self.started = True
+        self.stopped = True
         for worker in self.workers:
             worker.cancel()
 
+    def stop_from_anywhere(self) -> None:
+        """`stop()` for a finalizer, which may run in any thread (the garbage collector runs in
+        whichever thread allocates): the gate closes at once, the cancellations go to the loop."""
+        self.started = True
+        self.stopped = True
+        if self.loop is not None and self.workers:
+            call_from_finalizer(self.loop, self.stop)
+
     async def work(self, taken: tuple[int, Job] | None) -> None:
         try:
-            while taken is not None:
+            while taken is not None and not self.stopped:
                 index, job = taken
                 outcome = await run_job(index, job, self.on_chunk)
                 if self.fail_fast and outcome.error is not None:
@@ -143,10 +168,10 @@ class _Run:
                 self.finished.append(outcome)
                 self.changed.set()
                 # Backpressure: take no new job while a slow consumer has this many to read.
-                while len(self.finished) >= self.concurrency:
+                while len(self.finished) >= self.concurrency and not self.stopped:
                     self.room.clear()
                     await self.room.wait()
-                taken = next(self.jobs, None)
+                taken = self.take()
         except asyncio.CancelledError:
             raise
         except BaseException as error:
@@ -156,6 +181,7 @@ class _Run:
             self.changed.set()
 
     def fail(self, error: BaseException) -> None:
+        self.stopped = True
         if self.failure is None:
             self.failure = error
         current = asyncio.current_task()
@@ -165,16 +191,16 @@ class _Run:
 
 
 class FanOut:
-    """The running fan-out behind `fan_out_as_completed`: an async iterator of `Outcome`s in
+    """The running fan-out behind `fan_out_as_completed`: an async iterable of `Outcome`s in
     the order they finish, and an async context manager that stops it on exit.
 
-    Workers start at the first `__anext__` (or on entering `async with`), never more of them
-    than jobs. Iterating to the end finishes everything. `stop()` ends it gracefully: no new
-    jobs start, the running ones are cancelled (their streams closed), and iteration yields the
-    outcomes that had already finished, then ends. To leave early, use `async with` or call
-    `aclose()`, which cancels the jobs still running and waits until each of their streams is
-    closed. A fan-out dropped without either (a `break` out of a bare `async for`) is stopped
-    when it is collected, as a dropped `ChunkStream` is closed.
+    Workers start at the first outcome asked for (or on entering `async with`), never more of
+    them than jobs. Iterating to the end finishes everything. `stop()` ends it gracefully: no
+    new jobs start, the running ones are cancelled (their streams closed), and iteration yields
+    the outcomes that had already finished, then ends. Leaving an `async for` over it early
+    (`break`, `return`, an exception) stops it at that moment, the same way. `async with` or
+    `aclose()` also waits until every stream the jobs opened is closed. A `FanOut` dropped or
+    collected is stopped too, as a dropped `ChunkStream` is closed.
     """
 
     def __init__(
@@ -196,10 +222,8 @@ class FanOut:
 
     def __del__(self) -> None:
         run = getattr(self, "_run", None)
-        if run is not None and run.workers:
-            # A closed loop refuses the cancellations: its workers cannot run again anyway.
-            with contextlib.suppress(RuntimeError):
-                run.stop()
+        if run is not None:
+            run.stop_from_anywhere()
 
     async def __aenter__(self) -> FanOut:
         self._run.start()
@@ -213,8 +237,8 @@ class FanOut:
     ) -> None:
         await self.aclose()
 
-    def __aiter__(self) -> FanOut:
-        return self
+    def __aiter__(self) -> AsyncIterator[Outcome]:
+        return _Iteration(self)
 
     async def __anext__(self) -> Outcome:
         run = self._run
@@ -246,6 +270,30 @@ class FanOut:
         workers = [worker for worker in self._run.workers if not worker.done()]
         if workers:
             await asyncio.wait(workers)
+
+
+class _Iteration:
+    """One `async for` over a `FanOut`. Python drops the iterator of an `async for` the moment
+    the loop is left, however it is left; this one's finalizer then stops the fan-out, at once
+    and synchronously (an async generator's would only run later, from the loop's asyncgen
+    hooks, while workers may still start jobs)."""
+
+    __slots__ = ("_fan_out",)
+
+    def __init__(self, fan_out: FanOut) -> None:
+        self._fan_out = fan_out
+
+    def __aiter__(self) -> _Iteration:
+        return self
+
+    def __anext__(self) -> Awaitable[Outcome]:
+        return self._fan_out.__anext__()
+
+    def __del__(self) -> None:
+        self._fan_out._run.stop_from_anywhere()
+
+
+WORKER_NAME = "llmstreams fan-out worker"
 
 
 def fan_out_as_completed(

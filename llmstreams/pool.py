@@ -19,6 +19,7 @@ from aiohttp.client_proto import ResponseHandler
 
 from llmstreams.errors import InvalidParameterError, LLMStreamsError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
+from llmstreams.origin import call_from_finalizer
 from llmstreams.ratelimit import Limiter, RateLimit, RateLimiter
 from llmstreams.validation import check_bool, check_encodable, check_number, check_optional
 
@@ -251,6 +252,22 @@ class Pool:
                 session.detach()
             else:
                 await session.close()
+
+    def close_from_finalizer(self) -> None:
+        """Close at once, from the finalizer of this pool's owner, which was never closed and
+        has warned about it already. Collected unclosed, aiohttp's session and connector would
+        warn twice more (about themselves, naming no line of the caller's code) as they drop
+        their connections; this drops them first, on the pool's loop."""
+        self._closed = True
+        session, self._session = self._session, None
+        if session is None or self._loop is None:
+            return
+        connector = session.connector
+        session.detach()  # a detached session counts as closed
+        if connector is not None:
+            # What aiohttp's own finalizer does: close every connection without waiting
+            # (`close()` returns an awaitable that no finalizer can await).
+            call_from_finalizer(self._loop, connector._close)
 
     def proxy_for(self, url: str) -> str | None:
         """The proxy a request to `url` goes through: `proxy=`, else HTTP_PROXY / HTTPS_PROXY

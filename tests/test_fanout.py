@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 from collections.abc import AsyncIterator, Iterator
 
@@ -23,7 +24,7 @@ from llmstreams import (
     fan_out,
     fan_out_as_completed,
 )
-from llmstreams.fanout import Job
+from llmstreams.fanout import WORKER_NAME, Job
 from llmstreams.mock import BEHAVIOUR_HEADER, MockServer
 
 FAST_RETRY = RetryPolicy(max_retries=1, backoff_base=0.001, backoff_max=0.001)
@@ -420,10 +421,7 @@ async def test_no_jobs_no_outcomes() -> None:
 
 def fan_out_workers(before: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
     """The fan-out's worker tasks started since `before` (not the mock's, in the same loop)."""
-    return {
-        task for task in asyncio.all_tasks() - before
-        if task.get_coro().__qualname__.rpartition(".")[2].strip("_") == "work"  # type: ignore[union-attr]
-    }
+    return {task for task in asyncio.all_tasks() - before if task.get_name() == WORKER_NAME}
 
 
 async def test_workers_are_never_more_than_jobs(dashscope: DashScopeClient) -> None:
@@ -458,3 +456,117 @@ async def test_a_fan_out_dropped_by_break_stops_its_work(
     assert all(worker.cancelled() for worker in workers)
     assert taken == taken_when_dropped < 40
     assert server.stats.requests["dashscope.generation"] <= taken
+
+
+class Starts:
+    """1,000 jobs that count how many of them started (made their stream, which sends the
+    request) before and after the consumer left; and what must hold once it left."""
+
+    def __init__(self, client: DashScopeClient, server: MockServer, pool: Pool) -> None:
+        self.client = client
+        self.server = server
+        self.pool = pool
+        self.tasks_before = asyncio.all_tasks()
+        self.left = False
+        self.before = 0
+        self.after = 0
+        self.one_after = asyncio.Event()
+
+    def jobs(self) -> Iterator[Job]:
+        for index in range(1000):
+            yield functools.partial(self.start, index)
+
+    def start(self, index: int) -> llmstreams.ChunkStream:
+        if self.left:
+            self.after += 1
+            self.one_after.set()
+        else:
+            self.before += 1
+        return generate(self.client, index)()
+
+    async def assert_none_after_leaving(self) -> None:
+        """The consumer has just left: no job starts, no worker is left, every stream closes."""
+        self.left = True
+        await self.until_workers_end_or_a_job_starts()
+        assert self.after == 0
+        assert not fan_out_workers(self.tasks_before)
+        assert self.pool.stats() == IDLE
+        stats = await self.server.wait_for(lambda s: s.streams_active == 0)
+        # Only requests sent before the consumer left may reach the server (late): none after.
+        assert stats.requests["dashscope.generation"] <= self.before
+
+    async def until_workers_end_or_a_job_starts(self) -> None:
+        async def workers_end() -> None:
+            while workers := fan_out_workers(self.tasks_before):
+                await asyncio.wait(workers)
+
+        race = {asyncio.create_task(workers_end()), asyncio.create_task(self.one_after.wait())}
+        try:
+            async with asyncio.timeout(30):
+                await asyncio.wait(race, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in race:
+                waiting.cancel()
+            await asyncio.gather(*race, return_exceptions=True)
+
+
+@pytest.fixture
+async def starts(dashscope: DashScopeClient, server: MockServer, pool: Pool) -> Starts:
+    return Starts(dashscope, server, pool)
+
+
+async def test_no_job_starts_once_a_bare_async_for_is_left(starts: Starts) -> None:
+    async for _ in fan_out_as_completed(starts.jobs(), concurrency=50):
+        break
+    await starts.assert_none_after_leaving()
+
+
+async def test_no_job_starts_once_the_loop_is_left_though_the_fan_out_is_still_held(
+    starts: Starts,
+) -> None:
+    outcomes = fan_out_as_completed(starts.jobs(), concurrency=50)
+    async for _ in outcomes:
+        break
+    await starts.assert_none_after_leaving()
+    # Leaving the loop stopped the fan-out: another loop gets what had finished, then ends.
+    rest = [outcome async for outcome in outcomes]
+    assert all(outcome.ok for outcome in rest)
+    assert len(rest) < starts.before
+
+
+async def test_no_job_starts_once_the_loop_is_left_inside_async_with(starts: Starts) -> None:
+    async with fan_out_as_completed(starts.jobs(), concurrency=50) as outcomes:
+        async for _ in outcomes:
+            break
+        await starts.assert_none_after_leaving()
+
+
+async def test_a_fan_out_collected_in_another_thread_starts_no_more_jobs(starts: Starts) -> None:
+    gc.disable()
+    try:
+        outcomes = fan_out_as_completed(starts.jobs(), concurrency=50)
+        assert (await anext(outcomes)).ok  # no `async for`: only the collector can stop it
+        cycle: list[object] = [outcomes]
+        cycle.append(cycle)
+        del outcomes, cycle
+        starts.left = True
+        # The collector runs in whichever thread allocates. In debug mode the loop refuses
+        # calls from other threads, as it may in any mode: a worker it was not told about
+        # would wait forever.
+        asyncio.get_running_loop().set_debug(True)
+        assert await asyncio.to_thread(gc.collect)
+    finally:
+        gc.enable()
+    await starts.assert_none_after_leaving()
+
+
+async def test_no_job_starts_once_a_cancelled_fan_out_has_raised(
+    starts: Starts, server: MockServer
+) -> None:
+    task = asyncio.create_task(fan_out(starts.jobs(), concurrency=50))
+    await server.wait_for(lambda s: s.streams_completed >= 100)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not fan_out_workers(starts.tasks_before)
+    await starts.assert_none_after_leaving()

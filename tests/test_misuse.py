@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import sys
 import warnings
+from collections.abc import Iterator
 
 import pytest
 
@@ -27,22 +30,60 @@ async def test_awaiting_a_stream_says_how_to_read_it(llmstreams_mock: MockServer
     assert llmstreams_mock.stats.streams_started == 0
 
 
-async def test_a_client_never_closed_warns_naming_where_it_was_made(
+@contextlib.contextmanager
+def warnings_shown() -> Iterator[list[str]]:
+    """Every warning shown in the block (as "Category: message"), and everything reported to
+    the running loop's exception handler (as "loop: message"), where aiohttp reports unclosed
+    sessions too. Only the text is kept: a recorded warning would keep its source alive."""
+    shown: list[str] = []
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        shown.append(f"{category.__name__}: {message}")
+
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: shown.append(f"loop: {context['message']}"))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            yield shown
+    finally:
+        loop.set_exception_handler(None)
+
+
+def never_closed(name: str, line: int) -> str:
+    return (
+        f"ResourceWarning: {name} made at {__file__}:{line} was not closed; use "
+        f"`async with {name}(...) as client:` or `await client.close()`"
+    )
+
+
+async def test_a_client_never_closed_warns_once_naming_where_it_was_made(
     llmstreams_mock: MockServer,
 ) -> None:
     client = llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url)
     line = sys._getframe().f_lineno - 1
     await client.generate("Hello", model="billa-7b-sft-v1")
-    pool = client.pool
-    with pytest.warns(ResourceWarning) as caught:
+    assert llmstreams_mock.stats.open_connections == 1  # kept alive in the client's pool
+    with warnings_shown() as shown:
         del client
         gc.collect()
-    ours = [str(w.message) for w in caught if "DashScopeClient" in str(w.message)]
-    assert ours == [
-        f"DashScopeClient made at {__file__}:{line} was not closed; use "
-        "`async with DashScopeClient(...) as client:` or `await client.close()`"
-    ]
-    await pool.close()
+    assert shown == [never_closed("DashScopeClient", line)]
+    await llmstreams_mock.wait_for(lambda stats: stats.open_connections == 0)
+
+
+async def test_a_client_collected_in_another_thread_warns_once_and_closes_on_its_loop(
+    llmstreams_mock: MockServer,
+) -> None:
+    clients = [llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url)]
+    line = sys._getframe().f_lineno - 1
+    await clients[0].generate("Hello", model="billa-7b-sft-v1")
+    # In debug mode the loop refuses calls from other threads, as it may in any mode.
+    asyncio.get_running_loop().set_debug(True)
+    with warnings_shown() as shown:
+        await asyncio.to_thread(clients.clear)  # the last reference goes in that thread
+        await llmstreams_mock.wait_for(lambda stats: stats.open_connections == 0)
+    assert shown == [never_closed("DashScopeClient", line)]
 
 
 async def test_closed_clients_and_clients_on_a_shared_pool_do_not_warn(

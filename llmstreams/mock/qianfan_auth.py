@@ -13,8 +13,13 @@ from datetime import UTC, datetime
 import attrs
 from aiohttp import web
 
+from llmstreams.mock.bce_signature import (
+    AUTH_VERSION,
+    SignedRequest,
+    parse_authorization,
+    signature_matches,
+)
 from llmstreams.mock.credentials import MockCredentials
-from llmstreams.qianfan.signing import AUTH_VERSION, bce_authorization
 
 _BCE_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -101,42 +106,31 @@ def bce_signature_accepted(request: web.BaseRequest, credentials: MockCredential
     """Whether the request's `bce-auth-v1` Authorization header is well formed, unexpired and,
     when a secret access key is configured, signed with it.
 
-    The signature is recomputed over the request as received, with the headers it names.
+    The signature is recomputed (by the mock's own code, `bce_signature`) over the request as
+    received, with the headers it names.
     """
-    parts = request.headers.get("Authorization", "").split("/")
-    if len(parts) != 6:
+    parts = parse_authorization(request.headers.get("Authorization", ""))
+    if parts is None:
         return False
-    _, access_key, timestamp, expiration_text, listed_headers, signature = parts
     try:
-        signed_at = datetime.strptime(timestamp, _BCE_TIMESTAMP_FORMAT).replace(tzinfo=UTC)
-        expiration_seconds = int(expiration_text)
+        signed_at = datetime.strptime(parts.timestamp, _BCE_TIMESTAMP_FORMAT).replace(tzinfo=UTC)
     except ValueError:
         return False
-    if not access_key or not signature:
-        return False
-    if (datetime.now(UTC) - signed_at).total_seconds() > expiration_seconds:
+    if (datetime.now(UTC) - signed_at).total_seconds() > parts.expiration_seconds:
         return False
     expected_access_key = credentials.access_key if credentials else None
-    if expected_access_key is not None and not _same(access_key, expected_access_key):
+    if expected_access_key is not None and not _same(parts.access_key, expected_access_key):
         return False
     secret_access_key = credentials.secret_access_key if credentials else None
     if secret_access_key is None:
         return True
-    try:
-        expected = bce_authorization(
-            access_key=access_key,
-            secret_access_key=secret_access_key,
-            method=request.method,
-            path=request.rel_url.raw_path,
-            query=request.query,
-            headers=request.headers,
-            timestamp=timestamp,
-            expiration_seconds=expiration_seconds,
-            signed_headers=[name for name in listed_headers.split(";") if name] or None,
-        )
-    except ValueError:  # a header it claims to sign is not in the request
-        return False
-    return _same(signature, expected.rsplit("/", 1)[1])
+    received = SignedRequest(
+        method=request.method,
+        path=request.path,
+        query=tuple(request.query.items()),
+        headers=tuple(request.headers.items()),
+    )
+    return signature_matches(parts, received, secret_access_key)
 
 
 def _same(received: str, expected: str) -> bool:
