@@ -20,6 +20,7 @@ from llmstreams.errors import (
     ServerError,
     StreamInterruptedError,
     StreamTimeoutError,
+    TLSCertificateError,
     UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
@@ -70,6 +71,7 @@ __all__ = [
     "StreamTimeoutError",
     "SyncClient",
     "SyncStream",
+    "TLSCertificateError",
     "Timeout",
     "ToolCall",
     "ToolCallDelta",
