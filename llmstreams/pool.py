@@ -117,7 +117,8 @@ class Pool:
     httpx. Redirects are never followed.
 
     TLS: certificates are checked against the system's CA store, or the file that
-    SSL_CERT_FILE names (read by OpenSSL when the process starts). `ssl=` an
+    SSL_CERT_FILE names (set it before the program starts: aiohttp makes its default context
+    when it is imported). `ssl=` an
     `ssl.SSLContext` replaces that, e.g. `ssl.create_default_context(cafile="corporate-ca.pem")`
     behind a TLS-inspecting proxy. A certificate that is not trusted raises
     `TLSCertificateError`, which is never retried.
