@@ -517,6 +517,13 @@ def request_failure(
         return APITimeoutError(
             f"no {wanted} from {where} within the {phase} timeout", phase=phase, provider=provider
         )
+    if isinstance(error, aiohttp.ClientHttpProxyError):
+        # The proxy's answer to CONNECT, not the service's (the proxy URL may hold a password).
+        return APIConnectionError(
+            f"could not reach {where}{purpose}: the proxy refused the tunnel "
+            f"(HTTP {error.status} {snippet(error.message, 80)})",
+            provider=provider,
+        )
     if isinstance(error, aiohttp.ClientResponseError):
         reason = error.message or "its answer could not be read as an HTTP response"
         return ProtocolError(f"{where} did not answer in HTTP: {reason}", provider=provider)

@@ -323,6 +323,25 @@ async def test_https_proxy_variable_tunnels_unless_trust_env_is_false(
     assert https_mock.stats.requests[provider.route] == 2
 
 
+@provider_params(["qianfan-v1", "dashscope-native"])
+async def test_a_proxy_that_refuses_the_tunnel_is_a_connection_error_naming_it(
+    https_mock: MockServer, provider: Provider, test_ca: trustme.CA,
+    no_proxy_variables: pytest.MonkeyPatch,
+) -> None:
+    async with (
+        ConnectProxy(refusal="403 Forbidden").running() as proxy,
+        Pool(proxy=proxy.url.replace("//", "//user:SECRET-proxy-password@"), ssl=trusting(test_ca)) as pool,
+        provider.make(https_mock.url, pool) as client,
+    ):
+        with pytest.raises(APIConnectionError) as caught:
+            await provider.stream(client).collect()
+    assert type(caught.value) is APIConnectionError  # not the vendor's ProtocolError
+    assert "the proxy refused the tunnel (HTTP 403 'Forbidden')" in str(caught.value)
+    assert len(proxy.targets) == 1 + FAST_RETRY.max_retries
+    assert sum(https_mock.stats.requests.values()) == 0
+    assert_no_secret(error_texts(caught.value), SECRETS)
+
+
 # --- the connect timeout -----------------------------------------------------------------------
 
 

@@ -79,12 +79,14 @@ class _Tunnels:
 class ConnectProxy(_Tunnels):
     """An HTTP proxy that only tunnels: `CONNECT host:port HTTP/1.1`, then bytes both ways.
 
-    `targets` lists each CONNECT's authority, in order.
+    `targets` lists each CONNECT's authority, in order. With `refusal` (a status line such as
+    "403 Forbidden"), every CONNECT is answered with it instead.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, refusal: str | None = None) -> None:
         super().__init__()
         self.targets: list[str] = []
+        self._refusal = refusal
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -95,6 +97,9 @@ class ConnectProxy(_Tunnels):
             writer.write(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
             return
         self.targets.append(target)
+        if self._refusal is not None:
+            writer.write(f"HTTP/1.1 {self._refusal}\r\nContent-Length: 0\r\n\r\n".encode())
+            return
         host, _, port = target.rpartition(":")
         await self._join(
             (reader, writer), host.strip("[]"), int(port),
