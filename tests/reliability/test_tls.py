@@ -216,6 +216,20 @@ async def test_an_untrusted_certificate_is_refused_once_naming_host_and_cause(
     assert_no_secret(texts, SECRETS)
 
 
+async def test_a_certificate_made_out_to_another_host_is_refused(test_ca: trustme.CA) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    test_ca.issue_cert("vendor.example").configure_cert(context)
+    async with (
+        MockServer(ssl=context) as mock,
+        Pool(ssl=trusting(test_ca)) as pool,
+        BY_NAME["dashscope-native"].make(mock.url, pool) as client,
+    ):
+        with pytest.raises(TLSCertificateError) as caught:
+            await generate(client).collect()
+    assert "certificate is not valid for '127.0.0.1'" in str(caught.value)
+    assert mock.stats.requests["dashscope.generation"] == 0
+
+
 @provider_params(["qianfan-v1", "dashscope-compatible"])
 async def test_pool_ssl_context_trusts_the_certificate(
     https_mock: MockServer, provider: Provider, test_ca: trustme.CA
