@@ -1,0 +1,47 @@
+"""The documentation site builds as CI builds it: `mkdocs build --strict`, every warning an
+error (a broken link, a docstring mkdocstrings cannot read, a page missing from the nav)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+import llmstreams
+from tests.support import ROOT
+
+DOCS = ROOT / "docs"
+
+
+def nav_pages() -> list[str]:
+    config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=yaml.BaseLoader)
+    return [page for entry in config["nav"] for page in entry.values()]
+
+
+def test_the_site_builds_with_warnings_as_errors(tmp_path: Path) -> None:
+    site = tmp_path / "site"
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    reference = (site / "reference" / "index.html").read_text(encoding="utf-8")
+    # A docstring reached the page, not only a heading.
+    assert "Four separate limits, in seconds" in reference
+    for page in nav_pages():
+        assert (site / page.removesuffix(".md") / "index.html").is_file(), page
+
+
+def test_every_page_is_in_the_nav() -> None:
+    pages = sorted(path.name for path in DOCS.glob("*.md"))
+    assert sorted(nav_pages()) == pages
+
+
+def test_the_reference_documents_every_public_name() -> None:
+    documented = set(re.findall(r"^::: llmstreams\.(\w+)$", (DOCS / "reference.md").read_text(), re.M))
+    assert documented == set(llmstreams.__all__)
