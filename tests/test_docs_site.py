@@ -55,3 +55,8 @@ def test_every_page_is_in_the_nav() -> None:
 def test_the_reference_documents_every_public_name() -> None:
     documented = set(re.findall(r"^::: llmstreams\.(\w+)$", (DOCS / "reference.md").read_text(), re.M))
     assert documented == set(llmstreams.__all__)
+
+
+def test_the_changelog_has_this_version_and_what_is_unreleased() -> None:
+    releases = re.findall(r"^## \[([^\]]+)\]", (ROOT / "CHANGELOG.md").read_text(encoding="utf-8"), re.M)
+    assert releases[:2] == ["Unreleased", llmstreams.__version__]
