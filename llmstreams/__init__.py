@@ -21,6 +21,7 @@ from llmstreams.errors import (
     ServerError,
     StreamInterruptedError,
     StreamTimeoutError,
+    TLSCertificateError,
     UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
@@ -76,6 +77,7 @@ __all__ = [
     "StreamTimeoutError",
     "SyncClient",
     "SyncStream",
+    "TLSCertificateError",
     "Timeout",
     "ToolCall",
     "ToolCallDelta",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import signal
@@ -30,9 +31,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line's arguments. An option a subcommand does not know is refused by that
+    subcommand, with its own usage and the option it most likely meant, before anything runs
+    (so that a mistyped flag's value is never taken for the prompt)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        subparser = _subparsers(parser).get(getattr(args, "command", None) or "", parser)
+        flags = [flag for action in subparser._actions for flag in action.option_strings]
+        first = next((word for word in unknown if word.startswith("-")), unknown[0])
+        close = difflib.get_close_matches(first.split("=", 1)[0], flags, n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        subparser.error(f"unrecognized argument {first}{hint}")
+    return args
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse(parser, argv)
     logging.basicConfig(format="llmstreams: %(levelname)s: %(message)s", level=logging.WARNING)
     if not hasattr(args, "func"):
         parser.print_help()

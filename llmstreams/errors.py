@@ -177,6 +177,19 @@ class APIConnectionError(LLMStreamsError):
     hint = "Check the base URL and the network; max_retries sets how often it is tried again"
 
 
+class TLSCertificateError(APIConnectionError):
+    """The server's TLS certificate was not trusted: signed by a CA this client does not trust,
+    self-signed, expired, or made out to another host.
+
+    Never retried: the same certificate gets the same verdict on every attempt.
+    """
+
+    hint = (
+        "If this server is yours (or a TLS-inspecting proxy's), trust the CA that signed its "
+        "certificate: SSL_CERT_FILE=ca.pem, or Pool(ssl=ssl.create_default_context(cafile=...))"
+    )
+
+
 class APITimeoutError(APIConnectionError):
     """A timeout (`Timeout.connect`, `first_chunk`, `idle` or `total`) ran out.
 

@@ -21,7 +21,7 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
 class Timeout:
     """Four separate limits, in seconds (None = no limit).
 
-    - `connect`: opening the TCP/TLS connection.
+    - `connect`: opening the connection: TCP, the TLS handshake and a proxy's tunnel.
     - `first_chunk`: from sending the request until the first byte of the response body
       (for a non-stream call that is the whole generation, since the server answers when done).
     - `idle`: the longest gap between two reads once the body has begun.

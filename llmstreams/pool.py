@@ -9,7 +9,7 @@ import time
 import urllib.request
 import weakref
 from collections.abc import Callable
-from types import TracebackType
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import SplitResult, urlsplit
 
@@ -115,6 +115,13 @@ class Pool:
     targets through a CONNECT tunnel). Without it, and unless `trust_env=False`, the
     HTTP_PROXY / HTTPS_PROXY / NO_PROXY environment variables apply, as in curl, requests and
     httpx. Redirects are never followed.
+
+    TLS: certificates are checked against the system's CA store, or the file that
+    SSL_CERT_FILE names (set it before the program starts: aiohttp makes its default context
+    when it is imported). `ssl=` an
+    `ssl.SSLContext` replaces that, e.g. `ssl.create_default_context(cafile="corporate-ca.pem")`
+    behind a TLS-inspecting proxy. A certificate that is not trusted raises
+    `TLSCertificateError`, which is never retried.
     """
 
     def __init__(
@@ -130,6 +137,7 @@ class Pool:
         rate_limiter: Limiter | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
+        ssl: SSLContext | None = None,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -146,6 +154,8 @@ class Pool:
         check_optional("retry", retry, RetryPolicy)
         check_optional("rate_limit", rate_limit, RateLimit)
         check_number("keepalive_timeout", keepalive_timeout, low=0)
+        check_optional("ssl", ssl, SSLContext)
+        self._ssl: SSLContext | bool = True if ssl is None else ssl
         if proxy is not None:
             proxy = _check_proxy(proxy)
         self._proxy = proxy
@@ -180,12 +190,7 @@ class Pool:
         self.session()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     @property
@@ -219,11 +224,11 @@ class Pool:
                 limit_per_host=self.max_connections_per_host,
                 keepalive_timeout=self._keepalive_timeout,
                 ttl_dns_cache=300,
+                ssl=self._ssl,
             )
-            # Per-phase deadlines are enforced by the transport; aiohttp only bounds the socket connect.
-            client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.connect)
             self._session = aiohttp.ClientSession(
-                connector=connector, timeout=client_timeout, auto_decompress=True
+                connector=connector, timeout=connect_timeout(self.timeout.connect),
+                auto_decompress=True,
             )
         return self._session
 
@@ -317,6 +322,14 @@ class Pool:
 
     def connection_released(self) -> None:
         self._connections_in_use -= 1
+
+
+@functools.lru_cache(maxsize=64)
+def connect_timeout(seconds: float | None) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for a request made with `Timeout(connect=seconds)`: it bounds opening
+    the connection, TLS handshake and proxy tunnel included. The other deadlines are the
+    transport's, per phase."""
+    return aiohttp.ClientTimeout(total=None, sock_connect=seconds)
 
 
 def _check_proxy(proxy: Any) -> str:

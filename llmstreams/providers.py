@@ -29,7 +29,7 @@ from llmstreams.qianfan import v2
 from llmstreams.qianfan.auth import resolve_credentials
 from llmstreams.qianfan.client import QianfanClient
 from llmstreams.validation import suggest
-from llmstreams.vendors import deepseek, moonshot, siliconflow, volcengine, zhipu
+from llmstreams.vendors import deepseek, hunyuan, moonshot, siliconflow, volcengine, zhipu
 
 ClientFactory = Callable[..., BaseClient]
 
@@ -181,6 +181,7 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
         _vendor_provider(zhipu.VENDOR, mock_path="/api/paas/v4"),
         _vendor_provider(volcengine.VENDOR, mock_path="/api/v3"),
         _vendor_provider(siliconflow.VENDOR, mock_path="/siliconflow/v1"),
+        _vendor_provider(hunyuan.VENDOR, mock_path="/hunyuan/v1"),
     )
 }
 """Every provider, by name, in the order the commands list them."""

@@ -27,7 +27,6 @@ import signal
 import threading
 import weakref
 from collections.abc import Coroutine, Iterator
-from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from llmstreams.calls import Call
@@ -163,12 +162,7 @@ class SyncStream:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -231,12 +225,7 @@ class SyncClient(Generic[ClientT]):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:

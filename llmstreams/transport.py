@@ -31,11 +31,12 @@ from llmstreams.errors import (
     ProtocolError,
     StreamInterruptedError,
     StreamTimeoutError,
+    TLSCertificateError,
     redact_url,
     snippet,
 )
 from llmstreams.options import RetryPolicy, Timeout
-from llmstreams.pool import ArrivalStampingHandler, Pool
+from llmstreams.pool import ArrivalStampingHandler, Pool, connect_timeout
 from llmstreams.sse import BOM
 from llmstreams.types import Chunk
 
@@ -426,7 +427,7 @@ async def _attempt(
         request = await exchange.build_request()
     except APIConnectionError as error:
         # Preparing the request (e.g. fetching an access token) never reached the generation.
-        raise _NoResponse(error) from None
+        raise _unanswered(error) from None
     if _has_url_credentials(request.url) and any(
         name.lower() == "authorization" for name in request.headers
     ):
@@ -444,7 +445,7 @@ async def _attempt(
             response = await pool.session().request(
                 request.method, request.url, params=request.params,
                 headers=request.headers, data=request.body, allow_redirects=False,
-                proxy=pool.proxy_for(request.url),
+                proxy=pool.proxy_for(request.url), timeout=connect_timeout(timeout.connect),
             )
     except (TimeoutError, *_READ_ERRORS) as error:
         timeout_phase = "total" if header_deadline == total_deadline else "first_chunk"
@@ -452,7 +453,7 @@ async def _attempt(
             error, where=_where(request), provider=exchange.provider, timeout_phase=timeout_phase
         )
         if isinstance(failure, APIConnectionError):
-            raise _NoResponse(failure) from None
+            raise _unanswered(failure) from None
         raise failure from None
 
     try:
@@ -490,6 +491,12 @@ async def _attempt(
         raise
 
 
+def _unanswered(error: APIConnectionError) -> Exception:
+    """What to raise for a request the server never answered: a failure that may be sent
+    again, unless sending again cannot change it (a certificate gets the same verdict)."""
+    return error if isinstance(error, TLSCertificateError) else _NoResponse(error)
+
+
 def request_failure(
     error: BaseException,
     *,
@@ -510,9 +517,22 @@ def request_failure(
         return APITimeoutError(
             f"no {wanted} from {where} within the {phase} timeout", phase=phase, provider=provider
         )
+    if isinstance(error, aiohttp.ClientHttpProxyError):
+        # The proxy's answer to CONNECT, not the service's (the proxy URL may hold a password).
+        return APIConnectionError(
+            f"could not reach {where}{purpose}: the proxy refused the tunnel "
+            f"(HTTP {error.status} {snippet(error.message, 80)})",
+            provider=provider,
+        )
     if isinstance(error, aiohttp.ClientResponseError):
         reason = error.message or "its answer could not be read as an HTTP response"
         return ProtocolError(f"{where} did not answer in HTTP: {reason}", provider=provider)
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        return TLSCertificateError(
+            f"could not reach {where}{purpose}: its TLS certificate was refused "
+            f"({_certificate_failure(error.certificate_error)})",
+            provider=provider,
+        )
     return APIConnectionError(
         f"could not reach {where}{purpose}: {_describe(error)}", provider=provider
     )
@@ -565,6 +585,14 @@ def _broken(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return f"the connection failed ({error.strerror})"
     return "the connection failed"
+
+
+def _certificate_failure(error: BaseException) -> str:
+    """OpenSSL's verdict, e.g. "certificate verify failed: unable to get local issuer
+    certificate", without the source file and line that `str(error)` adds."""
+    reason = getattr(error, "reason", None) or "certificate verify failed"
+    detail = getattr(error, "verify_message", None)
+    return f"{reason.replace('_', ' ').lower()}: {detail}" if detail else str(error)
 
 
 def _describe(error: BaseException) -> str:

@@ -7,14 +7,19 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
+import trustme
+
+from llmstreams import DashScopeClient, Pool, TLSCertificateError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-READY = re.compile(r"^llmstreams mock listening on (http://127\.0\.0\.1:(\d+)) \((\d+) workers?\)$")
+READY = re.compile(r"^llmstreams mock listening on (https?://127\.0\.0\.1:(\d+)) \((\d+) workers?\)$")
+TRUST = re.compile(r"^llmstreams mock: .*CA made for this run.* SSL_CERT_FILE=(\S+)$")
 PROCESS_TIMEOUT = 30.0
 MOCK = [sys.executable, "-m", "llmstreams", "mock"]
 COMPLETIONS = "/v1/completions"
@@ -143,3 +148,93 @@ async def test_stats_are_summed_over_the_workers(session: aiohttp.ClientSession)
         assert stats["requests"]["openai.completions"] == 12
         assert stats["streams_started"] == 12
         assert stats["connections_opened"] >= 12
+
+
+# --- HTTPS ---------------------------------------------------------------------------------------
+
+
+async def stream_text(url: str, pool: Pool) -> str:
+    async with DashScopeClient(api_key="sk-tls", base_url=url, pool=pool, max_retries=0) as client:
+        completion = await client.stream_generate("hi", model="qwen-turbo").collect()
+    assert completion.is_complete
+    return completion.text
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_tls_serves_https_and_names_the_ca_to_trust(
+    session: aiohttp.ClientSession, workers: str
+) -> None:
+    process, url = await start_mock("--port", "0", "--tls", "--workers", workers)
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), PROCESS_TIMEOUT)
+        trust = TRUST.match(line.decode().rstrip("\n"))
+        assert trust is not None, line
+        ca_file = Path(trust.group(1))
+        trusting = ssl.create_default_context(cafile=ca_file)
+        assert url.startswith("https://")
+        async with session.get(url + "/health", ssl=trusting) as response:
+            assert (response.status, await response.json()) == (200, {"status": "ok"})
+        async with Pool(ssl=trusting) as pool:
+            assert await stream_text(url, pool)
+        async with Pool() as pool:
+            with pytest.raises(TLSCertificateError):
+                await stream_text(url, pool)
+    finally:
+        assert await stop_mock(process) == 0
+    # The CA was made for this run, and goes with it.
+    assert not ca_file.exists()
+
+
+async def test_certfile_and_keyfile_serve_the_users_certificate(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(keyfile))
+    process, url = await start_mock("--port", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    try:
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        async with Pool(ssl=trusting) as pool:
+            assert await stream_text(url, pool)
+    finally:
+        assert await stop_mock(process) == 0
+    assert process.stdout is not None
+    assert await process.stdout.read() == b""  # no CA to name: the user has theirs
+
+
+async def run_to_exit(*arguments: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *arguments, cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), PROCESS_TIMEOUT)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        (["--keyfile", "key.pem"], "--keyfile is the key of --certfile: give --certfile too"),
+        (["--certfile", "no-such-cert.pem"], "cannot serve the certificate no-such-cert.pem"),
+    ],
+)
+async def test_a_certificate_that_cannot_be_served_is_one_line_and_exit_2(
+    options: list[str], expected: str
+) -> None:
+    code, stdout, stderr = await run_to_exit(*MOCK, "--port", "0", *options)
+    assert (code, stdout) == (2, "")
+    assert stderr.count("\n") == 1 and expected in stderr, stderr
+
+
+async def test_tls_without_trustme_says_how_to_install_it() -> None:
+    # The interpreter as it is where trustme is not installed: importing it fails.
+    program = (
+        "import sys; sys.modules['trustme'] = None; "
+        "from llmstreams.commands.mock import main; sys.exit(main(sys.argv[1:]))"
+    )
+    code, stdout, stderr = await run_to_exit(sys.executable, "-c", program, "--port", "0", "--tls")
+    assert (code, stdout) == (2, "")
+    assert stderr.count("\n") == 1
+    assert "pip install 'llmstreams[mock]'" in stderr and "--certfile" in stderr

@@ -326,7 +326,8 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
         lines.append(
             f"stopped early: the first {FAIL_FAST_AFTER} requests all failed with the same error,"
             f" which no retry fixes:\n  {summary.stopped_early}\n"
-            f"{summary.not_run:,} requests not run. Fix the cause and run the same command again"
+            f"{stats.failed:,} requests failed before the run stopped (those in flight finished),"
+            f" {summary.not_run:,} not run. Fix the cause and run the same command again"
             " (the failed ids run again too); --keep-going runs every request regardless"
         )
     elif stats.failed or summary.already_failed:

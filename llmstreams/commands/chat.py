@@ -30,6 +30,7 @@ from llmstreams.commands.target import (
     CommandError,
     add_target_arguments,
     check_target_arguments,
+    describe_parameter,
     make_client,
     model_of,
     provider_list,
@@ -125,7 +126,7 @@ def _one_answer(start: Starter, messages: Messages) -> int:
     try:
         _stream_answer(start, messages)
     except llmstreams.InvalidParameterError as error:
-        return _usage_error(str(error))
+        return _usage_error(describe_parameter(error))
     except llmstreams.LLMStreamsError as error:
         print(f"\nllmstreams chat: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

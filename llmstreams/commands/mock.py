@@ -9,8 +9,11 @@ import json
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
+from ssl import SSLContext
 from typing import Any
 
 import attrs
@@ -20,6 +23,7 @@ from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 from llmstreams.mock.server import DEFAULT_TOKEN_TTL, DEFAULT_TRIGGER_PHRASE, MockServer
 from llmstreams.mock.stats import SharedCounters
+from llmstreams.mock.tls import CertificateError, CertificateFiles, make_certificate, server_context
 from llmstreams.mock.workers import (
     PARENT_FD_OPTION,
     STATS_FILE_OPTION,
@@ -38,7 +42,9 @@ _DESCRIPTION = (
     "Serve a local mock of the Baidu Qianfan and Alibaba DashScope text generation APIs. "
     "Prints one line 'llmstreams mock listening on URL (N workers)' once ready and "
     "serves until SIGINT or SIGTERM. Knob flags set the server-wide Behaviour; a request "
-    "can override them with the header 'X-Mock-Behaviour: key=value; key=value'."
+    "can override them with the header 'X-Mock-Behaviour: key=value; key=value'. "
+    "With --tls it serves HTTPS with a certificate made for the run, and prints a second line "
+    "naming the CA file to trust (SSL_CERT_FILE=...)."
 )
 
 
@@ -74,6 +80,19 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON file of credentials to enforce: api_key, secret_key, access_key, "
         "secret_access_key, dashscope_api_key (any subset); without it any key is accepted",
     )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve HTTPS with a certificate signed by a CA made for this run (needs trustme: "
+        "pip install 'llmstreams[mock]'); the CA file is printed after the ready line",
+    )
+    parser.add_argument(
+        "--certfile", metavar="FILE", type=Path, help="serve HTTPS with this PEM certificate chain"
+    )
+    parser.add_argument(
+        "--keyfile", metavar="FILE", type=Path,
+        help="the private key of --certfile (when it is not in the same file)",
+    )
     parser.add_argument(PARENT_FD_OPTION, type=int, help=argparse.SUPPRESS)
     parser.add_argument(STATS_FILE_OPTION, type=Path, help=argparse.SUPPRESS)
     parser.add_argument(STATS_ROWS_OPTION, type=int, default=1, help=argparse.SUPPRESS)
@@ -100,17 +119,24 @@ def run(args: argparse.Namespace) -> int:
     except (BehaviourError, OSError, ValueError, TypeError) as error:
         print(f"llmstreams mock: {error}", file=sys.stderr)
         return 2
-    try:
-        return _run_servers(args, behaviour, credentials, knob_texts)
-    except OSError as error:
-        if error.errno != errno.EADDRINUSE:
-            raise
-        print(
-            f"llmstreams mock: port {args.port} on {args.host} is already in use; "
-            "choose another with --port, or --port 0 for any free port",
-            file=sys.stderr,
-        )
-        return 1
+    with ExitStack() as cleanup:
+        try:
+            certificate = _certificate(args, cleanup)
+            context = None if certificate is None else server_context(certificate)
+        except CertificateError as error:
+            print(f"llmstreams mock: {error}", file=sys.stderr)
+            return 2
+        try:
+            return _run_servers(args, behaviour, credentials, knob_texts, certificate, context)
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            print(
+                f"llmstreams mock: port {args.port} on {args.host} is already in use; "
+                "choose another with --port, or --port 0 for any free port",
+                file=sys.stderr,
+            )
+            return 1
 
 
 def _run_servers(
@@ -118,7 +144,10 @@ def _run_servers(
     behaviour: Behaviour,
     credentials: MockCredentials | None,
     knob_texts: list[tuple[str, str]],
+    certificate: CertificateFiles | None,
+    context: SSLContext | None,
 ) -> int:
+    notice = _trust_notice(certificate)
     if args.workers > 1:
         workers = spawn_mock_workers(
             args.workers,
@@ -127,9 +156,10 @@ def _run_servers(
             credentials=credentials,
             token_ttl=args.token_ttl,
             trigger_phrase=args.trigger_phrase,
+            certificate=certificate,
             **{name: getattr(behaviour, name) for name, _ in knob_texts},
         )
-        return asyncio.run(_supervise(workers, args.workers))
+        return asyncio.run(_supervise(workers, args.workers, notice))
     server = MockServer(
         host=args.host,
         port=args.port,
@@ -140,8 +170,32 @@ def _run_servers(
         reuse_port=args.reuse_port,
         token_key=_shared_token_key(),
         shared_stats=_shared_stats(args),
+        ssl=context,
     )
-    return asyncio.run(_serve(server, args.parent_fd))
+    return asyncio.run(_serve(server, args.parent_fd, notice))
+
+
+def _certificate(args: argparse.Namespace, cleanup: ExitStack) -> CertificateFiles | None:
+    """The certificate to serve: the user's (--certfile), one made for this run (--tls, in a
+    directory removed at exit), or None for plain HTTP."""
+    if args.keyfile is not None and args.certfile is None:
+        raise CertificateError("--keyfile is the key of --certfile: give --certfile too")
+    if args.certfile is not None:
+        return CertificateFiles(certfile=args.certfile, keyfile=args.keyfile)
+    if not args.tls:
+        return None
+    directory = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="llmstreams-mock-tls-"))
+    return make_certificate(Path(directory), args.host)
+
+
+def _trust_notice(certificate: CertificateFiles | None) -> str | None:
+    """The line after the ready line that names the CA made for this run."""
+    if certificate is None or certificate.ca_file is None:
+        return None
+    return (
+        f"llmstreams mock: its certificate is signed by a CA made for this run; trust it with "
+        f"SSL_CERT_FILE={certificate.ca_file}"
+    )
 
 
 def _shared_stats(args: argparse.Namespace) -> SharedCounters | None:
@@ -203,20 +257,26 @@ def _stop_when_parent_ends(descriptor: int, stop: asyncio.Event) -> None:
     asyncio.get_running_loop().add_reader(descriptor, on_readable)
 
 
-async def _serve(server: MockServer, parent_fd: int | None) -> int:
+def _announce(url: str, workers: int, notice: str | None) -> None:
+    print(ready_line(url, workers), flush=True)
+    if notice is not None:
+        print(notice, flush=True)
+
+
+async def _serve(server: MockServer, parent_fd: int | None, notice: str | None) -> int:
     stop = _stop_on_signals()
     if parent_fd is not None:
         _stop_when_parent_ends(parent_fd, stop)
     async with server:
-        print(ready_line(server.url, 1), flush=True)
+        _announce(server.url, 1, notice)
         await stop.wait()
     return 0
 
 
-async def _supervise(workers: MockWorkers, count: int) -> int:
+async def _supervise(workers: MockWorkers, count: int, notice: str | None) -> int:
     stop = _stop_on_signals()
     async with workers as url:
-        print(ready_line(url, count), flush=True)
+        _announce(url, count, notice)
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), _WORKER_CHECK_INTERVAL)

@@ -16,7 +16,12 @@ MOCK_HINT = "to try without credentials or network, add --mock"
 _CREDENTIAL_FIELDS = frozenset(
     {"api_key", "secret_key", "access_token", "access_key", "secret_access_key"}
 )
-_FLAGS = {"base_url": "--base-url", "model": "--model", "endpoint": "--endpoint"}
+# Library fields that the commands take as flags of the same name.
+_FLAGS = {
+    name: "--" + name.replace("_", "-")
+    for name in ("base_url", "model", "endpoint", "temperature", "top_p", "top_k", "max_tokens",
+                 "stop", "seed", "system")
+}
 
 
 def provider_list() -> str:
@@ -120,10 +125,20 @@ def describe(error: llmstreams.InvalidParameterError, provider: Provider) -> tup
             f"no usable {provider.title} credentials: set {provider.credential_env}",
             _credential_hint(error, provider),
         )
+    return describe_parameter(error), None
+
+
+def describe_parameter(error: llmstreams.InvalidParameterError) -> str:
+    """A refused parameter, named by its flag where the commands have one."""
+    field = error.field.split("[", 1)[0]
     flag = _FLAGS.get(field)
-    if flag is not None:
-        return f"{flag}: {_without_python(error.rule)}", None
-    return str(error).removesuffix(f". {error.hint}"), None
+    name = flag if flag is not None and field == error.field else repr(error.field)
+    shown = str(error).removesuffix(f". {error.hint}")
+    value = shown.rsplit(", got ", 1)[1] if ", got " in shown else None
+    if error.rule.startswith("unknown parameter") and flag is not None:
+        return f"{name}: the provider's API does not take it"
+    rule = _without_python(error.rule)
+    return f"{name}: {rule}" + (f" (got {value})" if value is not None else "")
 
 
 def _credential_hint(error: llmstreams.InvalidParameterError, provider: Provider) -> str:

@@ -198,6 +198,15 @@ class SiliconFlow(Flavour):
         return {"code": code, "message": error.message, "data": None}
 
 
+class Hunyuan(Flavour):
+    """Hunyuan's extras are booleans; its stop strings are kept in the answer."""
+
+    def check(self, parsed: ParsedRequest, payload: dict[str, Any]) -> None:
+        value = payload.get("enable_enhancement")
+        if value is not None and not isinstance(value, bool):
+            raise OpenAIError("InvalidParameter", "EnableEnhancement must be a boolean.")
+
+
 def _reason(status: int) -> str:
     return HTTPStatus(status).phrase.replace(" ", "")
 
@@ -212,6 +221,7 @@ FLAVOURS: dict[str, tuple[Flavour, bool]] = {
     "zhipu": (Zhipu(), False),
     "volcengine": (Volcengine(), False),
     "siliconflow": (SiliconFlow(), False),
+    "hunyuan": (Hunyuan(), False),
 }
 
 

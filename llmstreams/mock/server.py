@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from types import TracebackType
+from ssl import SSLContext
 
 from aiohttp import web
 
@@ -35,7 +35,8 @@ class MockServer:
 
     Use as `async with MockServer() as server:` (or `await start()` / `await close()`), then point
     a client at `server.url`. Knobs (`Behaviour`) apply server-wide and per request through the
-    `X-Mock-Behaviour` header.
+    `X-Mock-Behaviour` header. With `ssl=` a server-side `ssl.SSLContext` holding a certificate,
+    it serves HTTPS (`server.url` starts https://).
     """
 
     def __init__(
@@ -50,8 +51,10 @@ class MockServer:
         reuse_port: bool = False,
         token_key: bytes | None = None,
         shared_stats: SharedCounters | None = None,
+        ssl: SSLContext | None = None,
     ) -> None:
         self._host = host
+        self._ssl = ssl
         self._requested_port = port
         self._reuse_port = reuse_port
         self._context = MockContext(
@@ -85,7 +88,8 @@ class MockServer:
     def url(self) -> str:
         """The base URL, e.g. "http://127.0.0.1:43123" (no trailing slash)."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self.port}"
+        scheme = "http" if self._ssl is None else "https"
+        return f"{scheme}://{host}:{self.port}"
 
     @property
     def behaviour(self) -> Behaviour:
@@ -136,7 +140,8 @@ class MockServer:
             assert http_server is not None
             stats = self._context.stats
             self._listener = await asyncio.get_running_loop().create_server(
-                lambda: _CountedConnection(http_server(), stats), sock=sock, backlog=_LISTEN_BACKLOG
+                lambda: _CountedConnection(http_server(), stats), sock=sock,
+                backlog=_LISTEN_BACKLOG, ssl=self._ssl,
             )
         except BaseException:
             await runner.cleanup()
@@ -166,12 +171,7 @@ class MockServer:
         await self.start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
 

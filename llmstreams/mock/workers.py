@@ -24,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import attrs
@@ -33,6 +32,7 @@ from llmstreams.mock.behaviour import KNOB_NAMES
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TOKEN_KEY_ENV
 from llmstreams.mock.stats import SharedCounters
+from llmstreams.mock.tls import CertificateFiles
 
 READY_PREFIX = "llmstreams mock listening on "
 PARENT_FD_OPTION = "--parent-fd"
@@ -56,12 +56,14 @@ def spawn_mock_workers(
     token_ttl: int | None = None,
     trigger_phrase: str | None = None,
     ready_timeout: float = 15.0,
+    certificate: CertificateFiles | None = None,
     **knobs: Any,
 ) -> MockWorkers:
     """`workers` mock server processes on one port; a context manager yielding the base URL.
 
     Use `with spawn_mock_workers(4) as url:` or `async with ...`. `knobs` are `Behaviour` field
-    names (`first_chunk_delay=0.2`, `trickle=True`, ...). Leaving the block terminates the workers.
+    names (`first_chunk_delay=0.2`, `trickle=True`, ...). With `certificate`, they serve HTTPS.
+    Leaving the block terminates the workers.
     """
     unknown = sorted(set(knobs) - set(KNOB_NAMES))
     if unknown:
@@ -73,6 +75,10 @@ def spawn_mock_workers(
         options += ["--token-ttl", str(token_ttl)]
     if trigger_phrase is not None:
         options += ["--trigger-phrase", trigger_phrase]
+    if certificate is not None:
+        options += ["--certfile", str(certificate.certfile)]
+        if certificate.keyfile is not None:
+            options += ["--keyfile", str(certificate.keyfile)]
     for name, value in knobs.items():
         flag = "--" + name.replace("_", "-")
         if isinstance(value, bool):
@@ -86,6 +92,7 @@ def spawn_mock_workers(
         options=options,
         credentials=credentials,
         ready_timeout=ready_timeout,
+        scheme="http" if certificate is None else "https",
     )
 
 
@@ -101,8 +108,10 @@ class MockWorkers:
         options: list[str],
         credentials: MockCredentials | None,
         ready_timeout: float,
+        scheme: str = "http",
     ) -> None:
         self._workers = workers
+        self._scheme = scheme
         self._host = host
         self._requested_port = port
         self._options = options
@@ -153,7 +162,7 @@ class MockWorkers:
             self.stop()
             raise
         host = f"[{self._host}]" if ":" in self._host else self._host
-        self.url = f"http://{host}:{port}"
+        self.url = f"{self._scheme}://{host}:{port}"
         return self.url
 
     def stop(self) -> None:
@@ -197,23 +206,13 @@ class MockWorkers:
     def __enter__(self) -> str:
         return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
     async def __aenter__(self) -> str:
         return await asyncio.to_thread(self.start)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await asyncio.to_thread(self.stop)
 
 

@@ -41,7 +41,7 @@ from llmstreams.errors import (
     snippet,
 )
 from llmstreams.options import Timeout
-from llmstreams.pool import Pool
+from llmstreams.pool import Pool, connect_timeout
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, TOKEN_ERROR_CODES
 from llmstreams.transport import is_redirect, read_head, redirect_error, request_failure
@@ -392,6 +392,7 @@ class TokenAuthenticator:
                 async with self._pool.session().post(
                     url, params=params, headers={"Accept": JSON_CONTENT_TYPE},
                     allow_redirects=False, proxy=self._pool.proxy_for(url),
+                    timeout=connect_timeout(self._timeout.connect),
                 ) as response:
                     head = read_head(response)
                     if is_redirect(head.status):

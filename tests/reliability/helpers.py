@@ -231,12 +231,13 @@ class TcpServer:
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[TcpServer]:
-        try:
-            async with tcp_server(self._accept) as self.url:
+        async with tcp_server(self._accept) as self.url:
+            try:
                 yield self
-        finally:
-            for writer in self._writers:
-                writer.close()
+            finally:
+                # Before the server closes: since Python 3.12 its close waits for every connection.
+                for writer in self._writers:
+                    writer.close()
 
 
 @asynccontextmanager
