@@ -42,7 +42,7 @@ def clean_environment(**extra: str) -> dict[str, str]:
 
 
 def test_the_examples_were_found() -> None:
-    assert (len(TIMEOUTS), len(PROXIES), len(LOGGING), len(WEB), len(TESTING)) == (4, 2, 1, 2, 2)
+    assert (len(TIMEOUTS), len(PROXIES), len(LOGGING), len(WEB), len(TESTING)) == (4, 3, 1, 2, 2)
 
 
 # docs/timeouts.md
@@ -89,8 +89,15 @@ async def test_proxy_choice_example() -> None:
     ]
 
 
+async def test_tls_inspecting_proxy_example() -> None:
+    refused, trusted = (await run_example(PROXIES[1], clean_environment())).splitlines()
+    assert refused.startswith("TLSCertificateError - could not reach https://127.0.0.1:")
+    assert "certificate verify failed" in refused
+    assert trusted.startswith("https answer: ") and len(trusted) > len("https answer: ")
+
+
 async def test_through_a_proxy_example() -> None:
-    answer, through, mock = (await run_example(PROXIES[1], clean_environment())).splitlines()
+    answer, through, mock = (await run_example(PROXIES[2], clean_environment())).splitlines()
     assert answer.startswith("answer: ") and len(answer) > len("answer: ")
     assert through == "through the proxy: ['POST /v1/chat/completions']"
     assert mock == "the mock saw: 1 request"
