@@ -219,7 +219,8 @@ async def test_web_app_streams_a_whole_answer(framework: str, llmstreams_mock: M
     assert kind == "end"
     assert end["finish_reason"] == "stop"
     assert end["usage"]["total_tokens"] > 0
-    assert llmstreams_mock.stats.streams_completed == 1
+    stats = await llmstreams_mock.wait_for(lambda stats: stats.streams_completed == 1)
+    assert stats.streams_aborted == 0
 
 
 # docs/testing.md
