@@ -202,16 +202,21 @@ def test_batch_on_a_node_of_the_cluster_finds_it_with_auto(cluster: Cluster, tmp
 
 
 @pytest.mark.timeout(CLUSTER_TEST_TIMEOUT)
+@pytest.mark.parametrize("by_ray_address", [False, True], ids=["--ray=HOST:PORT", "RAY_ADDRESS"])
 def test_an_address_without_the_token_says_what_the_cluster_needs(
-    cluster: Cluster, tmp_path: Path
+    by_ray_address: bool, cluster: Cluster, tmp_path: Path
 ) -> None:
     # Ray tries 20 times, a second apart, before it gives up: once is enough here.
-    finished, results = run_batch(
-        tmp_path, f"--ray={cluster.address}", {"RAY_NUM_REDIS_GET_RETRIES": "1"}
-    )
+    environment = {"RAY_NUM_REDIS_GET_RETRIES": "1"}
+    if by_ray_address:  # as a `ray job submit` driver is told
+        environment["RAY_ADDRESS"] = cluster.address
+    option = "--ray=auto" if by_ray_address else f"--ray={cluster.address}"
+    finished, results = run_batch(tmp_path, option, environment)
     assert finished.returncode == 2, finished.stderr
     last_line = finished.stderr.rstrip("\n").splitlines()[-1]
-    assert last_line.startswith("llmstreams batch: error: the Ray cluster at ")
+    assert last_line.startswith(
+        f"llmstreams batch: error: the Ray cluster at {cluster.address} wants its token: "
+    )
     assert "RAY_AUTH_MODE=token" in last_line and "RAY_AUTH_TOKEN" in last_line
     assert cluster.token not in finished.stderr
     assert results == {}
