@@ -47,6 +47,10 @@ DEFAULT_CONCURRENCY = "64"
 DEFAULT_REQUESTS = 1000
 # Random prompts made when the run has no request count (it lasts a duration).
 RANDOM_PROMPTS = 1000
+UNPACED_NOTICE = (
+    "the mock is unpaced: it writes each answer at once, so ITL and TPOT time only the "
+    "client's parsing (pace it, e.g. --chunks-per-second 20)"
+)
 
 # Mock knobs with flags of their own; any other goes through --mock-knob.
 _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
@@ -311,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
     if notice is not None:
         print(f"llmstreams bench: {notice}", file=sys.stderr)
     print(_describe_target(config), flush=True)
+    if unpaced_mock(config):
+        print(f"llmstreams bench: {UNPACED_NOTICE}", file=sys.stderr, flush=True)
     try:
         results = run_on(
             config.event_loop,
@@ -427,6 +433,11 @@ def _describe_target(config: BenchConfig) -> str:
         f"llmstreams bench: {config.workload.provider} against the mock "
         f"({workers} worker process(es); knobs: {knobs})"
     )
+
+
+def unpaced_mock(config: BenchConfig) -> bool:
+    """Whether the target is the mock writing every answer as fast as it can."""
+    return config.base_url is None and not config.knobs.get("chunks_per_second")
 
 
 def _without_userinfo(url: str) -> str:
