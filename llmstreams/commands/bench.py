@@ -94,7 +94,7 @@ mean_ttft_ms, median_tpot_ms, p99_itl_ms, p99_e2el_ms, ...); docs/bench.md defin
 _EPILOG = """\
 examples:
   llmstreams bench --concurrency 64 --requests 2000 --warmup 100
-  llmstreams bench --concurrency 1,16,256 --duration 10 --json out.json --plots plots/
+  llmstreams bench --concurrency 1,16,64 --duration 5 --warmup 4 --chunks-per-second 20 --json out.json --plots plots/
   llmstreams bench --rate 200 --duration 30 --chunks-per-second 20 --answer-chars 600
   llmstreams bench --rate 5,10,20 --concurrency 64 --burstiness 0.5 --goodput ttft:500 tpot:50
   llmstreams bench compare before.json after.json
