@@ -26,6 +26,7 @@ class Route:
     path: str
     stats_name: str
     key: str | None
+    model: str = "ernie-speed-8k"
     chat: bool = True
 
     def __repr__(self) -> str:
@@ -41,7 +42,11 @@ QIANFAN_COMPLETIONS = Route(
     chat=False,
 )
 DASHSCOPE = Route(
-    "dashscope", "/compatible-mode/v1/chat/completions", "dashscope.compatible.chat", "sk-test"
+    "dashscope",
+    "/compatible-mode/v1/chat/completions",
+    "dashscope.compatible.chat",
+    "sk-test",
+    model="qwen-plus",
 )
 GENERIC_CHAT = Route("openai", "/v1/chat/completions", "openai.chat", None)
 GENERIC_COMPLETIONS = Route(
@@ -54,7 +59,7 @@ each_chat_route = pytest.mark.parametrize("route", CHAT_ROUTES, ids=repr)
 
 
 def request_body(route: Route, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "ernie-speed-8k"}
+    body: dict[str, Any] = {"model": route.model}
     if route.chat:
         body["messages"] = USER
     else:
@@ -244,7 +249,7 @@ async def test_qianfan_v2_needs_a_bce_v3_key_checked_against_the_credentials(
             async with await post(session, server, QIANFAN_CHAT, body, key=key) as reply:
                 assert reply.status == 401
                 payload = await reply.json()
-            assert payload["error"]["code"] == "invalid_api_key"
+            assert payload["error"]["code"] == "invalid_iam_token"
             assert payload["id"].startswith("as-")
         headers = {"Authorization": "Bearer bce-v3/ALTAK-right/secret", "appid": "app-123"}
         async with session.post(server.url + QIANFAN_CHAT.path, json=body, headers=headers) as ok:
@@ -260,7 +265,7 @@ async def test_dashscope_and_generic_keys(session: aiohttp.ClientSession) -> Non
         ) as reply:
             assert reply.status == 401
             payload = await reply.json()
-        assert payload["error"]["message"] == "Incorrect API key provided."
+        assert payload["error"]["message"].startswith("Incorrect API key provided. For details")
         assert payload["error"]["code"] == "invalid_api_key"
         assert payload["request_id"]
         async with await post(
