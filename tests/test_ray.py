@@ -62,7 +62,7 @@ def generate(
     cls: type[Generate] = Generate, **kwargs: Any,
 ) -> list[dict[str, Any]]:
     options: dict[str, Any] = {
-        "model": MODEL, "base_url": url, "concurrency": 8, "credentials": {"api_key": "test-key"},
+        "model": MODEL, "base_url": url, "concurrency": 8, "credentials": {"api_key": "sk-test-key"},
         **kwargs,
     }
     results = dataset.map_batches(
