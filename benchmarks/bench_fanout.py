@@ -53,7 +53,7 @@ def jobs(client: llmstreams.DashScopeClient, count: int, behaviour: str | None) 
 async def measure(url: str, concurrency: int, requests: int, behaviour: str | None) -> dict[str, Any]:
     timeout = llmstreams.Timeout(connect=60.0)
     async with llmstreams.Pool(timeout=timeout, max_retries=0) as pool:
-        client = llmstreams.DashScopeClient(api_key="bench-key", base_url=url, pool=pool)
+        client = llmstreams.DashScopeClient(api_key="sk-bench-key", base_url=url, pool=pool)
         pool.session()
         baseline = psutil.Process().memory_info().rss
         most_open = 0

@@ -46,7 +46,7 @@ from llmstreams.ray.batch import RayJob, run_batch_on_ray
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ray.json"
 MODEL = "billa-7b-sft-v1"
-KEY = "bench-key"
+KEY = "sk-bench-key"
 
 
 def write_input(path: Path, count: int) -> Path:

@@ -92,7 +92,12 @@ class Provider:
 
 
 def _vendor_provider(
-    vendor: Vendor, *, mock_path: str, mock_route: str | None = None, mock_model: str | None = None
+    vendor: Vendor,
+    *,
+    mock_path: str,
+    mock_route: str | None = None,
+    mock_model: str | None = None,
+    mock_key: str | None = None,
 ) -> Provider:
     def make_client(**options: Any) -> BaseClient:
         return OpenAICompatibleClient(vendor=vendor, **options)
@@ -101,7 +106,7 @@ def _vendor_provider(
         key = environ.get(vendor.api_key_env, "").strip()
         return {"api_key": key} if key else None
 
-    mock_key = f"{vendor.key_prefix or ''}mock-{vendor.name}-key"
+    mock_key = mock_key or f"{vendor.key_prefix or ''}mock-{vendor.name}-key"
     return Provider(
         name=vendor.name,
         title=vendor.title,
@@ -178,7 +183,8 @@ PROVIDERS: Final[Mapping[str, Provider]] = {
         _vendor_provider(GENERIC_VENDOR, mock_path="/v1", mock_model="mock-model"),
         _vendor_provider(deepseek.VENDOR, mock_path="/deepseek"),
         _vendor_provider(moonshot.VENDOR, mock_path="/moonshot/v1"),
-        _vendor_provider(zhipu.VENDOR, mock_path="/api/paas/v4"),
+        # Zhipu's keys are `{id}.{secret}`, and the mock checks for the dot.
+        _vendor_provider(zhipu.VENDOR, mock_path="/api/paas/v4", mock_key="mock-zhipu-id.secret"),
         _vendor_provider(volcengine.VENDOR, mock_path="/api/v3"),
         _vendor_provider(siliconflow.VENDOR, mock_path="/siliconflow/v1"),
         _vendor_provider(hunyuan.VENDOR, mock_path="/hunyuan/v1"),

@@ -45,7 +45,7 @@ async def pool() -> AsyncIterator[Pool]:
 
 @pytest.fixture
 def dashscope(server: MockServer, pool: Pool) -> Target:
-    return Target(DashScopeClient(api_key="test-key", base_url=server.url, pool=pool), model=MODEL)
+    return Target(DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool), model=MODEL)
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:
@@ -228,7 +228,7 @@ def test_parse_line_names_what_is_wrong() -> None:
 
 
 async def start_batch(source: Path, output: Path, url: str) -> asyncio.subprocess.Process:
-    env = {**os.environ, "DASHSCOPE_API_KEY": "test-key", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DASHSCOPE_API_KEY": "sk-test-key", "PYTHONPATH": str(REPO)}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmstreams", "batch", str(source), "-o", str(output),
         "--provider", "dashscope", "--model", MODEL, "--base-url", url, "--concurrency", "4",

@@ -21,7 +21,7 @@ from llmstreams.mock.pytest_plugin import MockServerFactory
 from tests.support import ROOT
 
 MODEL = "billa-7b-sft-v1"
-GOOD_KEY = "the-right-key"
+GOOD_KEY = "sk-the-right-key"
 COUNT = 60
 
 
@@ -51,7 +51,7 @@ async def test_a_bad_key_stops_the_batch_and_a_fixed_rerun_needs_no_retry_errors
     tmp_path: Path, guarded: MockServer
 ) -> None:
     source, output = prompts(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
-    summary = await run(source, output, guarded, "a-wrong-key")
+    summary = await run(source, output, guarded, "sk-a-wrong-key")
     assert summary.stopped_early is not None and "AuthenticationError" in summary.stopped_early
     assert summary.exit_code == 3
     failed = results(output)
@@ -69,7 +69,7 @@ async def test_a_bad_key_stops_the_batch_and_a_fixed_rerun_needs_no_retry_errors
 
 async def test_keep_going_runs_every_request(tmp_path: Path, guarded: MockServer) -> None:
     source, output = prompts(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
-    summary = await run(source, output, guarded, "a-wrong-key", fail_fast=False)
+    summary = await run(source, output, guarded, "sk-a-wrong-key", fail_fast=False)
     assert summary.stopped_early is None and summary.exit_code == 1
     assert len(results(output)) == COUNT
 
@@ -91,7 +91,7 @@ async def test_the_command_exits_3_and_says_what_to_do(tmp_path: Path, guarded: 
         sys.executable, "-m", "llmstreams", "batch", str(source), "-o", str(output),
         "--provider", "dashscope", "--model", MODEL, "--base-url", guarded.url,
     ]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "DASHSCOPE_API_KEY": "a-wrong-key"}
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "DASHSCOPE_API_KEY": "sk-a-wrong-key"}
     outputs = []
     for extra in ([], ["--keep-going", "--overwrite"]):
         process = await asyncio.create_subprocess_exec(

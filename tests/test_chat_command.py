@@ -91,7 +91,7 @@ async def test_a_failed_request_exits_1_with_the_typed_error(
     server = await llmstreams_mock_factory(behaviour=Behaviour(error_after=2))
     status, stdout, stderr = await chat(
         "--provider", "dashscope", "--base-url", server.url, "Hello",
-        env=environment(DASHSCOPE_API_KEY="k"),
+        env=environment(DASHSCOPE_API_KEY="sk-k"),
     )
     assert status == 1
     assert "llmstreams chat: ServerError" in stderr and "kept in .partial" in stderr

@@ -169,9 +169,24 @@ async def test_huge_event_line(client: DashScopeClient) -> None:
     assert completion.is_complete
 
 
-async def test_any_model_name(client: DashScopeClient) -> None:
+async def test_any_model_name_is_sent_and_the_service_judges_it(
+    client: DashScopeClient, server: MockServer
+) -> None:
+    with pytest.raises(InvalidRequestError) as raised:
+        await client.generate(PROMPT, model="qwen-turbbo")
+    assert raised.value.code == "InvalidParameter" and raised.value.http_status == 400
+    assert "Model not exist." in str(raised.value) and requests_seen(server) == 1
+    server.set_behaviour(Behaviour(any_model=True))
     completion = await client.generate(PROMPT, model="some-future-model-v9")
     assert completion.is_complete
+
+
+async def test_a_key_without_sk_is_refused_as_dashscope_refuses_it(server: MockServer) -> None:
+    async with DashScopeClient(api_key="definitely-not-a-valid-key", base_url=server.url) as bad:
+        with pytest.raises(AuthenticationError) as raised:
+            await bad.generate(PROMPT, model=MODEL)
+    assert raised.value.code == "InvalidApiKey" and raised.value.http_status == 401
+    assert requests_seen(server) == 1
 
 
 # Errors before the stream

@@ -22,7 +22,7 @@ async def server() -> AsyncIterator[MockServer]:
 
 async def run_example(code: str, base_url: str) -> str:
     return await run_python(
-        code, {**os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": base_url}
+        code, {**os.environ, "DASHSCOPE_API_KEY": "sk-any-key", "DASHSCOPE_BASE_URL": base_url}
     )
 
 

@@ -45,7 +45,7 @@ async def pool() -> AsyncIterator[Pool]:
 
 @pytest.fixture
 def dashscope(server: MockServer, pool: Pool) -> DashScopeClient:
-    return DashScopeClient(api_key="test-key", base_url=server.url, pool=pool)
+    return DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool)
 
 
 @pytest.fixture
@@ -325,7 +325,7 @@ async def test_an_exception_that_is_not_an_llmstreams_error_propagates(
 async def test_five_hundred_streams_open_at_once_then_all_closed(
     server: MockServer, pool: Pool
 ) -> None:
-    client = DashScopeClient(api_key="test-key", base_url=server.url, pool=pool)
+    client = DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool)
     streaming: set[int] = set()
     all_streaming = asyncio.Event()
 
@@ -346,7 +346,7 @@ async def test_five_hundred_streams_open_at_once_then_all_closed(
 
 
 async def test_five_hundred_concurrent_streams_all_succeed(server: MockServer, pool: Pool) -> None:
-    client = DashScopeClient(api_key="test-key", base_url=server.url, pool=pool)
+    client = DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool)
     stats = FanOutStats()
     async with fan_out_as_completed(
         [generate(client, i, "answer_chars=120") for i in range(500)], concurrency=500
@@ -380,7 +380,7 @@ async def test_a_rate_limited_pool_holds_the_fan_out_to_its_requests_per_second(
     limit = RateLimit(requests_per_second=5)
     async with Pool(rate_limit=limit) as pool:
         pool.rate_limiter = RateLimiter(limit, clock=clock, sleep=clock.sleep)
-        client = DashScopeClient(api_key="test-key", base_url=server.url, pool=pool)
+        client = DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool)
         outcomes = await fan_out([generate(client, i) for i in range(12)], concurrency=12)
     assert all(outcome.ok for outcome in outcomes)
     assert pool.rate_limiter.requests_granted == 12
@@ -392,14 +392,14 @@ async def test_a_rate_limited_pool_holds_the_fan_out_to_its_requests_per_second(
 async def test_a_tokens_per_minute_limit_counts_the_fan_outs_tokens(server: MockServer) -> None:
     clock = FakeClock()
     async with Pool() as probe_pool:
-        probe = DashScopeClient(api_key="test-key", base_url=server.url, pool=probe_pool)
+        probe = DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=probe_pool)
         sample = await probe.generate("question 0", model="billa-7b-sft-v1")
     assert sample.usage is not None
     per_request = sample.usage.total_tokens
     limit = RateLimit(tokens_per_minute=2 * per_request)
     async with Pool(rate_limit=limit) as pool:
         pool.rate_limiter = RateLimiter(limit, clock=clock, sleep=clock.sleep)
-        client = DashScopeClient(api_key="test-key", base_url=server.url, pool=pool)
+        client = DashScopeClient(api_key="sk-test-key", base_url=server.url, pool=pool)
         # The same prompt each time, so every answer costs `per_request` tokens.
         jobs = [generate(client, 0) for _ in range(3)]
         outcomes = await fan_out(jobs, concurrency=1)

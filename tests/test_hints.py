@@ -56,7 +56,7 @@ def test_the_registry_knows_the_listed_v1_models_and_the_error_names_endpoint(
 
 async def test_dashscope_takes_the_official_sdks_base_url_style(llmstreams_mock: MockServer) -> None:
     for suffix in ("/api/v1", "/api/v1/"):
-        async with llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url + suffix) as client:
+        async with llmstreams.DashScopeClient(api_key="sk-k", base_url=llmstreams_mock.url + suffix) as client:
             assert client.base_url == llmstreams_mock.url
             assert (await client.chat(MESSAGES, model="qwen-turbo")).text
     # The openai SDK's base URL of the compatible mode, as that mode's client takes it.
@@ -70,7 +70,7 @@ async def test_dashscope_takes_the_official_sdks_base_url_style(llmstreams_mock:
 
 async def test_a_404_says_http_404_once(llmstreams_mock: MockServer) -> None:
     wrong = llmstreams_mock.url + "/not-the-api"
-    async with llmstreams.DashScopeClient(api_key="k", base_url=wrong) as dashscope:
+    async with llmstreams.DashScopeClient(api_key="sk-k", base_url=wrong) as dashscope:
         with pytest.raises(llmstreams.NotFoundError) as from_dashscope:
             await dashscope.generate("Hello", model="billa-7b-sft-v1")
     async with llmstreams.QianfanClient(access_token="t", base_url=wrong) as qianfan:

@@ -128,7 +128,7 @@ def open_stream(pool: Pool, url: str, mode: str, dialect: str) -> ChunkStream:
             messages, model="ERNIE-Speed-8K"
         )
     if dialect == "dashscope":
-        return llmstreams.DashScopeClient(api_key="k", base_url=base, pool=pool).stream_generate(
+        return llmstreams.DashScopeClient(api_key="sk-k", base_url=base, pool=pool).stream_generate(
             "hi", model="billa-7b-sft-v1", incremental_output=True
         )
     return llmstreams.OpenAICompatibleClient(api_key="k", base_url=base + "/v1", pool=pool).stream_chat(

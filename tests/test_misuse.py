@@ -61,7 +61,7 @@ def never_closed(name: str, line: int) -> str:
 async def test_a_client_never_closed_warns_once_naming_where_it_was_made(
     llmstreams_mock: MockServer,
 ) -> None:
-    client = llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url)
+    client = llmstreams.DashScopeClient(api_key="sk-k", base_url=llmstreams_mock.url)
     line = sys._getframe().f_lineno - 1
     await client.generate("Hello", model="billa-7b-sft-v1")
     assert llmstreams_mock.stats.open_connections == 1  # kept alive in the client's pool
@@ -75,7 +75,7 @@ async def test_a_client_never_closed_warns_once_naming_where_it_was_made(
 async def test_a_client_collected_in_another_thread_warns_once_and_closes_on_its_loop(
     llmstreams_mock: MockServer,
 ) -> None:
-    clients = [llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url)]
+    clients = [llmstreams.DashScopeClient(api_key="sk-k", base_url=llmstreams_mock.url)]
     line = sys._getframe().f_lineno - 1
     await clients[0].generate("Hello", model="billa-7b-sft-v1")
     # In debug mode the loop refuses calls from other threads, as it may in any mode.
@@ -91,10 +91,10 @@ async def test_closed_clients_and_clients_on_a_shared_pool_do_not_warn(
 ) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", ResourceWarning)
-        async with llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url) as owner:
+        async with llmstreams.DashScopeClient(api_key="sk-k", base_url=llmstreams_mock.url) as owner:
             await owner.generate("Hello", model="billa-7b-sft-v1")
         async with llmstreams.Pool() as pool:
-            shared = llmstreams.DashScopeClient(api_key="k", base_url=llmstreams_mock.url, pool=pool)
+            shared = llmstreams.DashScopeClient(api_key="sk-k", base_url=llmstreams_mock.url, pool=pool)
             await shared.generate("Hello", model="billa-7b-sft-v1")
             del owner, shared
             gc.collect()

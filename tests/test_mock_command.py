@@ -238,3 +238,25 @@ async def test_tls_without_trustme_says_how_to_install_it() -> None:
     assert (code, stdout) == (2, "")
     assert stderr.count("\n") == 1
     assert "pip install 'llmstreams[mock]'" in stderr and "--certfile" in stderr
+
+async def test_any_model_and_served_models_on_the_command_line(
+    session: aiohttp.ClientSession,
+) -> None:
+    qianfan_v2 = {"Authorization": "Bearer bce-v3/ALTAK-a/b"}
+    typo = {"model": "ernie-4", "prompt": "hi"}
+    process, url = await start_mock("--port", "0", "--served-models", "served-a,served-b")
+    try:
+        async with session.post(url + "/v2/completions", json=typo, headers=qianfan_v2) as reply:
+            assert reply.status == 401
+        for model, status in (("served-b", 200), ("m", 404)):
+            body = {**COMPLETION_BODY, "model": model}
+            async with session.post(url + COMPLETIONS, json=body) as reply:
+                assert reply.status == status
+    finally:
+        assert await stop_mock(process) == 0
+    process, url = await start_mock("--port", "0", "--any-model")
+    try:
+        async with session.post(url + "/v2/completions", json=typo, headers=qianfan_v2) as reply:
+            assert reply.status == 200
+    finally:
+        assert await stop_mock(process) == 0

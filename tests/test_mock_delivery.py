@@ -29,10 +29,11 @@ async def stream_body(
     elif route == "dashscope":
         url = server.url + GENERATION_PATH
         headers["X-DashScope-SSE"] = "enable"
+        headers["Authorization"] = "Bearer sk-test"
         body = {"model": "qwen-turbo", "input": {"prompt": "hi"}}
     else:
         url = server.url + route
-        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        body = {"model": "ernie-speed-8k", "messages": [{"role": "user", "content": "hi"}], "stream": True}
         body["stream_options"] = {"include_usage": True}
     async with session.post(url, json=body, headers=headers) as response:
         assert response.status == 200

@@ -26,6 +26,7 @@ class Route:
     path: str
     stats_name: str
     key: str | None
+    model: str = "ernie-speed-8k"
     chat: bool = True
 
     def __repr__(self) -> str:
@@ -41,7 +42,11 @@ QIANFAN_COMPLETIONS = Route(
     chat=False,
 )
 DASHSCOPE = Route(
-    "dashscope", "/compatible-mode/v1/chat/completions", "dashscope.compatible.chat", "sk-test"
+    "dashscope",
+    "/compatible-mode/v1/chat/completions",
+    "dashscope.compatible.chat",
+    "sk-test",
+    model="qwen-plus",
 )
 GENERIC_CHAT = Route("openai", "/v1/chat/completions", "openai.chat", None)
 GENERIC_COMPLETIONS = Route(
@@ -54,7 +59,7 @@ each_chat_route = pytest.mark.parametrize("route", CHAT_ROUTES, ids=repr)
 
 
 def request_body(route: Route, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "ernie-speed-8k"}
+    body: dict[str, Any] = {"model": route.model}
     if route.chat:
         body["messages"] = USER
     else:
@@ -244,7 +249,7 @@ async def test_qianfan_v2_needs_a_bce_v3_key_checked_against_the_credentials(
             async with await post(session, server, QIANFAN_CHAT, body, key=key) as reply:
                 assert reply.status == 401
                 payload = await reply.json()
-            assert payload["error"]["code"] == "invalid_api_key"
+            assert payload["error"]["code"] == "invalid_iam_token"
             assert payload["id"].startswith("as-")
         headers = {"Authorization": "Bearer bce-v3/ALTAK-right/secret", "appid": "app-123"}
         async with session.post(server.url + QIANFAN_CHAT.path, json=body, headers=headers) as ok:
@@ -260,7 +265,7 @@ async def test_dashscope_and_generic_keys(session: aiohttp.ClientSession) -> Non
         ) as reply:
             assert reply.status == 401
             payload = await reply.json()
-        assert payload["error"]["message"] == "Incorrect API key provided."
+        assert payload["error"]["message"].startswith("Incorrect API key provided. For details")
         assert payload["error"]["code"] == "invalid_api_key"
         assert payload["request_id"]
         async with await post(
@@ -519,3 +524,144 @@ async def test_knobs_set_server_wide_apply_to_the_openai_routes(
     assembled = assemble(events)
     assert (len(assembled.text), len(assembled.reasoning)) == (30, 20)
     assert len(events) == 1 + 2 + 3 + 1
+
+
+@attrs.frozen
+class VendorRoute:
+    """A vendor's chat route, a key and model it takes, and its own answers to a key of the
+    wrong shape and to a model it does not know (`typo-model`)."""
+
+    name: str
+    path: str
+    key: str
+    model: str
+    wrong_shape_key: str
+    refused_key_body: Any
+    unknown_model_status: int
+    unknown_model_body: Any
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+VENDOR_ROUTES = [
+    VendorRoute(
+        "deepseek", "/deepseek/chat/completions", "sk-a", "deepseek-chat", "not-an-sk-key",
+        {"error": {
+            "message": "Authentication Fails (auth header format should be Bearer sk-...)",
+            "type": "authentication_error", "param": None, "code": "invalid_request_error",
+        }},
+        400,
+        {"error": {
+            "message": "Model Not Exist", "type": "invalid_request_error", "param": None,
+            "code": "invalid_request_error",
+        }},
+    ),
+    VendorRoute(
+        "moonshot", "/moonshot/v1/chat/completions", "sk-a", "kimi-k2.6", "not-an-sk-key",
+        {"error": {"type": "invalid_authentication_error", "message": "Invalid Authentication"}},
+        404,
+        {"error": {
+            "type": "resource_not_found_error",
+            "message": "Not found the model typo-model or Permission denied",
+        }},
+    ),
+    VendorRoute(
+        "zhipu", "/api/paas/v4/chat/completions", "an-id.a-secret", "glm-4.7-flash", "no-dot-key",
+        {"error": {
+            "code": "1002",
+            "message": "Authorization Token非法，请确认Authorization Token正确传递。",  # noqa: RUF001
+        }},
+        400,
+        {"error": {"code": "1211", "message": "模型不存在，请检查模型代码。"}},  # noqa: RUF001
+    ),
+    VendorRoute(
+        "siliconflow", "/siliconflow/v1/chat/completions", "sk-a", "Qwen/Qwen3-8B", "not-an-sk-key",
+        "Invalid token",
+        400,
+        {"code": 20012, "message": "Model does not exist. Please check it carefully.", "data": None},
+    ),
+]
+
+
+async def vendor_reply(
+    session: aiohttp.ClientSession, url: str, key: str | None, model: str, knobs: str = ""
+) -> tuple[int, Any]:
+    headers = {BEHAVIOUR_HEADER: knobs}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    async with session.post(url, json={"model": model, "messages": USER}, headers=headers) as reply:
+        return reply.status, await reply.json()
+
+
+@pytest.mark.parametrize("route", VENDOR_ROUTES, ids=repr)
+async def test_each_vendor_refuses_keys_and_models_in_its_own_words(
+    server: MockServer, session: aiohttp.ClientSession, route: VendorRoute
+) -> None:
+    url = server.url + route.path
+    assert (await vendor_reply(session, url, None, route.model))[0] == 401
+    refused = await vendor_reply(session, url, route.wrong_shape_key, route.model)
+    assert refused == (401, route.refused_key_body)
+    unknown = await vendor_reply(session, url, route.key, "typo-model")
+    assert unknown == (route.unknown_model_status, route.unknown_model_body)
+    status, answer = await vendor_reply(session, url, route.key, "typo-model", "any_model=true")
+    assert status == 200 and answer["choices"][0]["message"]["content"]
+    status, answer = await vendor_reply(session, url, route.key, route.model)
+    assert status == 200 and answer["model"] == route.model
+
+
+async def test_ark_takes_any_key_and_its_endpoint_ids(
+    server: MockServer, session: aiohttp.ClientSession
+) -> None:
+    url = server.url + "/api/v3/chat/completions"
+    status, refused = await vendor_reply(session, url, None, "doubao-seed-1-6-flash-250828")
+    assert status == 401
+    assert (refused["error"]["code"], refused["error"]["type"]) == ("AuthenticationError", "Unauthorized")
+    for model in ("doubao-seed-1-6-flash-250828", "ep-20260101000000-abcde"):
+        assert (await vendor_reply(session, url, "9c3e0b6a-uuid-shaped-key", model))[0] == 200
+    status, unknown = await vendor_reply(session, url, "ark-key", "typo-model")
+    assert status == 404
+    assert (unknown["error"]["code"], unknown["error"]["type"]) == (
+        "InvalidEndpointOrModel.NotFound", "NotFound"
+    )
+    assert unknown["error"]["message"].startswith(
+        "The model or endpoint typo-model does not exist or you do not have access to it."
+    )
+
+
+async def test_dashscope_compatible_mode_and_qianfan_v2_refuse_unknown_models(
+    server: MockServer, session: aiohttp.ClientSession
+) -> None:
+    async with await post(
+        session, server, DASHSCOPE, request_body(DASHSCOPE, model="qwen-turbbo")
+    ) as reply:
+        assert reply.status == 404
+        error = (await reply.json())["error"]
+    assert error["code"] == "model_not_found" and "`qwen-turbbo` does not exist" in error["message"]
+    async with await post(
+        session, server, QIANFAN_CHAT, request_body(QIANFAN_CHAT, model="ernie-4")
+    ) as reply:
+        assert reply.status == 401
+        payload = await reply.json()
+    assert payload["error"]["code"] == "invalid_model" and payload["id"].startswith("as-")
+
+
+async def test_the_generic_route_serves_the_served_models_knob_like_vllm(
+    server: MockServer, session: aiohttp.ClientSession
+) -> None:
+    knobs = "served_models=llama-3-8b, qwen2.5-7b"
+    async with await post(
+        session, server, GENERIC_CHAT, request_body(GENERIC_CHAT, model="gpt-4o"), knobs=knobs
+    ) as reply:
+        assert reply.status == 404
+        assert await reply.json() == {
+            "object": "error", "message": "The model `gpt-4o` does not exist.",
+            "type": "NotFoundError", "param": None, "code": 404,
+        }
+    for model in ("qwen2.5-7b", "anything-else-without-the-knob"):
+        served_knobs = knobs if model == "qwen2.5-7b" else None
+        async with await post(
+            session, server, GENERIC_CHAT, request_body(GENERIC_CHAT, model=model),
+            knobs=served_knobs,
+        ) as reply:
+            assert reply.status == 200

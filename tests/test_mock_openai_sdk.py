@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from llmstreams import OpenAICompatibleClient
-from llmstreams.mock import MockServer
+from llmstreams.mock import Behaviour, MockServer
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Tell me about rivers"}]
 TOOLS: list[Any] = [
@@ -30,6 +30,7 @@ class Base:
     name: str
     prefix: str
     key: str
+    model: str
     completions: bool
 
     def __repr__(self) -> str:
@@ -37,9 +38,9 @@ class Base:
 
 
 BASES = [
-    Base("qianfan-v2", "/v2", "bce-v3/ALTAK-a/b", completions=True),
-    Base("dashscope", "/compatible-mode/v1", "sk-test", completions=False),
-    Base("openai", "/v1", "no-key-needed", completions=True),
+    Base("qianfan-v2", "/v2", "bce-v3/ALTAK-a/b", "ernie-speed-8k", completions=True),
+    Base("dashscope", "/compatible-mode/v1", "sk-test", "qwen-plus", completions=False),
+    Base("openai", "/v1", "no-key-needed", "m", completions=True),
 ]
 each_base = pytest.mark.parametrize("base", BASES, ids=repr)
 
@@ -68,12 +69,12 @@ async def raw_whole(server: MockServer, base: Base, path: str, body: dict[str, A
 @each_base
 async def test_chat_stream_and_whole(server: MockServer, base: Base) -> None:
     expected = await raw_whole(
-        server, base, "/chat/completions", {"model": "m", "messages": MESSAGES}
+        server, base, "/chat/completions", {"model": base.model, "messages": MESSAGES}
     )
     async with sdk(server, base) as client:
-        whole = await client.chat.completions.create(model="m", messages=MESSAGES)
+        whole = await client.chat.completions.create(model=base.model, messages=MESSAGES)
         stream = await client.chat.completions.create(
-            model="m", messages=MESSAGES, stream=True, stream_options={"include_usage": True}
+            model=base.model, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
         pieces, usage = [], None
         async for chunk in stream:
@@ -87,16 +88,16 @@ async def test_chat_stream_and_whole(server: MockServer, base: Base) -> None:
 
 @pytest.mark.parametrize("base", [base for base in BASES if base.completions], ids=repr)
 async def test_completions_stream_and_whole(server: MockServer, base: Base) -> None:
-    expected = await raw_whole(server, base, "/completions", {"model": "m", "prompt": "Rivers"})
+    expected = await raw_whole(server, base, "/completions", {"model": base.model, "prompt": "Rivers"})
     async with sdk(server, base) as client:
-        whole = await client.completions.create(model="m", prompt="Rivers")
-        stream = await client.completions.create(model="m", prompt="Rivers", stream=True)
+        whole = await client.completions.create(model=base.model, prompt="Rivers")
+        stream = await client.completions.create(model=base.model, prompt="Rivers", stream=True)
         pieces = [choice.text async for chunk in stream for choice in chunk.choices]
     assert whole.choices[0].text == expected["text"] == "".join(pieces)
     assert len(expected["text"]) == 240
     async with OpenAICompatibleClient(base_url=server.url + base.prefix, api_key=base.key) as ours:
-        assert (await ours.complete("Rivers", model="m")).text == expected["text"]
-        assert (await ours.stream_complete("Rivers", model="m").collect()).text == expected["text"]
+        assert (await ours.complete("Rivers", model=base.model)).text == expected["text"]
+        assert (await ours.stream_complete("Rivers", model=base.model).collect()).text == expected["text"]
 
 
 @each_base
@@ -123,14 +124,14 @@ async def test_reasoning_reaches_the_sdk(server: MockServer, base: Base) -> None
 
 @each_base
 async def test_tool_calls_reach_the_sdk(server: MockServer, base: Base) -> None:
-    body = {"model": "m", "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required"}
+    body = {"model": base.model, "messages": MESSAGES, "tools": TOOLS, "tool_choice": "required"}
     expected = (await raw_whole(server, base, "/chat/completions", body))["message"]["tool_calls"]
     async with sdk(server, base) as client:
         whole = await client.chat.completions.create(
-            model="m", messages=MESSAGES, tools=TOOLS, tool_choice="required"
+            model=base.model, messages=MESSAGES, tools=TOOLS, tool_choice="required"
         )
         stream = await client.chat.completions.create(
-            model="m", messages=MESSAGES, tools=TOOLS, tool_choice="required", stream=True
+            model=base.model, messages=MESSAGES, tools=TOOLS, tool_choice="required", stream=True
         )
         streamed: dict[int, list[str]] = {}
         finish_reason = None
@@ -158,6 +159,59 @@ async def test_the_sdk_raises_the_dialect_errors(server: MockServer) -> None:
         base_url=server.url + base.prefix, api_key="sk-not-a-v2-key"
     ) as client:
         with pytest.raises(openai.AuthenticationError) as raised:
-            await client.chat.completions.create(model="m", messages=MESSAGES)
+            await client.chat.completions.create(model=base.model, messages=MESSAGES)
+    assert raised.value.status_code == 401
+    assert raised.value.code == "invalid_iam_token"
+
+
+async def test_dashscope_compatible_mode_refuses_a_key_without_sk(server: MockServer) -> None:
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/compatible-mode/v1", api_key="definitely-not-a-valid-key"
+    ) as client:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            await client.chat.completions.create(model="qwen-plus", messages=MESSAGES)
     assert raised.value.status_code == 401
     assert raised.value.code == "invalid_api_key"
+    body = raised.value.body
+    assert isinstance(body, dict) and body["type"] == "invalid_request_error"
+    assert body["message"].startswith("Incorrect API key provided.")
+
+
+@pytest.mark.parametrize(
+    ("prefix", "key", "model", "status", "error_class"),
+    [
+        ("/compatible-mode/v1", "sk-test", "qwen-turbbo", 404, openai.NotFoundError),
+        ("/v2", "bce-v3/ALTAK-a/b", "ernie-4", 401, openai.AuthenticationError),
+        ("/deepseek", "sk-test", "deepseek-r1", 400, openai.BadRequestError),
+        ("/moonshot/v1", "sk-test", "kimi-k9", 404, openai.NotFoundError),
+        ("/api/paas/v4", "id.secret", "glm-9", 400, openai.BadRequestError),
+        ("/api/v3", "any-ark-key", "doubao-nope", 404, openai.NotFoundError),
+        ("/siliconflow/v1", "sk-test", "Qwen/Nope", 400, openai.BadRequestError),
+    ],
+)
+async def test_the_sdk_gets_each_vendors_unknown_model_error(
+    server: MockServer, prefix: str, key: str, model: str, status: int, error_class: type
+) -> None:
+    async with openai.AsyncOpenAI(base_url=server.url + prefix, api_key=key) as client:
+        with pytest.raises(error_class) as raised:
+            await client.chat.completions.create(model=model, messages=MESSAGES)
+        assert raised.value.status_code == status
+        answered = await client.chat.completions.create(
+            model=model, messages=MESSAGES, extra_headers={"X-Mock-Behaviour": "any_model=true"}
+        )
+    assert answered.choices[0].message.content
+
+
+async def test_a_vllm_like_server_refuses_a_model_it_does_not_serve(
+    llmstreams_mock_factory: Any,
+) -> None:
+    mock = await llmstreams_mock_factory(behaviour=Behaviour(served_models=("served",)))
+    async with openai.AsyncOpenAI(base_url=mock.url + "/v1", api_key="none") as client:
+        with pytest.raises(openai.NotFoundError) as raised:
+            await client.chat.completions.create(model="other", messages=MESSAGES)
+        served = await client.chat.completions.create(model="served", messages=MESSAGES)
+    assert raised.value.body == {
+        "object": "error", "message": "The model `other` does not exist.",
+        "type": "NotFoundError", "param": None, "code": 404,
+    }
+    assert served.model == "served"

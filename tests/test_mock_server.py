@@ -217,8 +217,8 @@ def test_plugin_fixtures(pytester: pytest.Pytester) -> None:
             async with aiohttp.ClientSession() as session:
                 async with session.post(
                     llmstreams_mock.url + "/api/v1/services/aigc/text-generation/generation",
-                    json={"model": "m", "input": {"prompt": "hi"}},
-                    headers={"Authorization": "Bearer k"},
+                    json={"model": "qwen-turbo", "input": {"prompt": "hi"}},
+                    headers={"Authorization": "Bearer sk-test"},
                 ) as response:
                     assert response.status == 200
             assert llmstreams_mock.stats.requests["dashscope.generation"] == 1

@@ -441,11 +441,12 @@ SDK_BASES = {"generic": ("/v1", OPENAI_KEY), "qianfan-v2": ("/v2", V2_KEY),
 
 
 @pytest.mark.parametrize("route", ROUTES, ids=repr)
-@pytest.mark.parametrize("model", ["deepseek-r1", "plain-model"])
+@pytest.mark.parametrize("reasons", [True, False], ids=["deepseek-r1", "plain-model"])
 async def test_the_openai_sdk_streams_what_llmstreams_streams(
-    route: Route, model: str, server: MockServer, pool: Pool
+    route: Route, reasons: bool, server: MockServer, pool: Pool
 ) -> None:
     openai = pytest.importorskip("openai")
+    model = "deepseek-r1" if reasons else route.model
     prefix, key = SDK_BASES[route.name]
     sdk = openai.AsyncOpenAI(base_url=server.url + prefix, api_key=key, max_retries=0)
     text, reasoning = [], []

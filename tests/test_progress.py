@@ -38,7 +38,7 @@ async def test_log_lines_appear_above_the_bar_in_a_terminal(
         sys.executable, "-m", "llmstreams", "batch", str(source), "-o", str(tmp_path / "out.jsonl"),
         "--provider", "dashscope", "--model", MODEL, "--base-url", server.url,
         "--concurrency", "4", "--max-retries", "1", "-v",
-        env={"DASHSCOPE_API_KEY": "k"},
+        env={"DASHSCOPE_API_KEY": "sk-k"},
     )
     try:
         assert await terminal.wait(timeout=60) == 0
@@ -65,7 +65,7 @@ async def test_off_a_terminal_the_final_line_is_written_once(
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmstreams", "batch", str(source), "-o", str(tmp_path / "out.jsonl"),
         "--provider", "dashscope", "--model", MODEL, "--base-url", server.url, "--concurrency", "1",
-        env={**os.environ, "PYTHONPATH": str(ROOT), "DASHSCOPE_API_KEY": "k"}, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "DASHSCOPE_API_KEY": "sk-k"}, cwd=ROOT,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     async with asyncio.timeout(60):

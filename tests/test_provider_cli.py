@@ -70,9 +70,11 @@ def test_batch_takes_a_servers_url_and_credentials_from_the_environment(
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     source, output = write_input(tmp_path / "in.jsonl"), tmp_path / "out.jsonl"
+    # A model the vendor serves (the generic /v1 route serves any).
+    model = PROVIDERS[provider].default_model or "some-model"
     with spawn_mock_workers(1) as url:
         code = main(["batch", str(source), "-o", str(output), "--provider", provider,
-                     "--base-url", url + path, "--model", "some-model"])
+                     "--base-url", url + path, "--model", model])
     assert code == 0, capsys.readouterr().err
     assert {row["id"] for row in results(output).values() if row.get("text")} == {"chat", "prompt"}
     for value in environment.values():

@@ -11,7 +11,9 @@ import pytest
 
 import llmstreams
 from llmstreams import PROVIDERS, Call, OpenAICompatibleClient, QianfanClient
-from llmstreams.mock import MockServer
+from llmstreams.mock import Behaviour, MockServer
+from llmstreams.mock.dashscope import MODELS as DASHSCOPE_MODELS
+from llmstreams.mock.openai_vendors import FLAVOURS
 from tests.support import ROOT
 
 MESSAGES = [{"role": "user", "content": "Please introduce The Great Wall"}]
@@ -29,6 +31,76 @@ async def test_every_provider_streams_a_chat_from_the_mock(server: MockServer, n
     assert len(chunks) > 2 and chunks[-1].is_end and not any(c.is_end for c in chunks[:-1])
     assert completion.text == "".join(chunk.text for chunk in chunks) and completion.text
     assert completion.usage is not None and completion.usage.completion_tokens > 0
+
+
+# A key of the wrong shape for each provider whose keys have one (Volcano Engine Ark's have none).
+WRONG_SHAPE_KEYS = {
+    "dashscope": "definitely-not-a-valid-key",
+    "dashscope-compatible": "definitely-not-a-valid-key",
+    "deepseek": "definitely-not-a-valid-key",
+    "moonshot": "definitely-not-a-valid-key",
+    "siliconflow": "definitely-not-a-valid-key",
+    "zhipu": "no-dot-in-this-key",
+}
+# What llmstreams raises for a model the vendor does not know, as the vendor answers it.
+UNKNOWN_MODEL_ERRORS = {
+    "qianfan": llmstreams.NotFoundError,  # HTTP 401 invalid_model
+    "dashscope": llmstreams.InvalidRequestError,  # HTTP 400 InvalidParameter "Model not exist."
+    "dashscope-compatible": llmstreams.NotFoundError,
+    "openai": llmstreams.NotFoundError,  # under served_models, as vLLM
+    "deepseek": llmstreams.InvalidRequestError,  # HTTP 400 "Model Not Exist"
+    "moonshot": llmstreams.NotFoundError,
+    "zhipu": llmstreams.NotFoundError,  # 1211
+    "volcengine": llmstreams.NotFoundError,
+    "siliconflow": llmstreams.NotFoundError,  # 20012
+}
+
+
+@pytest.mark.parametrize("name", list(WRONG_SHAPE_KEYS))
+async def test_the_mock_refuses_a_key_of_the_wrong_shape_as_the_vendor_does(
+    server: MockServer, name: str
+) -> None:
+    provider = PROVIDERS[name]
+    base_url = server.url + provider.mock_path
+    call = Call(messages=MESSAGES, model=provider.model_for(mock=True))
+    async with provider.client(base_url=base_url, api_key=WRONG_SHAPE_KEYS[name]) as client:
+        with pytest.raises(llmstreams.AuthenticationError) as raised:
+            await client.complete_call(call)
+    assert raised.value.http_status == 401 and raised.value.provider == client.provider
+    assert sum(server.stats.requests.values()) == 1
+
+
+def test_every_provider_but_qianfan_v1_has_its_unknown_model_error() -> None:
+    assert set(UNKNOWN_MODEL_ERRORS) == set(PROVIDERS) - {"qianfan-v1"}
+
+
+@pytest.mark.parametrize("name", list(UNKNOWN_MODEL_ERRORS))
+async def test_an_unknown_model_gets_the_vendors_error_unless_any_model(
+    server: MockServer, name: str
+) -> None:
+    provider = PROVIDERS[name]
+    default = provider.model_for(mock=True)
+    assert default is not None
+    if name == "openai":
+        server.set_behaviour(Behaviour(served_models=(default,)))
+    call = Call(messages=MESSAGES, model=default + "-typo")
+    async with provider.mock_client(server.url, max_retries=0) as client:
+        with pytest.raises(UNKNOWN_MODEL_ERRORS[name]) as raised:
+            await client.complete_call(call)
+        assert raised.value.http_status in (400, 401, 404)
+        server.set_behaviour(Behaviour(any_model=True, served_models=(default,)))
+        assert (await client.complete_call(call)).text
+
+
+@pytest.mark.parametrize("name", list(PROVIDERS))
+def test_the_mock_serves_every_providers_default_model(name: str) -> None:
+    provider = PROVIDERS[name]
+    model = provider.model_for(mock=True)
+    served = DASHSCOPE_MODELS if name == "dashscope" else None
+    if name in FLAVOURS:
+        served = FLAVOURS[name][0].models
+    assert model is not None
+    assert served is None or model in served
 
 
 @pytest.mark.parametrize("name", VENDORS)

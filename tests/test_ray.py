@@ -62,7 +62,7 @@ def generate(
     cls: type[Generate] = Generate, **kwargs: Any,
 ) -> list[dict[str, Any]]:
     options: dict[str, Any] = {
-        "model": MODEL, "base_url": url, "concurrency": 8, "credentials": {"api_key": "test-key"},
+        "model": MODEL, "base_url": url, "concurrency": 8, "credentials": {"api_key": "sk-test-key"},
         **kwargs,
     }
     results = dataset.map_batches(
@@ -195,7 +195,7 @@ def test_batch_on_ray_resumes_and_reports_like_a_local_batch(
     local_ray: None, mock_url: str, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     lines: list[Any] = [{"id": i, "prompt": f"question {i}"} for i in range(200)]
     lines += [
         {"id": "s7", "prompt": "a string id"},
@@ -234,7 +234,7 @@ def test_batch_on_ray_reads_and_writes_parquet(
     local_ray: None, mock_url: str, tmp_path: Path,
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = tmp_path / "input.parquet"
     prompts = [f"question {i}" for i in range(120)]
     table = pyarrow.table({
@@ -268,15 +268,15 @@ def test_a_doomed_ray_batch_stops_early_and_runs_again_once_fixed(
     count = 200
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": i, "prompt": f"q{i}"} for i in range(count)])
     output = tmp_path / "output.jsonl"
-    with spawn_mock_workers(1, credentials=MockCredentials(dashscope_api_key="the-right-key")) as url:
-        monkeypatch.setenv("DASHSCOPE_API_KEY", "a-wrong-key")
+    with spawn_mock_workers(1, credentials=MockCredentials(dashscope_api_key="sk-the-right-key")) as url:
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-a-wrong-key")
         assert main([*batch_args(source, output, url, "--concurrency", "2"), "--ray"]) == 3
         assert "AuthenticationError (code InvalidApiKey)" in capsys.readouterr().out
         failed = read_jsonl(output)
         assert FAIL_FAST_AFTER <= len(failed) < count
         assert {result["error"]["type"] for result in failed.values()} == {"AuthenticationError"}
 
-        monkeypatch.setenv("DASHSCOPE_API_KEY", "the-right-key")
+        monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-the-right-key")
         assert main([*batch_args(source, output, url), "--ray"]) == 0
     assert "running again the" in capsys.readouterr().err
     results = read_jsonl(output)
@@ -287,7 +287,7 @@ async def test_an_interrupted_or_killed_ray_batch_resumes_with_every_id_exactly_
     count = 200
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(count)])
     output = tmp_path / "output.jsonl"
-    env = {**os.environ, "DASHSCOPE_API_KEY": "test-key", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DASHSCOPE_API_KEY": "sk-test-key", "PYTHONPATH": str(REPO)}
 
     async def start(url: str) -> asyncio.subprocess.Process:
         # --ray=ADDRESS: the local Ray this test session started.
@@ -365,7 +365,7 @@ def test_batch_on_a_local_ray_without_credentials_is_a_usage_error(
 def test_parquet_output_of_mixed_ids_is_a_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": 1, "prompt": "x"}, {"id": "a", "prompt": "y"}])
     output = tmp_path / "out.parquet"
     assert main([*batch_args(source, output, "http://127.0.0.1:9"), "--ray"]) == 2
@@ -387,7 +387,7 @@ async def test_the_docs_example_runs(mock_url: str) -> None:
     assert len(examples) == 1
     # The example's ray.init() starts a Ray of its own, whose workers inherit this environment
     # (the credentials and the mock's URL), as they would a user's.
-    environment = {**os.environ, "DASHSCOPE_API_KEY": "any-key", "DASHSCOPE_BASE_URL": mock_url}
+    environment = {**os.environ, "DASHSCOPE_API_KEY": "sk-any-key", "DASHSCOPE_BASE_URL": mock_url}
     environment.pop("RAY_ADDRESS", None)
     output = await run_example(examples[0], environment)
     counts, text = output.rstrip("\n").split("\n")[-2:]
@@ -407,7 +407,7 @@ def test_a_second_batch_on_the_same_output_refuses_at_once_on_ray_too(
     mock_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": 1, "prompt": "q"}])
     output = tmp_path / "output.jsonl"
     holder = OutputLock(output)

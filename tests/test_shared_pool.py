@@ -13,7 +13,7 @@ from llmstreams.qianfan import QianfanClient
 
 QIANFAN_KEY = "qf-api-key"
 QIANFAN_SECRET = "qf-secret-key"
-DASHSCOPE_KEY = "ds-api-key"
+DASHSCOPE_KEY = "sk-ds-api-key"
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 

@@ -53,7 +53,7 @@ def test_sync_calls_give_what_the_async_client_gives(
 
 
 def test_dashscope_generate_and_collect(mock: MockServer) -> None:
-    with SyncClient(llmstreams.DashScopeClient(api_key="k", base_url=mock.url)) as client:
+    with SyncClient(llmstreams.DashScopeClient(api_key="sk-k", base_url=mock.url)) as client:
         whole = client.generate("Hello", model="billa-7b-sft-v1")
         streamed = client.stream_generate("Hello", model="billa-7b-sft-v1").collect()
     assert streamed.text == whole.text != ""
@@ -99,7 +99,7 @@ def test_a_sync_call_on_the_private_loop_is_refused(
 
 
 def test_a_closed_client_says_so(mock: MockServer) -> None:
-    client = SyncClient(llmstreams.DashScopeClient(api_key="k", base_url=mock.url))
+    client = SyncClient(llmstreams.DashScopeClient(api_key="sk-k", base_url=mock.url))
     client.close()
     client.close()
     with pytest.raises(llmstreams.UsageError, match="closed"):

@@ -24,7 +24,8 @@ QIANFAN_CHAT_PATH = "/rpc/2.0/ai_custom/v1/wenxinworkshop/chat/ernie_speed"
 DASHSCOPE_MODEL = "billa-7b-sft-v1"
 DASHSCOPE_PATH = "/api/v1/services/aigc/text-generation/generation"
 # Any non-empty credentials satisfy the mock.
-API_KEY, SECRET_KEY = "bench-api-key", "bench-secret-key"
+# One key for both vendors: DashScope keys start sk-, Qianfan v1 takes any client id.
+API_KEY, SECRET_KEY = "sk-bench-api-key", "bench-secret-key"
 
 CLIENTS: dict[str, str] = {
     "llmstreams-qianfan": "qianfan",

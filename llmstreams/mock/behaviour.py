@@ -47,6 +47,14 @@ def _optional_count() -> Any:
     return attrs.field(default=None, validator=check.optional(check.ge(0)))
 
 
+def _model_names(value: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """Model ids given as a tuple or as one comma-separated text (as in the header)."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    return tuple(name.strip() for name in names if name.strip())
+
+
 @attrs.frozen
 class Behaviour:
     """Every knob of the mock server; the defaults answer promptly and correctly.
@@ -108,6 +116,15 @@ class Behaviour:
     """OpenAI-compatible chat: answer a request that offers `tools` with a call to one of them."""
     send_usage: bool | None = None
     """OpenAI-compatible routes: usage as the request asks (None), always (True) or never (False)."""
+    any_model: bool = False
+    """Answer any model name. Otherwise each vendor's route answers only its vendor's documented
+    model ids (Ark also its `ep-...` endpoint ids) and any other with that vendor's own error, as
+    the service would. (Qianfan v1 is called by endpoint, and services people deployed have
+    endpoints of their own naming: it takes any.)"""
+    served_models: tuple[str, ...] | None = attrs.field(default=None, converter=_model_names)
+    """The models the generic `/v1` routes serve, as vLLM's `--served-model-name` (comma
+    separated in the header and on the command line); any other gets vLLM's 404. None serves
+    any model name, so `--provider openai --model anything` works against the mock."""
     stamp_send_times: bool = False
     """Add `"x_sent_at": time.monotonic()` to every streamed JSON event, taken just before its
     bytes are written to the socket (a ruler for clients' timestamps)."""

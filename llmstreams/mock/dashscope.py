@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from llmstreams.dashscope import compatible
 from llmstreams.mock.answer import Answer, compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
@@ -36,12 +37,35 @@ from llmstreams.mock.vendor_errors import (
 )
 
 GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
+# The native API and compatible mode take the same keys: the client's preset says their shape.
+KEY_PREFIX: str = compatible.VENDOR.key_prefix or ""
 SSE_HEADER = "X-DashScope-SSE"
 # Options that shape only how a stream is sent; the answer itself must not depend on them.
 STREAM_ONLY_FIELDS = ("parameters.incremental_output",)
 _MESSAGE_ROLES = frozenset({"system", "user", "assistant", "tool", "function"})
 _RESULT_FORMATS = frozenset({"text", "message"})
 _INPUT_REQUIRED = 'Either "prompt" or "messages" must exist and cannot both be none'
+# How DashScope refuses a model it does not serve (natively: HTTP 400, code InvalidParameter).
+_UNKNOWN_MODEL = "Model not exist."
+
+# The text-generation models DashScope serves, native and in compatible mode (ids are
+# case-sensitive): https://help.aliyun.com/zh/model-studio/models (Qwen, QwQ, the DeepSeek
+# models it hosts) and the seeds' billa-7b-sft-v1.
+MODELS: frozenset[str] = frozenset({
+    "qwen-turbo", "qwen-turbo-latest", "qwen-plus", "qwen-plus-latest", "qwen-max",
+    "qwen-max-latest", "qwen-long", "qwen-long-latest", "qwen-flash",
+    "qwen3-max", "qwen3-max-preview", "qwen3-235b-a22b", "qwen3-235b-a22b-instruct-2507",
+    "qwen3-235b-a22b-thinking-2507", "qwen3-30b-a3b", "qwen3-32b", "qwen3-14b", "qwen3-8b",
+    "qwen3-4b", "qwen3-1.7b", "qwen3-0.6b", "qwen3-coder-plus", "qwen3-coder-flash",
+    "qwq-plus", "qwq-plus-latest", "qwq-32b", "qwen-coder-plus", "qwen-math-plus",
+    "qwen2.5-72b-instruct", "qwen2.5-32b-instruct", "qwen2.5-14b-instruct",
+    "qwen2.5-7b-instruct", "qwen2.5-3b-instruct", "qwen2.5-1.5b-instruct",
+    "qwen2.5-0.5b-instruct", "qwen2-72b-instruct", "qwen2-7b-instruct",
+    "qwen-7b-chat", "qwen-14b-chat", "qwen-72b-chat",
+    "deepseek-r1", "deepseek-v3", "deepseek-v3.1", "deepseek-v3.2",
+    "deepseek-r1-distill-qwen-7b", "deepseek-r1-distill-qwen-32b",
+    "billa-7b-sft-v1",
+})
 
 
 class DashScopeError(Exception):
@@ -75,6 +99,8 @@ class _GenerationRoute:
         try:
             self._authenticate(request)
             payload = _parse_body(body)
+            if not (behaviour.any_model or payload["model"] in MODELS):
+                raise DashScopeError("InvalidParameter", _UNKNOWN_MODEL)
             inputs = _input_texts(payload)
             parameters = _parameters(payload)
             if any(self._context.contains_trigger(text) for text in inputs):
@@ -113,7 +139,11 @@ class _GenerationRoute:
         api_key = api_key.strip()
         credentials = self._context.credentials
         expected = credentials.dashscope_api_key if credentials else None
-        if scheme.lower() != "bearer" or not api_key or expected not in (None, api_key):
+        if (
+            scheme.lower() != "bearer"
+            or not api_key.startswith(KEY_PREFIX)
+            or expected not in (None, api_key)
+        ):
             raise DashScopeError("InvalidApiKey")
 
 

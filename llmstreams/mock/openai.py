@@ -16,7 +16,7 @@ import functools
 import itertools
 import json
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 from aiohttp import web
@@ -86,12 +86,55 @@ class Flavour:
     """A stream ends with the usage whether or not `stream_options.include_usage` asked for it."""
     usage_in_choice = False
     """A stream's usage goes in the finishing choice (`choices[0].usage`), not a chunk of its own."""
+    key_required = False
+    """A request without a key is refused (every vendor; a generic server takes none)."""
+    models: ClassVar[frozenset[str] | None] = None
+    """The vendor's documented model ids; None: the `served_models` knob decides (a generic
+    server)."""
+    wrong_key_message: str | None = None
+    """The message of the vendor's 401 (None: DashScope's own)."""
+
+    def __init__(self, key_prefix: str | None = None) -> None:
+        """`key_prefix`: how the vendor's keys start (the registry's `Vendor.key_prefix`)."""
+        self.key_prefix = key_prefix
+
+    def expected_key(self, credentials: MockCredentials | None) -> str | None:
+        """The one key the server was told to take (None: any key of the right shape)."""
+        return credentials.openai_api_key if credentials else None
+
+    def key_shape_ok(self, key: str) -> bool:
+        """Whether `key` has the shape of the vendor's keys (a key that does not is surely
+        wrong, and the vendor answers it as any wrong key)."""
+        return self.key_prefix is None or key.startswith(self.key_prefix)
+
+    def malformed_key_message(self) -> str | None:
+        """The message of the 401 to a key of the wrong shape."""
+        return self.wrong_key_message
 
     def authenticate(self, request: web.Request, credentials: MockCredentials | None) -> None:
         """Raise OpenAIError("InvalidApiKey") unless the request's key is acceptable."""
-        expected = credentials.openai_api_key if credentials else None
-        if expected is not None and bearer_key(request) != expected:
-            raise OpenAIError("InvalidApiKey")
+        key = bearer_key(request)
+        expected = self.expected_key(credentials)
+        if key is None:
+            if self.key_required or expected is not None:
+                raise OpenAIError("InvalidApiKey", self.wrong_key_message)
+            return
+        if not self.key_shape_ok(key):
+            raise OpenAIError("InvalidApiKey", self.malformed_key_message())
+        if expected is not None and key != expected:
+            raise OpenAIError("InvalidApiKey", self.wrong_key_message)
+
+    def serves_model(self, model: str, behaviour: Behaviour) -> bool:
+        """Whether the vendor knows `model` (the `any_model` knob aside)."""
+        if self.models is None:
+            return behaviour.served_models is None or model in behaviour.served_models
+        return model in self.models
+
+    def unknown_model(self, model: str) -> OpenAIError:
+        """The vendor's error for a model it does not know."""
+        return OpenAIError(
+            "ModelNotFound", f"The model `{model}` does not exist or you do not have access to it."
+        )
 
     def response_id(self, digest: bytes) -> str:
         return "chatcmpl-" + digest[:12].hex()
@@ -186,6 +229,8 @@ class OpenAIRoutes:
             flavour.authenticate(request, self._context.credentials)
             payload = _parse_body(body)
             parsed = _parse_request(kind, payload)
+            if not (behaviour.any_model or flavour.serves_model(parsed.model, behaviour)):
+                raise flavour.unknown_model(parsed.model)
             flavour.check(parsed, payload)
             refused = any(self._context.contains_trigger(text) for text in parsed.inputs)
             if refused and flavour.refuses_trigger:

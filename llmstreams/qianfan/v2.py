@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from llmstreams.errors import AuthenticationError, NotFoundError
 from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
 from llmstreams.qianfan.models import check_v2_model
@@ -33,6 +34,9 @@ DIALECT: Final = Dialect(
     id_is_request_id=True,
     choice_flags=True,
     check_model=check_v2_model,
+    # https://cloud.baidu.com/doc/qianfan-api/s/Om9b4yj3w: a model that does not exist, or is
+    # not the account's, is HTTP 401 `invalid_model`; the key itself is `invalid_iam_token`.
+    error_classes={"invalid_model": NotFoundError, "invalid_iam_token": AuthenticationError},
     parameter_hints={
         "endpoint": "it is API v1's: v2 has no endpoints; call a service you deployed by the "
         "model id the console shows for it, model='...'",

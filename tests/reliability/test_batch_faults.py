@@ -78,7 +78,7 @@ async def test_odd_but_legal_json_fields_give_that_id_an_error_and_the_rest_runs
             client = QianfanClient(api_key="k", secret_key="s", base_url=server.url, pool=pool)
             target = Target(client, endpoint="my_dolly_12b")
         else:
-            target = Target(DashScopeClient(api_key="k", base_url=server.url, pool=pool), model=MODEL)
+            target = Target(DashScopeClient(api_key="sk-k", base_url=server.url, pool=pool), model=MODEL)
         summary = await run_batch(source, output, target, report=reports.append)
     results = by_id(read_results(output))
     assert all("text" in results[f"good-{i}"] for i in range(3))
@@ -95,7 +95,7 @@ async def test_odd_but_legal_json_fields_give_that_id_an_error_and_the_rest_runs
 async def batch_process(
     *arguments: str, url: str, limit: Callable[[], None] | None = None,
 ) -> asyncio.subprocess.Process:
-    env = {**os.environ, "DASHSCOPE_API_KEY": "test-key", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DASHSCOPE_API_KEY": "sk-test-key", "PYTHONPATH": str(REPO)}
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "llmstreams", "batch", *arguments,
         "--provider", "dashscope", "--model", MODEL, "--base-url", url,
@@ -272,7 +272,7 @@ async def run_in_process(tmp_path: Path, url: str, lines: list[Any], mode: str =
         write_lines(source, lines)
     reports: list[str] = []
     async with Pool() as pool:
-        target = Target(DashScopeClient(api_key="k", base_url=url, pool=pool), model=MODEL)
+        target = Target(DashScopeClient(api_key="sk-k", base_url=url, pool=pool), model=MODEL)
         summary = await run_batch(
             source, tmp_path / "output.jsonl", target, mode=mode,  # type: ignore[arg-type]
             report=reports.append,
@@ -324,7 +324,7 @@ async def test_retry_errors_keeps_a_symlink_and_the_mode(tmp_path: Path, server:
 def test_output_that_cannot_be_used_is_a_one_line_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "k")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-k")
     source = write_lines(tmp_path / "input.jsonl", [{"id": 1, "prompt": "x"}])
     common = ["--provider", "dashscope", "--model", MODEL, "--base-url", "http://127.0.0.1:9"]
     a_file = tmp_path / "a-file"

@@ -185,7 +185,7 @@ def test_a_parquet_output_a_batch_did_not_write_is_refused_and_left_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     case: str, mode: list[str],
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = prompts(tmp_path / "input.jsonl", 2)
     output = tmp_path / "out.parquet"
     not_ours_parquet(case, output)
@@ -202,7 +202,7 @@ def test_a_parquet_output_a_batch_did_not_write_is_refused_and_left_as_it_was(
 def test_overwrite_replaces_a_parquet_output_a_batch_did_not_write(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = prompts(tmp_path / "input.jsonl", 1)
     output = tmp_path / "out.parquet"
     not_ours_parquet(case, output)
@@ -218,7 +218,7 @@ def test_a_parquet_part_left_half_written_is_moved_aside_and_other_files_are_kep
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
     mode: list[str],
 ) -> None:
-    monkeypatch.setenv("DASHSCOPE_API_KEY", "test-key")
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-test-key")
     source = prompts(tmp_path / "input.jsonl", 1)
     output = tmp_path / "out.parquet"
     part = write_result_part(output, [ANSWER])

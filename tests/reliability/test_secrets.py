@@ -60,7 +60,7 @@ from tests.reliability.helpers import (
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WRONG_SECRET_KEY = "SECRET-wrong-secretkey-03aa"
 WRONG_SECRET_ACCESS_KEY = "SECRET-wrong-secretaccesskey-5b21"
-WRONG_DASHSCOPE_KEY = "SECRET-wrong-dashscope-apikey-9e0d"
+WRONG_DASHSCOPE_KEY = "sk-SECRET-wrong-dashscope-apikey-9e0d"
 WRONG_SECRETS = (WRONG_SECRET_KEY, WRONG_SECRET_ACCESS_KEY, WRONG_DASHSCOPE_KEY)
 
 

@@ -198,6 +198,12 @@ def test_dashscope_incremental_messages(dashscope: ModuleType) -> None:
 def test_dashscope_reports_errors(dashscope: ModuleType, server: MockServer) -> None:
     wrong_key = dashscope.Generation.call(model="qwen-turbo", prompt="hi", api_key="sk-wrong")
     assert (wrong_key.status_code, wrong_key.code) == (401, "InvalidApiKey")
+    not_a_key = dashscope.Generation.call(
+        model="qwen-turbo", prompt="hi", api_key="definitely-not-a-valid-key"
+    )
+    assert (not_a_key.status_code, not_a_key.code) == (401, "InvalidApiKey")
+    typo = dashscope.Generation.call(model="qwen-turbbo", prompt="hi")
+    assert (typo.status_code, typo.code, typo.message) == (400, "InvalidParameter", "Model not exist.")
     server.set_behaviour(Behaviour(fail_code="Throttling"))
     throttled = dashscope.Generation.call(model="qwen-turbo", prompt="throttled")
     assert (throttled.status_code, throttled.code) == (429, "Throttling")
