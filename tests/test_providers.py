@@ -41,6 +41,7 @@ WRONG_SHAPE_KEYS = {
     "moonshot": "definitely-not-a-valid-key",
     "siliconflow": "definitely-not-a-valid-key",
     "zhipu": "no-dot-in-this-key",
+    "hunyuan": "definitely-not-a-valid-key",
 }
 # What llmstreams raises for a model the vendor does not know, as the vendor answers it.
 UNKNOWN_MODEL_ERRORS = {
@@ -53,6 +54,7 @@ UNKNOWN_MODEL_ERRORS = {
     "zhipu": llmstreams.NotFoundError,  # 1211
     "volcengine": llmstreams.NotFoundError,
     "siliconflow": llmstreams.NotFoundError,  # 20012
+    "hunyuan": llmstreams.NotFoundError,  # not documented: the dialect's model_not_found
 }
 
 
