@@ -34,6 +34,7 @@ from llmstreams.mock.delivery import (
     send_body,
     send_json,
 )
+from llmstreams.mock.qianfan_auth import TokenStore
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
     answer_text,
@@ -92,6 +93,11 @@ class Flavour:
         expected = credentials.openai_api_key if credentials else None
         if expected is not None and bearer_key(request) != expected:
             raise OpenAIError("InvalidApiKey")
+
+    def accepts_issued_token(self, request: web.Request, tokens: TokenStore) -> bool:
+        """Whether the request's key is a token this server issued and still honours (it then
+        needs no other check); raise OpenAIError("InvalidApiKey") for one that expired."""
+        return False
 
     def response_id(self, digest: bytes) -> str:
         return "chatcmpl-" + digest[:12].hex()
@@ -183,7 +189,8 @@ class OpenAIRoutes:
         )
         await self._context.pause(behaviour.response_delay)
         try:
-            flavour.authenticate(request, self._context.credentials)
+            if not flavour.accepts_issued_token(request, self._context.tokens):
+                flavour.authenticate(request, self._context.credentials)
             payload = _parse_body(body)
             parsed = _parse_request(kind, payload)
             flavour.check(parsed, payload)
