@@ -50,6 +50,7 @@ class MockStats:
     connections_opened: int
     """TCP connections accepted since the server started (compare with requests to see reuse)."""
     tokens_issued: int
+    """Qianfan v1 access tokens and IAM bearer tokens issued."""
 
     @property
     def streams_active(self) -> int:
