@@ -26,6 +26,7 @@ from llmstreams import (
     Timeout,
 )
 from llmstreams.mock import MockCredentials, MockServer
+from llmstreams.mock.qianfan_auth import TokenState, TokenStore
 from llmstreams.providers import PROVIDERS, credentials_from_environment
 from llmstreams.qianfan.auth import AccessToken
 from llmstreams.qianfan.iam import BearerToken, parse_bearer_response
@@ -246,6 +247,17 @@ async def test_the_mock_refuses_an_unsigned_token_request(server: MockServer) ->
         body = await response.json()
     assert body["code"] == "InvalidHTTPAuthHeader" and body["requestId"]
     assert server.stats.requests[TOKEN] == 1 and server.stats.tokens_issued == 0
+
+
+def test_mock_workers_sharing_a_key_honour_each_other_s_bearer_tokens() -> None:
+    issuer, sibling = TokenStore(3600, b"k" * 32), TokenStore(3600, b"k" * 32)
+    token = issuer.issue_bearer(60).token
+    assert sibling.bearer_state(token) is TokenState.VALID
+    assert TokenStore(3600, b"o" * 32).bearer_state(token) is TokenState.UNKNOWN
+    assert sibling.bearer_state(token.replace("ALTAK-", "ALTAK-0")) is TokenState.UNKNOWN
+    assert sibling.bearer_state(token + "\u00e9") is TokenState.UNKNOWN
+    sibling.expire_all()
+    assert sibling.bearer_state(token) is TokenState.EXPIRED
 
 
 def test_a_lifetime_is_read_from_the_service_s_own_times() -> None:

@@ -110,7 +110,7 @@ class TokenStore:
         if expiry is not None:
             return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
         suffix, _, seal = token.removeprefix(BEARER_PREFIX).partition("/")
-        if not token.startswith(BEARER_PREFIX) or not hmac.compare_digest(seal, self._seal(suffix)):
+        if not token.startswith(BEARER_PREFIX) or not _same(seal, self._seal(suffix)):
             return TokenState.UNKNOWN
         _, lifetime, expires = suffix.split("-")
         return self._sibling_expiry_state(int(lifetime), int(expires))

@@ -49,7 +49,7 @@ class KeySession(Protocol):
 @runtime_checkable
 class KeySource(Protocol):
     """Keys that are made rather than given, such as Qianfan's bearer tokens from an IAM
-    access key pair (`llmstreams.qianfan.iam.BearerToken`)."""
+    access key pair (`llmstreams.BearerToken`)."""
 
     def session(self, pool: Pool, timeout: Timeout) -> KeySession:
         """The keys of one generation sent through `pool` within `timeout`."""
@@ -173,8 +173,8 @@ class OpenAICompatibleClient(BaseClient):
     API path appended. `api_key` (or the vendor's variable, e.g. OPENAI_API_KEY) is sent as a
     bearer token; a local server may want none. `api_key` may also be a `KeySource`, whose keys
     are made when needed: Qianfan's bearer tokens from an IAM access key pair,
-    `llmstreams.qianfan.iam.BearerToken(access_key, secret_key)`. `extra_headers` go with every request (a
-    call's own `extra_headers` add to them): Qianfan's `appid`, DashScope's
+    `llmstreams.BearerToken(access_key, secret_key)`. `extra_headers` go with every request
+    (a call's own `extra_headers` add to them): Qianfan's `appid`, DashScope's
     `X-DashScope-WorkSpace`.
     """
 
