@@ -31,6 +31,7 @@ from llmstreams.providers import PROVIDERS, credentials_from_environment
 from llmstreams.qianfan.auth import AccessToken
 from llmstreams.qianfan.iam import BearerToken, parse_bearer_response
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
+from tests.reliability.helpers import RecordingProxy
 from tests.support import ROOT
 
 ACCESS_KEY = "SECRET-iam-accesskey-5c21"
@@ -82,6 +83,10 @@ def qianfan_client(server: MockServer, pool: Pool, **options: Any) -> OpenAIComp
     )
     assert isinstance(client, OpenAICompatibleClient) and client.vendor.name == "qianfan"
     return client
+
+
+def bearer_tokens(authorizations: set[str]) -> set[str]:
+    return {value for value in authorizations if value.startswith("Bearer ")}
 
 
 async def signed_token_request(server: MockServer, query: dict[str, str]) -> dict[str, Any]:
@@ -162,6 +167,30 @@ async def test_a_herd_after_expiry_renews_the_token_once(server: MockServer, poo
     assert all(completion.is_complete for completion in completions)
     assert server.stats.requests[TOKEN] == 2
     assert server.stats.requests[CHAT] == 1 + 2 * 50
+    assert all(stream.attempts == 2 for stream in streams)
+
+
+async def test_a_token_expired_while_50_requests_are_on_their_way_is_renewed_once(
+    server: MockServer, pool: Pool
+) -> None:
+    async with RecordingProxy(server.url).running() as proxy:
+        client = llmstreams.client_for(
+            "qianfan", access_key=ACCESS_KEY, secret_key=SECRET_KEY, iam_url=proxy.url,
+            base_url=proxy.url + "/v2", pool=pool,
+        )
+        await client.complete_call(llmstreams.Call(prompt="warm-up", model=MODEL))
+        proxy.hold()
+        streams = [client.stream_call(llmstreams.Call(prompt="hi", model=MODEL)) for _ in range(50)]
+        pending = [asyncio.ensure_future(stream.collect()) for stream in streams]
+        # Every request has left the client with the cached token and waits at the proxy.
+        await proxy.wait_held(50)
+        assert len(bearer_tokens(proxy.authorizations)) == 1
+        server.expire_tokens()
+        proxy.release()
+        completions = await asyncio.gather(*pending)
+    assert all(completion.is_complete for completion in completions)
+    assert server.stats.requests[TOKEN] == 2 and server.stats.requests[CHAT] == 1 + 2 * 50
+    assert len(bearer_tokens(proxy.authorizations)) == 2
     assert all(stream.attempts == 2 for stream in streams)
 
 
