@@ -62,7 +62,7 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
         "--concurrency", "--rate", "--requests", "--duration", "--warmup", "--seed",
         "--base-url", "--mock-workers", "--answer-chars", "--chunk-chars",
         "--chunks-per-second", "--first-chunk-delay", "--response-delay", "--mock-knob",
-        "--qianfan-auth", "--provider", "--model", "--endpoint", "--prompt", "--stream",
+        "--mock", "--mock-auth", "--provider", "--model", "--endpoint", "--prompt", "--stream",
         "--no-stream", "--incremental-output", "--max-retries", "--json", "--requests-jsonl",
         "--plots", "--quiet", "--trace", "--burstiness", "--ramp-up", "--processes", "--prompts",
         "--sharegpt", "--random-input-len", "--max-tokens", "--percentiles", "--goodput",
@@ -170,11 +170,11 @@ def test_open_loop_against_a_mock_worker_process(tmp_path: Path) -> None:
 def test_qianfan_can_sign_every_request_instead_of_using_a_token(tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     assert bench(
-        "--mock-workers", "0", "--qianfan-auth", "access_key", "--concurrency", "2",
+        "--mock-workers", "0", "--provider", "qianfan-v1", "--mock-auth", "access_key", "--concurrency", "2",
         "--requests", "6", "--warmup", "0", *SMALL_ANSWER, "--json", str(report), "--quiet",
     ) == 0
     run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
-    assert run["qianfan_auth"] == "access_key"
+    assert run["mock_auth"] == "access_key"
     assert run["completed"] == 6
 
 
@@ -194,8 +194,8 @@ def test_no_stream_counts_one_chunk_per_request(tmp_path: Path) -> None:
 def test_errors_are_counted_by_type(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     report, lines = tmp_path / "report.json", tmp_path / "requests.jsonl"
     code = bench(
-        "--mock-workers", "0", "--concurrency", "2", "--requests", "8", "--warmup", "0",
-        *SMALL_ANSWER, "--mock-knob", "error_after=3", "--json", str(report),
+        "--mock-workers", "0", "--provider", "qianfan-v1", "--concurrency", "2", "--requests", "8",
+        "--warmup", "0", *SMALL_ANSWER, "--mock-knob", "error_after=3", "--json", str(report),
         "--requests-jsonl", str(lines),
     )
     assert code == 0
@@ -227,8 +227,8 @@ def test_base_url_uses_the_clients_environment_credentials_and_never_prints_them
     credentials = MockCredentials(api_key=api_key, secret_key=secret_key)
     with spawn_mock_workers(1, credentials=credentials) as url:
         code = bench(
-            "--base-url", url, "--concurrency", "2", "--requests", "4", "--warmup", "1",
-            "--json", str(report), "--requests-jsonl", str(lines),
+            "--provider", "qianfan-v1", "--base-url", url, "--concurrency", "2", "--requests", "4",
+            "--warmup", "1", "--json", str(report), "--requests-jsonl", str(lines),
         )
     assert code == 0
     run = json.loads(report.read_text(encoding="utf-8"))["runs"][0]
@@ -488,8 +488,8 @@ def test_compare_prints_two_reports_side_by_side_with_ratios(
     capsys.readouterr()
     assert bench("compare", str(first), str(second)) == 0
     output = capsys.readouterr().out
-    assert "A: mock in this process; qianfan ERNIE-Speed-8K; closed loop, 1 stream" in output
-    assert "B: mock in this process; qianfan ERNIE-Speed-8K; closed loop, 4 streams" in output
+    assert "A: mock in this process; qianfan ernie-speed-8k; closed loop, 1 stream" in output
+    assert "B: mock in this process; qianfan ernie-speed-8k; closed loop, 4 streams" in output
     a, b = (json.loads(path.read_text(encoding="utf-8")) for path in (first, second))
     ratio = b["request_throughput"] / a["request_throughput"]
     line = next(line for line in output.splitlines() if line.startswith("request throughput"))

@@ -60,17 +60,22 @@ async def test_the_prompt_can_come_from_stdin_with_a_system_prompt() -> None:
 
 
 async def test_without_credentials_it_says_how_to_try_the_mock() -> None:
-    for provider in ("qianfan", "dashscope"):
+    for provider, variable in (("qianfan", "QIANFAN_API_KEY"), ("dashscope", "DASHSCOPE_API_KEY"),
+                               ("deepseek", "DEEPSEEK_API_KEY")):
         status, stdout, stderr = await chat("--provider", provider, "Hello")
         assert status == 2
         assert stdout == ""
-        assert "llmstreams chat --mock" in stderr and "llmstreams mock --port 8000" in stderr
+        error, hint = stderr.strip().splitlines()
+        assert error.startswith("llmstreams chat: error: no usable") and f"set {variable}" in error
+        assert hint == "hint: to try without credentials or network, add --mock"
+        assert "api_key=" not in stderr and "()" not in stderr
 
 
 async def test_against_a_base_url_with_credentials_from_the_environment() -> None:
     async with mock_command() as url:
         status, stdout, stderr = await chat(
-            "--base-url", url, "--model", "ERNIE-Lite-8K", "--temperature", "0.5", "Hello",
+            "--provider", "qianfan-v1", "--base-url", url, "--model", "ERNIE-Lite-8K",
+            "--temperature", "0.5", "Hello",
             env=environment(QIANFAN_API_KEY="k", QIANFAN_SECRET_KEY="s"),
         )
     assert status == 0, stderr
@@ -92,9 +97,18 @@ async def test_a_failed_request_exits_1_with_the_typed_error(
 
 async def test_invalid_options_are_usage_errors() -> None:
     status, _, stderr = await chat("--mock", "--top-p", "2", "Hello")
-    assert status == 2 and "'top_p'" in stderr
+    assert status == 2 and stderr == "llmstreams chat: error: --top-p: must be a number in [0, 1] (got 2.0)\n"
     status, _, stderr = await chat("--mock", "--provider", "dashscope", "--endpoint", "x", "Hello")
-    assert status == 2 and "--endpoint is for --provider qianfan" in stderr
+    assert status == 2 and "--endpoint is for Qianfan v1 deployments" in stderr
+    status, _, stderr = await chat("--mock", "--provider", "zhipu", "--top-k", "3", "Hello")
+    assert status == 2 and "--top-k: the provider's API does not take it" in stderr
+
+
+async def test_a_mistyped_flag_is_refused_with_the_subcommands_usage_and_a_suggestion() -> None:
+    status, stdout, stderr = await chat("--mock", "--modle", "ernie-speed-8k", "hi")
+    assert status == 2 and stdout == ""
+    assert stderr.startswith("usage: llmstreams chat ")
+    assert stderr.strip().endswith("llmstreams chat: error: unrecognized argument --modle; did you mean --model?")
 
 
 async def test_reasoning_goes_to_stderr_apart_from_the_answer() -> None:
@@ -123,7 +137,7 @@ async def test_on_a_terminal_reasoning_is_dimmed() -> None:
 
 async def test_every_provider_and_protocol_answers_from_the_mock() -> None:
     for options in (
-        ["--provider", "dashscope", "--protocol", "openai"],
+        ["--provider", "dashscope-compatible"],
         ["--provider", "openai", "--model", "qwen-plus"],
         ["--provider", "qianfan", "--model", "ernie-4.0-turbo-8k"],
     ):
@@ -166,8 +180,8 @@ async def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(
 ) -> None:
     server = await llmstreams_mock_factory(behaviour=Behaviour(answer_chars=5000, chunks_per_second=20))
     terminal = await Terminal.start(
-        sys.executable, "-m", "llmstreams", "chat", "--base-url", server.url,
-        env=environment(QIANFAN_API_KEY="k", QIANFAN_SECRET_KEY="s"),
+        sys.executable, "-m", "llmstreams", "chat", "--provider", "qianfan-v1",
+        "--base-url", server.url, env=environment(QIANFAN_API_KEY="k", QIANFAN_SECRET_KEY="s"),
     )
     try:
         await terminal.expect("you> ")

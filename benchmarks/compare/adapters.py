@@ -121,7 +121,7 @@ async def llmstreams_target(vendor: str, base_url: str) -> AsyncIterator[Target]
             client = llmstreams_client(
                 vendor, base_url, pool, api_key=API_KEY, secret_key=SECRET_KEY
             )
-            workload = Workload("qianfan", model=QIANFAN_MODEL, prompt=PROMPT)
+            workload = Workload("qianfan-v1", model=QIANFAN_MODEL, prompt=PROMPT)
         else:
             client = llmstreams_client(vendor, base_url, pool, api_key=API_KEY)
             workload = Workload("dashscope", model=DASHSCOPE_MODEL, prompt=PROMPT)

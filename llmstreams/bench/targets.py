@@ -82,6 +82,7 @@ class ClientTarget:
     streaming, else one awaited `Completion` per request (counted as one chunk), taking the
     workload's prompts in turn.
 
+    `mock`: the target is the mock (a model left out is the provider's mock model).
     `reads_sent_at`: the server stamps each event with its true send time (the ruler, the
     mock), which the load generator then reads from every chunk.
     Building the target makes one call without sending it, so that a parameter the client
@@ -89,7 +90,8 @@ class ClientTarget:
     """
 
     def __init__(
-        self, client: BaseClient, workload: Workload, *, mock: bool, reads_sent_at: bool = False
+        self, client: BaseClient, workload: Workload, *, mock: bool = False,
+        reads_sent_at: bool = False,
     ) -> None:
         self._client = client
         self._workload = workload

@@ -124,10 +124,11 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--ray", nargs="?", const="local", metavar="ADDRESS",
-        help="run the requests on Ray actors: a local Ray without ADDRESS, 'auto' for the one "
-        "running on this machine, ray://HOST:10001 for a remote cluster (give INPUT first, or "
-        "write --ray=ADDRESS); INPUT and OUTPUT may then be .parquet too. "
-        f"Needs the ray extra: {RAY_INSTALL}",
+        help="run the requests on Ray actors: a local Ray started for the run without ADDRESS; "
+        "'auto' for the cluster of RAY_ADDRESS or the one `ray start` started on this machine; "
+        "HOST:6379 for a cluster's head (give INPUT first, or write --ray=ADDRESS). Ray Client "
+        "(ray://) is refused: Ray Data does not run through it. INPUT and OUTPUT may then be "
+        f".parquet too. Needs the ray extra: {RAY_INSTALL}",
     )
     parser.add_argument(
         "--actors", type=_positive_int, default=DEFAULT_ACTORS,
@@ -168,6 +169,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _ray_client_address(option: str) -> str | None:
+    """`--ray=ray://...`, or `RAY_ADDRESS=ray://...` (which Ray reads for `auto`), as said to the
+    user; None when Ray is reached some other way."""
+    if option == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+        return f"RAY_ADDRESS={address}" if "://" in address else None
+    return f"--ray={option}" if "://" in option else None
+
+
 def _usage_error(message: str) -> int:
     print(f"llmstreams batch: error: {message}", file=sys.stderr)
     return 2
@@ -192,6 +202,12 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(f"{args.output}: is a directory; give a file name for OUTPUT")
     if args.output.exists() and os.path.samefile(args.output, args.input):
         return _usage_error("OUTPUT must not be INPUT (they are the same file)")
+    if args.ray is not None and (client := _ray_client_address(args.ray)) is not None:
+        return _usage_error(
+            f"{client}: Ray Data does not run through Ray Client (ray://); run this command on "
+            "a node of the cluster with --ray=auto, or send it there with "
+            "`ray job submit -- llmstreams batch ... --ray=auto`"
+        )
     if args.ray is not None and importlib.util.find_spec("ray") is None:
         return _usage_error(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
     try:

@@ -65,26 +65,32 @@ _RESPONSE_FORMATS: Final = ("text", "json_object", "json_schema")
 _RESERVED_BODY_FIELDS: Final = ("model", "messages", "prompt", "stream", "stream_options")
 
 
-class ChatParams(TypedDict, total=False):
-    """The optional keyword arguments of a chat call (`stream_chat` / `chat`); None (as leaving
-    one out) sends nothing, so the server's default applies."""
+class CompleteParams(TypedDict, total=False):
+    """The optional keyword arguments of a legacy text completion (`stream_complete` /
+    `complete`), which a chat call takes too; None (as leaving one out) sends nothing, so the
+    server's default applies."""
 
     temperature: float | None
     top_p: float | None
     max_tokens: int | None
-    max_completion_tokens: int | None
     stop: str | Sequence[str] | None
     seed: int | None
     presence_penalty: float | None
     frequency_penalty: float | None
     n: int | None
     user: str | None
-    tools: Sequence[Mapping[str, Any]] | None
-    tool_choice: str | Mapping[str, Any] | None
-    response_format: Mapping[str, Any] | None
     include_usage: bool | None
     extra_body: Mapping[str, Any] | None
     extra_headers: Mapping[str, str] | None
+
+
+class ChatParams(CompleteParams, total=False):
+    """The optional keyword arguments of a chat call (`stream_chat` / `chat`)."""
+
+    max_completion_tokens: int | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    response_format: Mapping[str, Any] | None
 
 
 class VendorParams(TypedDict, total=False):
@@ -110,23 +116,6 @@ class VendorParams(TypedDict, total=False):
 
 class VendorChatParams(ChatParams, VendorParams, total=False):
     """A chat call's keyword arguments on a vendor's preset: the dialect's and the vendors'."""
-
-
-class CompleteParams(TypedDict, total=False):
-    """The optional keyword arguments of a legacy text completion (`stream_complete` / `complete`)."""
-
-    temperature: float | None
-    top_p: float | None
-    max_tokens: int | None
-    stop: str | Sequence[str] | None
-    seed: int | None
-    presence_penalty: float | None
-    frequency_penalty: float | None
-    n: int | None
-    user: str | None
-    include_usage: bool | None
-    extra_body: Mapping[str, Any] | None
-    extra_headers: Mapping[str, str] | None
 
 
 CHAT_PARAMETERS: Final = tuple(ChatParams.__annotations__)

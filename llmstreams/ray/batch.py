@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, TextIO
 import attrs
 import ray
 import ray.data
+import ray.exceptions
 
 from llmstreams.batch import (
     BatchRequest,
@@ -73,15 +75,41 @@ class MixedIdsError(ValueError):
 
 
 def connect(address: str | None) -> bool:
-    """Join the cluster at `address` (None or "local": start a local Ray, "auto": the one
-    running on this machine, "ray://host:port": a remote one); True if this call started it."""
+    """Join the cluster at `address` ("local": start a local Ray, whatever RAY_ADDRESS says;
+    None: RAY_ADDRESS's cluster, else a local Ray; "auto": RAY_ADDRESS's cluster, else the one
+    `ray start` started on this machine; "host:port": the cluster whose head that is); True if
+    this call started it."""
     if ray.is_initialized():
         return False
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address in (None, "local"):
         options["include_dashboard"] = False
-    ray.init(address=address, **options)
+    try:
+        ray.init(address=address, **options)
+    except ConnectionError as error:
+        if not _refused_for_its_token(error):
+            raise
+        if address in (None, "auto"):
+            address = os.environ.get("RAY_ADDRESS") or address
+        raise ConnectionError(
+            f"the Ray cluster at {address} wants its token: set RAY_AUTH_MODE=token, and the "
+            "cluster's token in RAY_AUTH_TOKEN or in the file RAY_AUTH_TOKEN_PATH names "
+            "(by default ~/.ray/auth_token)"
+        ) from error
     return True
+
+
+def _refused_for_its_token(error: BaseException) -> bool:
+    # Ray keeps the AuthenticationError of its last attempt only as text, in the message of the
+    # RuntimeError its ConnectionError comes from.
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ray.exceptions.AuthenticationError) or (
+            "ray.exceptions.AuthenticationError" in str(cause)
+        ):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _quiet_data_context() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +35,6 @@ from llmstreams import (
     Timeout,
 )
 from llmstreams.mock import MockServer
-from llmstreams.openai.wire import CHAT_PARAMETERS, COMPLETE_PARAMETERS
 from tests.reliability.helpers import (
     ACCESS_KEY,
     API_KEY,
@@ -109,9 +109,11 @@ MESSAGES = st.one_of(
 def parameter_names(function: Callable[..., Any]) -> list[str]:
     """The keyword parameters of `function`, those of its `**params: Unpack[...]` included."""
     names: list[str] = []
+    hints = typing.get_type_hints(function)
     for name, parameter in inspect.signature(function).parameters.items():
         if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            names += DIALECT_PARAMETERS.get(function.__name__, ())
+            (declared,) = typing.get_args(hints[name])
+            names += declared.__annotations__
         elif name != "self":
             names.append(name)
     return names
@@ -167,10 +169,12 @@ def clients(url: str, pool: Pool) -> dict[str, Any]:
         "qianfan-aksk": QianfanClient(
             access_key=ACCESS_KEY, secret_access_key=SECRET_ACCESS_KEY, base_url=url, pool=pool
         ),
-        "qianfan-v2": QianfanClient(api_key=QIANFAN_V2_KEY, base_url=url, pool=pool),
+        "qianfan-v2": OpenAICompatibleClient(
+            vendor="qianfan", api_key=QIANFAN_V2_KEY, base_url=url, pool=pool
+        ),
         "dashscope": DashScopeClient(api_key=DASHSCOPE_KEY, base_url=url, pool=pool),
-        "dashscope-openai": DashScopeClient(
-            api_key=DASHSCOPE_KEY, base_url=url, pool=pool, protocol="openai"
+        "dashscope-openai": OpenAICompatibleClient(
+            vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=url, pool=pool
         ),
         "openai": OpenAICompatibleClient(api_key=OPENAI_KEY, base_url=f"{url}/v1", pool=pool),
     }
@@ -202,13 +206,6 @@ METHODS = [
     ("openai", "stream_complete", OPENAI_COMPLETE),
     ("openai", "complete", OPENAI_COMPLETE),
 ]
-# The dialect's `**params`: the names its TypedDicts declare.
-DIALECT_PARAMETERS = {
-    "stream_chat": CHAT_PARAMETERS, "chat": CHAT_PARAMETERS,
-    "stream_complete": COMPLETE_PARAMETERS, "complete": COMPLETE_PARAMETERS,
-}
-
-
 async def call(method: Callable[..., Any], arguments: dict[str, Any]) -> None:
     """Call, and send what passes the checks; only the checks or the server may object."""
     try:

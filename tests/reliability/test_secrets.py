@@ -214,19 +214,23 @@ def written(directory: Path) -> list[str]:
 
 
 CLI_CREDENTIALS = {
-    "qianfan-api_key": {"QIANFAN_API_KEY": API_KEY, "QIANFAN_SECRET_KEY": SECRET_KEY},
-    "qianfan-access_key": {
+    "qianfan-v1-api_key": {"QIANFAN_API_KEY": API_KEY, "QIANFAN_SECRET_KEY": SECRET_KEY},
+    "qianfan-v1-access_key": {
         "QIANFAN_ACCESS_KEY": ACCESS_KEY, "QIANFAN_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
     },
     "dashscope": {"DASHSCOPE_API_KEY": DASHSCOPE_KEY},
 }
 
 
+def provider_of(credentials: str) -> str:
+    return credentials.rpartition("-")[0] if credentials.startswith("qianfan") else credentials
+
+
 @pytest.mark.parametrize("credentials", list(CLI_CREDENTIALS))
 async def test_no_secret_in_bench_output(mock: MockServer, tmp_path: Path, credentials: str) -> None:
-    provider = credentials.split("-")[0]
+    provider = provider_of(credentials)
     # The first attempt of the (identical) benchmark requests fails: an error is reported too.
-    mock.set_behaviour(Behaviour(fail_code="18" if provider == "qianfan" else "Throttling"))
+    mock.set_behaviour(Behaviour(fail_code="18" if provider == "qianfan-v1" else "Throttling"))
     outputs = tmp_path / "out"
     outputs.mkdir()
     async with RecordingProxy(mock.url).running() as proxy:
@@ -259,7 +263,7 @@ BATCH_LINES: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("credentials", list(CLI_CREDENTIALS))
 async def test_no_secret_in_batch_output(mock: MockServer, tmp_path: Path, credentials: str) -> None:
-    provider = credentials.split("-")[0]
+    provider = provider_of(credentials)
     input_path = tmp_path / "input.jsonl"
     output_path = tmp_path / "output.jsonl"
     lines = []
@@ -267,13 +271,13 @@ async def test_no_secret_in_batch_output(mock: MockServer, tmp_path: Path, crede
         # A question of its own per line: the mock counts injected failures per distinct request.
         question = f"{USER[0]['content']} ({line['id']})"
         request: dict[str, object] = {**line}
-        if provider == "qianfan":
+        if provider == "qianfan-v1":
             request["messages"] = [{"role": "user", "content": question}]
         else:
             request["prompt"] = question
         lines.append(json.dumps(request))
     input_path.write_text("\n".join(lines) + "\n")
-    model = QIANFAN_MODEL if provider == "qianfan" else DASHSCOPE_MODEL
+    model = QIANFAN_MODEL if provider == "qianfan-v1" else DASHSCOPE_MODEL
     async with RecordingProxy(mock.url).running() as proxy:
         status, printed = await run_cli(
             [
@@ -290,7 +294,7 @@ async def test_no_secret_in_batch_output(mock: MockServer, tmp_path: Path, crede
     assert results["cut"]["error"]["type"] == "StreamInterruptedError"
     assert results["malformed"]["error"]["type"] == "ProtocolError"
     assert ": retry " in printed  # --verbose logged the retries
-    if credentials == "qianfan-api_key":
+    if credentials == "qianfan-v1-api_key":
         # The token was renewed and the request sent again.
         assert "text" in results["expired"] and len(proxy.issued_tokens) == 2
     else:
