@@ -57,6 +57,12 @@ FAIL_FAST_AFTER = 10
 # Errors that say the batch's setup is wrong (key, permission, model), not one request.
 _SETUP_ERROR_TYPES = frozenset({"AuthenticationError", "PermissionDeniedError", "NotFoundError"})
 _SETUP_FIELDS = frozenset({"model", "endpoint"})
+# Errors that sending the same request again cannot fix: the request itself is wrong (its
+# input line, its parameters) or its content is refused.
+_NOT_FIXED_BY_RETRY = frozenset({
+    INPUT_ERROR, "InvalidParameterError", "UsageError", "InvalidRequestError",
+    "ContentFilterError",
+})
 _CONTENT_KEYS = ("prompt", "messages")
 _SET_BY_COMMAND = ("model", "endpoint")
 
@@ -264,6 +270,12 @@ def setup_error(error: Mapping[str, Any]) -> tuple[Any, ...] | None:
     ):
         return (kind, error.get("code"), error.get("field"))
     return None
+
+
+def retry_may_fix(error_type: str) -> bool:
+    """Whether a request that failed with an error of this type may succeed when sent again
+    unchanged (not an error of its input, parameters, content or the batch's setup)."""
+    return error_type not in _NOT_FIXED_BY_RETRY and error_type not in _SETUP_ERROR_TYPES
 
 
 @attrs.frozen(slots=True)

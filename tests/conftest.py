@@ -3,6 +3,7 @@ and one for all: tests reach only 127.0.0.1, never through a proxy of the machin
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -32,3 +33,20 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
     """A raw aiohttp client for talking to the mock over loopback."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as client:
         yield client
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    """Why tests were skipped, one line per reason, even under -q (unless -rs already said)."""
+    if {"s", "a", "A"} & set(config.option.reportchars or ""):
+        return
+    reasons = Counter(
+        _skip_reason(report) for report in terminalreporter.stats.get("skipped", [])
+    )
+    for reason, count in sorted(reasons.items()):
+        terminalreporter.write_line(f"{count} skipped: {reason}")
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return reason.removeprefix("Skipped: ")

@@ -371,3 +371,24 @@ def test_format_duration() -> None:
     assert format_duration(0.4) == "0:00"
     assert format_duration(75) == "1:15"
     assert format_duration(3 * 3600 + 62) == "3:01:02"
+
+
+def test_retry_errors_is_suggested_only_where_a_retry_can_help() -> None:
+    from llmstreams.commands.batch import failure_advice
+
+    (fixable,) = failure_advice({"ServerError": 2, "APITimeoutError": 1}, 0)
+    assert fixable == (
+        "3 requests failed with errors a retry may fix (APITimeoutError 1, ServerError 2); "
+        "add --retry-errors to run them again"
+    )
+    (unfixable,) = failure_advice({"InvalidParameterError": 31}, 0)
+    assert unfixable.startswith(
+        "31 requests failed with errors a retry cannot fix (InvalidParameterError 31)"
+    )
+    assert "fix the input or the options, then run again with --retry-errors" in unfixable
+    both = failure_advice({"InvalidRequestError": 1, "RateLimitError": 4}, 0)
+    assert [line.split(" failed")[0] for line in both] == ["4 requests", "1 request"]
+    assert failure_advice({}, 5) == [
+        "5 failed in an earlier run; add --retry-errors to run them again"
+    ]
+    assert failure_advice({}, 0) == []

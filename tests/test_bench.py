@@ -19,6 +19,7 @@ import pytest
 from llmstreams.bench import LoadPlan, RequestRecord, load, run_load, summarize
 from llmstreams.bench.eventloop import EVENT_LOOPS, default_event_loop
 from llmstreams.bench.metrics import Distribution, percentile
+from llmstreams.bench.report import format_run
 from llmstreams.bench.runner import BenchConfig
 from llmstreams.bench.targets import Workload
 from llmstreams.cli import main
@@ -550,9 +551,42 @@ def test_connections_opened_during_the_run_are_counted(tmp_path: Path) -> None:
             *SMALL_ANSWER, "--json", str(path), "--quiet",
         ) == 0
     cold_run, warm_run = (json.loads(p.read_text(encoding="utf-8"))["runs"][0] for p in (cold, warm))
-    # Without a warm-up the run opens its connections itself; after one it reuses them.
+    # Without a warm-up the run opens its connections itself; after one it reuses them, and
+    # the report says where they came from instead of a bare "0 connections opened".
     assert cold_run["connections_opened"] >= 1
+    assert cold_run["connections_opened_in_warmup"] == 0
     assert warm_run["connections_opened"] < cold_run["connections_opened"]
+    assert warm_run["connections_opened_in_warmup"] >= 1
+
+
+def test_an_unpaced_mock_is_called_out_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    small = ["--mock-workers", "0", "--concurrency", "2", "--requests", "4", "--warmup", "0",
+             *SMALL_ANSWER, "--quiet"]
+    assert bench(*small) == 0
+    notices = [line for line in capsys.readouterr().err.splitlines() if "unpaced" in line]
+    assert notices == [
+        "llmstreams bench: the mock is unpaced: it writes each answer at once, so ITL and TPOT "
+        "time only the client's parsing (pace it, e.g. --chunks-per-second 20)"
+    ]
+    assert bench(*small, "--chunks-per-second", "400") == 0
+    assert "unpaced" not in capsys.readouterr().err
+
+
+def test_the_console_says_where_the_connections_came_from() -> None:
+    records = [RequestRecord(0, 0.0, 0.01, 0.02, (), 1, None, "ok")]
+
+    def line(opened: int | None, warmed: int | None) -> str:
+        summary = summarize(records, duration=1.0, cpu_seconds=0.1, peak_rss_mb=1.0,
+                            connections_opened=opened, connections_warmed=warmed)
+        (client,) = [row for row in format_run(summary).splitlines() if row.startswith("client ")]
+        return client
+
+    assert "16 connections, all opened in the warm-up" in line(0, 16)
+    assert "256 connections: 20 opened in the warm-up, 236 during the run" in line(236, 20)
+    assert "2 connections, all opened during the run" in line(2, 0)
+    assert "connection" not in line(None, None)
 
 
 @pytest.mark.parametrize("event_loop", EVENT_LOOPS)

@@ -15,6 +15,7 @@ from llmstreams.bench.metrics import RunSummary
 from llmstreams.bench.plots import (
     declutter,
     latency_figure,
+    mean_in_flight,
     overlapping_tick_labels,
     pyplot,
     sweep_figure,
@@ -94,10 +95,11 @@ def test_concurrency_sweep_thins_crowded_ticks(tmp_path: Path) -> None:
     figure = sweep_figure([summary for summary, _ in runs], "concurrency")
     assert figure.axes[0].get_xscale() == "log"
     assert figure.axes[0].get_xlabel() == "concurrency (requests in flight)"
-    assert figure.axes[1].get_ylabel() == "latency (ms)"
-    names = [line.get_label() for line in figure.axes[1].get_lines()]
-    for metric in ("TTFT", "ITL", "E2EL"):
-        assert f"{metric} p50" in names and f"{metric} p99" in names
+    assert [axis.get_ylabel() for axis in figure.axes] == [
+        "completed requests/s", "chunks/s", "output tokens/s", "TTFT (ms)", "ITL (ms)", "E2EL (ms)",
+    ]
+    for latency in figure.axes[3:]:
+        assert sorted(line.get_label() for line in latency.get_lines()) == ["p50", "p99"]
     assert "sweep of concurrency 1, 2, 4" in figure._suptitle.get_text()
     check_and_save(figure, tmp_path / "concurrency_sweep.png")
     latency = latency_figure(runs)
@@ -116,24 +118,29 @@ def test_rate_sweep_and_open_loop_timeline(tmp_path: Path) -> None:
     check_and_save(sweep, tmp_path / "rate_sweep.png")
     timeline = timeline_figure(runs)
     assert timeline.axes[-1].get_xlabel() == "time since the run began (s)"
-    labels = [line.get_label() for line in timeline.axes[0].get_lines()]
+    labels = [patch.get_label() for patch in timeline.axes[0].patches]
     assert labels == ["in flight", "waiting for a slot"]
-    assert all(tick == int(tick) for tick in timeline.axes[0].get_yticks())
     check_and_save(timeline, tmp_path / "timeline_open.png")
 
 
-def test_timeline_counts_requests_in_flight() -> None:
-    records = [
-        RequestRecord(0, 0.0, 0.1, 2.0, (), 1, None, "ok"),
-        RequestRecord(1, 1.0, 0.1, 2.0, (), 1, None, "ok"),
-    ]
-    label = {"provider": "qianfan", "model": "m", "mode": "closed", "concurrency": 2}
-    summary = summarize(records, duration=3.0, cpu_seconds=0.1, peak_rss_mb=1.0, label=label)
+def test_timeline_averages_the_requests_in_flight_over_time_bins() -> None:
+    edges, means = mean_in_flight([(0.0, 2.0), (1.0, 3.0), (1.5, 1.75)], 3.0, bins=6)
+    assert edges == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
+    assert means == [1.0, 1.0, 2.0, 2.5, 1.0, 1.0]
+
+
+def test_timeline_of_back_to_back_requests_is_a_level_not_a_block(tmp_path: Path) -> None:
+    # One stream, each request following the last after 10 µs: the old step plot drew a dip
+    # to 0 for each, which at this density filled the panel.
+    records = [RequestRecord(i, i * 0.00301, 0.001, 0.003, (), 1, None, "ok") for i in range(600)]
+    label = {"provider": "qianfan", "model": "m", "mode": "closed", "concurrency": 1}
+    summary = summarize(records, duration=600 * 0.00301, cpu_seconds=0.1, peak_rss_mb=1.0,
+                        label=label)
     figure = timeline_figure([(summary, records)])
-    (line,) = figure.axes[0].get_lines()
-    assert list(line.get_xdata()) == [0.0, 0.0, 1.0, 2.0, 3.0]
-    assert list(line.get_ydata()) == [0, 1, 2, 1, 0]
-    pyplot().close(figure)
+    (levels,) = figure.axes[0].patches
+    assert all(0.99 < value <= 1.0 for value in levels.get_data().values)
+    assert_legends_and_notes_off_the_data(figure)
+    check_and_save(figure, tmp_path / "timeline_back_to_back.png")
 
 
 def test_write_plots_names_one_file_per_figure(tmp_path: Path) -> None:
@@ -153,3 +160,83 @@ def test_runs_without_values_still_draw(tmp_path: Path, count: int) -> None:
     summary = summarize(records, duration=1.0, cpu_seconds=0.1, peak_rss_mb=1.0, label=label)
     figure = latency_figure([(summary, records)] * count)
     check_and_save(figure, tmp_path / f"empty_{count}.png")
+
+
+def unpaced(concurrency: int, count: int = 60) -> Run:
+    """Runs as against an unpaced mock: every chunk of an answer arrives in the same read."""
+    records = [
+        RequestRecord(index, index * 0.004, 0.003 + index * 1e-5, 0.0032 + index * 1e-5,
+                      (0.0,) * 9, 10, 41, "ok")
+        for index in range(count)
+    ]
+    label = {"provider": "qianfan", "model": "ernie-speed-8k", "mode": "closed",
+             "concurrency": concurrency, "request_rate": None, "mock_workers": 1}
+    summary = summarize(records, duration=count * 0.004, cpu_seconds=0.1, peak_rss_mb=1.0,
+                        label=label)
+    return summary, records
+
+
+def notes(axis: Any) -> list[str]:
+    return [text.get_text() for text in axis.texts]
+
+
+def assert_legends_and_notes_off_the_data(figure: Any) -> None:
+    """No legend inside a panel; the figure's legends and every note beside a panel clear
+    every panel's plotting area."""
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    panels = [axis.get_window_extent(renderer) for axis in figure.axes]
+    assert all(axis.get_legend() is None for axis in figure.axes)
+    boxes = [legend.get_window_extent(renderer) for legend in figure.legends]
+    boxes += [text.get_window_extent(renderer) for axis in figure.axes for text in axis.texts
+              if text.get_gid() == "side-note"]
+    for box in boxes:
+        assert not any(box.overlaps(panel) for panel in panels), box
+
+
+def test_a_panel_without_spread_says_so_instead_of_drawing_a_line(tmp_path: Path) -> None:
+    runs = [unpaced(1), unpaced(16)]
+    figure = latency_figure(runs)
+    itl = figure.axes[1]
+    assert itl.get_title() == "ITL"
+    assert itl.get_lines() == []
+    (note,) = notes(itl)
+    assert note.startswith("no spread: all 1,080 ITL values are 0 ms")
+    assert "same network read" in note
+    # The other panels have spread and keep their curves.
+    assert all(axis.get_lines() for axis in (figure.axes[0], figure.axes[3]))
+    check_and_save(figure, tmp_path / "latency_unpaced.png")
+
+    sweep = sweep_figure([summary for summary, _ in runs], "concurrency")
+    itl = sweep.axes[4]
+    assert itl.get_ylabel() == "ITL (ms)" and itl.get_lines() == []
+    assert notes(itl)[0].startswith("no spread: ITL p50 and p99 of every run are 0 ms")
+    check_and_save(sweep, tmp_path / "sweep_unpaced.png")
+
+
+def test_percentiles_are_written_beside_the_panels_and_legends_outside(tmp_path: Path) -> None:
+    runs = [closed(1), closed(16, seed=1), closed(256, seed=2)]
+    figure = latency_figure(runs)
+    ttft = figure.axes[0]
+    side = [text for text in ttft.texts if text.get_gid() == "side-note"]
+    assert [text.get_text() for text in side[:1]] == ["p50 / p99 (ms)"]
+    assert len(side) == 1 + len(runs)
+    assert_legends_and_notes_off_the_data(figure)
+    check_and_save(figure, tmp_path / "latency_three_runs.png")
+    for drawn in (sweep_figure([s for s, _ in runs], "concurrency"), timeline_figure(runs)):
+        assert_legends_and_notes_off_the_data(drawn)
+        pyplot().close(drawn)
+
+
+def test_sweep_series_never_share_a_panel(tmp_path: Path) -> None:
+    # Chunks/s is requests/s times a constant here: on twin axes the two lines coincided.
+    runs = [unpaced(1), unpaced(16), unpaced(256)]
+    figure = sweep_figure([summary for summary, _ in runs], "concurrency")
+    assert len(figure.axes) == 6  # no twin axes
+    requests, chunks, tokens, ttft, _, e2el = figure.axes
+    for axis in (requests, chunks, tokens):
+        assert len(axis.get_lines()) == 1
+    # TTFT and E2EL are nearly equal against an unpaced mock: each has its own panel.
+    assert [line.get_label() for line in ttft.get_lines()] == ["p99", "p50"]
+    assert [line.get_label() for line in e2el.get_lines()] == ["p99", "p50"]
+    check_and_save(figure, tmp_path / "sweep_separate_panels.png")

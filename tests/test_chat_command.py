@@ -7,12 +7,15 @@ import os
 import re
 import sys
 
+import llmstreams
+from llmstreams.commands.chat import summary_line
 from llmstreams.mock import Behaviour
 from llmstreams.mock.pytest_plugin import MockServerFactory
 from tests.support import ROOT, Terminal, mock_command
 
 SUMMARY = re.compile(
-    r"\[first chunk \d+ ms, (\d+) chunks, (\d+) tokens \(prompt (\d+)\), [\d.]+ s, request id (\S+)\]"
+    r"\[first chunk (?:\d+ ms|\d+\.\d\d s), (\d+) chunks, (\d+) tokens \(prompt (\d+)\), "
+    r"total (?:\d+ ms|\d+\.\d\d s), request id (\S+)\]"
 )
 CREDENTIAL_VARIABLES = (
     "QIANFAN_API_KEY", "QIANFAN_SECRET_KEY", "QIANFAN_AK", "QIANFAN_SK", "QIANFAN_ACCESS_TOKEN",
@@ -198,3 +201,12 @@ async def test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on(
     finally:
         terminal.close()
     assert "Traceback" not in terminal.output
+
+
+def test_the_summary_gives_times_below_a_second_in_milliseconds() -> None:
+    completion = llmstreams.Completion(text="hi", chunk_count=1, request_id="as-1")
+    assert summary_line(completion, 0.003, 0.0034) == (
+        "[first chunk 3 ms, 1 chunks, tokens not reported, total 3 ms, request id as-1]"
+    )
+    assert "first chunk 1.20 s" in summary_line(completion, 1.2, 2.5)
+    assert "total 2.50 s" in summary_line(completion, 1.2, 2.5)

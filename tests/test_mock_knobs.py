@@ -19,7 +19,7 @@ import pytest
 from llmstreams.mock import BEHAVIOUR_HEADER, Behaviour, MockServer
 from llmstreams.mock.dashscope import GENERATION_PATH
 from llmstreams.mock.qianfan import API_PREFIX, TOKEN_PATH
-from llmstreams.mock.text import answer_text, qianfan_id, request_digest
+from llmstreams.mock.text import WORDS, answer_text, corpus_text, qianfan_id, request_digest
 
 CHAT = API_PREFIX + "/chat/completions"
 DASHSCOPE_AUTH = {"Authorization": "Bearer sk-test"}
@@ -340,6 +340,28 @@ async def test_chunk_and_answer_lengths(
         assert [len(text) for text in texts] == [7] * 14 + [2]
     else:
         assert [len(text) for text in texts] == [*range(7, 100, 7), 100]
+
+
+@each_vendor
+async def test_answers_end_with_a_whole_sentence_at_exactly_their_length(
+    server: MockServer, session: aiohttp.ClientSession, vendor: Vendor
+) -> None:
+    for answer_chars in (12, 100, 241):
+        knobs = f"answer_chars={answer_chars}"
+        async with await vendor.request(session, server, stream=False, knobs=knobs) as response:
+            text = vendor.answer_text(await response.json())
+        assert len(text) == answer_chars and text.endswith("."), text
+        assert all(word.strip(".").lower() in WORDS for word in text.split()), text
+
+
+def test_corpus_texts_are_whole_sentences_of_every_length() -> None:
+    for sentence in range(0, 2048, 101):
+        for length in (*range(3, 40), 99, 240, 1000):
+            text = corpus_text(sentence, length)
+            assert len(text) == length and text.endswith("."), (sentence, length, text)
+            assert all(word.strip(".").lower() in WORDS for word in text.split()), text
+            assert "  " not in text and ".." not in text and not text.startswith(" ")
+    assert corpus_text(7, 240) == corpus_text(7, 240)  # deterministic
 
 
 async def test_empty_answer_is_one_empty_event(

@@ -303,6 +303,8 @@ async def test_reasoning_models_and_the_reasoning_knob(
     options = {"stream_options": {"include_usage": True}}
     streamed = assemble(await stream_events(session, server, route, {**body, **options}))
     assert len(streamed.reasoning) == 120 and streamed.text
+    # The reasoning is a text of its own, not the answer's opening again.
+    assert streamed.reasoning[:20] != streamed.text[:20]
     details = streamed.usage and streamed.usage["completion_tokens_details"]
     assert details and details["reasoning_tokens"] > 0
     events = await stream_events(session, server, route, body)

@@ -170,7 +170,8 @@ class Measurement:
     LOOP_LAG_INTERVAL came, over the run: a busy loop delays every timestamp by about as much.
     `origin`: the clock's time when the run began (after the warm-up), which the records'
     `start` count from. `connections_opened`: new connections the client's pool opened during
-    the run (None where unknown). `event_loop`: the loop the run ran on, "uvloop" or "asyncio".
+    the run, `connections_warmed`: those it had opened before it, in the warm-up (each None
+    where unknown; a warm-up at the run's concurrency leaves none to open during the run). `event_loop`: the loop the run ran on, "uvloop" or "asyncio".
     `gc_collections`: how often the garbage collector had to run during the run (GC_BACKSTOP).
     """
 
@@ -181,6 +182,7 @@ class Measurement:
     loop_lags: tuple[float, ...] = ()
     origin: float = 0.0
     connections_opened: int | None = None
+    connections_warmed: int | None = None
     event_loop: str = "asyncio"
     gc_collections: int = 0
 

@@ -188,7 +188,8 @@ class RunSummary:
     count every chunk received (those of failed requests too: the client did that work).
     `cpu_seconds` is the client processes' CPU time over the run, `peak_rss_mb` their peak
     resident memory (the sum over processes); `connections_opened` the new connections the
-    client pools opened during the run (None where unknown); `event_loop` the loop the client
+    client pools opened during the run and `connections_warmed` those they had opened before
+    it, in the warm-up (None where unknown); `event_loop` the loop the client
     ran on ("uvloop" or "asyncio"); `gc_collections` how often the garbage collector had to
     run during the run (it is held off otherwise). `loop_lag` is the distribution of the event
     loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and `true_itl`
@@ -222,6 +223,7 @@ class RunSummary:
     connections_opened: int | None = None
     event_loop: str = "asyncio"
     gc_collections: int = 0
+    connections_warmed: int | None = None
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -319,6 +321,7 @@ class RunSummary:
             "event_loop": self.event_loop,
             "gc_collections": self.gc_collections,
             "connections_opened": self.connections_opened,
+            "connections_opened_in_warmup": self.connections_warmed,
             "client_bound": self.client_bound,
             "client_bound_reasons": list(self.client_bound_reasons),
         }
@@ -362,6 +365,7 @@ def summarize(
     connections_opened: int | None = None,
     event_loop: str = "asyncio",
     gc_collections: int = 0,
+    connections_warmed: int | None = None,
 ) -> RunSummary:
     """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
     in SLO_METRICS) define the good requests of `request_goodput`."""
@@ -407,4 +411,5 @@ def summarize(
         connections_opened=connections_opened,
         event_loop=event_loop,
         gc_collections=gc_collections,
+        connections_warmed=connections_warmed,
     )

@@ -2,13 +2,17 @@
 
 Three kinds, each titled with the target, provider, model and load:
 - `latency.png`: cumulative distributions of TTFT, ITL (per chunk), TPOT and E2EL, one curve
-  per run, with each run's p50 and p99 marked on its curve;
-- `<setting>_sweep.png` for each swept setting: throughput, and p50 next to p99 latencies,
-  against it;
-- `timeline.png`: requests in flight (and, in an open loop, waiting for a slot) over each run.
+  per run, each run's p50 and p99 marked on its curve and, for a few runs, written beside
+  the panel;
+- `<setting>_sweep.png` for each swept setting: each throughput in a panel of its own, and the
+  p50 and p99 of TTFT, ITL and E2EL, one panel per metric, against it;
+- `timeline.png`: requests in flight (and, in an open loop, waiting for a slot) over each run,
+  averaged over short time bins.
 
 Every axis says its unit. A log scale is used only for data spanning more than a decade, and
-tick labels that would overlap are thinned until none do.
+tick labels that would overlap are thinned until none do. No series shares a panel with one
+it could hide; legends and notes sit outside the plotting areas; a panel whose values are all
+equal (no spread: ITL against an unpaced mock) says so instead of drawing a line.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from llmstreams.bench.report import load_description, run_title, server_descript
 
 LATENCY_PLOT = "latency.png"
 TIMELINE_PLOT = "timeline.png"
+# The timeline averages the requests in flight over this many equal time bins per run.
+TIMELINE_BINS = 250
 # Up to this many runs, each latency panel also prints every run's p50 and p99.
 ANNOTATED_RUNS = 3
 # Settings a sweep can vary, with their axis labels.
@@ -147,45 +153,50 @@ def run_name(summary: RunSummary, others: Sequence[RunSummary]) -> str:
 
 def latency_figure(runs: Runs) -> Any:
     """Cumulative distributions of TTFT, ITL, TPOT and E2EL, p50 (circle) and p99 (diamond)
-    marked on each run's curve."""
+    marked on each run's curve and, for a few runs, written beside the panel. A panel whose
+    values are all equal says so instead of drawing a vertical line."""
     plt = pyplot()
-    figure, axes = plt.subplots(2, 2, figsize=(12, 8), constrained_layout=True)
+    figure, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
     summaries = [summary for summary, _ in runs]
+    colors = _colors(plt, len(runs))
     for axis, (name, axis_label, distribution_of, values_of) in zip(
         axes.flat, _LATENCIES, strict=True
     ):
-        every: list[float] = []
-        notes: list[list[str]] = []
-        for (summary, records), color in zip(runs, _colors(plt, len(runs)), strict=False):
-            values = sorted(
+        curves = [
+            (summary, color, sorted(
                 value * 1000.0 for record in records if record.ok for value in values_of(record)
-            )
-            if not values:
-                continue
-            every += values
-            shares = [100.0 * (rank + 1) / len(values) for rank in range(len(values))]
-            axis.step(values, shares, where="post", color=color, label=run_name(summary, summaries))
-            distribution = distribution_of(summary)
-            marked = []
-            for percent, marker in ((50, "o"), (99, "D")):
-                value = _at(distribution, values, percent)
-                marked.append(f"p{percent} {_plain_ms(value)}")
-                axis.plot([value], [percent], marker=marker, color=color, markersize=6,
-                          markeredgecolor="black", linestyle="none")
-            if len(runs) <= ANNOTATED_RUNS:
-                axis.text(0.98, 0.04 + 0.08 * len(notes), "  ".join(marked) + " ms", color=color,
-                          ha="right", va="bottom", transform=axis.transAxes, fontsize="small")
-                notes.append(marked)
+            ))
+            for (summary, records), color in zip(runs, colors, strict=False)
+        ]
+        curves = [curve for curve in curves if curve[2]]
+        every = [value for _, _, values in curves for value in values]
         axis.set_title(name, fontsize="medium")
         axis.set_xlabel(axis_label)
         axis.set_ylabel("share of values at or below (%)")
         axis.set_ylim(0, 102)
-        if not every:
-            axis.text(0.5, 0.5, "no values", ha="center", va="center", transform=axis.transAxes)
-        else:
-            _scale(axis, "x", every)
         axis.grid(True, which="major", alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
+        if not every:
+            _say_in(axis, "no values")
+            continue
+        if min(every) == max(every):
+            _say_in(axis, no_spread_note(name, every[0], f"all {len(every):,} {name} values"))
+            axis.set_xticks([])
+            continue
+        notes = []
+        for summary, color, values in curves:
+            shares = [100.0 * (rank + 1) / len(values) for rank in range(len(values))]
+            axis.step(values, shares, where="post", color=color, label=run_name(summary, summaries))
+            marked = []
+            for percent, marker in ((50, "o"), (99, "D")):
+                value = _at(distribution_of(summary), values, percent)
+                marked.append(_plain_ms(value))
+                axis.plot([value], [percent], marker=marker, color=color, markersize=6,
+                          markeredgecolor="black", linestyle="none")
+            notes.append((" / ".join(marked), color))
+        if len(runs) <= ANNOTATED_RUNS:
+            _note_beside(axis, "p50 / p99 (ms)", notes)
+        _scale(axis, "x", every)
+    handles, labels = _first_legend_entries(axes.flat)
     from matplotlib.lines import Line2D
 
     handles += [
@@ -199,6 +210,40 @@ def latency_figure(runs: Runs) -> Any:
     return figure
 
 
+def no_spread_note(name: str, value: float, what: str) -> str:
+    """What a panel whose values are all equal says instead of a line: `what` are the values
+    ("all 900 ITL values")."""
+    note = f"no spread: {what} are {_plain_ms(value)} ms"
+    if name == "ITL" and value == 0:
+        note += ("\nevery chunk of an answer arrived in the same network read\n"
+                 "(an unpaced mock writes each answer at once)")
+    return note
+
+
+def _say_in(axis: Any, text: str) -> None:
+    axis.text(0.5, 0.5, text, ha="center", va="center", transform=axis.transAxes,
+              fontsize="small", color="dimgray", gid="panel-note")
+
+
+def _note_beside(axis: Any, heading: str, lines: Sequence[tuple[str, Any]]) -> None:
+    """Lines of text in a column right of the axes, off the data: a heading, then one line
+    per run in its colour."""
+    axis.text(1.02, 1.0, heading, transform=axis.transAxes, ha="left", va="top",
+              fontsize="small", gid="side-note")
+    for index, (text, color) in enumerate(lines):
+        axis.text(1.02, 0.92 - 0.07 * index, text, transform=axis.transAxes, ha="left",
+                  va="top", fontsize="small", color=color, gid="side-note")
+
+
+def _first_legend_entries(axes: Any) -> tuple[list[Any], list[str]]:
+    """The legend entries of the first panel that drew curves."""
+    for axis in axes:
+        handles, labels = axis.get_legend_handles_labels()
+        if handles:
+            return list(handles), list(labels)
+    return [], []
+
+
 def _at(distribution: Distribution, values: Sequence[float], percent: float) -> float:
     """The percentile from the summary when it has it, else from the plotted values."""
     value = distribution.at(percent)
@@ -208,88 +253,119 @@ def _at(distribution: Distribution, values: Sequence[float], percent: float) -> 
     return value
 
 
+# What a sweep plots in its top row: (title, axis label, value of a summary, None when unknown).
+_THROUGHPUTS: tuple[tuple[str, str, Callable[[RunSummary], float | None]], ...] = (
+    ("Requests", "completed requests/s", lambda s: s.request_throughput),
+    ("Chunks", "chunks/s", lambda s: s.chunk_throughput),
+    ("Output tokens", "output tokens/s",
+     lambda s: s.output_throughput if s.requests_with_usage else None),
+)
+
+
 def sweep_figure(summaries: Sequence[RunSummary], key: str) -> Any:
-    """Throughput (requests/s and chunks/s) and the p50 / p99 latencies against `key`."""
+    """Against `key`: each throughput in a panel of its own (top row), and the p50 and p99 of
+    TTFT, ITL and E2EL, one panel per metric (bottom row), so that no series hides another."""
     plt = pyplot()
-    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    figure, axes = plt.subplots(2, 3, figsize=(14, 8), constrained_layout=True)
     members = sorted(summaries, key=lambda summary: summary.label[key])
     xs = [float(summary.label[key]) for summary in members]
     x_label = dict(SWEEPABLE)[key]
-    chunks = throughput.plot(xs, [s.chunk_throughput for s in members], "o-", color="tab:blue",
-                             label="chunks/s")
-    requests = throughput.twinx()
-    request_line = requests.plot(xs, [s.request_throughput for s in members], "s--",
-                                 color="tab:orange", label="requests/s")
-    throughput.set_ylabel("chunks/s")
-    requests.set_ylabel("requests/s")
-    throughput.set_ylim(bottom=0)
-    requests.set_ylim(bottom=0)
-    throughput.legend(chunks + request_line, ["chunks/s", "requests/s"], fontsize="small",
-                      loc="lower right")
-    throughput.set_title("Throughput", fontsize="medium")
-    every: list[float] = []
+    for axis, (title, unit, value_of) in zip(axes[0], _THROUGHPUTS, strict=True):
+        maybe = [value_of(summary) for summary in members]
+        axis.set_title(title, fontsize="medium")
+        axis.set_ylabel(unit)
+        values = [value for value in maybe if value is not None]
+        if len(values) < len(maybe):
+            _say_in(axis, "unknown: no usage reported")
+            continue
+        axis.plot(xs, values, "o-", color="tab:blue")
+        axis.set_ylim(bottom=0, top=max(values) * 1.1 or 1.0)
     swept_latencies = [latency for latency in _LATENCIES if latency[0] != "TPOT"]
-    for (name, _, distribution_of, _), color in zip(
-        swept_latencies, ("tab:blue", "tab:green", "tab:red"), strict=True
-    ):
-        for percent, style in ((50, "o--"), (99, "D-")):
-            ys = [distribution_of(s).at(percent) for s in members]
-            every += [y for y in ys if not math.isnan(y)]
-            latency.plot(xs, ys, style, color=color, label=f"{name} p{percent}")
-    latency.set_ylabel("latency (ms)")
-    latency.set_title("Latency, p50 (dashed) and p99 (solid)", fontsize="medium")
-    if every:
-        _scale(latency, "y", every)
-    latency.legend(fontsize="small", ncols=3)
-    for axis in (throughput, latency):
+    for axis, (name, _, distribution_of, _) in zip(axes[1], swept_latencies, strict=True):
+        axis.set_title(f"{name} latency", fontsize="medium")
+        axis.set_ylabel(f"{name} (ms)")
+        lines = {
+            percent: [distribution_of(summary).at(percent) for summary in members]
+            for percent in (50, 99)
+        }
+        every = [y for ys in lines.values() for y in ys if not math.isnan(y)]
+        if not every:
+            _say_in(axis, "no values")
+            continue
+        if min(every) == max(every):
+            _say_in(axis, no_spread_note(name, every[0], f"{name} p50 and p99 of every run"))
+            axis.set_yticks([])
+            continue
+        # p99 drawn first as large hollow diamonds, p50 over it as small dots: both stay
+        # visible where they are equal.
+        axis.plot(xs, lines[99], "D-", color="tab:red", markersize=9, markerfacecolor="none",
+                  label="p99")
+        axis.plot(xs, lines[50], "o--", color="tab:blue", markersize=5, label="p50")
+        _scale(axis, "y", every)
+        if axis.get_yscale() == "linear":
+            axis.set_ylim(bottom=0, top=max(every) * 1.1)
+    for axis in axes.flat:
         axis.set_xlabel(x_label)
         _scale(axis, "x", xs)
         axis.set_xticks(xs, [_value(summary.label[key]) for summary in members])
         axis.minorticks_off()
         axis.grid(True, which="major", alpha=0.3)
+    handles, labels = _first_legend_entries(axes[1])
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=len(labels),
+                      fontsize="small")
     figure.suptitle(_wrap(f"Against {x_label}: {figure_title(summaries)}"), fontsize="medium")
     return figure
 
 
 def timeline_figure(runs: Runs) -> Any:
-    """Requests in flight over each run (one row per run); open loops also show the requests
-    due but waiting for a free slot."""
+    """Requests in flight over each run (one row per run), averaged over short time bins so
+    that a quick succession of requests reads as a level, not as a solid block of dips; open
+    loops also show the requests due but waiting for a free slot."""
     plt = pyplot()
-    from matplotlib.ticker import MaxNLocator
-
     rows = max(1, len(runs))
-    figure, axes = plt.subplots(rows, 1, figsize=(12, 2.4 * rows + 1.0), squeeze=False,
+    figure, axes = plt.subplots(rows, 1, figsize=(12, 2.4 * rows + 1.2), squeeze=False,
                                 constrained_layout=True)
     summaries = [summary for summary, _ in runs]
     for axis, (summary, records) in zip(axes[:, 0], runs, strict=False):
         sending = [(record.start, record.start + record.e2el) for record in records]
-        times, counts = _in_flight(sending)
-        axis.step(times, counts, where="post", color="tab:blue", label="in flight")
+        end = max([summary.duration, *(finish for _, finish in sending)])
+        edges, levels = mean_in_flight(sending, end)
+        axis.stairs(levels, edges, color="tab:blue", label="in flight", baseline=None)
+        highest = max(levels)
         waiting = [(r.start - r.client_queue, r.start) for r in records if r.client_queue > 0]
         if waiting:
-            times, counts = _in_flight(waiting)
-            axis.step(times, counts, where="post", color="tab:red", label="waiting for a slot")
-        axis.set_ylabel("requests")
-        axis.yaxis.set_major_locator(MaxNLocator(integer=True))
-        axis.set_ylim(bottom=0)
-        axis.set_xlim(left=0)
+            edges, levels = mean_in_flight(waiting, end)
+            axis.stairs(levels, edges, color="tab:red", label="waiting for a slot", baseline=None)
+            highest = max([highest, *levels])
+        axis.set_ylabel("in flight (bin mean)")
+        axis.set_ylim(0, max(1.0, highest) * 1.15)
+        axis.set_xlim(0, end)
         axis.set_title(run_name(summary, summaries), fontsize="small", loc="left")
-        axis.legend(fontsize="small", loc="upper right")
         axis.grid(True, alpha=0.3)
     axes[-1, 0].set_xlabel("time since the run began (s)")
+    handles, labels = _first_legend_entries(axes[:, 0])
+    figure.legend(handles, labels, loc="outside lower center", ncols=max(1, len(labels)),
+                  fontsize="small")
     figure.suptitle(_wrap(f"Requests over time: {figure_title(summaries)}"), fontsize="medium")
     return figure
 
 
-def _in_flight(intervals: Sequence[tuple[float, float]]) -> tuple[list[float], list[int]]:
-    """A step function of how many intervals are open at each change."""
-    changes = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    times, counts, current = [0.0], [0], 0
-    for when, change in changes:
-        current += change
-        times.append(when)
-        counts.append(current)
-    return times, counts
+def mean_in_flight(
+    intervals: Sequence[tuple[float, float]], end: float, bins: int = TIMELINE_BINS
+) -> tuple[list[float], list[float]]:
+    """How many of `intervals` were open on average (time-weighted) in each of `bins` equal
+    bins from 0 to `end`: the bin edges and the means."""
+    width = end / bins if end > 0 else 1.0
+    edges = [width * index for index in range(bins + 1)]
+    open_time = [0.0] * bins
+    for start, finish in intervals:
+        first, last = int(start / width), min(bins - 1, int(finish / width))
+        for index in range(max(0, first), last + 1):
+            overlap = min(finish, edges[index + 1]) - max(start, edges[index])
+            if overlap > 0:
+                open_time[index] += overlap
+    return edges, [total / width for total in open_time]
 
 
 def _scale(axis: Any, which: str, values: Sequence[float]) -> None:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import multiprocessing
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,6 +169,7 @@ async def run_benchmark(
                     percentiles=config.percentiles, slos=config.slos,
                     processes=config.processes,
                     connections_opened=measurement.connections_opened,
+                    connections_warmed=measurement.connections_warmed,
                     event_loop=measurement.event_loop,
                     gc_collections=measurement.gc_collections,
                 )
@@ -211,7 +212,7 @@ async def measure(spec: ClientSpec, plan: LoadPlan, processes: int = 1) -> Measu
 async def _measure_here(
     spec: ClientSpec, plan: LoadPlan, wait: Callable[[], Awaitable[None]] | None
 ) -> Measurement:
-    """One run in this process, counting the connections opened after the warm-up."""
+    """One run in this process, counting the connections opened in the warm-up and after it."""
     async with spec.target() as (target, pool):
         opened_before: list[int] = []
 
@@ -222,7 +223,9 @@ async def _measure_here(
 
         measurement = await run_load(target, plan, before_run=before_run)
         opened = pool.stats().connections_opened - opened_before[0]
-    return attrs.evolve(measurement, connections_opened=opened)
+    return attrs.evolve(
+        measurement, connections_opened=opened, connections_warmed=opened_before[0]
+    )
 
 
 def split_plan(plan: LoadPlan, processes: int) -> list[LoadPlan]:
@@ -266,9 +269,15 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         gc_collections=sum(m.gc_collections for m in measurements),
         loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
         origin=origin,
-        connections_opened=None if any(m.connections_opened is None for m in measurements)
-        else sum(m.connections_opened or 0 for m in measurements),
+        connections_opened=_total(m.connections_opened for m in measurements),
+        connections_warmed=_total(m.connections_warmed for m in measurements),
     )
+
+
+def _total(counts: Iterable[int | None]) -> int | None:
+    """The sum of counts, None when any is unknown."""
+    known = list(counts)
+    return None if any(count is None for count in known) else sum(count or 0 for count in known)
 
 
 def _measure_in_processes(spec: ClientSpec, plan: LoadPlan, processes: int) -> Measurement:

@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from llmstreams.batch import (
     OutputFileError,
     OutputWriteError,
     Target,
+    retry_may_fix,
     run_batch,
 )
 from llmstreams.calls import PROMPT_AS
@@ -316,7 +318,7 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
     if summary.duplicates:
         plural = "s" if summary.duplicates != 1 else ""
         problems.append(f"{summary.duplicates} duplicate id{plural}")
-    errors = ", ".join(f"{name} {count}" for name, count in sorted(stats.errors_by_type.items()))
+    errors = _by_type(stats.errors_by_type)
     lines = [
         f"batch {input_path} -> {output_path}",
         f"  input lines          {summary.input_lines:,}"
@@ -346,6 +348,40 @@ def format_summary(summary: BatchSummary, input_path: Path, output_path: Path) -
             f" {summary.not_run:,} not run. Fix the cause and run the same command again"
             " (the failed ids run again too); --keep-going runs every request regardless"
         )
-    elif stats.failed or summary.already_failed:
-        lines.append("some requests failed; add --retry-errors to run them again")
+    else:
+        lines += failure_advice(stats.errors_by_type, summary.already_failed)
     return "\n".join(lines)
+
+
+def failure_advice(errors_by_type: Mapping[str, int], failed_before: int) -> list[str]:
+    """What to do about the failed requests: --retry-errors for those a retry may fix (and
+    those of an earlier run, whose errors are not counted by type); fixing the input first
+    for the others."""
+    may_fix = {name: count for name, count in errors_by_type.items() if retry_may_fix(name)}
+    cannot_fix = {name: count for name, count in errors_by_type.items() if name not in may_fix}
+    advice = []
+    if may_fix:
+        advice.append(
+            f"{_count(may_fix)} failed with errors a retry may fix ({_by_type(may_fix)}); "
+            "add --retry-errors to run them again"
+        )
+    if cannot_fix:
+        advice.append(
+            f"{_count(cannot_fix)} failed with errors a retry cannot fix "
+            f"({_by_type(cannot_fix)}); each error line of the output says why: fix the "
+            "input or the options, then run again with --retry-errors"
+        )
+    if failed_before and not may_fix:
+        advice.append(
+            f"{failed_before:,} failed in an earlier run; add --retry-errors to run them again"
+        )
+    return advice
+
+
+def _count(errors: Mapping[str, int]) -> str:
+    total = sum(errors.values())
+    return f"{total:,} request{'s' if total != 1 else ''}"
+
+
+def _by_type(errors: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {count:,}" for name, count in sorted(errors.items()))

@@ -47,6 +47,10 @@ DEFAULT_CONCURRENCY = "64"
 DEFAULT_REQUESTS = 1000
 # Random prompts made when the run has no request count (it lasts a duration).
 RANDOM_PROMPTS = 1000
+UNPACED_NOTICE = (
+    "the mock is unpaced: it writes each answer at once, so ITL and TPOT time only the "
+    "client's parsing (pace it, e.g. --chunks-per-second 20)"
+)
 
 # Mock knobs with flags of their own; any other goes through --mock-knob.
 _KNOB_FLAGS: tuple[tuple[str, str], ...] = (
@@ -90,7 +94,7 @@ mean_ttft_ms, median_tpot_ms, p99_itl_ms, p99_e2el_ms, ...); docs/bench.md defin
 _EPILOG = """\
 examples:
   llmstreams bench --concurrency 64 --requests 2000 --warmup 100
-  llmstreams bench --concurrency 1,16,256 --duration 10 --json out.json --plots plots/
+  llmstreams bench --concurrency 1,16,64 --duration 5 --warmup 4 --chunks-per-second 20 --json out.json --plots plots/
   llmstreams bench --rate 200 --duration 30 --chunks-per-second 20 --answer-chars 600
   llmstreams bench --rate 5,10,20 --concurrency 64 --burstiness 0.5 --goodput ttft:500 tpot:50
   llmstreams bench compare before.json after.json
@@ -311,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
     if notice is not None:
         print(f"llmstreams bench: {notice}", file=sys.stderr)
     print(_describe_target(config), flush=True)
+    if unpaced_mock(config):
+        print(f"llmstreams bench: {UNPACED_NOTICE}", file=sys.stderr, flush=True)
     try:
         results = run_on(
             config.event_loop,
@@ -427,6 +433,11 @@ def _describe_target(config: BenchConfig) -> str:
         f"llmstreams bench: {config.workload.provider} against the mock "
         f"({workers} worker process(es); knobs: {knobs})"
     )
+
+
+def unpaced_mock(config: BenchConfig) -> bool:
+    """Whether the target is the mock writing every answer as fast as it can."""
+    return config.base_url is None and not config.knobs.get("chunks_per_second")
 
 
 def _without_userinfo(url: str) -> str:

@@ -191,15 +191,22 @@ def summary_line(completion: llmstreams.Completion, first_chunk: float | None, e
     tokens = (
         f"{usage.completion_tokens} tokens (prompt {usage.prompt_tokens})" if usage else "tokens not reported"
     )
-    first = f"{first_chunk * 1000:.0f} ms" if first_chunk is not None else "-"
+    first = duration_text(first_chunk) if first_chunk is not None else "-"
     parts = [
         f"first chunk {first}",
         f"{completion.chunk_count} chunks",
         tokens,
-        f"{elapsed:.2f} s",
+        f"total {duration_text(elapsed)}",
         f"request id {completion.request_id or '-'}",
     ]
     return "[" + ", ".join(parts) + "]"
+
+
+def duration_text(seconds: float) -> str:
+    """A duration as people read it: whole milliseconds below a second, else seconds."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    return f"{seconds:.2f} s"
 
 
 class _Styled:

@@ -235,12 +235,12 @@ class OpenAIRoutes:
             reasoning_chars = DEFAULT_REASONING_CHARS if thinks else 0
         reasoning: tuple[str, ...] = ()
         if reasoning_chars and parsed.kind is Kind.CHAT and not refused:
-            text = answer_text(digest + b"reasoning", reasoning_chars)
+            text = answer_text(digest, reasoning_chars, b"reasoning")
             reasoning = tuple(split_chunks(text, behaviour.chunk_chars))
         tool_call: ToolCall | None = None
         if parsed.tool_name is not None and (behaviour.tool_calls or parsed.tool_choice_forces):
             arguments = json.dumps(
-                {"query": answer_text(digest + b"arguments", _TOOL_ARGUMENT_CHARS)}
+                {"query": answer_text(digest, _TOOL_ARGUMENT_CHARS, b"arguments")}
             )
             tool_call = ToolCall(
                 id="call_" + digest[12:24].hex(),

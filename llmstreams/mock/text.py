@@ -14,11 +14,12 @@ import re
 import string
 import uuid
 from bisect import bisect_left
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 # fmt: off
-_WORDS = (
+# The mock's vocabulary: every answer is made of these words.
+WORDS = (
     "the", "of", "and", "to", "in", "is", "that", "it", "for", "on", "as", "with", "was", "by",
     "at", "be", "this", "from", "or", "an", "are", "not", "have", "has", "which", "but", "they",
     "one", "all", "were", "can", "more", "their", "there", "will", "would", "about", "when", "if",
@@ -75,7 +76,7 @@ def _drop_field(payload: dict[str, Any], names: list[str]) -> None:
 def _sentences(rng: random.Random, count: int) -> list[str]:
     sentences = []
     for _ in range(count):
-        words = rng.choices(_WORDS, k=rng.randint(6, 14))
+        words = rng.choices(WORDS, k=rng.randint(6, 14))
         sentences.append(" ".join(words).capitalize() + ".")
     return sentences
 
@@ -88,8 +89,18 @@ _SENTENCE_STARTS = list(
 )
 
 
-def answer_text(digest: bytes, length: int) -> str:
-    """`length` characters of English-looking sentences, chosen by `digest`."""
+# The first word of each length, to close a sentence exactly at an answer's length.
+_WORDS_BY_LENGTH = {len(word): word for word in reversed(WORDS)}
+_LONGEST_WORD = max(_WORDS_BY_LENGTH)
+# Fillers that always leave room for a closing word: lengths 2 to 9 are all in _WORDS_BY_LENGTH.
+_SPARE_WORDS = ("the", "and", "of")
+
+
+def answer_text(digest: bytes, length: int, purpose: bytes = b"") -> str:
+    """`length` characters of English-looking sentences, chosen by `digest`; texts of other
+    `purpose`s (b"reasoning") for the same digest start elsewhere in the corpus."""
+    if purpose:
+        digest = hashlib.sha256(digest + b"\n" + purpose).digest()
     return corpus_text(answer_start(digest), length)
 
 
@@ -99,13 +110,42 @@ def answer_start(digest: bytes) -> int:
 
 
 def corpus_text(sentence: int, length: int) -> str:
-    """`length` characters of the fixed corpus from its `sentence`-th sentence, wrapping around."""
+    """Exactly `length` characters of the fixed corpus from its `sentence`-th sentence (wrapping
+    around), ending with a whole sentence: the corpus up to its last full stop that fits, then
+    one sentence of its next words made to fill the rest. Below 3 characters, a bare slice."""
     start = _SENTENCE_STARTS[sentence]
     text = _CORPUS[start : start + length]
     if len(text) < length:
         repeats = length // len(_CORPUS) + 1
         text = (_CORPUS[start:] + _CORPUS * repeats)[:length]
-    return text
+    if length < 3 or text.endswith("."):
+        return text
+    end = text.rfind(".") + 1
+    if 0 < length - end < 4:  # too little room for " Of.": end one sentence earlier
+        end = text.rfind(".", 0, end - 1) + 1
+    following = (_CORPUS * 2)[(start + end) % len(_CORPUS) :][: length - end + 2 * _LONGEST_WORD]
+    words = [word.strip(".").lower() for word in following.split()[:-1]]
+    closing = _sentence_of_length(itertools.chain(words, itertools.cycle(_SPARE_WORDS)),
+                                  length - end - (1 if end else 0))
+    return text[:end] + (" " if end else "") + closing
+
+
+def _sentence_of_length(words: Iterator[str], length: int) -> str:
+    """A sentence of exactly `length` (at least 3) characters ending with a full stop: `words`
+    in turn while each leaves room for a closing word, then the closing word that fits."""
+    chosen: list[str] = []
+    room = length - 1
+    while True:
+        closing = room - (1 if chosen else 0)
+        if closing in _WORDS_BY_LENGTH:
+            chosen.append(_WORDS_BY_LENGTH[closing])
+            break
+        word = next(words)
+        left = room - len(word) - (1 if chosen else 0)
+        if left >= 3:
+            chosen.append(word)
+            room = left
+    return " ".join(chosen).capitalize() + "."
 
 
 def filler_text(length: int) -> str:

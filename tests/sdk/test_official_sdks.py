@@ -28,6 +28,8 @@ CREDENTIALS = MockCredentials(
     dashscope_api_key="sk-dashscope",
 )
 MESSAGES = [{"role": "user", "content": "Please introduce The Great Wall"}]
+# Why a test is skipped, as the end of the test run prints it (tests/conftest.py).
+SKIPPED = "needs the official {} SDK: pip install -e '.[test,sdk]' in a venv of its own, then pytest tests/sdk"
 STARTUP_TIMEOUT = 10.0
 
 
@@ -55,7 +57,7 @@ def default_behaviour(server: MockServer) -> None:
 
 @pytest.fixture
 def qianfan(server: MockServer, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    sdk = pytest.importorskip("qianfan")
+    sdk = pytest.importorskip("qianfan", reason=SKIPPED.format("qianfan"))
     config = sdk.get_config()
     monkeypatch.setattr(config, "BASE_URL", server.url)
     monkeypatch.setattr(config, "CONSOLE_API_BASE_URL", server.url)
@@ -67,7 +69,7 @@ def qianfan(server: MockServer, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
 
 @pytest.fixture
 def dashscope(server: MockServer, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    sdk = pytest.importorskip("dashscope")
+    sdk = pytest.importorskip("dashscope", reason=SKIPPED.format("dashscope"))
     monkeypatch.setattr(sdk, "base_http_api_url", server.url + "/api/v1")
     monkeypatch.setattr(sdk, "api_key", CREDENTIALS.dashscope_api_key)
     return sdk
