@@ -367,6 +367,7 @@ def test_reprs_show_no_credentials() -> None:
             ),
             "api_key",
         ),
+        (lambda: llmstreams.client_for("qianfan", api_key="app-key", secret_key=SECRET_KEY), "secret_key"),
         (lambda: OpenAICompatibleClient(vendor="qianfan", api_key=42), "api_key"),  # type: ignore[arg-type]
     ],
 )

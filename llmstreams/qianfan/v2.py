@@ -84,6 +84,12 @@ def make_client(
     and `secret_key` (an IAM key pair), its keys are bearer tokens made from them at `iam_url`.
     With no credentials given, QIANFAN_API_KEY is read, or else the IAM pair's variables."""
     if access_key is not None or secret_key is not None:
+        if options.get("api_key") is not None and access_key is None:
+            raise InvalidParameterError(
+                "secret_key",
+                "goes with access_key (an IAM key pair); an app's api_key and secret_key are "
+                "API v1's: llmstreams.client_for('qianfan-v1', api_key=..., secret_key=...)",
+            )
         if options.get("api_key") is not None:
             raise InvalidParameterError(
                 "api_key", "give api_key or access_key and secret_key, not both"
