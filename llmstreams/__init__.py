@@ -25,12 +25,12 @@ from llmstreams.errors import (
     UsageError,
 )
 from llmstreams.fanout import FanOut, FanOutStats, Outcome, fan_out, fan_out_as_completed
-from llmstreams.openai import OpenAICompatibleClient
+from llmstreams.openai import KeySource, OpenAICompatibleClient
 from llmstreams.openai.vendor import Vendor
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool, PoolStats
 from llmstreams.providers import PROVIDERS, Provider, client_for
-from llmstreams.qianfan import QianfanClient
+from llmstreams.qianfan import BearerToken, QianfanClient
 from llmstreams.ratelimit import RateLimit, RateLimiter
 from llmstreams.streams import ChunkStream
 from llmstreams.sync import SyncClient, SyncStream
@@ -47,6 +47,7 @@ __all__ = [
     "APIError",
     "APITimeoutError",
     "AuthenticationError",
+    "BearerToken",
     "Call",
     "Chunk",
     "ChunkStream",
@@ -57,6 +58,7 @@ __all__ = [
     "FanOutStats",
     "InvalidParameterError",
     "InvalidRequestError",
+    "KeySource",
     "LLMStreamsError",
     "NotFoundError",
     "OpenAICompatibleClient",

@@ -8,6 +8,7 @@ provider up here by name and then use its client through the public API only (`s
 
     client = llmstreams.client_for("deepseek")            # reads DEEPSEEK_API_KEY
     client = llmstreams.client_for("qianfan-v1", api_key=..., secret_key=...)
+    client = llmstreams.client_for("qianfan", access_key=..., secret_key=...)  # IAM key pair
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from llmstreams.validation import suggest
 from llmstreams.vendors import deepseek, hunyuan, moonshot, siliconflow, volcengine, zhipu
 
 ClientFactory = Callable[..., BaseClient]
+MOCK_URL: Final = "{mock}"
+"""In `Provider.mock_credentials`: the mock server's URL."""
 
 
 @attrs.frozen(slots=True)
@@ -47,7 +50,8 @@ class Provider:
     - `base_url`: where the service lives; `mock_path`: where the mock serves it, under the
       mock's URL.
     - `mock_credentials`: throwaway credentials the mock takes, by authentication method (the
-      first is the default).
+      first is the default). A value "{mock}" stands for the mock's URL (where a client must
+      fetch tokens from the mock too, as Qianfan's `iam_url`).
     - `mock_route`: the name the mock counts the provider's OpenAI-compatible requests under
       (`<mock_route>.chat`, see `MockStats.requests`); None for the natively spoken APIs.
     - `takes_endpoint`: calls may name a deployed service (`endpoint=`) instead of a model.
@@ -82,9 +86,12 @@ class Provider:
             raise InvalidParameterError(
                 "auth", f"{self.name} authenticates with {', '.join(self.mock_credentials)}", auth
             )
-        return self.make_client(
-            base_url=mock_url.rstrip("/") + self.mock_path, **self.mock_credentials[auth], **options
-        )
+        mock_url = mock_url.rstrip("/")
+        credentials = {
+            field: mock_url if value == MOCK_URL else value
+            for field, value in self.mock_credentials[auth].items()
+        }
+        return self.make_client(base_url=mock_url + self.mock_path, **credentials, **options)
 
     def model_for(self, *, mock: bool) -> str | None:
         """The model to use when none is named."""
@@ -98,11 +105,19 @@ def _vendor_provider(
     mock_route: str | None = None,
     mock_model: str | None = None,
     mock_key: str | None = None,
+    make_client: ClientFactory | None = None,
+    credential_env: str | None = None,
+    read_credentials: Callable[[Mapping[str, str]], dict[str, str] | None] | None = None,
+    mock_credentials: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Provider:
-    def make_client(**options: Any) -> BaseClient:
+    """The registry entry of an OpenAI-compatible vendor: its client is
+    `OpenAICompatibleClient(vendor=vendor)` and its credential an API key, unless `make_client`
+    and the other credential fields say otherwise."""
+
+    def make_vendor_client(**options: Any) -> BaseClient:
         return OpenAICompatibleClient(vendor=vendor, **options)
 
-    def read_credentials(environ: Mapping[str, str]) -> dict[str, str] | None:
+    def read_api_key(environ: Mapping[str, str]) -> dict[str, str] | None:
         key = environ.get(vendor.api_key_env, "").strip()
         return {"api_key": key} if key else None
 
@@ -110,13 +125,13 @@ def _vendor_provider(
     return Provider(
         name=vendor.name,
         title=vendor.title,
-        make_client=make_client,
-        credential_env=vendor.api_key_env,
-        read_credentials=read_credentials,
+        make_client=make_client or make_vendor_client,
+        credential_env=credential_env or vendor.api_key_env,
+        read_credentials=read_credentials or read_api_key,
         default_model=vendor.default_model,
         base_url=vendor.base_url,
         mock_path=mock_path,
-        mock_credentials={"api_key": {"api_key": mock_key}},
+        mock_credentials={"api_key": {"api_key": mock_key}, **(mock_credentials or {})},
         mock_model=mock_model,
         mock_route=mock_route or vendor.name,
         vendor=vendor,
@@ -174,7 +189,14 @@ DASHSCOPE: Final = Provider(
 PROVIDERS: Final[Mapping[str, Provider]] = {
     provider.name: provider
     for provider in (
-        _vendor_provider(v2.VENDOR, mock_path="/v2", mock_route="qianfan.v2"),
+        _vendor_provider(
+            v2.VENDOR, mock_path="/v2", mock_route="qianfan.v2", make_client=v2.make_client,
+            credential_env=v2.CREDENTIAL_ENV, read_credentials=v2.read_credentials,
+            mock_credentials={"access_key": {
+                "access_key": "mock-access-key", "secret_key": "mock-secret-key",
+                "iam_url": MOCK_URL,
+            }},
+        ),
         QIANFAN_V1,
         DASHSCOPE,
         _vendor_provider(

@@ -17,8 +17,8 @@ from tests.support import run_example as run_python
 
 DOC_TEXT = (ROOT / "docs" / "qianfan.md").read_text(encoding="utf-8")
 V2_EXAMPLES, EXAMPLES = (
-    python_examples(ROOT / "docs" / "qianfan.md")[:2],
-    python_examples(ROOT / "docs" / "qianfan.md")[2:],
+    python_examples(ROOT / "docs" / "qianfan.md")[:3],
+    python_examples(ROOT / "docs" / "qianfan.md")[3:],
 )
 V2_KEY = "bce-v3/ALTAK-docs/any-secret"
 CREDENTIAL_VARIABLES = {variable for _, layout in ENV_LAYOUTS for variable in layout.values()}
@@ -46,7 +46,7 @@ async def run_example(code: str, base_url: str, *, v2: bool = False) -> str:
 
 
 def test_the_examples_were_found() -> None:
-    assert len(V2_EXAMPLES) == 2
+    assert len(V2_EXAMPLES) == 3
     assert len(EXAMPLES) == 4
 
 
@@ -64,6 +64,13 @@ async def test_v2_whole_chat_example(server: MockServer) -> None:
     output = await run_example(V2_EXAMPLES[1], server.url, v2=True)
     assert output == "240 stop True\n"
     assert server.stats.requests["qianfan.v2.chat"] == 1
+
+
+async def test_v2_iam_key_pair_example() -> None:
+    output = await run_python(V2_EXAMPLES[2], {
+        name: value for name, value in os.environ.items() if name not in CREDENTIAL_VARIABLES
+    })
+    assert output == "True stop\nTrue stop\nbearer tokens fetched: 1\n"
 
 
 def test_the_v2_model_table_is_the_mapping() -> None:

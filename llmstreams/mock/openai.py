@@ -34,6 +34,7 @@ from llmstreams.mock.delivery import (
     send_body,
     send_json,
 )
+from llmstreams.mock.qianfan_auth import TokenStore
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
     answer_text,
@@ -136,6 +137,11 @@ class Flavour:
             "ModelNotFound", f"The model `{model}` does not exist or you do not have access to it."
         )
 
+    def accepts_issued_token(self, request: web.Request, tokens: TokenStore) -> bool:
+        """Whether the request's key is a token this server issued and still honours (it then
+        needs no other check); raise OpenAIError("InvalidApiKey") for one that expired."""
+        return False
+
     def response_id(self, digest: bytes) -> str:
         return "chatcmpl-" + digest[:12].hex()
 
@@ -226,7 +232,8 @@ class OpenAIRoutes:
         )
         await self._context.pause(behaviour.response_delay)
         try:
-            flavour.authenticate(request, self._context.credentials)
+            if not flavour.accepts_issued_token(request, self._context.tokens):
+                flavour.authenticate(request, self._context.credentials)
             payload = _parse_body(body)
             parsed = _parse_request(kind, payload)
             if not (behaviour.any_model or flavour.serves_model(parsed.model, behaviour)):

@@ -1,6 +1,7 @@
 """The OpenAI-compatible routes of each vendor: the dialect (`openai.py`) plus their own bits.
 
-- Qianfan v2 (`/v2/chat/completions`, `/v2/completions`): Bearer `bce-v3/...` keys, `as-` ids,
+- Qianfan v2 (`/v2/chat/completions`, `/v2/completions`): Bearer `bce-v3/...` keys (the
+  tokens the IAM endpoint issued too, refused once expired), `as-` ids,
   `is_end` / `need_clear_history` / `flag` (and `ban_round` when refused) on every choice,
   cumulative usage on every chunk, error bodies with a top-level `id`.
 - DashScope compatible mode (`/compatible-mode/v1/chat/completions`): `enable_thinking` turns
@@ -32,8 +33,10 @@ from llmstreams.mock.openai import (
     Flavour,
     OpenAIError,
     OpenAIRoutes,
+    bearer_key,
     ParsedRequest,
 )
+from llmstreams.mock.qianfan_auth import TokenState, TokenStore
 from llmstreams.mock.text import qianfan_id, request_uuid
 from llmstreams.mock.vendor_errors import OPENAI_STYLE_CODES
 from llmstreams.providers import PROVIDERS
@@ -88,6 +91,13 @@ class QianfanV2(Flavour):
         return OpenAIError(
             "ModelNotFound", f"model {model} does not exist or you have no permission", status=401
         )
+
+    def accepts_issued_token(self, request: web.Request, tokens: TokenStore) -> bool:
+        key = bearer_key(request)
+        state = TokenState.UNKNOWN if key is None else tokens.bearer_state(key)
+        if state is TokenState.EXPIRED:
+            raise OpenAIError("InvalidApiKey", "The bearer token has expired.")
+        return state is TokenState.VALID
 
     def response_id(self, digest: bytes) -> str:
         return qianfan_id(digest)

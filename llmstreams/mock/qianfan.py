@@ -1,4 +1,5 @@
-"""Baidu Qianfan routes: the OAuth token endpoint and wenxinworkshop chat / completions.
+"""Baidu Qianfan routes: the OAuth token endpoint, wenxinworkshop chat / completions, and the
+IAM `BCE-BEARER` token endpoint whose tokens API v2 takes.
 
 Qianfan answers errors as `{"error_code", "error_msg", "id"}` with HTTP 200 and
 `application/json`, even to a stream request; a stream is `data: {json}` lines, each followed by
@@ -10,13 +11,17 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import secrets
 import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
 from aiohttp import web
 
 from llmstreams.mock.answer import Answer, compose_answer
+from llmstreams.mock.bce_signature import parse_authorization
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.delivery import (
@@ -38,6 +43,9 @@ from llmstreams.mock.vendor_errors import (
 )
 
 TOKEN_PATH = "/oauth/2.0/token"
+IAM_TOKEN_PATH = "/v1/BCE-BEARER/token"
+# IAM gives no token a longer life than 30 days.
+IAM_MAX_LIFETIME = 2_592_000
 API_PREFIX = "/rpc/2.0/ai_custom/v1/wenxinworkshop"
 CHAT_OBJECT = "chat.completion"
 _TOKEN_SCOPE = "public brain_all_scope ai_custom_yiyan_com ai_custom_qianfan_bloomz_7b1"
@@ -63,6 +71,7 @@ def add_routes(app: web.Application, context: MockContext) -> None:
     routes = _QianfanRoutes(context)
     app.router.add_route("POST", TOKEN_PATH, routes.token)
     app.router.add_route("GET", TOKEN_PATH, routes.token)
+    app.router.add_get(IAM_TOKEN_PATH, routes.iam_token)
     app.router.add_post(API_PREFIX + "/chat/{endpoint}", routes.chat)
     app.router.add_post(API_PREFIX + "/completions/{endpoint}", routes.completions)
 
@@ -99,6 +108,40 @@ class _QianfanRoutes:
                 "access_token": issued.access_token,
                 "scope": _TOKEN_SCOPE,
                 "session_secret": issued.session_secret,
+            }
+        )
+
+    async def iam_token(self, request: web.Request) -> web.Response:
+        """A bearer token for the IAM key pair that signed the request (any signed request when
+        no secret access key is configured), living `expireInSeconds` (at most 30 days)."""
+        self._context.stats.request("iam.token")
+        credentials = self._context.credentials
+        parts = parse_authorization(request.headers.get("Authorization", ""))
+        if parts is None:
+            return _iam_error(400, "InvalidHTTPAuthHeader", "The HTTP authorization header is invalid.")
+        if credentials is not None and credentials.access_key not in (None, parts.access_key):
+            return _iam_error(
+                403, "InvalidAccessKeyId",
+                "The Access Key ID you provided does not exist in our records.",
+            )
+        if not bce_signature_accepted(request, credentials):
+            return _iam_error(
+                400, "SignatureDoesNotMatch",
+                "The request signature we calculated does not match the signature you provided.",
+            )
+        asked = request.query.get("expireInSeconds")
+        if asked is not None and not (asked.isascii() and asked.isdigit() and int(asked) > 0):
+            return _iam_error(400, "InvalidHTTPRequest", "expireInSeconds must be a positive integer.")
+        lifetime = min(int(asked) if asked is not None else self._context.tokens.ttl, IAM_MAX_LIFETIME)
+        issued = self._context.tokens.issue_bearer(lifetime)
+        self._context.stats.token_issued()
+        return web.json_response(
+            {
+                "userId": secrets.token_hex(16),
+                "token": issued.token,
+                "status": "enable",
+                "createTime": _iam_time(issued.created),
+                "expireTime": _iam_time(issued.expires),
             }
         )
 
@@ -277,6 +320,16 @@ def _max_output_tokens(payload: dict[str, Any]) -> int | None:
 
 def _oauth_error(status: int, error: str, description: str) -> web.Response:
     return web.json_response({"error": error, "error_description": description}, status=status)
+
+
+def _iam_error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"requestId": str(uuid.uuid4()), "code": code, "message": message}, status=status
+    )
+
+
+def _iam_time(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
 def _error_payload(error: QianfanError, response_id: str) -> dict[str, Any]:

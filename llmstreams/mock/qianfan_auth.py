@@ -1,4 +1,5 @@
-"""Qianfan authentication on the mock: issued access tokens and `bce-auth-v1` signatures."""
+"""Qianfan authentication on the mock: issued access tokens (API v1's, and API v2's bearer
+tokens from the IAM `BCE-BEARER` API) and `bce-auth-v1` signatures."""
 
 from __future__ import annotations
 
@@ -39,11 +40,22 @@ class IssuedToken:
     expires_in: int
 
 
+@attrs.frozen
+class IssuedBearerToken:
+    """A `bce-v3/ALTAK-...` token and, in wall-clock seconds, when it was made and expires."""
+
+    token: str = attrs.field(repr=False)
+    created: int
+    expires: int
+
+
 TOKEN_KEY_ENV = "LLMSTREAMS_MOCK_TOKEN_KEY"
+BEARER_PREFIX = "bce-v3/ALTAK-"
 
 
 class TokenStore:
-    """The access tokens this server issued, each with the moment it expires.
+    """The access tokens this server issued, each with the moment it expires: API v1's
+    (`issue`, `state`) and API v2's bearer tokens (`issue_bearer`, `bearer_state`).
 
     Tokens carry an HMAC of their expiry under `key`, so that worker processes sharing a port
     (and a key) accept each other's tokens, as the real service's front ends do.
@@ -56,7 +68,13 @@ class TokenStore:
         self._key = key if key is not None else secrets.token_bytes(32)
         self._clock = clock
         self._expiry: dict[str, float] = {}
+        self._bearer_expiry: dict[str, float] = {}
         self._revoked_before = float("-inf")
+
+    @property
+    def ttl(self) -> int:
+        """How long the tokens this store issues live, unless asked otherwise."""
+        return self._ttl
 
     def issue(self) -> IssuedToken:
         issued_at = int(time.time())
@@ -78,6 +96,25 @@ class TokenStore:
             return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
         return self._sibling_token_state(access_token)
 
+    def issue_bearer(self, lifetime: int) -> IssuedBearerToken:
+        """A bearer token living `lifetime` seconds."""
+        created = int(time.time())
+        expires = created + lifetime
+        suffix = f"{secrets.token_hex(8)}-{lifetime}-{expires}"
+        token = IssuedBearerToken(f"{BEARER_PREFIX}{suffix}/{self._seal(suffix)}", created, expires)
+        self._bearer_expiry[token.token] = self._clock() + lifetime
+        return token
+
+    def bearer_state(self, token: str) -> TokenState:
+        expiry = self._bearer_expiry.get(token)
+        if expiry is not None:
+            return TokenState.VALID if self._clock() < expiry else TokenState.EXPIRED
+        suffix, _, seal = token.removeprefix(BEARER_PREFIX).partition("/")
+        if not token.startswith(BEARER_PREFIX) or not _same(seal, self._seal(suffix)):
+            return TokenState.UNKNOWN
+        _, lifetime, expires = suffix.split("-")
+        return self._sibling_expiry_state(int(lifetime), int(expires))
+
     def _seal(self, suffix: str) -> str:
         return hmac.new(self._key, suffix.encode(), hashlib.sha256).hexdigest()[:32]
 
@@ -88,13 +125,17 @@ class TokenStore:
         if version != "24" or not hmac.compare_digest(seal, self._seal(suffix)):
             return TokenState.UNKNOWN
         ttl, expires_at, _ = suffix.split(".", 2)
-        if int(expires_at) - int(ttl) <= self._revoked_before or time.time() >= int(expires_at):
+        return self._sibling_expiry_state(int(ttl), int(expires_at))
+
+    def _sibling_expiry_state(self, ttl: int, expires_at: int) -> TokenState:
+        if expires_at - ttl <= self._revoked_before or time.time() >= expires_at:
             return TokenState.EXPIRED
         return TokenState.VALID
 
     def expire_all(self) -> None:
-        for access_token in self._expiry:
-            self._expiry[access_token] = float("-inf")
+        for expiry in (self._expiry, self._bearer_expiry):
+            for token in expiry:
+                expiry[token] = float("-inf")
         self._revoked_before = time.time()
 
 

@@ -103,7 +103,8 @@ class MockServer:
         self._context.set_behaviour(behaviour)
 
     def expire_tokens(self) -> None:
-        """Every access token issued so far answers error 111 (expired) from now on."""
+        """Every access token issued so far answers error 111 (expired) from now on, and every
+        IAM bearer token HTTP 401 on Qianfan v2."""
         self._context.tokens.expire_all()
 
     @property

@@ -13,6 +13,7 @@ from llmstreams.providers import PROVIDERS
 
 ROUTE_NAMES = (
     "token",
+    "iam.token",
     "qianfan.chat",
     "qianfan.completions",
     "qianfan.service_list",
@@ -35,7 +36,8 @@ class MockStats:
     """
 
     requests: Mapping[str, int]
-    """Requests received per route: "token", "qianfan.chat", "qianfan.completions",
+    """Requests received per route: "token" (Qianfan v1's access tokens), "iam.token" (the IAM
+    `BCE-BEARER` tokens of Qianfan v2), "qianfan.chat", "qianfan.completions",
     "qianfan.service_list" (the console route the official SDK calls), "dashscope.generation",
     and each OpenAI-compatible provider's "<mock_route>.chat" and "<mock_route>.completions"
     ("qianfan.v2.chat", "dashscope.compatible.chat", "openai.chat", "deepseek.chat", ...)."""
@@ -48,6 +50,7 @@ class MockStats:
     connections_opened: int
     """TCP connections accepted since the server started (compare with requests to see reuse)."""
     tokens_issued: int
+    """Qianfan v1 access tokens and IAM bearer tokens issued."""
 
     @property
     def streams_active(self) -> int:

@@ -3,14 +3,17 @@ sent) and `OpenAICompatibleClient` (any server or vendor that speaks it)."""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Unpack
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, Protocol, Unpack, runtime_checkable
 from urllib.parse import urlsplit
+
+import attrs
 
 from llmstreams.calls import Call
 from llmstreams.client import BaseClient
-from llmstreams.errors import APIError, InvalidParameterError, redact_url
+from llmstreams.errors import APIError, AuthenticationError, InvalidParameterError, redact_url
 from llmstreams.openai.vendor import GENERIC_VENDOR, Vendor
 from llmstreams.openai.wire import (
     JSON_CONTENT_TYPE,
@@ -31,6 +34,25 @@ from llmstreams.validation import check_api_key, check_headers
 
 # Headers the endpoint sets itself: a caller's extra_headers may not replace them.
 _RESERVED_HEADERS: Final = frozenset({"authorization", "content-type", "content-length", "host"})
+
+
+class KeySession(Protocol):
+    """One generation's keys, from a `KeySource`."""
+
+    async def key(self) -> str:
+        """The bearer key for the next attempt."""
+
+    def rejected(self) -> bool:
+        """The service refused the last key: whether a new one may be sent at once."""
+
+
+@runtime_checkable
+class KeySource(Protocol):
+    """Keys that are made rather than given, such as Qianfan's bearer tokens from an IAM
+    access key pair (`llmstreams.BearerToken`)."""
+
+    def session(self, pool: Pool, timeout: Timeout) -> KeySession:
+        """The keys of one generation sent through `pool` within `timeout`."""
 
 
 class DialectExchange:
@@ -57,20 +79,47 @@ class DialectExchange:
         return False
 
 
+class KeyedDialectExchange(DialectExchange):
+    """One generation whose bearer key comes from a `KeySession`, asked at each attempt."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, request: HttpRequest, dialect: Dialect, kind: Kind, keys: KeySession) -> None:
+        super().__init__(request, dialect, kind)
+        self._keys = keys
+
+    async def build_request(self) -> HttpRequest:
+        request = self._request
+        key = await self._keys.key()
+        return attrs.evolve(request, headers={**request.headers, **bearer_headers(key)})
+
+    async def recover(self, error: APIError) -> bool:
+        return isinstance(error, AuthenticationError) and self._keys.rejected()
+
+
 class DialectEndpoint:
     """Where and how a client sends calls of the dialect.
 
     `api_base` is the URL the paths `/chat/completions` and `/completions` go under (the
     openai SDK's `base_url`); `headers` go with every request (authentication among them,
-    so the repr never shows them).
+    so the repr never shows them). `keys`, when the bearer key is made rather than given,
+    gives each generation its `KeySession`.
     """
 
-    __slots__ = ("api_base", "dialect", "_headers")
+    __slots__ = ("api_base", "dialect", "_headers", "_keys")
 
-    def __init__(self, *, api_base: str, headers: Mapping[str, str], dialect: Dialect) -> None:
+    def __init__(
+        self,
+        *,
+        api_base: str,
+        headers: Mapping[str, str],
+        dialect: Dialect,
+        keys: Callable[[], KeySession] | None = None,
+    ) -> None:
         self.api_base = api_base
         self.dialect = dialect
         self._headers = {"Content-Type": JSON_CONTENT_TYPE, **headers}
+        self._keys = keys
 
     def __repr__(self) -> str:
         return f"<DialectEndpoint {self.dialect.provider} {self.api_base}>"
@@ -92,6 +141,8 @@ class DialectEndpoint:
             body=body,
             headers={**self._headers, "Accept": accept, **extra_headers},
         )
+        if self._keys is not None:
+            return KeyedDialectExchange(request, self.dialect, kind, self._keys())
         return DialectExchange(request, self.dialect, kind)
 
 
@@ -120,8 +171,10 @@ class OpenAICompatibleClient(BaseClient):
     server); without it, the vendor's environment variable (OPENAI_BASE_URL for the generic
     client), then the vendor's own. A vendor's base URL given as a bare host gets the vendor's
     API path appended. `api_key` (or the vendor's variable, e.g. OPENAI_API_KEY) is sent as a
-    bearer token; a local server may want none. `extra_headers` go with every request (a
-    call's own `extra_headers` add to them): Qianfan's `appid`, DashScope's
+    bearer token; a local server may want none. `api_key` may also be a `KeySource`, whose keys
+    are made when needed: Qianfan's bearer tokens from an IAM access key pair,
+    `llmstreams.BearerToken(access_key, secret_key)`. `extra_headers` go with every request
+    (a call's own `extra_headers` add to them): Qianfan's `appid`, DashScope's
     `X-DashScope-WorkSpace`.
     """
 
@@ -130,7 +183,7 @@ class OpenAICompatibleClient(BaseClient):
         *,
         vendor: str | Vendor = GENERIC_VENDOR,
         base_url: str | None = None,
-        api_key: str | None = None,
+        api_key: str | KeySource | None = None,
         pool: Pool | None = None,
         timeout: Timeout | None = None,
         retry: RetryPolicy | None = None,
@@ -147,9 +200,12 @@ class OpenAICompatibleClient(BaseClient):
                 "base_url",
                 f"is required: pass base_url='http://host:port/v1' or set {vendor.base_url_env}",
             )
-        if api_key is None:
+        key_source: KeySource | None = None
+        if isinstance(api_key, KeySource):
+            key_source, api_key = api_key, None
+        elif api_key is None:
             api_key = os.environ.get(vendor.api_key_env, "").strip() or None
-        if api_key is not None or vendor.requires_key:
+        if key_source is None and (api_key is not None or vendor.requires_key):
             api_key = check_api_key(api_key, variable=vendor.api_key_env)
             _check_key_shape(api_key, vendor)
         headers = check_extra_headers(extra_headers)
@@ -159,10 +215,14 @@ class OpenAICompatibleClient(BaseClient):
         )
         self.vendor = vendor
         self.provider = vendor.dialect.provider
-        self.has_api_key = api_key is not None
+        self.has_api_key = api_key is not None or key_source is not None
         self._endpoint = DialectEndpoint(
-            api_base=self.base_url, headers={**bearer_headers(api_key), **headers},
+            api_base=self.base_url,
+            headers={**bearer_headers(api_key), **headers},
             dialect=vendor.dialect,
+            keys=None if key_source is None else functools.partial(
+                key_source.session, self._pool, self.timeout
+            ),
         )
 
     def __repr__(self) -> str:

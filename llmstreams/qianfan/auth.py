@@ -44,7 +44,13 @@ from llmstreams.options import Timeout
 from llmstreams.pool import Pool, connect_timeout
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, TOKEN_ERROR_CODES
-from llmstreams.transport import is_redirect, read_head, redirect_error, request_failure
+from llmstreams.transport import (
+    ResponseHead,
+    is_redirect,
+    read_head,
+    redirect_error,
+    request_failure,
+)
 
 logger = logging.getLogger("llmstreams")
 
@@ -379,36 +385,56 @@ class TokenAuthenticator:
 
     async def _fetch(self) -> AccessToken:
         url = self._token_url
-        wait, phase = _token_wait(self._timeout)
         params = {
             "grant_type": "client_credentials",
             "client_id": self._api_key,
             "client_secret": self._secret_key,
         }
         logger.debug("%s: fetching an access token from %s", PROVIDER, redact_url(url))
-        try:
-            async with asyncio.timeout(wait):
-                # Not redirected: the query carries the secret key.
-                async with self._pool.session().post(
-                    url, params=params, headers={"Accept": JSON_CONTENT_TYPE},
-                    allow_redirects=False, proxy=self._pool.proxy_for(url),
-                    timeout=connect_timeout(self._timeout.connect),
-                ) as response:
-                    head = read_head(response)
-                    if is_redirect(head.status):
-                        raise redirect_error(
-                            head.status, head.headers.get("Location", ""),
-                            where=redact_url(url), provider=PROVIDER,
-                        )
-                    body = await response.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as error:
-            raise request_failure(
-                error, where=redact_url(url), provider=PROVIDER, timeout_phase=phase,
-                wanted="access token", purpose=" for an access token",
-            ) from None
+        head, body = await request_token(
+            self._pool, self._timeout, "POST", url, params=params,
+            headers={"Accept": JSON_CONTENT_TYPE}, wanted="access token",
+            purpose="an access token",
+        )
         token = parse_token_response(head.status, body, head.retry_after, now=time.monotonic())
         logger.info("%s: fetched an access token from %s", PROVIDER, redact_url(url))
         return token
+
+
+async def request_token(
+    pool: Pool,
+    timeout: Timeout,
+    method: str,
+    url: str,
+    *,
+    headers: Mapping[str, str],
+    wanted: str,
+    purpose: str,
+    params: Mapping[str, str] | None = None,
+) -> tuple[ResponseHead, bytes]:
+    """The status, headers and body of a token endpoint's answer, within the client's
+    first-chunk or total timeout. Never redirected, since the request carries credentials;
+    errors name `url` without its query, `wanted` ("access token") and `purpose` ("an
+    access token")."""
+    wait, phase = _token_wait(timeout)
+    try:
+        async with asyncio.timeout(wait):
+            async with pool.session().request(
+                method, url, params=params, headers=headers, allow_redirects=False,
+                proxy=pool.proxy_for(url), timeout=connect_timeout(timeout.connect),
+            ) as response:
+                head = read_head(response)
+                if is_redirect(head.status):
+                    raise redirect_error(
+                        head.status, head.headers.get("Location", ""),
+                        where=redact_url(url), provider=PROVIDER,
+                    )
+                return head, await response.read()
+    except (TimeoutError, aiohttp.ClientError, OSError) as error:
+        raise request_failure(
+            error, where=redact_url(url), provider=PROVIDER, timeout_phase=phase,
+            wanted=wanted, purpose=f" for {purpose}",
+        ) from None
 
 
 def _token_wait(timeout: Timeout) -> tuple[float, str]:
