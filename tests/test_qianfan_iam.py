@@ -265,7 +265,7 @@ async def test_the_mock_refuses_an_expired_bearer_token_with_qianfan_v2_s_401(
     ) as response:
         assert response.status == 401
         body = await response.json()
-    assert body["error"]["code"] == "invalid_api_key" and body["id"].startswith("as-")
+    assert body["error"]["code"] == "invalid_iam_token" and body["id"].startswith("as-")
 
 
 async def test_the_mock_refuses_an_unsigned_token_request(server: MockServer) -> None:

@@ -33,8 +33,8 @@ from llmstreams.mock.openai import (
     Flavour,
     OpenAIError,
     OpenAIRoutes,
-    bearer_key,
     ParsedRequest,
+    bearer_key,
 )
 from llmstreams.mock.qianfan_auth import TokenState, TokenStore
 from llmstreams.mock.text import qianfan_id, request_uuid
