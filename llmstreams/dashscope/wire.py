@@ -446,15 +446,15 @@ class EventStreamParser:
         self._count = sentence_id + 1
         last = self._last
         return make_chunk(
-            text, sentence_id, is_end, False, None, False, None,
-            finish_reason if is_end else None,
-            None if usage is None else make_usage(
+            text=text, sentence_id=sentence_id, is_end=is_end,
+            finish_reason=finish_reason if is_end else None,
+            usage=None if usage is None else make_usage(
                 usage.input_tokens, usage.output_tokens,
                 usage.input_tokens + usage.output_tokens if usage.total_tokens is None
                 else usage.total_tokens,
                 None if last is None else last.usage,
             ),
-            None, None, request_id, "", (), None, DecodedJSON(data),
+            request_id=request_id, raw=DecodedJSON(data),
         )
 
     def _error_event(self, data: bytes, window: list[bytes]) -> LLMStreamsError:

@@ -762,10 +762,11 @@ class DialectParser:
         sentence_id = self._count
         self._count = sentence_id + 1
         return make_chunk(
-            text, sentence_id, False, need_clear_history, ban_round, False, None, None, None,
-            response_id, created,
-            response_id if self._dialect.id_is_request_id else self._request_id,
-            reasoning, deltas, model, raw,
+            text=text, sentence_id=sentence_id, is_end=False,
+            need_clear_history=need_clear_history, ban_round=ban_round,
+            id=response_id, created=created,
+            request_id=response_id if self._dialect.id_is_request_id else self._request_id,
+            reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
         )
 
     def _end_chunk(self) -> Chunk:

@@ -348,22 +348,19 @@ def _chunk(
     if previous is not None and response_id == previous.id:
         response_id = previous.id
     return make_chunk(
-        text,
-        sentence_id,
-        is_end,
-        _FLAGS[event.need_clear_history],
-        event.ban_round,
-        _FLAGS[event.is_truncated],
-        None if is_safe is None else _FLAGS[is_safe],
-        event.finish_reason,
-        event.usage,
-        response_id,
-        event.created,
-        response_id,
-        "",
-        (),
-        None,
-        DecodedJSON(source),
+        text=text,
+        sentence_id=sentence_id,
+        is_end=is_end,
+        need_clear_history=_FLAGS[event.need_clear_history],
+        ban_round=event.ban_round,
+        is_truncated=_FLAGS[event.is_truncated],
+        is_safe=None if is_safe is None else _FLAGS[is_safe],
+        finish_reason=event.finish_reason,
+        usage=event.usage,
+        id=response_id,
+        created=event.created,
+        request_id=response_id,
+        raw=DecodedJSON(source),
     )
 
 
