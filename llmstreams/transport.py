@@ -367,7 +367,7 @@ async def open_exchange(
     """Send `exchange` until its first chunk arrives, retrying what may be retried.
 
     Retried, up to `retry.max_retries` times: connection failures and timeouts before any
-    byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
+    byte of the response arrived, and `APIError`s marked `retryable` (HTTP 408/409/429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
     told the number of each attempt (from 1) as it starts, so that it is known on failure too.

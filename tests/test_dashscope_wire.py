@@ -449,7 +449,8 @@ def test_error_bodies_before_the_stream(
 @pytest.mark.parametrize(
     ("status", "error_class", "retryable"),
     [(502, ServerError, True), (429, RateLimitError, True), (401, AuthenticationError, False),
-     (400, InvalidRequestError, False), (405, APIError, False)],
+     (400, InvalidRequestError, False), (405, APIError, False), (409, ServerError, True),
+     (410, NotFoundError, False)],
 )
 def test_error_status_without_a_dashscope_body(
     status: int, error_class: type[APIError], retryable: bool

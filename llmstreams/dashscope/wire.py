@@ -26,7 +26,9 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
@@ -219,7 +221,7 @@ def api_error(
 ) -> APIError:
     """The `APIError` subclass for a DashScope error code and HTTP status."""
     error_class = _error_class(code, status)
-    retryable = status is not None and (status in (408, 429) or status >= 500)
+    retryable = status is not None and is_retryable_status(status)
     return error_class(
         message, code=code, http_status=status, provider=PROVIDER, request_id=request_id,
         retryable=retryable, retry_after=retry_after,
@@ -242,16 +244,6 @@ _ERROR_CLASS_FOR_CODE_PREFIX: tuple[tuple[str, type[APIError]], ...] = (
     ("BadRequest", InvalidRequestError),
     ("InternalError", ServerError),
 )
-_ERROR_CLASS_FOR_STATUS: dict[int, type[APIError]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: ServerError,
-    413: InvalidRequestError,
-    422: InvalidRequestError,
-    429: RateLimitError,
-}
 
 
 def _error_class(code: str | None, status: int | None) -> type[APIError]:
@@ -262,11 +254,7 @@ def _error_class(code: str | None, status: int | None) -> type[APIError]:
         for prefix, error_class in _ERROR_CLASS_FOR_CODE_PREFIX:
             if code.startswith(prefix):
                 return error_class
-    if status is None:
-        return APIError
-    if status >= 500:
-        return ServerError
-    return _ERROR_CLASS_FOR_STATUS.get(status, APIError)
+    return APIError if status is None else status_error_class(status)
 
 
 def _error_from_payload(

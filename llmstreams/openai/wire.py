@@ -34,7 +34,9 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
@@ -375,18 +377,6 @@ _TYPE_CLASSES: Final[Mapping[str, type[APIError]]] = {
     "rate_limit_error": RateLimitError,
     "server_error": ServerError,
 }
-_STATUS_CLASSES: Final[Mapping[int, type[APIError]]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: ServerError,
-    409: ServerError,
-    410: NotFoundError,
-    413: InvalidRequestError,
-    422: InvalidRequestError,
-    429: RateLimitError,
-}
 # A quota that is used up does not come back by waiting a few seconds.
 _NOT_RETRYABLE_CODES: Final = frozenset({"insufficient_quota"})
 
@@ -410,12 +400,8 @@ def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> t
         known = dialect.error_classes.get(code) or _CODE_CLASSES.get(code)
         if known is not None:
             return known
-    if status == 429:
-        return RateLimitError
-    if status >= 500:
-        return ServerError
-    by_status = _STATUS_CLASSES.get(status)
-    if by_status is not None:
+    by_status = status_error_class(status)
+    if by_status is not APIError:
         return by_status
     if isinstance(error_type, str):
         by_type = _TYPE_CLASSES.get(error_type)
@@ -472,7 +458,7 @@ def api_error(
     status = head.status
     retryable = (
         before_generation
-        and (status in (408, 409, 429) or status >= 500 or cls in (RateLimitError, ServerError))
+        and (is_retryable_status(status) or cls in (RateLimitError, ServerError))
         and code not in _NOT_RETRYABLE_CODES
     )
     return cls(

@@ -26,7 +26,9 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
@@ -222,7 +224,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     code = payload["error_code"]
     if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
         code = int(code)
-    status_failed = head.status == 429 or head.status >= 500
+    status_failed = is_retryable_status(head.status)
     if isinstance(code, bool) or not isinstance(code, int):
         if not status_failed:
             raise ProtocolError(
@@ -236,10 +238,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     if hint:
         message = f"{message}. {hint}"
     request_id = payload.get("id")
-    if status_failed:
-        cls: type[APIError] = RateLimitError if head.status == 429 else ServerError
-    else:
-        cls = error_class(code)
+    cls = status_error_class(head.status) if status_failed else error_class(code)
     return cls(
         message,
         code=code,
@@ -272,22 +271,13 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
         message = f"not a Qianfan error body: {snippet(body)}" if body.strip() else "an empty body"
     if status in V1_GONE_STATUSES:
         message = f"{message}. {V1_GONE_HINT}"
-    cls: type[APIError]
-    if status == 429:
-        cls = RateLimitError
-    elif status >= 500:
-        cls = ServerError
-    else:
-        cls = {401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError}.get(
-            status, InvalidRequestError if 400 <= status < 500 else APIError
-        )
-    return cls(
+    return status_error_class(status)(
         message,
         code=code,
         http_status=status,
         provider=PROVIDER,
         request_id=request_id,
-        retryable=status == 429 or status >= 500,
+        retryable=is_retryable_status(status),
         retry_after=head.retry_after,
     )
 
