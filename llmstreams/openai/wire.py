@@ -509,13 +509,24 @@ def _usage(usage: Any) -> Usage | None:
     return make_usage(prompt, completion, total, None)
 
 
+class _Malformed(Exception):
+    """A value the server sent has a shape no chunk is made of (the message says which)."""
+
+
 def _tool_call_deltas(tool_calls: Any) -> tuple[ToolCallDelta, ...]:
+    """The pieces of a decoded `tool_calls` list; `_Malformed` for one of another shape."""
+    if not isinstance(tool_calls, list):
+        raise _Malformed("tool_calls is not a list")
     deltas = []
     for position, call in enumerate(tool_calls):
+        if not isinstance(call, dict):
+            raise _Malformed("a tool call is not an object")
         function = call.get("function") or {}
+        if not isinstance(function, dict):
+            raise _Malformed("a tool call's function is not an object")
         index = call.get("index", position)
         if type(index) is not int:
-            raise TypeError("a tool call's index is not an integer")
+            raise _Malformed("a tool call's index is not an integer")
         arguments = function.get("arguments")
         deltas.append(ToolCallDelta(
             index, call.get("id"), call.get("type"), function.get("name"),
@@ -557,6 +568,9 @@ _NO_DELTA: Final = _Delta()
 
 
 def _fault(error: Exception) -> str:
+    """What was wrong with a received value, shortened: the value may be huge."""
+    if isinstance(error, _Malformed):
+        return str(error)
     return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
@@ -678,73 +692,73 @@ class DialectParser:
                 yield chunk
 
     def _event_chunk(self, data: str | bytes) -> Chunk | None:
-        """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
+        """The chunk of one event, or None for an event with nothing to yield (role, usage).
+
+        Only what the server sent is blamed on it: the decoding and the shape checks raise
+        `ProtocolError`; anything else raised here is a fault of llmstreams and stays as it is.
+        """
         try:
             event = _decode_event(data)
-            choices = event.choices
-            usage = event.usage
-            if usage is not None:
-                self._usage = usage
-            if not choices:
-                if choices is None:
-                    payload = decode_json(data)
-                    error = _error_object(payload)
-                    if error is not None:
-                        raise api_error(
-                            payload, error, self._head, self._dialect,
-                            request_id=self._request_id, before_generation=not self._count,
-                        )
-                self._last = DecodedJSON(data)
+        except JSON_ERRORS as error:
+            repaired = repaired_utf8(data)
+            if repaired is not None:
+                return self._event_chunk(repaired)
+            raise self._not_a_chunk(data, _fault(error)) from None
+        choices = event.choices
+        usage = event.usage
+        if usage is not None:
+            self._usage = usage
+        if not choices:
+            if choices is None:
+                self._raise_error_event(data)
+            self._last = DecodedJSON(data)
+            return None
+        choice = choices[0]
+        if len(choices) > 1 and choice.index not in (msgspec.UNSET, 0):
+            first = next((c for c in choices if c.index == 0), None)
+            if first is None:
                 return None
-            choice = choices[0]
-            if len(choices) > 1 and choice.index not in (msgspec.UNSET, 0):
-                first = next((c for c in choices if c.index == 0), None)
-                if first is None:
-                    return None
-                choice = first
-            finish_reason = choice.finish_reason
-            if finish_reason is not None:
-                self._finish_reason = finish_reason
+            choice = first
+        finish_reason = choice.finish_reason
+        if finish_reason is not None:
+            self._finish_reason = finish_reason
+            self._finish_seen = True
+        if self._kind == "chat":
+            delta = choice.delta or _NO_DELTA
+            text = delta.content or ""
+            reasoning = delta.reasoning_content or delta.reasoning or ""
+            tool_calls = delta.tool_calls
+            deltas: tuple[ToolCallDelta, ...] = ()
+            if tool_calls:
+                try:
+                    deltas = _tool_call_deltas(tool_calls)
+                except _Malformed as error:
+                    raise self._not_a_chunk(data, _fault(error)) from None
+        else:
+            text = choice.text or ""
+            reasoning = ""
+            deltas = ()
+        if type(text) is not str or type(reasoning) is not str:
+            raise self._not_a_chunk(data, "the text is not a string")
+        need_clear_history = False
+        ban_round = None
+        if self._dialect.choice_flags:
+            if choice.is_end:
                 self._finish_seen = True
-            if self._kind == "chat":
-                delta = choice.delta or _NO_DELTA
-                text = delta.content or ""
-                reasoning = delta.reasoning_content or delta.reasoning or ""
-                tool_calls = delta.tool_calls
-                deltas = _tool_call_deltas(tool_calls) if tool_calls else ()
-            else:
-                text = choice.text or ""
-                reasoning = ""
-                deltas = ()
-            if type(text) is not str or type(reasoning) is not str:
-                raise TypeError("the text is not a string")
-            need_clear_history = False
-            ban_round = None
-            if self._dialect.choice_flags:
-                if choice.is_end:
-                    self._finish_seen = True
-                need_clear_history = bool(choice.need_clear_history)
-                ban_round = event.ban_round if choice.ban_round is msgspec.UNSET else choice.ban_round
-            response_id = event.id
-            if response_id == self._id:
-                response_id = self._id  # the same string object for every chunk
-            self._id = response_id
-            model = event.model
-            if model == self._model:
-                model = self._model
-            self._model = model
-            self._created = created = event.created
-            self._last = raw = DecodedJSON(data)
-            if not (text or reasoning or deltas or need_clear_history):
-                return None
-        except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
-            text = repaired_utf8(data)
-            if text is not None:
-                return self._event_chunk(text)
-            raise ProtocolError(
-                f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
-                provider=self._dialect.provider, request_id=self._request_id,
-            ) from None
+            need_clear_history = bool(choice.need_clear_history)
+            ban_round = event.ban_round if choice.ban_round is msgspec.UNSET else choice.ban_round
+        response_id = event.id
+        if response_id == self._id:
+            response_id = self._id  # the same string object for every chunk
+        self._id = response_id
+        model = event.model
+        if model == self._model:
+            model = self._model
+        self._model = model
+        self._created = created = event.created
+        self._last = raw = DecodedJSON(data)
+        if not (text or reasoning or deltas or need_clear_history):
+            return None
         sentence_id = self._count
         self._count = sentence_id + 1
         return make_chunk(
@@ -753,6 +767,25 @@ class DialectParser:
             id=response_id, created=created,
             request_id=response_id if self._dialect.id_is_request_id else self._request_id,
             reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
+        )
+
+    def _raise_error_event(self, data: str | bytes) -> None:
+        """Raise the error an event without `choices` reports, if it is one."""
+        try:
+            payload = decode_json(data)
+        except JSON_ERRORS as error:
+            raise self._not_a_chunk(data, _fault(error)) from None
+        error_object = _error_object(payload)
+        if error_object is not None:
+            raise api_error(
+                payload, error_object, self._head, self._dialect,
+                request_id=self._request_id, before_generation=not self._count,
+            )
+
+    def _not_a_chunk(self, data: str | bytes, fault: str) -> ProtocolError:
+        return ProtocolError(
+            f"a stream event is not a chat completion chunk ({fault}): {snippet(data)}",
+            provider=self._dialect.provider, request_id=self._request_id,
         )
 
     def _end_chunk(self) -> Chunk:
@@ -804,7 +837,7 @@ class DialectParser:
             if dialect.choice_flags:
                 need_clear_history = bool(choice.get("need_clear_history"))
                 ban_round = choice.get("ban_round", payload.get("ban_round"))
-        except (KeyError, TypeError, AttributeError, IndexError) as error:
+        except (_Malformed, KeyError, TypeError, AttributeError, IndexError) as error:
             raise ProtocolError(
                 f"the response is not a chat completion ({_fault(error)}): {snippet(body)}",
                 provider=dialect.provider, request_id=self._request_id,
