@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final, Protocol
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -36,7 +36,6 @@ from llmstreams.errors import (
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import ArrivalStampingHandler, Pool
-from llmstreams.sse import BOM
 from llmstreams.types import Chunk
 
 logger = logging.getLogger("llmstreams")
@@ -46,10 +45,6 @@ _READ_ERRORS = (aiohttp.ClientError, OSError)
 # last event are read before giving up on the connection.
 _END_WAIT = 5.0
 _MAX_TAIL = 64 * 1024
-# How much of a non-2xx or unexpected response body a parser keeps for its error message, and
-# how much of it the message quotes.
-MAX_ERROR_BODY: Final = 64 * 1024
-SNIPPET_BYTES: Final = 200
 
 
 @attrs.frozen(slots=True, repr=False)
@@ -290,15 +285,6 @@ class OpenExchange:
     first_chunks: Iterator[Chunk]
     ended: bool
     attempts: int
-
-
-def body_start(body: bytes) -> bytes | None:
-    """What a response body begins with, past leading whitespace and one byte order mark; None
-    while that cannot be told yet (only whitespace, or part of a byte order mark, arrived)."""
-    start = body.lstrip()
-    if BOM.startswith(start):
-        return None
-    return start.removeprefix(BOM).lstrip() or None
 
 
 def parse_retry_after(value: str | None) -> float | None:

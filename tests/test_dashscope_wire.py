@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.dashscope import wire
 from llmstreams.errors import (
     APIError,
@@ -475,4 +476,4 @@ def test_stream_request_answered_with_a_page_is_a_protocol_error() -> None:
 def test_body_larger_than_the_limit_is_refused() -> None:
     parser = body_parser(head(content_type="application/json"))
     with pytest.raises(ProtocolError, match="longer than"):
-        list(parser.feed(b" " * (wire.MAX_BUFFERED_BODY + 1)))
+        list(parser.feed(b" " * (MAX_WHOLE_BODY + 1)))

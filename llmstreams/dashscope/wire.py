@@ -13,6 +13,7 @@ from typing import Any, Final
 import attrs
 import msgspec
 
+from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -52,8 +53,6 @@ RESULT_FORMATS = ("text", "message")
 MESSAGE_ROLES = ("system", "user", "assistant")
 # DashScope documents the seed as an unsigned 64-bit integer.
 SEED_MAX = 2**64 - 1
-# Buffered bodies (non-stream answers, error bodies) larger than this are not a DashScope answer.
-MAX_BUFFERED_BODY = 32 * 1024 * 1024
 
 # The `parameters` fields this library knows and checks, in the order they are sent.
 PARAMETER_NAMES = (
@@ -544,9 +543,9 @@ class BufferedBodyParser:
 
     def feed(self, data: bytes) -> list[Chunk]:
         self._body += data
-        if len(self._body) > MAX_BUFFERED_BODY:
+        if len(self._body) > MAX_WHOLE_BODY:
             raise ProtocolError(
-                f"a DashScope response body longer than {MAX_BUFFERED_BODY} bytes: "
+                f"a DashScope response body longer than {MAX_WHOLE_BODY} bytes: "
                 f"{snippet(bytes(self._body[:1000]))}",
                 provider=PROVIDER,
             )

@@ -22,6 +22,7 @@ from typing import Any, Final, Literal, TypedDict
 import attrs
 import msgspec
 
+from llmstreams.bodyparser import SniffingParser
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -39,8 +40,7 @@ from llmstreams.errors import (
     status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
-from llmstreams.sse import SSEDecoder
-from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
+from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
 from llmstreams.validation import (
     check_bool,
@@ -56,8 +56,6 @@ Kind = Literal["chat", "completions"]
 PATHS: Final[Mapping[Kind, str]] = {"chat": "/chat/completions", "completions": "/completions"}
 JSON_CONTENT_TYPE: Final = "application/json"
 
-# How large a whole answer may be.
-_MAX_WHOLE_BODY: Final = 32 * 1024 * 1024
 _DONE: Final = b"[DONE]"
 _SEED_RANGE: Final = (-(2**63), 2**63 - 1)
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -494,9 +492,6 @@ def _json_or_none(body: bytes | str) -> Any:
 
 # --- response side ------------------------------------------------------------------------------
 
-_UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
-
-
 def _usage(usage: Any) -> Usage | None:
     if usage is None:
         return None
@@ -574,29 +569,28 @@ def _fault(error: Exception) -> str:
     return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
-class DialectParser:
+class DialectParser(SniffingParser):
     """Turns one response body of the dialect, stream or not, into chunks (see `ResponseParser`).
 
-    A 2xx body is told apart by its first bytes: `{` begins a whole (non-stream) answer or an
-    error object, anything else is read as server-sent events.
+    The body's shape is told from its first bytes (`SniffingParser`): events, a whole answer or
+    error object, or neither.
     """
 
     __slots__ = (
-        "_head", "_dialect", "_kind", "_mode", "_buffer", "_buffered", "_decoder", "_count",
-        "_done", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
-        "_model", "_created", "_request_id", "_events_seen",
+        "_dialect", "_kind", "_count", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
+        "_model", "_created",
     )
 
     def __init__(self, head: ResponseHead, dialect: Dialect, kind: Kind) -> None:
-        self._head = head
+        request_id = None
+        for name in dialect.request_id_headers:
+            request_id = head.headers.get(name)
+            if request_id:
+                break
+        super().__init__(head, provider=dialect.provider, request_id=request_id or None)
         self._dialect = dialect
         self._kind = kind
-        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._decoder = SSEDecoder()
         self._count = 0
-        self._done = False
         self._finish_reason: str | None = None
         self._finish_seen = False
         self._usage: Any = None
@@ -604,87 +598,28 @@ class DialectParser:
         self._id: str | None = None
         self._model: str | None = None
         self._created: int | None = None
-        self._events_seen = False
-        request_id = None
-        for name in dialect.request_id_headers:
-            request_id = head.headers.get(name)
-            if request_id:
-                break
-        self._request_id: str | None = request_id or None
 
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def feed(self, data: bytes) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_events(data))
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._mode == _UNDECIDED:
-            return self._sniff()
-        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
-            raise status_error(self._head, self._body(), self._dialect, self._request_id)
-        if self._buffered > _MAX_WHOLE_BODY:
-            raise ProtocolError(
-                f"a whole answer longer than {_MAX_WHOLE_BODY} bytes: {snippet(self._body()[:1000])}",
-                provider=self._dialect.provider,
-            )
-        return iter(())
-
-    def close(self) -> Iterator[Chunk]:
-        provider = self._dialect.provider
-        if self._mode == _STATUS:
-            raise status_error(self._head, self._body(), self._dialect, self._request_id)
-        if self._mode == _WHOLE:
-            return iter((self._whole_answer(self._body()),))
-        if self._done:
+    def _end_of_events(self) -> Iterator[Chunk]:
+        if self._finished:
             return iter(())
         if self._finish_seen:
-            self._done = True
+            self._finished = True
             return iter((self._end_chunk(),))
-        if self._mode == _EVENTS and self._events_seen:
-            request_id = self._id if self._dialect.id_is_request_id else self._request_id
-            raise StreamInterruptedError(
-                "the stream ended before its end (a finish_reason, then data: [DONE])",
-                provider=provider, request_id=request_id,
-            )
-        received = self._body()
-        if not received.strip():
-            raise ProtocolError(
-                f"the response (HTTP {self._head.status}) had no events", provider=provider
-            )
-        content_type = self._head.content_type or "no content type"
-        raise ProtocolError(
-            f"expected server-sent events or JSON, got {content_type}: {snippet(received)}",
-            provider=provider,
+        request_id = self._id if self._dialect.id_is_request_id else self._request_id
+        raise StreamInterruptedError(
+            "the stream ended before its end (a finish_reason, then data: [DONE])",
+            provider=self._dialect.provider, request_id=request_id,
         )
 
-    def _body(self) -> bytes:
-        return b"".join(self._buffer)
-
-    def _sniff(self) -> Iterator[Chunk]:
-        body = self._body()
-        start = body_start(body)
-        if start is None:
-            return iter(())
-        if start[:1] == b"{":
-            self._mode = _WHOLE
-            return iter(())
-        self._mode = _EVENTS
-        # The first bytes stay in the buffer, for the message should they be no event stream.
-        del self._buffer[1:]
-        self._buffer[0] = body[:SNIPPET_BYTES]
-        return self._chunks(self._decoder.feed_events(body))
+    def _status_error(self, body: bytes) -> APIError:
+        return status_error(self._head, body, self._dialect, self._request_id)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
-        if events:
-            self._events_seen = True
         for _, data in events:
             if data == _DONE:
                 end = self._end_chunk()
-                self._done = True
+                self._finished = True
                 yield end
                 return
             chunk = self._event_chunk(data)
@@ -843,7 +778,6 @@ class DialectParser:
                 provider=dialect.provider, request_id=self._request_id,
             ) from None
         response_id = payload.get("id")
-        self._done = True
         return Chunk(
             text, 0, True, need_clear_history, ban_round,
             finish_reason=choice.get("finish_reason"), usage=usage, id=response_id,

@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from llmstreams import validation
+from llmstreams.bodyparser import SniffingParser
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -31,8 +32,7 @@ from llmstreams.errors import (
     status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
-from llmstreams.sse import SSEDecoder
-from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
+from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, Usage, make_chunk
 from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
 
@@ -286,9 +286,6 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
 
 # 1/0 and true/false both mean a flag (1 == True and 0 == False hash alike).
 _FLAGS: Final[dict[object, bool]] = {True: True, False: False}
-_SSE_STARTS: Final = (b"data:", b":", b"event:", b"id:", b"retry:")
-
-_UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
 
 
 def _fault(error: Exception) -> str:
@@ -354,84 +351,25 @@ def _chunk(
     )
 
 
-class QianfanParser:
+class QianfanParser(SniffingParser):
     """Turns one Qianfan response body, stream or not, into chunks (see `ResponseParser`)."""
 
-    __slots__ = ("_head", "_hints", "_mode", "_buffer", "_buffered", "_decoder", "_last", "_finished")
+    __slots__ = ("_hints", "_last")
 
     def __init__(self, head: ResponseHead, *, hints: Mapping[int, str] | None = None) -> None:
-        self._head = head
+        super().__init__(head, provider=PROVIDER)
         self._hints = hints
-        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._decoder = SSEDecoder()
         self._last: Chunk | None = None
-        self._finished = False
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def feed(self, data: bytes) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_events(data))
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._mode == _UNDECIDED:
-            return self._sniff()
-        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
-            raise status_error(self._head, self._body(), hints=self._hints)
-        if self._mode == _FOREIGN and self._buffered >= SNIPPET_BYTES:
-            raise self._foreign_body()
-        return iter(())
-
-    def close(self) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            if not self._finished:
-                raise StreamInterruptedError(
-                    "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
-                )
-            return iter(())
-        if self._mode == _STATUS:
-            raise status_error(self._head, self._body(), hints=self._hints)
-        if self._mode == _JSON:
-            return iter((self._whole_body(self._body()),))
-        if not self._body().strip():
-            raise ProtocolError(
-                f"the response (HTTP {self._head.status}) had an empty body", provider=PROVIDER
+    def _end_of_events(self) -> Iterator[Chunk]:
+        if not self._finished:
+            raise StreamInterruptedError(
+                "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
             )
-        raise self._foreign_body()
-
-    def _body(self) -> bytes:
-        return b"".join(self._buffer)
-
-    def _sniff(self) -> Iterator[Chunk]:
-        """Decide from the first bytes whether the body is events, JSON or neither."""
-        body = self._body()
-        start = body_start(body)
-        if start is None:
-            return iter(())
-        if start[:1] in (b"{", b"["):
-            self._mode = _JSON
-            return iter(())
-        if start.startswith(_SSE_STARTS):
-            self._mode = _EVENTS
-            self._buffer.clear()
-            return self._chunks(self._decoder.feed_events(body))
-        if any(prefix.startswith(start) for prefix in _SSE_STARTS):
-            return iter(())
-        self._mode = _FOREIGN
-        if self._buffered >= SNIPPET_BYTES:
-            raise self._foreign_body()
         return iter(())
 
-    def _foreign_body(self) -> ProtocolError:
-        content_type = self._head.content_type or "no content type"
-        return ProtocolError(
-            f"expected server-sent events or JSON, got {content_type}: {snippet(self._body())}",
-            provider=PROVIDER,
-        )
+    def _status_error(self, body: bytes) -> APIError:
+        return status_error(self._head, body, hints=self._hints)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
@@ -476,7 +414,7 @@ class QianfanParser:
             )
         return chunk
 
-    def _whole_body(self, body: bytes) -> Chunk:
+    def _whole_answer(self, body: bytes) -> Chunk:
         """The one chunk of a JSON answer (a non-stream call's), or its error."""
         try:
             event = _decode_event(body)
@@ -488,5 +426,4 @@ class QianfanParser:
                 f"the response is not a Qianfan answer ({_fault(error)}): {snippet(body)}",
                 provider=PROVIDER,
             ) from None
-        self._finished = True
         return chunk
