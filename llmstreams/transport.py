@@ -36,6 +36,7 @@ from llmstreams.errors import (
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import ArrivalStampingHandler, Pool
+from llmstreams.ratelimit import Limiter
 from llmstreams.types import Chunk
 
 logger = logging.getLogger("llmstreams")
@@ -398,16 +399,39 @@ async def open_exchange(
 async def _attempt(
     pool: Pool, exchange: Exchange, timeout: Timeout, total_deadline: float | None
 ) -> OpenExchange:
-    loop = asyncio.get_running_loop()
+    """One sending of `exchange`: pass the rate limit, build the request, send it, read the
+    response's head, then its body up to the first chunk (or the body's end)."""
+    provider = exchange.provider
     if pool.rate_limiter is not None:
-        try:
-            async with asyncio.timeout_at(total_deadline):
-                await pool.rate_limiter.acquire()
-        except TimeoutError:
-            raise APITimeoutError(
-                "the pool's rate limit held the request back past the total timeout",
-                phase="total", provider=exchange.provider,
-            ) from None
+        await _pass_rate_limit(pool.rate_limiter, total_deadline, provider)
+    request = await _build_request(exchange)
+    loop = asyncio.get_running_loop()
+    first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
+    response = await _send(pool, request, provider, first_deadline, total_deadline)
+    head = _response_head(response, request, provider)
+    reader = BodyReader(
+        response, pool, first_deadline=first_deadline, idle=timeout.idle,
+        total_deadline=total_deadline,
+    )
+    try:
+        return await _read_to_first_chunk(reader, exchange.parser(head), provider)
+    except BaseException:
+        reader.abort()
+        raise
+
+
+async def _pass_rate_limit(limiter: Limiter, total_deadline: float | None, provider: str) -> None:
+    try:
+        async with asyncio.timeout_at(total_deadline):
+            await limiter.acquire()
+    except TimeoutError:
+        raise APITimeoutError(
+            "the pool's rate limit held the request back past the total timeout",
+            phase="total", provider=provider,
+        ) from None
+
+
+async def _build_request(exchange: Exchange) -> HttpRequest:
     try:
         request = await exchange.build_request()
     except APIConnectionError as error:
@@ -421,13 +445,24 @@ async def _attempt(
             "carries user:password@, but this client sends its own Authorization header: "
             "remove the credentials from base_url",
         )
-    first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
+    return request
+
+
+async def _send(
+    pool: Pool,
+    request: HttpRequest,
+    provider: str,
+    first_deadline: float | None,
+    total_deadline: float | None,
+) -> aiohttp.ClientResponse:
+    """Send `request`; its response once the head arrived, within the first_chunk and total
+    deadlines (`_NoResponse` for a failure that may be retried)."""
     header_deadline = _earliest(first_deadline, total_deadline)
-    logger.debug("%s: sending %r", exchange.provider, request)
+    logger.debug("%s: sending %r", provider, request)
     try:
         async with asyncio.timeout_at(header_deadline):
             # Never redirected: following one would send the prompt and credentials elsewhere.
-            response = await pool.session().request(
+            return await pool.session().request(
                 request.method, request.url, params=request.params,
                 headers=request.headers, data=request.body, allow_redirects=False,
                 proxy=pool.proxy_for(request.url),
@@ -435,45 +470,48 @@ async def _attempt(
     except (TimeoutError, *_READ_ERRORS) as error:
         timeout_phase = "total" if header_deadline == total_deadline else "first_chunk"
         failure = request_failure(
-            error, where=_where(request), provider=exchange.provider, timeout_phase=timeout_phase
+            error, where=_where(request), provider=provider, timeout_phase=timeout_phase
         )
         if isinstance(failure, APIConnectionError):
             raise _NoResponse(failure) from None
         raise failure from None
 
+
+def _response_head(
+    response: aiohttp.ClientResponse, request: HttpRequest, provider: str
+) -> ResponseHead:
+    """The head of `response`, refusing a redirect (the response is closed on failure)."""
     try:
         head = read_head(response)
         if is_redirect(head.status):
             raise redirect_error(
                 head.status, head.headers.get("Location", ""), where=_where(request),
-                provider=exchange.provider,
+                provider=provider,
             )
     except BaseException:
         response.close()
         raise
-    reader = BodyReader(
-        response, pool, first_deadline=first_deadline, idle=timeout.idle,
-        total_deadline=total_deadline,
-    )
-    try:
-        parser = exchange.parser(head)
-        while True:
-            data = await read_body(reader, exchange.provider)
-            if not data:
-                # An error body is decoded here, so that the retry decision can see it.
-                chunks = list(parser.close())
-                reader.release()
-                return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
-            # The first chunk is decoded here: an error event before it is still retryable.
-            rest = iter(parser.feed(data))
-            first = next(rest, None)
-            if first is not None:
-                return OpenExchange(
-                    reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
-                )
-    except BaseException:
-        reader.abort()
-        raise
+    return head
+
+
+async def _read_to_first_chunk(
+    reader: BodyReader, parser: ResponseParser, provider: str
+) -> OpenExchange:
+    """Read the body until its first chunk is decoded, or to its end."""
+    while True:
+        data = await read_body(reader, provider)
+        if not data:
+            # An error body is decoded here, so that the retry decision can see it.
+            chunks = list(parser.close())
+            reader.release()
+            return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
+        # The first chunk is decoded here: an error event before it is still retryable.
+        rest = iter(parser.feed(data))
+        first = next(rest, None)
+        if first is not None:
+            return OpenExchange(
+                reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
+            )
 
 
 def request_failure(
