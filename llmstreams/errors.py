@@ -9,7 +9,7 @@ codes and field names only, never from request URLs or headers.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 if TYPE_CHECKING:
     from llmstreams.types import Completion
@@ -233,3 +233,37 @@ class ProtocolError(LLMStreamsError):
     """
 
     hint = "The base URL may point at something that is not this vendor's API"
+
+
+# What an HTTP status alone says, for every vendor: the error class, and whether the request may
+# be sent again. Retryable are the statuses that say the server did not carry the request out
+# and may if asked again: 408 (it gave up waiting for the request), 409 (a conflicting request
+# held what it needed; OpenAI's API documents it as worth retrying), 429 (a rate limit) and
+# every 5xx (it failed or is overloaded). No vendor here gives 408 or 409 another meaning, so the
+# rule is one for all. A vendor's own error codes, where its body has one, come first (see the
+# code tables in the vendor modules); a status this table does not name claims no cause.
+_STATUS_CLASSES: Final[dict[int, type[APIError]]] = {
+    400: InvalidRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    408: ServerError,
+    409: ServerError,
+    410: NotFoundError,
+    413: InvalidRequestError,
+    422: InvalidRequestError,
+    429: RateLimitError,
+}
+_RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
+
+
+def status_error_class(status: int) -> type[APIError]:
+    """The error class an HTTP error status stands for (APIError itself for one it does not name)."""
+    if status >= 500:
+        return ServerError
+    return _STATUS_CLASSES.get(status, APIError)
+
+
+def is_retryable_status(status: int) -> bool:
+    """Whether a request answered with this status may be sent again (see `_STATUS_CLASSES`)."""
+    return status in _RETRYABLE_STATUSES or status >= 500

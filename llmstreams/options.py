@@ -52,7 +52,7 @@ class RetryPolicy:
     """When and how long to wait before sending a request again.
 
     Requests are only ever retried before the first chunk arrived: connection failures,
-    HTTP 429/5xx and the vendor's retryable error codes. The wait before retry `n` (from 0)
+    HTTP 408/409/429/5xx and the vendor's retryable error codes. The wait before retry `n` (from 0)
     is a random value in [0, min(backoff_max, backoff_base * 2**n)] ("full jitter"), or the
     server's `Retry-After` when it gave one (capped at `max_retry_after`).
     """

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Final, Protocol
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -37,7 +37,7 @@ from llmstreams.errors import (
 )
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import ArrivalStampingHandler, Pool, connect_timeout
-from llmstreams.sse import BOM
+from llmstreams.ratelimit import Limiter
 from llmstreams.types import Chunk
 
 logger = logging.getLogger("llmstreams")
@@ -47,10 +47,6 @@ _READ_ERRORS = (aiohttp.ClientError, OSError)
 # last event are read before giving up on the connection.
 _END_WAIT = 5.0
 _MAX_TAIL = 64 * 1024
-# How much of a non-2xx or unexpected response body a parser keeps for its error message, and
-# how much of it the message quotes.
-MAX_ERROR_BODY: Final = 64 * 1024
-SNIPPET_BYTES: Final = 200
 
 
 @attrs.frozen(slots=True, repr=False)
@@ -293,15 +289,6 @@ class OpenExchange:
     attempts: int
 
 
-def body_start(body: bytes) -> bytes | None:
-    """What a response body begins with, past leading whitespace and one byte order mark; None
-    while that cannot be told yet (only whitespace, or part of a byte order mark, arrived)."""
-    start = body.lstrip()
-    if BOM.startswith(start):
-        return None
-    return start.removeprefix(BOM).lstrip() or None
-
-
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds to wait from a `Retry-After` header (delta-seconds or an HTTP date); None for
     anything else, whatever the server sent."""
@@ -368,7 +355,7 @@ async def open_exchange(
     """Send `exchange` until its first chunk arrives, retrying what may be retried.
 
     Retried, up to `retry.max_retries` times: connection failures and timeouts before any
-    byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
+    byte of the response arrived, and `APIError`s marked `retryable` (HTTP 408/409/429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
     told the number of each attempt (from 1) as it starts, so that it is known on failure too.
@@ -413,16 +400,39 @@ async def open_exchange(
 async def _attempt(
     pool: Pool, exchange: Exchange, timeout: Timeout, total_deadline: float | None
 ) -> OpenExchange:
-    loop = asyncio.get_running_loop()
+    """One sending of `exchange`: pass the rate limit, build the request, send it, read the
+    response's head, then its body up to the first chunk (or the body's end)."""
+    provider = exchange.provider
     if pool.rate_limiter is not None:
-        try:
-            async with asyncio.timeout_at(total_deadline):
-                await pool.rate_limiter.acquire()
-        except TimeoutError:
-            raise APITimeoutError(
-                "the pool's rate limit held the request back past the total timeout",
-                phase="total", provider=exchange.provider,
-            ) from None
+        await _pass_rate_limit(pool.rate_limiter, total_deadline, provider)
+    request = await _build_request(exchange)
+    loop = asyncio.get_running_loop()
+    first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
+    response = await _send(pool, request, provider, timeout, first_deadline, total_deadline)
+    head = _response_head(response, request, provider)
+    reader = BodyReader(
+        response, pool, first_deadline=first_deadline, idle=timeout.idle,
+        total_deadline=total_deadline,
+    )
+    try:
+        return await _read_to_first_chunk(reader, exchange.parser(head), provider)
+    except BaseException:
+        reader.abort()
+        raise
+
+
+async def _pass_rate_limit(limiter: Limiter, total_deadline: float | None, provider: str) -> None:
+    try:
+        async with asyncio.timeout_at(total_deadline):
+            await limiter.acquire()
+    except TimeoutError:
+        raise APITimeoutError(
+            "the pool's rate limit held the request back past the total timeout",
+            phase="total", provider=provider,
+        ) from None
+
+
+async def _build_request(exchange: Exchange) -> HttpRequest:
     try:
         request = await exchange.build_request()
     except APIConnectionError as error:
@@ -436,13 +446,25 @@ async def _attempt(
             "carries user:password@, but this client sends its own Authorization header: "
             "remove the credentials from base_url",
         )
-    first_deadline = None if timeout.first_chunk is None else loop.time() + timeout.first_chunk
+    return request
+
+
+async def _send(
+    pool: Pool,
+    request: HttpRequest,
+    provider: str,
+    timeout: Timeout,
+    first_deadline: float | None,
+    total_deadline: float | None,
+) -> aiohttp.ClientResponse:
+    """Send `request`; its response once the head arrived, within the first_chunk and total
+    deadlines (`_NoResponse` for a failure that may be retried)."""
     header_deadline = _earliest(first_deadline, total_deadline)
-    logger.debug("%s: sending %r", exchange.provider, request)
+    logger.debug("%s: sending %r", provider, request)
     try:
         async with asyncio.timeout_at(header_deadline):
             # Never redirected: following one would send the prompt and credentials elsewhere.
-            response = await pool.session().request(
+            return await pool.session().request(
                 request.method, request.url, params=request.params,
                 headers=request.headers, data=request.body, allow_redirects=False,
                 proxy=pool.proxy_for(request.url), timeout=connect_timeout(timeout.connect),
@@ -450,45 +472,48 @@ async def _attempt(
     except (TimeoutError, *_READ_ERRORS) as error:
         timeout_phase = "total" if header_deadline == total_deadline else "first_chunk"
         failure = request_failure(
-            error, where=_where(request), provider=exchange.provider, timeout_phase=timeout_phase
+            error, where=_where(request), provider=provider, timeout_phase=timeout_phase
         )
         if isinstance(failure, APIConnectionError):
             raise _unanswered(failure) from None
         raise failure from None
 
+
+def _response_head(
+    response: aiohttp.ClientResponse, request: HttpRequest, provider: str
+) -> ResponseHead:
+    """The head of `response`, refusing a redirect (the response is closed on failure)."""
     try:
         head = read_head(response)
         if is_redirect(head.status):
             raise redirect_error(
                 head.status, head.headers.get("Location", ""), where=_where(request),
-                provider=exchange.provider,
+                provider=provider,
             )
     except BaseException:
         response.close()
         raise
-    reader = BodyReader(
-        response, pool, first_deadline=first_deadline, idle=timeout.idle,
-        total_deadline=total_deadline,
-    )
-    try:
-        parser = exchange.parser(head)
-        while True:
-            data = await read_body(reader, exchange.provider)
-            if not data:
-                # An error body is decoded here, so that the retry decision can see it.
-                chunks = list(parser.close())
-                reader.release()
-                return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
-            # The first chunk is decoded here: an error event before it is still retryable.
-            rest = iter(parser.feed(data))
-            first = next(rest, None)
-            if first is not None:
-                return OpenExchange(
-                    reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
-                )
-    except BaseException:
-        reader.abort()
-        raise
+    return head
+
+
+async def _read_to_first_chunk(
+    reader: BodyReader, parser: ResponseParser, provider: str
+) -> OpenExchange:
+    """Read the body until its first chunk is decoded, or to its end."""
+    while True:
+        data = await read_body(reader, provider)
+        if not data:
+            # An error body is decoded here, so that the retry decision can see it.
+            chunks = list(parser.close())
+            reader.release()
+            return OpenExchange(reader, parser, iter(chunks), ended=True, attempts=0)
+        # The first chunk is decoded here: an error event before it is still retryable.
+        rest = iter(parser.feed(data))
+        first = next(rest, None)
+        if first is not None:
+            return OpenExchange(
+                reader, parser, itertools.chain((first,), rest), ended=False, attempts=0
+            )
 
 
 def _unanswered(error: APIConnectionError) -> Exception:

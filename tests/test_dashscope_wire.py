@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.dashscope import wire
 from llmstreams.errors import (
     APIError,
@@ -449,7 +450,8 @@ def test_error_bodies_before_the_stream(
 @pytest.mark.parametrize(
     ("status", "error_class", "retryable"),
     [(502, ServerError, True), (429, RateLimitError, True), (401, AuthenticationError, False),
-     (400, InvalidRequestError, False), (405, APIError, False)],
+     (400, InvalidRequestError, False), (405, APIError, False), (409, ServerError, True),
+     (410, NotFoundError, False)],
 )
 def test_error_status_without_a_dashscope_body(
     status: int, error_class: type[APIError], retryable: bool
@@ -474,4 +476,4 @@ def test_stream_request_answered_with_a_page_is_a_protocol_error() -> None:
 def test_body_larger_than_the_limit_is_refused() -> None:
     parser = body_parser(head(content_type="application/json"))
     with pytest.raises(ProtocolError, match="longer than"):
-        list(parser.feed(b" " * (wire.MAX_BUFFERED_BODY + 1)))
+        list(parser.feed(b" " * (MAX_WHOLE_BODY + 1)))

@@ -174,6 +174,44 @@ def test_a_chunk_that_is_not_json_is_a_protocol_error() -> None:
         parse(b"data: {not json\n\n")
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"choices": 5},
+        {"choices": [5]},
+        {"choices": [{"index": 0, "delta": "text"}]},
+        {"choices": [{"index": 0, "delta": {"content": 5}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": ["x"]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": {"index": 0}}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": "call"}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [7]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
+        {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": "0"}]}}]},
+    ],
+)
+def test_a_malformed_server_event_is_a_protocol_error(payload: dict[str, Any]) -> None:
+    parser = DialectParser(head(), GENERIC, "chat")
+    chunks, error = chunks_until_error(parser.feed(delta_event({"content": "a"}) + event(payload)))
+    assert [c.text for c in chunks] == ["a"]
+    assert isinstance(error, ProtocolError) and "not a chat completion chunk" in str(error)
+
+
+def test_an_error_event_that_cannot_be_decoded_is_a_protocol_error() -> None:
+    # The typed decoding skips the unknown field; decoding the whole error object cannot.
+    body = b'data: {"error": {"message": "m"}, "x": 1e400}\n\n'
+    with pytest.raises(ProtocolError, match="not a chat completion chunk"):
+        parse(body)
+
+
+def test_a_fault_of_llmstreams_is_not_blamed_on_the_server() -> None:
+    # A vendor table holding something that is not an error class is a bug of ours, not a
+    # malformed event: it must surface as itself.
+    broken = Dialect(provider="v", error_classes={"odd_code": "not a class"})  # type: ignore[dict-item]
+    parser = DialectParser(head(), broken, "chat")
+    with pytest.raises(TypeError, match="not callable"):
+        list(parser.feed(event({"error": {"message": "m", "code": "odd_code"}})))
+
+
 def test_an_html_page_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="expected server-sent events or JSON"):
         parse(b"<html><body>Bad gateway</body></html>", response=head(200, "text/html"))

@@ -267,6 +267,11 @@ def test_leading_bom_and_blank_lines_before_events_are_accepted() -> None:
         (403, b"forbidden", PermissionDeniedError, False),
         (404, b"not found", NotFoundError, False),
         (400, b'{"error_code":336003,"error_msg":"Invalid Parameter"}', InvalidRequestError, False),
+        # The status table all vendors share (llmstreams.errors): 408 and 409 are retried too.
+        (408, b"", ServerError, True),
+        (409, b'{"error_code":336003,"error_msg":"conflict"}', ServerError, True),
+        (410, b"gone", NotFoundError, False),
+        (405, b"", APIError, False),
     ],
 )
 def test_http_error_statuses(status: int, body: bytes, expected: type[APIError], retryable: bool) -> None:

@@ -13,6 +13,7 @@ from typing import Any, Final, TypedDict
 import attrs
 import msgspec
 
+from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -26,7 +27,9 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
@@ -50,8 +53,6 @@ RESULT_FORMATS = ("text", "message")
 MESSAGE_ROLES = ("system", "user", "assistant")
 # DashScope documents the seed as an unsigned 64-bit integer.
 SEED_MAX = 2**64 - 1
-# Buffered bodies (non-stream answers, error bodies) larger than this are not a DashScope answer.
-MAX_BUFFERED_BODY = 32 * 1024 * 1024
 
 
 
@@ -218,7 +219,7 @@ def api_error(
 ) -> APIError:
     """The `APIError` subclass for a DashScope error code and HTTP status."""
     error_class = _error_class(code, status)
-    retryable = status is not None and (status in (408, 429) or status >= 500)
+    retryable = status is not None and is_retryable_status(status)
     return error_class(
         message, code=code, http_status=status, provider=PROVIDER, request_id=request_id,
         retryable=retryable, retry_after=retry_after,
@@ -241,16 +242,6 @@ _ERROR_CLASS_FOR_CODE_PREFIX: tuple[tuple[str, type[APIError]], ...] = (
     ("BadRequest", InvalidRequestError),
     ("InternalError", ServerError),
 )
-_ERROR_CLASS_FOR_STATUS: dict[int, type[APIError]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: ServerError,
-    413: InvalidRequestError,
-    422: InvalidRequestError,
-    429: RateLimitError,
-}
 
 
 def _error_class(code: str | None, status: int | None) -> type[APIError]:
@@ -261,11 +252,7 @@ def _error_class(code: str | None, status: int | None) -> type[APIError]:
         for prefix, error_class in _ERROR_CLASS_FOR_CODE_PREFIX:
             if code.startswith(prefix):
                 return error_class
-    if status is None:
-        return APIError
-    if status >= 500:
-        return ServerError
-    return _ERROR_CLASS_FOR_STATUS.get(status, APIError)
+    return APIError if status is None else status_error_class(status)
 
 
 def _error_from_payload(
@@ -445,15 +432,15 @@ class EventStreamParser:
         self._count = sentence_id + 1
         last = self._last
         return make_chunk(
-            text, sentence_id, is_end, False, None, False, None,
-            finish_reason if is_end else None,
-            None if usage is None else make_usage(
+            text=text, sentence_id=sentence_id, is_end=is_end,
+            finish_reason=finish_reason if is_end else None,
+            usage=None if usage is None else make_usage(
                 usage.input_tokens, usage.output_tokens,
                 usage.input_tokens + usage.output_tokens if usage.total_tokens is None
                 else usage.total_tokens,
                 None if last is None else last.usage,
             ),
-            None, None, request_id, "", (), None, DecodedJSON(data),
+            request_id=request_id, raw=DecodedJSON(data),
         )
 
     def _error_event(self, data: bytes, window: list[bytes]) -> LLMStreamsError:
@@ -555,9 +542,9 @@ class BufferedBodyParser:
 
     def feed(self, data: bytes) -> list[Chunk]:
         self._body += data
-        if len(self._body) > MAX_BUFFERED_BODY:
+        if len(self._body) > MAX_WHOLE_BODY:
             raise ProtocolError(
-                f"a DashScope response body longer than {MAX_BUFFERED_BODY} bytes: "
+                f"a DashScope response body longer than {MAX_WHOLE_BODY} bytes: "
                 f"{snippet(bytes(self._body[:1000]))}",
                 provider=PROVIDER,
             )

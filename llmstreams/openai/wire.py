@@ -22,6 +22,7 @@ from typing import Any, Final, Literal, TypedDict
 import attrs
 import msgspec
 
+from llmstreams.bodyparser import SniffingParser
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -34,11 +35,12 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
-from llmstreams.sse import SSEDecoder
-from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
+from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
 from llmstreams.validation import (
     check_bool,
@@ -54,8 +56,6 @@ Kind = Literal["chat", "completions"]
 PATHS: Final[Mapping[Kind, str]] = {"chat": "/chat/completions", "completions": "/completions"}
 JSON_CONTENT_TYPE: Final = "application/json"
 
-# How large a whole answer may be.
-_MAX_WHOLE_BODY: Final = 32 * 1024 * 1024
 _DONE: Final = b"[DONE]"
 _SEED_RANGE: Final = (-(2**63), 2**63 - 1)
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -409,18 +409,6 @@ _TYPE_CLASSES: Final[Mapping[str, type[APIError]]] = {
     "rate_limit_error": RateLimitError,
     "server_error": ServerError,
 }
-_STATUS_CLASSES: Final[Mapping[int, type[APIError]]] = {
-    400: InvalidRequestError,
-    401: AuthenticationError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    408: ServerError,
-    409: ServerError,
-    410: NotFoundError,
-    413: InvalidRequestError,
-    422: InvalidRequestError,
-    429: RateLimitError,
-}
 # A quota that is used up does not come back by waiting a few seconds.
 _NOT_RETRYABLE_CODES: Final = frozenset({"insufficient_quota"})
 
@@ -445,12 +433,8 @@ def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> t
             known = dialect.error_classes.get(str(name)) or _CODE_CLASSES.get(str(name))
             if known is not None:
                 return known
-    if status == 429:
-        return RateLimitError
-    if status >= 500:
-        return ServerError
-    by_status = _STATUS_CLASSES.get(status)
-    if by_status is not None:
+    by_status = status_error_class(status)
+    if by_status is not APIError:
         return by_status
     if isinstance(error_type, str):
         by_type = _TYPE_CLASSES.get(error_type)
@@ -507,7 +491,7 @@ def api_error(
     status = head.status
     retryable = (
         before_generation
-        and (status in (408, 409, 429) or status >= 500 or cls in (RateLimitError, ServerError))
+        and (is_retryable_status(status) or cls in (RateLimitError, ServerError))
         and code not in _NOT_RETRYABLE_CODES
         and not {str(code), error_type} & dialect.quota_codes
     )
@@ -548,9 +532,6 @@ def _json_or_none(body: bytes | str) -> Any:
 
 # --- response side ------------------------------------------------------------------------------
 
-_UNDECIDED, _EVENTS, _WHOLE, _STATUS = range(4)
-
-
 def _usage(usage: Any) -> Usage | None:
     if usage is None:
         return None
@@ -563,13 +544,24 @@ def _usage(usage: Any) -> Usage | None:
     return make_usage(prompt, completion, total, None)
 
 
+class _Malformed(Exception):
+    """A value the server sent has a shape no chunk is made of (the message says which)."""
+
+
 def _tool_call_deltas(tool_calls: Any) -> tuple[ToolCallDelta, ...]:
+    """The pieces of a decoded `tool_calls` list; `_Malformed` for one of another shape."""
+    if not isinstance(tool_calls, list):
+        raise _Malformed("tool_calls is not a list")
     deltas = []
     for position, call in enumerate(tool_calls):
+        if not isinstance(call, dict):
+            raise _Malformed("a tool call is not an object")
         function = call.get("function") or {}
+        if not isinstance(function, dict):
+            raise _Malformed("a tool call's function is not an object")
         index = call.get("index", position)
         if type(index) is not int:
-            raise TypeError("a tool call's index is not an integer")
+            raise _Malformed("a tool call's index is not an integer")
         arguments = function.get("arguments")
         deltas.append(ToolCallDelta(
             index, call.get("id"), call.get("type"), function.get("name"),
@@ -612,32 +604,34 @@ _NO_DELTA: Final = _Delta()
 
 
 def _fault(error: Exception) -> str:
+    """What was wrong with a received value, shortened: the value may be huge."""
+    if isinstance(error, _Malformed):
+        return str(error)
     return f"{type(error).__name__}: {snippet(str(error), 80)}"
 
 
-class DialectParser:
+class DialectParser(SniffingParser):
     """Turns one response body of the dialect, stream or not, into chunks (see `ResponseParser`).
 
-    A 2xx body is told apart by its first bytes: `{` begins a whole (non-stream) answer or an
-    error object, anything else is read as server-sent events.
+    The body's shape is told from its first bytes (`SniffingParser`): events, a whole answer or
+    error object, or neither.
     """
 
     __slots__ = (
-        "_head", "_dialect", "_kind", "_mode", "_buffer", "_buffered", "_decoder", "_count",
-        "_done", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
-        "_model", "_created", "_request_id", "_events_seen",
+        "_dialect", "_kind", "_count", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
+        "_model", "_created",
     )
 
     def __init__(self, head: ResponseHead, dialect: Dialect, kind: Kind) -> None:
-        self._head = head
+        request_id = None
+        for name in dialect.request_id_headers:
+            request_id = head.headers.get(name)
+            if request_id:
+                break
+        super().__init__(head, provider=dialect.provider, request_id=request_id or None)
         self._dialect = dialect
         self._kind = kind
-        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._decoder = SSEDecoder()
         self._count = 0
-        self._done = False
         self._finish_reason: str | None = None
         self._finish_seen = False
         self._usage: Any = None
@@ -645,87 +639,28 @@ class DialectParser:
         self._id: str | None = None
         self._model: str | None = None
         self._created: int | None = None
-        self._events_seen = False
-        request_id = None
-        for name in dialect.request_id_headers:
-            request_id = head.headers.get(name)
-            if request_id:
-                break
-        self._request_id: str | None = request_id or None
 
-    @property
-    def finished(self) -> bool:
-        return self._done
-
-    def feed(self, data: bytes) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_events(data))
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._mode == _UNDECIDED:
-            return self._sniff()
-        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
-            raise status_error(self._head, self._body(), self._dialect, self._request_id)
-        if self._buffered > _MAX_WHOLE_BODY:
-            raise ProtocolError(
-                f"a whole answer longer than {_MAX_WHOLE_BODY} bytes: {snippet(self._body()[:1000])}",
-                provider=self._dialect.provider,
-            )
-        return iter(())
-
-    def close(self) -> Iterator[Chunk]:
-        provider = self._dialect.provider
-        if self._mode == _STATUS:
-            raise status_error(self._head, self._body(), self._dialect, self._request_id)
-        if self._mode == _WHOLE:
-            return iter((self._whole_answer(self._body()),))
-        if self._done:
+    def _end_of_events(self) -> Iterator[Chunk]:
+        if self._finished:
             return iter(())
         if self._finish_seen:
-            self._done = True
+            self._finished = True
             return iter((self._end_chunk(),))
-        if self._mode == _EVENTS and self._events_seen:
-            request_id = self._id if self._dialect.id_is_request_id else self._request_id
-            raise StreamInterruptedError(
-                "the stream ended before its end (a finish_reason, then data: [DONE])",
-                provider=provider, request_id=request_id,
-            )
-        received = self._body()
-        if not received.strip():
-            raise ProtocolError(
-                f"the response (HTTP {self._head.status}) had no events", provider=provider
-            )
-        content_type = self._head.content_type or "no content type"
-        raise ProtocolError(
-            f"expected server-sent events or JSON, got {content_type}: {snippet(received)}",
-            provider=provider,
+        request_id = self._id if self._dialect.id_is_request_id else self._request_id
+        raise StreamInterruptedError(
+            "the stream ended before its end (a finish_reason, then data: [DONE])",
+            provider=self._dialect.provider, request_id=request_id,
         )
 
-    def _body(self) -> bytes:
-        return b"".join(self._buffer)
-
-    def _sniff(self) -> Iterator[Chunk]:
-        body = self._body()
-        start = body_start(body)
-        if start is None:
-            return iter(())
-        if start[:1] == b"{":
-            self._mode = _WHOLE
-            return iter(())
-        self._mode = _EVENTS
-        # The first bytes stay in the buffer, for the message should they be no event stream.
-        del self._buffer[1:]
-        self._buffer[0] = body[:SNIPPET_BYTES]
-        return self._chunks(self._decoder.feed_events(body))
+    def _status_error(self, body: bytes) -> APIError:
+        return status_error(self._head, body, self._dialect, self._request_id)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
-        if events:
-            self._events_seen = True
         for _, data in events:
             if data == _DONE:
                 end = self._end_chunk()
-                self._done = True
+                self._finished = True
                 yield end
                 return
             chunk = self._event_chunk(data)
@@ -733,82 +668,102 @@ class DialectParser:
                 yield chunk
 
     def _event_chunk(self, data: str | bytes) -> Chunk | None:
-        """The chunk of one event, or None for an event with nothing to yield (role, usage)."""
+        """The chunk of one event, or None for an event with nothing to yield (role, usage).
+
+        Only what the server sent is blamed on it: the decoding and the shape checks raise
+        `ProtocolError`; anything else raised here is a fault of llmstreams and stays as it is.
+        """
         try:
             event = _decode_event(data)
-            choices = event.choices
-            usage = event.usage
-            if usage is not None:
-                self._usage = usage
-            if not choices:
-                if choices is None:
-                    payload = decode_json(data)
-                    error = _error_object(payload)
-                    if error is not None:
-                        raise api_error(
-                            payload, error, self._head, self._dialect,
-                            request_id=self._request_id, before_generation=not self._count,
-                        )
-                self._last = DecodedJSON(data)
+        except JSON_ERRORS as error:
+            repaired = repaired_utf8(data)
+            if repaired is not None:
+                return self._event_chunk(repaired)
+            raise self._not_a_chunk(data, _fault(error)) from None
+        choices = event.choices
+        usage = event.usage
+        if usage is not None:
+            self._usage = usage
+        if not choices:
+            if choices is None:
+                self._raise_error_event(data)
+            self._last = DecodedJSON(data)
+            return None
+        choice = choices[0]
+        if len(choices) > 1 and choice.index not in (msgspec.UNSET, 0):
+            first = next((c for c in choices if c.index == 0), None)
+            if first is None:
                 return None
-            choice = choices[0]
-            if len(choices) > 1 and choice.index not in (msgspec.UNSET, 0):
-                first = next((c for c in choices if c.index == 0), None)
-                if first is None:
-                    return None
-                choice = first
-            finish_reason = choice.finish_reason
-            if finish_reason is not None:
-                self._finish_reason = finish_reason
+            choice = first
+        finish_reason = choice.finish_reason
+        if finish_reason is not None:
+            self._finish_reason = finish_reason
+            self._finish_seen = True
+            if choice.usage is not None and usage is None:
+                self._usage = choice.usage  # Moonshot puts it in the finishing choice.
+        if self._kind == "chat":
+            delta = choice.delta or _NO_DELTA
+            text = delta.content or ""
+            reasoning = delta.reasoning_content or delta.reasoning or ""
+            tool_calls = delta.tool_calls
+            deltas: tuple[ToolCallDelta, ...] = ()
+            if tool_calls:
+                try:
+                    deltas = _tool_call_deltas(tool_calls)
+                except _Malformed as error:
+                    raise self._not_a_chunk(data, _fault(error)) from None
+        else:
+            text = choice.text or ""
+            reasoning = ""
+            deltas = ()
+        if type(text) is not str or type(reasoning) is not str:
+            raise self._not_a_chunk(data, "the text is not a string")
+        need_clear_history = False
+        ban_round = None
+        if self._dialect.choice_flags:
+            if choice.is_end:
                 self._finish_seen = True
-                if choice.usage is not None and usage is None:
-                    self._usage = choice.usage  # Moonshot puts it in the finishing choice.
-            if self._kind == "chat":
-                delta = choice.delta or _NO_DELTA
-                text = delta.content or ""
-                reasoning = delta.reasoning_content or delta.reasoning or ""
-                tool_calls = delta.tool_calls
-                deltas = _tool_call_deltas(tool_calls) if tool_calls else ()
-            else:
-                text = choice.text or ""
-                reasoning = ""
-                deltas = ()
-            if type(text) is not str or type(reasoning) is not str:
-                raise TypeError("the text is not a string")
-            need_clear_history = False
-            ban_round = None
-            if self._dialect.choice_flags:
-                if choice.is_end:
-                    self._finish_seen = True
-                need_clear_history = bool(choice.need_clear_history)
-                ban_round = event.ban_round if choice.ban_round is msgspec.UNSET else choice.ban_round
-            response_id = event.id
-            if response_id == self._id:
-                response_id = self._id  # the same string object for every chunk
-            self._id = response_id
-            model = event.model
-            if model == self._model:
-                model = self._model
-            self._model = model
-            self._created = created = event.created
-            self._last = raw = DecodedJSON(data)
-            if not (text or reasoning or deltas or need_clear_history):
-                return None
-        except (*JSON_ERRORS, KeyError, TypeError, AttributeError, IndexError) as error:
-            text = repaired_utf8(data)
-            if text is not None:
-                return self._event_chunk(text)
-            raise ProtocolError(
-                f"a stream event is not a chat completion chunk ({_fault(error)}): {snippet(data)}",
-                provider=self._dialect.provider, request_id=self._request_id,
-            ) from None
+            need_clear_history = bool(choice.need_clear_history)
+            ban_round = event.ban_round if choice.ban_round is msgspec.UNSET else choice.ban_round
+        response_id = event.id
+        if response_id == self._id:
+            response_id = self._id  # the same string object for every chunk
+        self._id = response_id
+        model = event.model
+        if model == self._model:
+            model = self._model
+        self._model = model
+        self._created = created = event.created
+        self._last = raw = DecodedJSON(data)
+        if not (text or reasoning or deltas or need_clear_history):
+            return None
         sentence_id = self._count
         self._count = sentence_id + 1
         return make_chunk(
-            text, sentence_id, False, need_clear_history, ban_round, False, None, None, None,
-            response_id, created,
-            response_id if self._dialect.id_is_request_id else self._request_id,
-            reasoning, deltas, model, raw,
+            text=text, sentence_id=sentence_id, is_end=False,
+            need_clear_history=need_clear_history, ban_round=ban_round,
+            id=response_id, created=created,
+            request_id=response_id if self._dialect.id_is_request_id else self._request_id,
+            reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
+        )
+
+    def _raise_error_event(self, data: str | bytes) -> None:
+        """Raise the error an event without `choices` reports, if it is one."""
+        try:
+            payload = decode_json(data)
+        except JSON_ERRORS as error:
+            raise self._not_a_chunk(data, _fault(error)) from None
+        error_object = _error_object(payload)
+        if error_object is not None:
+            raise api_error(
+                payload, error_object, self._head, self._dialect,
+                request_id=self._request_id, before_generation=not self._count,
+            )
+
+    def _not_a_chunk(self, data: str | bytes, fault: str) -> ProtocolError:
+        return ProtocolError(
+            f"a stream event is not a chat completion chunk ({fault}): {snippet(data)}",
+            provider=self._dialect.provider, request_id=self._request_id,
         )
 
     def _end_chunk(self) -> Chunk:
@@ -860,13 +815,12 @@ class DialectParser:
             if dialect.choice_flags:
                 need_clear_history = bool(choice.get("need_clear_history"))
                 ban_round = choice.get("ban_round", payload.get("ban_round"))
-        except (KeyError, TypeError, AttributeError, IndexError) as error:
+        except (_Malformed, KeyError, TypeError, AttributeError, IndexError) as error:
             raise ProtocolError(
                 f"the response is not a chat completion ({_fault(error)}): {snippet(body)}",
                 provider=dialect.provider, request_id=self._request_id,
             ) from None
         response_id = payload.get("id")
-        self._done = True
         return Chunk(
             text, 0, True, need_clear_history, ban_round,
             finish_reason=choice.get("finish_reason"), usage=usage, id=response_id,

@@ -15,6 +15,7 @@ from typing import Any, Final
 import msgspec
 
 from llmstreams import validation
+from llmstreams.bodyparser import SniffingParser
 from llmstreams.errors import (
     APIError,
     AuthenticationError,
@@ -26,11 +27,12 @@ from llmstreams.errors import (
     RateLimitError,
     ServerError,
     StreamInterruptedError,
+    is_retryable_status,
     snippet,
+    status_error_class,
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
-from llmstreams.sse import SSEDecoder
-from llmstreams.transport import MAX_ERROR_BODY, SNIPPET_BYTES, ResponseHead, body_start
+from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, Usage, make_chunk
 from llmstreams.validation import check_extra, check_int, check_number, check_stop, check_text
 
@@ -223,7 +225,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     code = payload["error_code"]
     if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
         code = int(code)
-    status_failed = head.status == 429 or head.status >= 500
+    status_failed = is_retryable_status(head.status)
     if isinstance(code, bool) or not isinstance(code, int):
         if not status_failed:
             raise ProtocolError(
@@ -237,10 +239,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     if hint:
         message = f"{message}. {hint}"
     request_id = payload.get("id")
-    if status_failed:
-        cls: type[APIError] = RateLimitError if head.status == 429 else ServerError
-    else:
-        cls = error_class(code)
+    cls = status_error_class(head.status) if status_failed else error_class(code)
     return cls(
         message,
         code=code,
@@ -273,22 +272,13 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
         message = f"not a Qianfan error body: {snippet(body)}" if body.strip() else "an empty body"
     if status in V1_GONE_STATUSES:
         message = f"{message}. {V1_GONE_HINT}"
-    cls: type[APIError]
-    if status == 429:
-        cls = RateLimitError
-    elif status >= 500:
-        cls = ServerError
-    else:
-        cls = {401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError}.get(
-            status, InvalidRequestError if 400 <= status < 500 else APIError
-        )
-    return cls(
+    return status_error_class(status)(
         message,
         code=code,
         http_status=status,
         provider=PROVIDER,
         request_id=request_id,
-        retryable=status == 429 or status >= 500,
+        retryable=is_retryable_status(status),
         retry_after=head.retry_after,
     )
 
@@ -297,9 +287,6 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
 
 # 1/0 and true/false both mean a flag (1 == True and 0 == False hash alike).
 _FLAGS: Final[dict[object, bool]] = {True: True, False: False}
-_SSE_STARTS: Final = (b"data:", b":", b"event:", b"id:", b"retry:")
-
-_UNDECIDED, _EVENTS, _JSON, _STATUS, _FOREIGN = range(5)
 
 
 def _fault(error: Exception) -> str:
@@ -349,103 +336,41 @@ def _chunk(
     if previous is not None and response_id == previous.id:
         response_id = previous.id
     return make_chunk(
-        text,
-        sentence_id,
-        is_end,
-        _FLAGS[event.need_clear_history],
-        event.ban_round,
-        _FLAGS[event.is_truncated],
-        None if is_safe is None else _FLAGS[is_safe],
-        event.finish_reason,
-        event.usage,
-        response_id,
-        event.created,
-        response_id,
-        "",
-        (),
-        None,
-        DecodedJSON(source),
+        text=text,
+        sentence_id=sentence_id,
+        is_end=is_end,
+        need_clear_history=_FLAGS[event.need_clear_history],
+        ban_round=event.ban_round,
+        is_truncated=_FLAGS[event.is_truncated],
+        is_safe=None if is_safe is None else _FLAGS[is_safe],
+        finish_reason=event.finish_reason,
+        usage=event.usage,
+        id=response_id,
+        created=event.created,
+        request_id=response_id,
+        raw=DecodedJSON(source),
     )
 
 
-class QianfanParser:
+class QianfanParser(SniffingParser):
     """Turns one Qianfan response body, stream or not, into chunks (see `ResponseParser`)."""
 
-    __slots__ = ("_head", "_hints", "_mode", "_buffer", "_buffered", "_decoder", "_last", "_finished")
+    __slots__ = ("_hints", "_last")
 
     def __init__(self, head: ResponseHead, *, hints: Mapping[int, str] | None = None) -> None:
-        self._head = head
+        super().__init__(head, provider=PROVIDER)
         self._hints = hints
-        self._mode = _UNDECIDED if 200 <= head.status < 300 else _STATUS
-        self._buffer: list[bytes] = []
-        self._buffered = 0
-        self._decoder = SSEDecoder()
         self._last: Chunk | None = None
-        self._finished = False
 
-    @property
-    def finished(self) -> bool:
-        return self._finished
-
-    def feed(self, data: bytes) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            return self._chunks(self._decoder.feed_events(data))
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._mode == _UNDECIDED:
-            return self._sniff()
-        if self._mode == _STATUS and self._buffered > MAX_ERROR_BODY:
-            raise status_error(self._head, self._body(), hints=self._hints)
-        if self._mode == _FOREIGN and self._buffered >= SNIPPET_BYTES:
-            raise self._foreign_body()
-        return iter(())
-
-    def close(self) -> Iterator[Chunk]:
-        if self._mode == _EVENTS:
-            if not self._finished:
-                raise StreamInterruptedError(
-                    "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
-                )
-            return iter(())
-        if self._mode == _STATUS:
-            raise status_error(self._head, self._body(), hints=self._hints)
-        if self._mode == _JSON:
-            return iter((self._whole_body(self._body()),))
-        if not self._body().strip():
-            raise ProtocolError(
-                f"the response (HTTP {self._head.status}) had an empty body", provider=PROVIDER
+    def _end_of_events(self) -> Iterator[Chunk]:
+        if not self._finished:
+            raise StreamInterruptedError(
+                "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
             )
-        raise self._foreign_body()
-
-    def _body(self) -> bytes:
-        return b"".join(self._buffer)
-
-    def _sniff(self) -> Iterator[Chunk]:
-        """Decide from the first bytes whether the body is events, JSON or neither."""
-        body = self._body()
-        start = body_start(body)
-        if start is None:
-            return iter(())
-        if start[:1] in (b"{", b"["):
-            self._mode = _JSON
-            return iter(())
-        if start.startswith(_SSE_STARTS):
-            self._mode = _EVENTS
-            self._buffer.clear()
-            return self._chunks(self._decoder.feed_events(body))
-        if any(prefix.startswith(start) for prefix in _SSE_STARTS):
-            return iter(())
-        self._mode = _FOREIGN
-        if self._buffered >= SNIPPET_BYTES:
-            raise self._foreign_body()
         return iter(())
 
-    def _foreign_body(self) -> ProtocolError:
-        content_type = self._head.content_type or "no content type"
-        return ProtocolError(
-            f"expected server-sent events or JSON, got {content_type}: {snippet(self._body())}",
-            provider=PROVIDER,
-        )
+    def _status_error(self, body: bytes) -> APIError:
+        return status_error(self._head, body, hints=self._hints)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
@@ -490,7 +415,7 @@ class QianfanParser:
             )
         return chunk
 
-    def _whole_body(self, body: bytes) -> Chunk:
+    def _whole_answer(self, body: bytes) -> Chunk:
         """The one chunk of a JSON answer (a non-stream call's), or its error."""
         try:
             event = _decode_event(body)
@@ -502,5 +427,4 @@ class QianfanParser:
                 f"the response is not a Qianfan answer ({_fault(error)}): {snippet(body)}",
                 provider=PROVIDER,
             ) from None
-        self._finished = True
         return chunk
