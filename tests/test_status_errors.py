@@ -43,10 +43,7 @@ EXPECTED: dict[int, tuple[type[APIError], bool]] = {
 }
 
 GENERATION = dashscope_wire.build_generation(
-    stream=True, prompt="hi", messages=None, model="qwen-turbo", result_format=None,
-    incremental_output=None, seed=None, max_tokens=None, top_p=None, top_k=None, temperature=None,
-    repetition_penalty=None, presence_penalty=None, stop=None, enable_search=None,
-    extra_params=None, unknown={},
+    stream=True, prompt="hi", messages=None, model="qwen-turbo", params={}
 )
 PARSERS: dict[str, Callable[[ResponseHead], ResponseParser]] = {
     "qianfan": QianfanParser,
