@@ -13,24 +13,9 @@ from typing import Any, Final, TypedDict
 import attrs
 import msgspec
 
+from llmstreams import errors
 from llmstreams.bodyparser import MAX_WHOLE_BODY
-from llmstreams.errors import (
-    APIError,
-    AuthenticationError,
-    ContentFilterError,
-    InvalidParameterError,
-    InvalidRequestError,
-    LLMStreamsError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    StreamInterruptedError,
-    is_retryable_status,
-    snippet,
-    status_error_class,
-)
+from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
 from llmstreams.transport import ResponseHead, ResponseParser
@@ -110,7 +95,7 @@ def build_generation(
         CALL_ARGUMENTS, escape_hatch="extra_params",
     )
     if model is None:
-        raise InvalidParameterError("model", "is required, e.g. model='billa-7b-sft-v1'")
+        raise errors.InvalidParameterError("model", "is required, e.g. model='billa-7b-sft-v1'")
     check_text("model", model)
     body_input = _check_input(prompt, messages)
     result_format = params.get("result_format")
@@ -119,7 +104,7 @@ def build_generation(
     parameters: dict[str, Any] = {}
     if result_format is not None:
         if result_format not in RESULT_FORMATS:
-            raise InvalidParameterError("result_format", "must be 'text' or 'message'", result_format)
+            raise errors.InvalidParameterError("result_format", "must be 'text' or 'message'", result_format)
         parameters["result_format"] = result_format
     if incremental_output is not None:
         parameters["incremental_output"] = check_bool("incremental_output", incremental_output)
@@ -151,7 +136,7 @@ def build_generation(
     extra = check_extra("extra_params", params.get("extra_params"))
     for name in extra:
         if name in PARAMETER_NAMES:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 "extra_params", f"{name!r} has an argument of its own: pass {name}= so it is checked"
             )
     parameters.update(extra)
@@ -169,9 +154,9 @@ def _check_input(prompt: Any, messages: Any) -> dict[str, Any]:
     # protocol.md: the input is a prompt OR messages. Given both, the service would silently use
     # one of them, so the ambiguity is refused here.
     if prompt is None and messages is None:
-        raise InvalidParameterError("prompt", "give a prompt or messages=[...]")
+        raise errors.InvalidParameterError("prompt", "give a prompt or messages=[...]")
     if prompt is not None and messages is not None:
-        raise InvalidParameterError("messages", "give either a prompt or messages, not both")
+        raise errors.InvalidParameterError("messages", "give either a prompt or messages, not both")
     if prompt is not None:
         return {"prompt": check_text("prompt", prompt)}
     return {"messages": check_messages(messages)}
@@ -181,26 +166,26 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     """A copy of `messages`, if it is a non-empty list of role/content dicts ending with the user."""
     rule = "must be a non-empty list of {'role': ..., 'content': ...} dicts"
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise InvalidParameterError("messages", rule, type(messages).__name__)
+        raise errors.InvalidParameterError("messages", rule, type(messages).__name__)
     checked: list[dict[str, str]] = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
         if not isinstance(message, Mapping):
-            raise InvalidParameterError(field, rule, type(message).__name__)
+            raise errors.InvalidParameterError(field, rule, type(message).__name__)
         unknown = sorted(str(key) for key in message if key not in ("role", "content"))
         if unknown:
-            raise InvalidParameterError(field, "may only hold 'role' and 'content'", unknown)
+            raise errors.InvalidParameterError(field, "may only hold 'role' and 'content'", unknown)
         role = message.get("role")
         if role not in MESSAGE_ROLES:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"{field}.role", "must be 'system', 'user' or 'assistant'", role
             )
         if role == "system" and index != 0:
-            raise InvalidParameterError(f"{field}.role", "a system message may only come first")
+            raise errors.InvalidParameterError(f"{field}.role", "a system message may only come first")
         content = check_text(f"{field}.content", message.get("content"))
         checked.append({"role": role, "content": content})
     if checked[-1]["role"] != "user":
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "messages", "the last message must be from the user", checked[-1]["role"]
         )
     return checked
@@ -216,35 +201,35 @@ def api_error(
     message: str,
     request_id: str | None,
     retry_after: float | None = None,
-) -> APIError:
+) -> errors.APIError:
     """The `APIError` subclass for a DashScope error code and HTTP status."""
     error_class = _error_class(code, status)
-    retryable = status is not None and is_retryable_status(status)
+    retryable = status is not None and errors.is_retryable_status(status)
     return error_class(
         message, code=code, http_status=status, provider=PROVIDER, request_id=request_id,
         retryable=retryable, retry_after=retry_after,
     )
 
 
-_ERROR_CLASS_FOR_CODE: dict[str, type[APIError]] = {
-    "InvalidApiKey": AuthenticationError,
-    "ModelNotFound": NotFoundError,
-    "DataInspectionFailed": ContentFilterError,
-    "data_inspection_failed": ContentFilterError,
-    "SystemError": ServerError,
-    "ModelUnavailable": ServerError,
-    "RequestTimeOut": ServerError,
+_ERROR_CLASS_FOR_CODE: dict[str, type[errors.APIError]] = {
+    "InvalidApiKey": errors.AuthenticationError,
+    "ModelNotFound": errors.NotFoundError,
+    "DataInspectionFailed": errors.ContentFilterError,
+    "data_inspection_failed": errors.ContentFilterError,
+    "SystemError": errors.ServerError,
+    "ModelUnavailable": errors.ServerError,
+    "RequestTimeOut": errors.ServerError,
 }
-_ERROR_CLASS_FOR_CODE_PREFIX: tuple[tuple[str, type[APIError]], ...] = (
-    ("AccessDenied", PermissionDeniedError),
-    ("Throttling", RateLimitError),
-    ("InvalidParameter", InvalidRequestError),
-    ("BadRequest", InvalidRequestError),
-    ("InternalError", ServerError),
+_ERROR_CLASS_FOR_CODE_PREFIX: tuple[tuple[str, type[errors.APIError]], ...] = (
+    ("AccessDenied", errors.PermissionDeniedError),
+    ("Throttling", errors.RateLimitError),
+    ("InvalidParameter", errors.InvalidRequestError),
+    ("BadRequest", errors.InvalidRequestError),
+    ("InternalError", errors.ServerError),
 )
 
 
-def _error_class(code: str | None, status: int | None) -> type[APIError]:
+def _error_class(code: str | None, status: int | None) -> type[errors.APIError]:
     if code:
         known = _ERROR_CLASS_FOR_CODE.get(code)
         if known is not None:
@@ -252,12 +237,12 @@ def _error_class(code: str | None, status: int | None) -> type[APIError]:
         for prefix, error_class in _ERROR_CLASS_FOR_CODE_PREFIX:
             if code.startswith(prefix):
                 return error_class
-    return APIError if status is None else status_error_class(status)
+    return errors.APIError if status is None else errors.status_error_class(status)
 
 
 def _error_from_payload(
     payload: Any, *, status: int | None, retry_after: float | None
-) -> APIError | None:
+) -> errors.APIError | None:
     """The error a `{code, message, request_id}` object describes, or None if it is not one."""
     if not isinstance(payload, dict):
         return None
@@ -275,7 +260,7 @@ def _error_from_payload(
     )
 
 
-def error_from_body(head: ResponseHead, body: bytes) -> APIError:
+def error_from_body(head: ResponseHead, body: bytes) -> errors.APIError:
     """The error an HTTP error response (status other than 200) stands for."""
     error = _error_from_payload(_json_or_none(body), status=head.status, retry_after=head.retry_after)
     if error is not None:
@@ -360,11 +345,11 @@ class EventStreamParser:
             return iter(())
         received = b"".join(self._unparsed)
         if not self._count and received.strip():
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"the response is not a DashScope event stream: {snippet(received)}",
                 provider=PROVIDER,
             )
-        raise StreamInterruptedError(
+        raise errors.StreamInterruptedError(
             "the stream ended before its last event (the one with a finish_reason)",
             provider=PROVIDER, request_id=self._request_id,
         )
@@ -382,7 +367,7 @@ class EventStreamParser:
             elif kind == b"error":
                 raise self._error_event(data, window)
             else:
-                raise ProtocolError(
+                raise errors.ProtocolError(
                     f"unexpected event type {snippet(kind or b'message', 40)} in a DashScope stream: "
                     f"{snippet(data)}",
                     provider=PROVIDER, request_id=self._request_id,
@@ -401,19 +386,19 @@ class EventStreamParser:
             repaired = repaired_utf8(data)
             if repaired is not None:
                 return self._chunk(repaired)
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"a DashScope stream event is not a generation result: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
             ) from None
         if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"a DashScope stream event's text or finish_reason is not a string: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
             )
         if self._cumulative:
             so_far = self._text
             if not text.startswith(so_far):
-                raise ProtocolError(
+                raise errors.ProtocolError(
                     "a cumulative DashScope event does not continue the text received so far "
                     f"(was incremental_output set some other way?): {snippet(data)}",
                     provider=PROVIDER, request_id=self._request_id,
@@ -443,13 +428,13 @@ class EventStreamParser:
             request_id=request_id, raw=DecodedJSON(data),
         )
 
-    def _error_event(self, data: bytes, window: list[bytes]) -> LLMStreamsError:
+    def _error_event(self, data: bytes, window: list[bytes]) -> errors.LLMStreamsError:
         error = _error_from_payload(
             _json_or_none(repaired_utf8(data) or data), status=_error_event_status(b"".join(window)),
             retry_after=None,
         )
         if error is None:
-            return ProtocolError(
+            return errors.ProtocolError(
                 f"a DashScope error event without a code: {snippet(data)}",
                 provider=PROVIDER, request_id=self._request_id,
             )
@@ -519,7 +504,7 @@ def _usage(usage: Any, data: str | bytes, previous: Usage | None) -> Usage:
             return make_usage(prompt_tokens, completion_tokens, total_tokens, previous)
     except (LookupError, TypeError, AttributeError):
         pass
-    raise ProtocolError(
+    raise errors.ProtocolError(
         f"DashScope usage without whole-number input and output tokens: {snippet(data)}",
         provider=PROVIDER,
     )
@@ -543,7 +528,7 @@ class BufferedBodyParser:
     def feed(self, data: bytes) -> list[Chunk]:
         self._body += data
         if len(self._body) > MAX_WHOLE_BODY:
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"a DashScope response body longer than {MAX_WHOLE_BODY} bytes: "
                 f"{snippet(bytes(self._body[:1000]))}",
                 provider=PROVIDER,
@@ -561,7 +546,7 @@ def _raise_error_body(head: ResponseHead, body: bytes) -> Chunk:
 
 
 def _raise_not_event_stream(head: ResponseHead, body: bytes) -> Chunk:
-    raise ProtocolError(
+    raise errors.ProtocolError(
         f"a stream request was answered with {head.content_type or 'no content type'}, "
         f"not an event stream: {snippet(body)}",
         provider=PROVIDER,
@@ -584,7 +569,7 @@ def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chu
         error = _error_from_payload(payload, status=head.status, retry_after=head.retry_after)
         if error is not None:
             raise error
-        raise ProtocolError(
+        raise errors.ProtocolError(
             f"the DashScope answer has no output: {snippet(body)}", provider=PROVIDER
         )
     try:
@@ -594,7 +579,7 @@ def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chu
     except (LookupError, TypeError, AttributeError):
         text = finish_reason = None
     if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):
-        raise ProtocolError(
+        raise errors.ProtocolError(
             f"the DashScope answer is not a generation result: {snippet(body)}", provider=PROVIDER
         )
     usage = payload.get("usage")

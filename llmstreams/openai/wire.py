@@ -22,23 +22,9 @@ from typing import Any, Final, Literal, TypedDict
 import attrs
 import msgspec
 
+from llmstreams import errors
 from llmstreams.bodyparser import SniffingParser
-from llmstreams.errors import (
-    APIError,
-    AuthenticationError,
-    ContentFilterError,
-    InvalidParameterError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    StreamInterruptedError,
-    is_retryable_status,
-    snippet,
-    status_error_class,
-)
+from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
@@ -152,7 +138,7 @@ class Dialect:
     max_stop: int | None = None
     system_first_only: bool = False
     extras: Mapping[str, ExtraCheck] = attrs.field(factory=dict)
-    error_classes: Mapping[str, type[APIError]] = attrs.field(factory=dict)
+    error_classes: Mapping[str, type[errors.APIError]] = attrs.field(factory=dict)
     quota_codes: frozenset[str] = frozenset()
     id_is_request_id: bool = False
     choice_flags: bool = False
@@ -171,45 +157,45 @@ GENERIC: Final = Dialect(provider="openai")
 def check_messages(messages: Any, dialect: Dialect) -> list[dict[str, Any]]:
     """A copy of the chat history, each message checked: role, content, tool-call ids."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "messages", "must be a list of {'role': ..., 'content': ...} dicts",
             type(messages).__name__,
         )
     if not messages:
-        raise InvalidParameterError("messages", "must not be empty")
+        raise errors.InvalidParameterError("messages", "must not be empty")
     checked: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
         if not isinstance(message, Mapping):
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 field, "must be a dict with 'role' and 'content'", type(message).__name__
             )
         unknown = sorted(str(key) for key in message if key not in _MESSAGE_KEYS)
         if unknown:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 field, f"may only hold the keys {', '.join(sorted(_MESSAGE_KEYS))}", unknown
             )
         role = message.get("role")
         if role not in ("system", "user", "assistant", "tool"):
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"{field}.role", "must be 'system', 'user', 'assistant' or 'tool'", role
             )
         if role == "system" and index and dialect.system_first_only:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"{field}.role", f"{dialect.provider} takes a system message only as the first one"
             )
         _check_content(field, role, message)
         if role == "tool":
             if "tool_call_id" not in message:
-                raise InvalidParameterError(
+                raise errors.InvalidParameterError(
                     f"{field}.tool_call_id",
                     "is required on a tool message: the id of the tool call it answers",
                 )
             check_text(f"{field}.tool_call_id", message["tool_call_id"])
         elif "tool_call_id" in message:
-            raise InvalidParameterError(f"{field}.tool_call_id", "belongs on tool messages only", role)
+            raise errors.InvalidParameterError(f"{field}.tool_call_id", "belongs on tool messages only", role)
         if "tool_calls" in message and role != "assistant":
-            raise InvalidParameterError(f"{field}.tool_calls", "belongs on assistant messages only", role)
+            raise errors.InvalidParameterError(f"{field}.tool_calls", "belongs on assistant messages only", role)
         if "name" in message:
             check_text(f"{field}.name", message["name"])
         checked.append(dict(message))
@@ -221,7 +207,7 @@ def _check_content(field: str, role: Any, message: Mapping[str, Any]) -> None:
     if content is None:
         if role == "assistant" and message.get("tool_calls"):
             return
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             f"{field}.content", "is required (only an assistant message with tool_calls may omit it)"
         )
     if isinstance(content, str):
@@ -230,7 +216,7 @@ def _check_content(field: str, role: Any, message: Mapping[str, Any]) -> None:
     if not isinstance(content, list) or not content or not all(
         isinstance(part, Mapping) and isinstance(part.get("type"), str) for part in content
     ):
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             f"{field}.content", "must be a string or a non-empty list of {'type': ...} parts",
             type(content).__name__,
         )
@@ -238,14 +224,14 @@ def _check_content(field: str, role: Any, message: Mapping[str, Any]) -> None:
 
 def _check_tools(tools: Any) -> list[dict[str, Any]]:
     if isinstance(tools, (str, bytes)) or not isinstance(tools, Sequence) or not tools:
-        raise InvalidParameterError("tools", "must be a non-empty list of tool dicts", type(tools).__name__)
+        raise errors.InvalidParameterError("tools", "must be a non-empty list of tool dicts", type(tools).__name__)
     for index, tool in enumerate(tools):
         field = f"tools[{index}]"
         if not isinstance(tool, Mapping) or tool.get("type") != "function":
-            raise InvalidParameterError(f"{field}.type", "must be 'function'")
+            raise errors.InvalidParameterError(f"{field}.type", "must be 'function'")
         function = tool.get("function")
         if not isinstance(function, Mapping):
-            raise InvalidParameterError(f"{field}.function", "must be a dict with a 'name'")
+            raise errors.InvalidParameterError(f"{field}.function", "must be a dict with a 'name'")
         check_text(f"{field}.function.name", function.get("name"))
     return [dict(tool) for tool in tools]
 
@@ -253,12 +239,12 @@ def _check_tools(tools: Any) -> list[dict[str, Any]]:
 def _check_tool_choice(value: Any) -> Any:
     if isinstance(value, str):
         if value not in _TOOL_CHOICES:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 "tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', ...}", value
             )
         return value
     if not isinstance(value, Mapping) or value.get("type") != "function":
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "tool_choice", "must be 'none', 'auto', 'required' or {'type': 'function', ...}", value
         )
     return dict(value)
@@ -266,7 +252,7 @@ def _check_tool_choice(value: Any) -> Any:
 
 def _check_response_format(value: Any) -> dict[str, Any]:
     if not isinstance(value, Mapping) or value.get("type") not in _RESPONSE_FORMATS:
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "response_format", f"must be a dict whose type is one of {', '.join(_RESPONSE_FORMATS)}",
             value,
         )
@@ -276,7 +262,7 @@ def _check_response_format(value: Any) -> dict[str, Any]:
 def _check_n(value: Any) -> int:
     # Every llmstreams value holds one answer; several choices come from several calls (fan_out).
     if value != 1 or isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "n", "must be 1: a stream or Completion holds one choice; make n calls (fan_out) instead",
             value,
         )
@@ -322,12 +308,12 @@ def _check_extra_body(value: Any, known: Sequence[str]) -> dict[str, Any]:
     extra = check_extra("extra_body", value)
     for key in extra:
         if key in _RESERVED_BODY_FIELDS:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"extra_body[{key!r}]",
                 "is set by the method itself (its arguments, stream_* vs not, include_usage=)",
             )
         if key in known:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"extra_body[{key!r}]", f"pass it as the {key}= argument, which is checked"
             )
     return extra
@@ -350,7 +336,7 @@ def build_body(
     if kind == "completions":
         chat_only = sorted(name for name in _CHAT_ONLY.intersection(params) if params[name] is not None)
         if chat_only:
-            raise InvalidParameterError(chat_only[0], "applies to chat calls (stream_chat / chat) only")
+            raise errors.InvalidParameterError(chat_only[0], "applies to chat calls (stream_chat / chat) only")
     names = (*(CHAT_PARAMETERS if kind == "chat" else COMPLETE_PARAMETERS), *dialect.extras)
     reject_unknown(
         {name: value for name, value in params.items() if name not in names}, names,
@@ -359,13 +345,13 @@ def build_body(
     if not stream:
         for name in dialect.stream_only:
             if params.get(name):
-                raise InvalidParameterError(
+                raise errors.InvalidParameterError(
                     name, f"{dialect.provider} takes it on streams only: stream the answer"
                 )
     if dialect.check_model is not None:
         model = dialect.check_model(model)
     if model is None:
-        raise InvalidParameterError("model", "is required: the model id the server serves")
+        raise errors.InvalidParameterError("model", "is required: the model id the server serves")
     check_text("model", model)
     body: dict[str, Any] = {"model": model}
     if kind == "chat":
@@ -383,31 +369,31 @@ def build_body(
     try:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as error:
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "extra_body", f"values must be JSON-serialisable ({error})"
         ) from None
 
 
 # --- errors -------------------------------------------------------------------------------------
 
-_CODE_CLASSES: Final[Mapping[str, type[APIError]]] = {
-    "invalid_api_key": AuthenticationError,
-    "invalid_authentication": AuthenticationError,
-    "insufficient_quota": RateLimitError,
-    "rate_limit_exceeded": RateLimitError,
-    "model_not_found": NotFoundError,
-    "content_filter": ContentFilterError,
-    "data_inspection_failed": ContentFilterError,
-    "context_length_exceeded": InvalidRequestError,
-    "invalid_argument": InvalidRequestError,
+_CODE_CLASSES: Final[Mapping[str, type[errors.APIError]]] = {
+    "invalid_api_key": errors.AuthenticationError,
+    "invalid_authentication": errors.AuthenticationError,
+    "insufficient_quota": errors.RateLimitError,
+    "rate_limit_exceeded": errors.RateLimitError,
+    "model_not_found": errors.NotFoundError,
+    "content_filter": errors.ContentFilterError,
+    "data_inspection_failed": errors.ContentFilterError,
+    "context_length_exceeded": errors.InvalidRequestError,
+    "invalid_argument": errors.InvalidRequestError,
 }
-_TYPE_CLASSES: Final[Mapping[str, type[APIError]]] = {
-    "invalid_request_error": InvalidRequestError,
-    "authentication_error": AuthenticationError,
-    "permission_error": PermissionDeniedError,
-    "not_found_error": NotFoundError,
-    "rate_limit_error": RateLimitError,
-    "server_error": ServerError,
+_TYPE_CLASSES: Final[Mapping[str, type[errors.APIError]]] = {
+    "invalid_request_error": errors.InvalidRequestError,
+    "authentication_error": errors.AuthenticationError,
+    "permission_error": errors.PermissionDeniedError,
+    "not_found_error": errors.NotFoundError,
+    "rate_limit_error": errors.RateLimitError,
+    "server_error": errors.ServerError,
 }
 # A quota that is used up does not come back by waiting a few seconds.
 _NOT_RETRYABLE_CODES: Final = frozenset({"insufficient_quota"})
@@ -427,20 +413,20 @@ def retry_after(head: ResponseHead) -> float | None:
     return head.retry_after
 
 
-def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> type[APIError]:
+def _error_class(code: Any, error_type: Any, status: int, dialect: Dialect) -> type[errors.APIError]:
     for name in (code, error_type):
         if isinstance(name, (str, int)):
             known = dialect.error_classes.get(str(name)) or _CODE_CLASSES.get(str(name))
             if known is not None:
                 return known
-    by_status = status_error_class(status)
-    if by_status is not APIError:
+    by_status = errors.status_error_class(status)
+    if by_status is not errors.APIError:
         return by_status
     if isinstance(error_type, str):
         by_type = _TYPE_CLASSES.get(error_type)
         if by_type is not None:
             return by_type
-    return APIError
+    return errors.APIError
 
 
 def _error_object(payload: Any) -> Mapping[str, Any] | None:
@@ -469,7 +455,7 @@ def api_error(
     *,
     request_id: str | None,
     before_generation: bool,
-) -> APIError:
+) -> errors.APIError:
     """The `APIError` for the error object `error` of a body or event `payload`.
 
     `before_generation`: nothing of the answer had come yet, so a retry may be in order (a
@@ -491,7 +477,7 @@ def api_error(
     status = head.status
     retryable = (
         before_generation
-        and (is_retryable_status(status) or cls in (RateLimitError, ServerError))
+        and (errors.is_retryable_status(status) or cls in (errors.RateLimitError, errors.ServerError))
         and code not in _NOT_RETRYABLE_CODES
         and not {str(code), error_type} & dialect.quota_codes
     )
@@ -501,7 +487,7 @@ def api_error(
     )
 
 
-def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: str | None) -> APIError:
+def status_error(head: ResponseHead, body: bytes, dialect: Dialect, request_id: str | None) -> errors.APIError:
     """The error for a non-2xx response, whatever its body."""
     payload = _json_or_none(body)
     error = _error_object(payload)
@@ -647,12 +633,12 @@ class DialectParser(SniffingParser):
             self._finished = True
             return iter((self._end_chunk(),))
         request_id = self._id if self._dialect.id_is_request_id else self._request_id
-        raise StreamInterruptedError(
+        raise errors.StreamInterruptedError(
             "the stream ended before its end (a finish_reason, then data: [DONE])",
             provider=self._dialect.provider, request_id=request_id,
         )
 
-    def _status_error(self, body: bytes) -> APIError:
+    def _status_error(self, body: bytes) -> errors.APIError:
         return status_error(self._head, body, self._dialect, self._request_id)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
@@ -760,8 +746,8 @@ class DialectParser(SniffingParser):
                 request_id=self._request_id, before_generation=not self._count,
             )
 
-    def _not_a_chunk(self, data: str | bytes, fault: str) -> ProtocolError:
-        return ProtocolError(
+    def _not_a_chunk(self, data: str | bytes, fault: str) -> errors.ProtocolError:
+        return errors.ProtocolError(
             f"a stream event is not a chat completion chunk ({fault}): {snippet(data)}",
             provider=self._dialect.provider, request_id=self._request_id,
         )
@@ -770,7 +756,7 @@ class DialectParser(SniffingParser):
         try:
             usage = _usage(self._usage)
         except (KeyError, TypeError, AttributeError) as error:
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"the usage is not token counts ({_fault(error)}): {snippet(repr(self._usage))}",
                 provider=self._dialect.provider, request_id=self._request_id,
             ) from None
@@ -816,7 +802,7 @@ class DialectParser(SniffingParser):
                 need_clear_history = bool(choice.get("need_clear_history"))
                 ban_round = choice.get("ban_round", payload.get("ban_round"))
         except (_Malformed, KeyError, TypeError, AttributeError, IndexError) as error:
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"the response is not a chat completion ({_fault(error)}): {snippet(body)}",
                 provider=dialect.provider, request_id=self._request_id,
             ) from None

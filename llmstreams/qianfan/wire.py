@@ -14,23 +14,9 @@ from typing import Any, Final
 
 import msgspec
 
-from llmstreams import validation
+from llmstreams import errors, validation
 from llmstreams.bodyparser import SniffingParser
-from llmstreams.errors import (
-    APIError,
-    AuthenticationError,
-    InvalidParameterError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-    ProtocolError,
-    RateLimitError,
-    ServerError,
-    StreamInterruptedError,
-    is_retryable_status,
-    snippet,
-    status_error_class,
-)
+from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, Usage, make_chunk
@@ -51,27 +37,27 @@ _RESERVED_HEADERS: Final = frozenset(
 )
 
 # Error codes, from the vendor's error code table, by the class they raise.
-_CODE_CLASSES: Final[dict[int, type[APIError]]] = {
-    110: AuthenticationError,  # access token invalid
-    111: AuthenticationError,  # access token expired
-    13: AuthenticationError,  # getting the service token failed
-    14: AuthenticationError,  # IAM certification failed (AK/SK)
-    6: PermissionDeniedError,  # no permission
-    336004: PermissionDeniedError,  # user authentication failed / no permission for the service
-    3: NotFoundError,  # unsupported method
-    15: NotFoundError,  # app does not exist
-    336005: NotFoundError,  # API name (endpoint) does not exist
-    4: RateLimitError,  # request limit
-    17: RateLimitError,  # daily limit
-    18: RateLimitError,  # QPS limit
-    19: RateLimitError,  # total limit
-    336501: RateLimitError,  # RPM limit
-    336502: RateLimitError,  # TPM limit
-    1: ServerError,  # unknown error
-    2: ServerError,  # service unavailable
-    336000: ServerError,  # internal error
-    336100: ServerError,  # high load, try again later
-    100: InvalidRequestError,  # invalid parameter
+_CODE_CLASSES: Final[dict[int, type[errors.APIError]]] = {
+    110: errors.AuthenticationError,  # access token invalid
+    111: errors.AuthenticationError,  # access token expired
+    13: errors.AuthenticationError,  # getting the service token failed
+    14: errors.AuthenticationError,  # IAM certification failed (AK/SK)
+    6: errors.PermissionDeniedError,  # no permission
+    336004: errors.PermissionDeniedError,  # user authentication failed / no permission for the service
+    3: errors.NotFoundError,  # unsupported method
+    15: errors.NotFoundError,  # app does not exist
+    336005: errors.NotFoundError,  # API name (endpoint) does not exist
+    4: errors.RateLimitError,  # request limit
+    17: errors.RateLimitError,  # daily limit
+    18: errors.RateLimitError,  # QPS limit
+    19: errors.RateLimitError,  # total limit
+    336501: errors.RateLimitError,  # RPM limit
+    336502: errors.RateLimitError,  # TPM limit
+    1: errors.ServerError,  # unknown error
+    2: errors.ServerError,  # service unavailable
+    336000: errors.ServerError,  # internal error
+    336100: errors.ServerError,  # high load, try again later
+    100: errors.InvalidRequestError,  # invalid parameter
 }
 # Every other 3360xx code (invalid argument, invalid JSON, odd message count...) is a bad request.
 _INVALID_REQUEST_CODES: Final = range(336001, 336100)
@@ -105,17 +91,17 @@ _SYSTEM_MESSAGE_HINT: Final = (
 def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[str, str]]:
     """The chat history as the service wants it: user/assistant turns, starting and ending with user."""
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "messages", "must be a list of {'role': ..., 'content': ...} dicts",
             type(messages).__name__,
         )
     if not messages:
-        raise InvalidParameterError("messages", "must not be empty")
+        raise errors.InvalidParameterError("messages", "must not be empty")
     for index, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "system":
-            raise InvalidParameterError(f"messages[{index}].role", _SYSTEM_MESSAGE_HINT, "system")
+            raise errors.InvalidParameterError(f"messages[{index}].role", _SYSTEM_MESSAGE_HINT, "system")
     if len(messages) % 2 == 0:
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "messages",
             "must hold an odd number of messages (user, assistant, ..., user)",
             len(messages),
@@ -125,17 +111,17 @@ def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[s
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
         if not isinstance(message, Mapping):
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 field, "must be a dict with 'role' and 'content'", type(message).__name__
             )
         if set(message) != {"role", "content"}:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 field, "must have exactly the keys 'role' and 'content'", sorted(map(str, message))
             )
         role = message["role"]
         expected = "user" if index % 2 == 0 else "assistant"
         if role != expected:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"{field}.role",
                 f"must be {expected!r}: roles alternate user/assistant, starting and ending with user",
                 role,
@@ -144,7 +130,7 @@ def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[s
         total_chars += len(content)
         checked.append({"role": role, "content": content})
     if max_input_chars is not None and total_chars > max_input_chars:
-        raise InvalidParameterError(
+        raise errors.InvalidParameterError(
             "messages",
             f"the contents must total at most {max_input_chars} characters (for models that "
             "accept more, raise QianfanClient(max_input_chars=...), or set it to None)",
@@ -188,12 +174,12 @@ def check_extra_params(extra_params: Any) -> dict[str, Any]:
     extra = check_extra("extra_params", extra_params)
     for key in extra:
         if key in _RESERVED_BODY_FIELDS:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"extra_params[{key!r}]",
                 "is set by the method itself (the messages / prompt argument, stream_* vs not)",
             )
         if key in SAMPLING_FIELDS:
-            raise InvalidParameterError(
+            raise errors.InvalidParameterError(
                 f"extra_params[{key!r}]", f"pass it as the {key}= argument, which is checked"
             )
     return extra
@@ -212,23 +198,23 @@ def encode_body(fields: Mapping[str, Any]) -> bytes:
 # --- errors -------------------------------------------------------------------------------------
 
 
-def error_class(code: int) -> type[APIError]:
+def error_class(code: int) -> type[errors.APIError]:
     """The error class for a Qianfan `error_code` (APIError itself for unknown codes)."""
     known = _CODE_CLASSES.get(code)
     if known is not None:
         return known
-    return InvalidRequestError if code in _INVALID_REQUEST_CODES else APIError
+    return errors.InvalidRequestError if code in _INVALID_REQUEST_CODES else errors.APIError
 
 
-def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[int, str] | None) -> APIError:
+def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[int, str] | None) -> errors.APIError:
     """The error for a body or event `{"error_code": N, "error_msg": "...", "id": "..."}`."""
     code = payload["error_code"]
     if isinstance(code, str) and code.isascii() and code.isdigit() and len(code) <= 18:
         code = int(code)
-    status_failed = is_retryable_status(head.status)
+    status_failed = errors.is_retryable_status(head.status)
     if isinstance(code, bool) or not isinstance(code, int):
         if not status_failed:
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"error_code is not a number: {snippet(repr(code), 80)}", provider=PROVIDER
             )
         code = None  # The HTTP status alone says what failed.
@@ -239,7 +225,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     if hint:
         message = f"{message}. {hint}"
     request_id = payload.get("id")
-    cls = status_error_class(head.status) if status_failed else error_class(code)
+    cls = errors.status_error_class(head.status) if status_failed else error_class(code)
     return cls(
         message,
         code=code,
@@ -251,7 +237,7 @@ def api_error(payload: Mapping[str, Any], head: ResponseHead, *, hints: Mapping[
     )
 
 
-def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | None) -> APIError:
+def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | None) -> errors.APIError:
     """The error for a non-2xx response, whatever its body."""
     status = head.status
     try:
@@ -272,13 +258,13 @@ def status_error(head: ResponseHead, body: bytes, *, hints: Mapping[int, str] | 
         message = f"not a Qianfan error body: {snippet(body)}" if body.strip() else "an empty body"
     if status in V1_GONE_STATUSES:
         message = f"{message}. {V1_GONE_HINT}"
-    return status_error_class(status)(
+    return errors.status_error_class(status)(
         message,
         code=code,
         http_status=status,
         provider=PROVIDER,
         request_id=request_id,
-        retryable=is_retryable_status(status),
+        retryable=errors.is_retryable_status(status),
         retry_after=head.retry_after,
     )
 
@@ -364,19 +350,19 @@ class QianfanParser(SniffingParser):
 
     def _end_of_events(self) -> Iterator[Chunk]:
         if not self._finished:
-            raise StreamInterruptedError(
+            raise errors.StreamInterruptedError(
                 "the stream ended before its last chunk (is_end) arrived", provider=PROVIDER
             )
         return iter(())
 
-    def _status_error(self, body: bytes) -> APIError:
+    def _status_error(self, body: bytes) -> errors.APIError:
         return status_error(self._head, body, hints=self._hints)
 
     def _chunks(self, events: list[tuple[bytes, bytes]]) -> Iterator[Chunk]:
         """The chunks of `events`, each decoded only when asked for; an error comes in its turn."""
         for event_type, data in events:
             if event_type and event_type != b"message":
-                raise ProtocolError(
+                raise errors.ProtocolError(
                     f"unexpected event type {snippet(event_type, 40)} in a Qianfan stream: "
                     f"{snippet(data)}",
                     provider=PROVIDER,
@@ -401,7 +387,7 @@ class QianfanParser(SniffingParser):
             text = repaired_utf8(data)
             if text is not None:
                 return self._event_chunk(text)
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"a stream event is not a Qianfan chunk ({_fault(error)}): {snippet(data)}",
                 provider=PROVIDER,
             ) from None
@@ -423,7 +409,7 @@ class QianfanParser(SniffingParser):
                 raise api_error(decode_json(body), self._head, hints=self._hints)
             chunk = _chunk(event, body, event.sentence_id or 0, True, None)
         except (*JSON_ERRORS, KeyError, TypeError, AttributeError) as error:
-            raise ProtocolError(
+            raise errors.ProtocolError(
                 f"the response is not a Qianfan answer ({_fault(error)}): {snippet(body)}",
                 provider=PROVIDER,
             ) from None

@@ -10,15 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from llmstreams.errors import (
-    AuthenticationError,
-    ContentFilterError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-)
+from llmstreams import errors
 from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
 from llmstreams.vendors.checks import thinking_switch
@@ -33,19 +25,19 @@ VENDOR: Final = Vendor(
         temperature_max=1.0,
         extras={"thinking": thinking_switch("enabled", "disabled")},
         error_classes={
-            "content_filter": ContentFilterError,
-            "invalid_request_error": InvalidRequestError,
-            "invalid_authentication_error": AuthenticationError,
-            "incorrect_api_key_error": AuthenticationError,
-            "permission_denied_error": PermissionDeniedError,
-            "access_terminated_error": PermissionDeniedError,
-            "resource_not_found_error": NotFoundError,
-            QUOTA_EXCEEDED: RateLimitError,
-            "rate_limit_reached_error": RateLimitError,
-            "engine_overloaded_error": ServerError,
-            "server_error": ServerError,
-            "unexpected_output": ServerError,
-            "server_unavailable": ServerError,
+            "content_filter": errors.ContentFilterError,
+            "invalid_request_error": errors.InvalidRequestError,
+            "invalid_authentication_error": errors.AuthenticationError,
+            "incorrect_api_key_error": errors.AuthenticationError,
+            "permission_denied_error": errors.PermissionDeniedError,
+            "access_terminated_error": errors.PermissionDeniedError,
+            "resource_not_found_error": errors.NotFoundError,
+            QUOTA_EXCEEDED: errors.RateLimitError,
+            "rate_limit_reached_error": errors.RateLimitError,
+            "engine_overloaded_error": errors.ServerError,
+            "server_error": errors.ServerError,
+            "unexpected_output": errors.ServerError,
+            "server_unavailable": errors.ServerError,
         },
         quota_codes=frozenset({QUOTA_EXCEEDED}),
     ),

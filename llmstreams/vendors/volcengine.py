@@ -10,14 +10,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from llmstreams.errors import (
-    AuthenticationError,
-    ContentFilterError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-)
+from llmstreams import errors
 from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
 from llmstreams.vendors.checks import one_of, thinking_switch
@@ -38,16 +31,16 @@ VENDOR: Final = Vendor(
             "service_tier": one_of(("auto", "default", "fast", "flex")),
         },
         error_classes={
-            "AuthenticationError": AuthenticationError,
-            ACCOUNT_OVERDUE: RateLimitError,
-            "AccessDenied": PermissionDeniedError,
-            "ModelNotOpen": PermissionDeniedError,
-            "InvalidEndpointOrModel.NotFound": NotFoundError,
-            "SensitiveContentDetected": ContentFilterError,
-            "InputTextSensitiveContentDetected": ContentFilterError,
-            "OutputTextSensitiveContentDetected": ContentFilterError,
-            "ServerOverloaded": ServerError,
-            "InternalServiceError": ServerError,
+            "AuthenticationError": errors.AuthenticationError,
+            ACCOUNT_OVERDUE: errors.RateLimitError,
+            "AccessDenied": errors.PermissionDeniedError,
+            "ModelNotOpen": errors.PermissionDeniedError,
+            "InvalidEndpointOrModel.NotFound": errors.NotFoundError,
+            "SensitiveContentDetected": errors.ContentFilterError,
+            "InputTextSensitiveContentDetected": errors.ContentFilterError,
+            "OutputTextSensitiveContentDetected": errors.ContentFilterError,
+            "ServerOverloaded": errors.ServerError,
+            "InternalServiceError": errors.ServerError,
         },
         quota_codes=frozenset({ACCOUNT_OVERDUE}),
     ),

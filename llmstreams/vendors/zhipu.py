@@ -11,15 +11,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from llmstreams.errors import (
-    AuthenticationError,
-    ContentFilterError,
-    InvalidRequestError,
-    NotFoundError,
-    PermissionDeniedError,
-    RateLimitError,
-    ServerError,
-)
+from llmstreams import errors
 from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
 from llmstreams.validation import check_bool, check_text
@@ -43,15 +35,15 @@ VENDOR: Final = Vendor(
             "tool_stream": check_bool,
         },
         error_classes={
-            **dict.fromkeys(("1000", "1001", "1002", "1003", "1004"), AuthenticationError),
-            ARREARS: RateLimitError,
-            **dict.fromkeys(("1210", "1212", "1213", "1214", "1215", "1261"), InvalidRequestError),
-            "1211": NotFoundError,
-            "1220": PermissionDeniedError,
-            **dict.fromkeys(("1221", "1222"), NotFoundError),
-            "1301": ContentFilterError,
-            "1302": RateLimitError,
-            "1305": ServerError,
+            **dict.fromkeys(("1000", "1001", "1002", "1003", "1004"), errors.AuthenticationError),
+            ARREARS: errors.RateLimitError,
+            **dict.fromkeys(("1210", "1212", "1213", "1214", "1215", "1261"), errors.InvalidRequestError),
+            "1211": errors.NotFoundError,
+            "1220": errors.PermissionDeniedError,
+            **dict.fromkeys(("1221", "1222"), errors.NotFoundError),
+            "1301": errors.ContentFilterError,
+            "1302": errors.RateLimitError,
+            "1305": errors.ServerError,
         },
         quota_codes=frozenset({ARREARS}),
     ),
