@@ -605,7 +605,7 @@ class DialectParser(SniffingParser):
 
     __slots__ = (
         "_dialect", "_kind", "_count", "_finish_reason", "_finish_seen", "_usage", "_last", "_id",
-        "_model", "_created",
+        "_model", "_created", "_held",
     )
 
     def __init__(self, head: ResponseHead, dialect: Dialect, kind: Kind) -> None:
@@ -625,6 +625,9 @@ class DialectParser(SniffingParser):
         self._id: str | None = None
         self._model: str | None = None
         self._created: int | None = None
+        # The chunk the vendor marked as its last (Qianfan's `is_end`), held back until the
+        # body ends so that what follows it (usage, `[DONE]`) goes into that end chunk.
+        self._held: Chunk | None = None
 
     def _end_of_events(self) -> Iterator[Chunk]:
         if self._finished:
@@ -725,13 +728,17 @@ class DialectParser(SniffingParser):
             return None
         sentence_id = self._count
         self._count = sentence_id + 1
-        return make_chunk(
+        chunk = make_chunk(
             text=text, sentence_id=sentence_id, is_end=False,
             need_clear_history=need_clear_history, ban_round=ban_round,
             id=response_id, created=created,
             request_id=response_id if self._dialect.id_is_request_id else self._request_id,
             reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
         )
+        if self._dialect.choice_flags and choice.is_end:
+            self._held = chunk
+            return None
+        return chunk
 
     def _raise_error_event(self, data: str | bytes) -> None:
         """Raise the error an event without `choices` reports, if it is one."""
@@ -760,6 +767,11 @@ class DialectParser(SniffingParser):
                 f"the usage is not token counts ({_fault(error)}): {snippet(repr(self._usage))}",
                 provider=self._dialect.provider, request_id=self._request_id,
             ) from None
+        held = self._held
+        if held is not None:
+            return attrs.evolve(
+                held, is_end=True, finish_reason=self._finish_reason, usage=usage, raw=self._last
+            )
         sentence_id = self._count
         self._count = sentence_id + 1
         response_id = self._id

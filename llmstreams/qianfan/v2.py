@@ -16,7 +16,16 @@ import os
 from collections.abc import Mapping
 from typing import Any, Final
 
-from llmstreams.errors import AuthenticationError, InvalidParameterError, NotFoundError
+from llmstreams.errors import (
+    AuthenticationError,
+    ContentFilterError,
+    InvalidParameterError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServerError,
+)
 from llmstreams.openai.client import OpenAICompatibleClient
 from llmstreams.openai.vendor import Vendor
 from llmstreams.openai.wire import Dialect
@@ -42,7 +51,32 @@ DIALECT: Final = Dialect(
     check_model=check_v2_model,
     # https://cloud.baidu.com/doc/qianfan-api/s/Om9b4yj3w: a model that does not exist, or is
     # not the account's, is HTTP 401 `invalid_model`; the key itself is `invalid_iam_token`.
-    error_classes={"invalid_model": NotFoundError, "invalid_iam_token": AuthenticationError},
+    # https://cloud.baidu.com/doc/qianfan-api/s/Om9b4yj3w (error codes). An error that comes
+    # with HTTP 200 before any output (as `internal_error` under high load) is retried as a
+    # 5xx would be: its class, not its status, says it is the server's.
+    error_classes={
+        "invalid_model": NotFoundError,
+        "invalid_iam_token": AuthenticationError,
+        "invalid_appid": AuthenticationError,
+        "no_parameter_permission": PermissionDeniedError,
+        **dict.fromkeys(
+            ("malformed_json", "invalid_messages", "characters_too_long", "tokens_too_long",
+             "invalid_argument"),
+            InvalidRequestError,
+        ),
+        **dict.fromkeys(
+            ("system_unsafe", "user_setting_unsafe", "functions_unsafe"), ContentFilterError
+        ),
+        **dict.fromkeys(
+            ("rate_limit_exceeded", "rpm_rate_limit_exceeded", "tpm_rate_limit_exceeded",
+             "input_tpm_rate_limit_exceeded", "output_tpm_rate_limit_exceeded",
+             "user_rate_limit_exceeded", "cluster_rate_limit_exceeded",
+             "cluster_rpm_rate_limit_exceeded", "cluster_tpm_rate_limit_exceeded",
+             "preemptible_rate_limit_exceeded"),
+            RateLimitError,
+        ),
+        **dict.fromkeys(("internal_error", "dispatch_internal_error"), ServerError),
+    },
     parameter_hints={
         "endpoint": "it is API v1's: v2 has no endpoints; call a service you deployed by the "
         "model id the console shows for it, model='...'",
