@@ -91,9 +91,9 @@ async def test_the_event_that_says_is_end_is_the_end_chunk_with_its_text(
     sdk_server: tuple[SdkTestServer, str],
 ) -> None:
     _, url = sdk_server
-    async with client(url) as qianfan:
-        async with qianfan.stream_chat(MESSAGES, model="ernie-speed-8k") as stream:
-            chunks = [chunk async for chunk in stream]
+    qianfan = client(url)
+    async with qianfan, qianfan.stream_chat(MESSAGES, model="ernie-speed-8k") as stream:
+        chunks = [chunk async for chunk in stream]
     assert [chunk.text for chunk in chunks] == ["part 0. ", "part 1. ", "part 2. "]
     assert [chunk.is_end for chunk in chunks] == [False, False, True]
     assert [chunk.sentence_id for chunk in chunks] == [0, 1, 2]
