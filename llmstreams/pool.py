@@ -114,6 +114,9 @@ class Pool:
     targets through a CONNECT tunnel). Without it, and unless `trust_env=False`, the
     HTTP_PROXY / HTTPS_PROXY / NO_PROXY environment variables apply, as in curl, requests and
     httpx. Redirects are never followed.
+
+    Every generation is an OpenTelemetry span, with the GenAI metrics, once the application has
+    set up the OpenTelemetry SDK (docs/telemetry.md); `telemetry=False` leaves this pool's out.
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Pool:
         rate_limiter: Limiter | None = None,
         proxy: str | None = None,
         trust_env: bool = True,
+        telemetry: bool = True,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -148,6 +152,7 @@ class Pool:
         if proxy is not None:
             proxy = _check_proxy(proxy)
         self._proxy = proxy
+        self.telemetry = check_bool("telemetry", telemetry)
         self._env_proxies = _environment_proxies() if check_bool("trust_env", trust_env) else {}
         self._proxy_by_origin: dict[tuple[str, str], str | None] = {}
         self.max_connections = max_connections

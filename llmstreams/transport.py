@@ -363,6 +363,7 @@ async def open_exchange(
     timeout: Timeout,
     retry: RetryPolicy,
     on_attempt: Callable[[int], None] | None = None,
+    on_retry: Callable[[int, float, LLMStreamsError], None] | None = None,
 ) -> OpenExchange:
     """Send `exchange` until its first chunk arrives, retrying what may be retried.
 
@@ -370,7 +371,8 @@ async def open_exchange(
     byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
-    told the number of each attempt (from 1) as it starts, so that it is known on failure too.
+    told the number of each attempt (from 1) as it starts, so that it is known on failure too;
+    `on_retry(n, delay, cause)` of each retry (from 1) before its delay.
     """
     loop = asyncio.get_running_loop()
     total_deadline = None if timeout.total is None else loop.time() + timeout.total
@@ -406,6 +408,8 @@ async def open_exchange(
             "%s: retry %d of %d in %.2fs after: %s",
             exchange.provider, retries, retry.max_retries, wait, last_error,
         )
+        if on_retry is not None:
+            on_retry(retries, wait, last_error)
         await asyncio.sleep(wait)
 
 

@@ -30,6 +30,7 @@ from llmstreams.errors import (
 )
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
+from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import ResponseHead, ResponseParser
 from llmstreams.types import Chunk, Usage, make_chunk, make_usage
 from llmstreams.validation import (
@@ -87,6 +88,8 @@ class Generation:
     stream: bool
     cumulative: bool
     message_format: bool
+    # For the telemetry (None when none is recorded): what was asked, without where.
+    telemetry: GenerationInfo | None = attrs.field(default=None, repr=False)
 
 
 def build_generation(
@@ -162,6 +165,7 @@ def build_generation(
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
+        telemetry=describe("chat" if messages is not None else "completions", model, parameters),
     )
 
 

@@ -23,6 +23,7 @@ from llmstreams.openai.wire import (
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
+from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import HttpRequest, ResponseHead
 from llmstreams.types import Completion
 from llmstreams.validation import check_api_key, check_headers
@@ -36,10 +37,14 @@ _RESERVED_HEADERS: Final = frozenset({"authorization", "content-type", "content-
 class DialectExchange:
     """One generation in the dialect. The request never changes between attempts."""
 
-    __slots__ = ("provider", "_request", "_dialect", "_kind")
+    __slots__ = ("provider", "telemetry", "_request", "_dialect", "_kind")
 
-    def __init__(self, request: HttpRequest, dialect: Dialect, kind: Kind) -> None:
+    def __init__(
+        self, request: HttpRequest, dialect: Dialect, kind: Kind,
+        telemetry: GenerationInfo | None = None,
+    ) -> None:
         self.provider = dialect.provider
+        self.telemetry = telemetry
         self._request = request
         self._dialect = dialect
         self._kind = kind
@@ -92,7 +97,10 @@ class DialectEndpoint:
             body=body,
             headers={**self._headers, "Accept": accept, **extra_headers},
         )
-        return DialectExchange(request, self.dialect, kind)
+        return DialectExchange(
+            request, self.dialect, kind,
+            telemetry=describe(kind, model, body_params, url=request.url),
+        )
 
 
 def check_extra_headers(headers: Any) -> dict[str, str]:
