@@ -2,15 +2,17 @@
 
 What is recorded follows the OpenTelemetry GenAI semantic conventions (docs/telemetry.md
 names the version and every attribute). llmstreams depends on `opentelemetry-api` only through
-the `otel` extra and never imports it itself: an application that set up the SDK has imported
-the API, and its global tracer and meter providers are the ones used. Without the API loaded,
-with only the API's own (no-op) providers, with `Pool(telemetry=False)` or with the opt-out
-environment variables, a generation costs a dictionary lookup or two, and nothing per chunk.
+the `otel` extra and never imports it itself: an application that set up the SDK
+(`opentelemetry-sdk`) has imported it, and its global tracer and meter providers are the ones
+used. Without the SDK loaded, with only the API's own (no-op) providers, with
+`Pool(telemetry=False)` or with the opt-out environment variables, a generation costs a
+dictionary lookup or two, and nothing per chunk.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -108,32 +110,38 @@ def describe(
     `max_tokens`, `max_completion_tokens`, `max_output_tokens`); `url` is where it is sent
     (only its host and port are kept).
     """
-    if not _api_loaded():
+    if not _sdk_loaded():
         return None
-    max_tokens = _first_int(params, "max_tokens", "max_completion_tokens", "max_output_tokens")
-    info = GenerationInfo(
+    address, port = (None, None) if url is None else _server(url)
+    return GenerationInfo(
         operation=OPERATION_NAMES.get(kind, kind),
         request_model=model if isinstance(model, str) else None,
-        max_tokens=max_tokens,
+        server_address=address,
+        server_port=port,
+        max_tokens=_first_int(params, "max_tokens", "max_completion_tokens", "max_output_tokens"),
         temperature=_number(params.get("temperature")),
         top_p=_number(params.get("top_p")),
         stop_sequences=_stop_sequences(params.get("stop")),
     )
-    return info if url is None else at_server(info, url)
 
 
 def at_server(info: GenerationInfo | None, url: str) -> GenerationInfo | None:
     """`info` with the host and port of `url` (never anything else of it)."""
     if info is None:
         return None
+    address, port = _server(url)
+    return attrs.evolve(info, server_address=address, server_port=port)
+
+
+@functools.lru_cache(maxsize=256)
+def _server(url: str) -> tuple[str | None, int | None]:
+    """The host and port of `url` (a client sends to a few URLs, over and over)."""
     try:
         parts = urlsplit(url)
-        host, port = parts.hostname, parts.port
+        port = parts.port
     except ValueError:
-        return info
-    if port is None:
-        port = {"http": 80, "https": 443}.get(parts.scheme)
-    return attrs.evolve(info, server_address=host, server_port=port)
+        return None, None
+    return parts.hostname, port if port is not None else {"http": 80, "https": 443}.get(parts.scheme)
 
 
 def provider_name(provider: str) -> str:
@@ -163,10 +171,10 @@ def _number(value: object) -> float | None:
     return None
 
 
-def _api_loaded() -> bool:
-    return not _DISABLED and (
-        "opentelemetry.trace" in sys.modules or "opentelemetry.metrics" in sys.modules
-    )
+def _sdk_loaded() -> bool:
+    # Only an SDK's providers record anything, and a process that set one up has imported it:
+    # a process that only imported the API (or nothing) pays this one lookup.
+    return not _DISABLED and "opentelemetry.sdk" in sys.modules
 
 
 class _Instruments:
@@ -250,7 +258,7 @@ _PROVIDERS: Final = _Providers()
 def start(pool: Pool, exchange: Exchange) -> GenerationRecord | None:
     """The record of a generation whose request is about to be sent; None when nothing is
     recorded (no SDK set up, or telemetry switched off)."""
-    if not _api_loaded() or not pool.telemetry:
+    if not _sdk_loaded() or not pool.telemetry:
         return None
     tracer = _PROVIDERS.current_tracer()
     instruments = _PROVIDERS.current_instruments()
@@ -314,10 +322,6 @@ class GenerationRecord:
     def first_chunk(self, arrived_at: float) -> None:
         """The first chunk of a streamed answer arrived at `arrived_at` (`time.monotonic()`)."""
         self._first_chunk_at = arrived_at
-        if self._span is not None:
-            self._span.set_attribute(
-                "gen_ai.response.time_to_first_chunk", arrived_at - self._started_at
-            )
 
     def end(
         self,
@@ -391,6 +395,8 @@ class GenerationRecord:
             values["gen_ai.response.id"] = response_id
         if builder.finish_reason is not None:
             values["gen_ai.response.finish_reasons"] = (builder.finish_reason,)
+        if self._first_chunk_at is not None:
+            values["gen_ai.response.time_to_first_chunk"] = self._first_chunk_at - self._started_at
         usage = builder.usage
         if usage is not None:
             values["gen_ai.usage.input_tokens"] = usage.prompt_tokens
