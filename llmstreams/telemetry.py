@@ -46,7 +46,7 @@ PROVIDER_NAMES: Final[Mapping[str, str]] = {
     "openai": "openai",
     "deepseek": "deepseek",
     "moonshot": "moonshot_ai",
-    "zhipu": "zhipu_ai",
+    "zhipu": "z_ai",
     "volcengine": "volcengine.ark",
     "siliconflow": "siliconflow",
     "hunyuan": "tencent_cloud.hunyuan",
