@@ -43,7 +43,7 @@ from llmstreams import (
 from llmstreams.client import BaseClient
 from llmstreams.mock import Behaviour, MockCredentials, MockServer
 from llmstreams.sync import SyncClient, run
-from llmstreams.telemetry import disabled_by_environment, provider_name
+from llmstreams.telemetry import configure_from_environment, disabled_by_environment, provider_name
 from tests.support import ROOT, run_example, serving
 
 # Distinctive enough that finding one anywhere in the telemetry can only be a leak.
@@ -502,6 +502,34 @@ def test_the_environment_switches() -> None:
     assert not disabled_by_environment({"LLMSTREAMS_TELEMETRY": "on"})
     assert provider_name("qianfan") == "baidu.qianfan"
     assert provider_name("Some-Vendor") == "some-vendor"
+
+
+def test_the_commands_leave_an_sdk_already_set_up_as_it_is(
+    telemetry: Telemetry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    provider = trace.get_tracer_provider()
+    endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://user:pw@127.0.0.1:4318"}
+    assert configure_from_environment(endpoint) is None
+    assert trace.get_tracer_provider() is provider
+    assert capsys.readouterr().err == (
+        "llmstreams: telemetry: to the OpenTelemetry SDK this process set up already "
+        "(http://user:***@127.0.0.1:4318 is not used here)\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "OTEL_SDK_DISABLED": "true"},
+        {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318", "LLMSTREAMS_TELEMETRY": "off"},
+    ],
+)
+def test_the_commands_set_up_nothing_unless_asked(
+    environment: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert configure_from_environment(environment) is None
+    assert capsys.readouterr().err == ""
 
 
 APPLICATION = """
