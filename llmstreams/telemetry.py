@@ -303,12 +303,12 @@ class GenerationRecord:
             )
         self._started_at = time.monotonic()
 
-    def retried(self, retry: int, delay: float, cause: LLMStreamsError) -> None:
-        """Attempt `retry + 1` is sent after `delay` seconds, because of `cause`."""
+    def retried(self, attempt: int, delay: float, cause: LLMStreamsError) -> None:
+        """Attempt number `attempt` is sent after `delay` seconds, because of `cause`."""
         if self._span is None:
             return
         event: dict[str, Any] = {
-            "llmstreams.retry.number": retry,
+            "llmstreams.attempt": attempt,
             "llmstreams.retry.delay": delay,
             "error.type": _error_type(cause),
         }

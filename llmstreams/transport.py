@@ -372,7 +372,8 @@ async def open_exchange(
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
     told the number of each attempt (from 1) as it starts, so that it is known on failure too;
-    `on_retry(n, delay, cause)` of each retry (from 1) before its delay.
+    `on_retry(n, delay, cause)` that attempt `n` is sent again after `delay` seconds because of
+    `cause` (a retry, or a repair by `exchange.recover`).
     """
     loop = asyncio.get_running_loop()
     total_deadline = None if timeout.total is None else loop.time() + timeout.total
@@ -391,6 +392,8 @@ async def open_exchange(
             if not recovered and await exchange.recover(error):
                 recovered = True
                 logger.info("%s: sending again after repairing: %s", exchange.provider, error)
+                if on_retry is not None:
+                    on_retry(attempts + 1, 0.0, error)
                 continue
             if not error.retryable or retries >= retry.max_retries:
                 raise
@@ -409,7 +412,7 @@ async def open_exchange(
             exchange.provider, retries, retry.max_retries, wait, last_error,
         )
         if on_retry is not None:
-            on_retry(retries, wait, last_error)
+            on_retry(attempts + 1, wait, last_error)
         await asyncio.sleep(wait)
 
 

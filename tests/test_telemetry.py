@@ -368,13 +368,31 @@ async def test_each_retry_is_an_event_with_its_delay_and_cause(
     assert completion.is_complete and stream.attempts == 3
     span = telemetry.span()
     retries = [event for event in span.events if event.name == "llmstreams.retry"]
-    assert [event.attributes["llmstreams.retry.number"] for event in retries] == [1, 2]  # type: ignore[index]
+    assert [event.attributes["llmstreams.attempt"] for event in retries] == [2, 3]  # type: ignore[index]
     for event in retries:
         attributes = dict(event.attributes or {})
         assert attributes["error.type"] == "RateLimitError"
         assert attributes["http.response.status_code"] == 429
         assert attributes["llmstreams.retry.delay"] == pytest.approx(0.001, abs=0.01)
     assert dict(span.attributes or {})["llmstreams.outcome"] == "complete"
+
+
+async def test_a_resend_after_renewing_a_token_is_an_event_too(
+    server: MockServer, telemetry: Telemetry
+) -> None:
+    async with QianfanClient(api_key=V1_API_KEY, secret_key=V1_SECRET_KEY, base_url=server.url) as client:
+        await client.chat(USER, model="ERNIE-Speed-8K")
+        server.expire_tokens()
+        completion = await client.chat(USER, model="ERNIE-Speed-8K")
+    assert completion.is_complete
+    first, second = telemetry.spans()
+    assert [event.name for event in first.events] == []
+    (event,) = second.events
+    assert dict(event.attributes or {}) == {
+        "llmstreams.attempt": 2, "llmstreams.retry.delay": 0.0,
+        "error.type": "AuthenticationError", "http.response.status_code": 200,
+        "llmstreams.error.code": "111",
+    }
 
 
 async def test_cancelling_the_reading_task_ends_the_span(server: MockServer, telemetry: Telemetry) -> None:
