@@ -371,9 +371,9 @@ async def open_exchange(
     byte of the response arrived, and `APIError`s marked `retryable` (HTTP 429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
-    told the number of each attempt (from 1) as it starts, so that it is known on failure too;
-    `on_retry(n, delay, cause)` that attempt `n` is sent again after `delay` seconds because of
-    `cause` (a retry, or a repair by `exchange.recover`).
+    told the number of each attempt (from 1) as it starts, so that it is known on failure too,
+    and `on_retry(n, delay, cause)` that attempt `n` follows in `delay` seconds because of
+    `cause` (a retry, or the re-send after a repair by `exchange.recover`).
     """
     loop = asyncio.get_running_loop()
     total_deadline = None if timeout.total is None else loop.time() + timeout.total
