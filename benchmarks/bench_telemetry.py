@@ -17,7 +17,9 @@ long answers (STREAMS concurrent streams of LONG_CHUNKS chunks: CPU per chunk) a
 (STREAMS workers, SHORT_REQUESTS requests of SHORT_CHUNKS chunks: CPU per request), for Qianfan
 v1 and the OpenAI-compatible dialect, REPEATS times each (the median counts). The order of the four is alternated and reversed every
 round; each figure is the median over rounds of the ratio to `today` of the same round, with the
-lowest and highest ratio as the spread.
+lowest and highest ratio as the spread. Each process of this llmstreams also times the
+telemetry's own calls for one request alone (`hooks_us_per_request`: describe, start, first
+chunk, end), which is what the instrumentation adds to every request, without the noise.
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ SHORT_CHUNKS = 10
 SHORT_REQUESTS = 800
 # Measurements per process (their median is the process's figure).
 REPEATS = 3
+# The telemetry's own calls, timed alone this many times per process.
+HOOK_CALLS = 20_000
+BENCH_URL = "http://127.0.0.1:8000/v1/chat/completions"
 TOKEN = "bench-token"
 
 
@@ -127,11 +132,43 @@ async def measure(vendor: str, server: str) -> dict[str, float]:
     }
 
 
+def hooks_us(vendor: str) -> float:
+    """CPU of the telemetry's own calls for one request, measured alone (µs): what the
+    instrumentation adds per request, free of the noise of the rest of the request."""
+    from llmstreams import Pool, telemetry
+    from llmstreams.types import Chunk, CompletionBuilder, Usage
+
+    class Exchange:
+        provider = vendor
+        telemetry = None
+
+    pool, exchange = Pool(), Exchange()
+    builder = CompletionBuilder()
+    builder.add(Chunk(text="x", sentence_id=0, is_end=True, usage=Usage(1, 2, 3), id="as-1"))
+    params = {"temperature": 0.5, "top_p": 0.9}
+
+    def one_request() -> None:
+        exchange.telemetry = telemetry.describe("chat", "bench-model", params, url=BENCH_URL)
+        record = telemetry.start(pool, exchange)  # type: ignore[arg-type]
+        if record is not None:
+            record.first_chunk(time.monotonic())
+            record.end(builder, None, last_read_at=time.monotonic())
+
+    for _ in range(HOOK_CALLS // 10):
+        one_request()
+    started = time.process_time()
+    for _ in range(HOOK_CALLS):
+        one_request()
+    return (time.process_time() - started) / HOOK_CALLS * 1e6
+
+
 def child(mode: str, server: str) -> None:
     set_up(mode)
     import llmstreams
 
     results: dict[str, Any] = {vendor: asyncio.run(measure(vendor, server)) for vendor in VENDORS}
+    if mode != "today":
+        results["hooks_us_per_request"] = hooks_us("qianfan")
     results["llmstreams"] = llmstreams.__file__
     print(json.dumps(results))
 
@@ -226,6 +263,10 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
                     "median": statistics.median(measured[mode][vendor][figure] for measured in rounds),
                 }
             summary[f"{vendor} {figure}"] = row
+    summary["hooks_us_per_request"] = {
+        mode: statistics.median(measured[mode]["hooks_us_per_request"] for measured in rounds)
+        for mode in MODES[1:]
+    }
     return summary
 
 
@@ -235,11 +276,18 @@ def markdown(summary: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for name, row in summary.items():
+        if name == "hooks_us_per_request":
+            continue
         cells = [
             f"{row[mode]['median_ratio']:.3f} ({row[mode]['low']:.3f} to {row[mode]['high']:.3f})"
             for mode in MODES[1:]
         ]
         lines.append(f"| {name} | {row['today_median']:.2f} | " + " | ".join(cells) + " |")
+    hooks = summary["hooks_us_per_request"]
+    lines.append(
+        "\nThe telemetry's own calls per request, timed alone (µs, median): "
+        + ", ".join(f"{mode} {hooks[mode]:.2f}" for mode in MODES[1:])
+    )
     return "\n".join(lines) + "\n"
 
 
