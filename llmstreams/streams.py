@@ -142,10 +142,11 @@ class ChunkStream:
         self._pool.stream_opened()
         record = self._telemetry = telemetry.start(self._pool, self._exchange)
         try:
-            opened = await open_exchange(
+            opening = open_exchange(
                 self._pool, self._exchange, timeout=self._timeout, retry=self._retry,
                 on_attempt=self._count_attempt, on_retry=None if record is None else record.retried,
             )
+            opened = await (opening if record is None else record.current_while(opening))
         except BaseException as error:
             self._fail(error)
             raise

@@ -16,8 +16,8 @@ import functools
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
     from llmstreams.pool import Pool
     from llmstreams.transport import Exchange
+
+T = TypeVar("T")
 
 INSTRUMENTATION_NAME: Final = "llmstreams"
 SWITCH_VARIABLE: Final = "LLMSTREAMS_TELEMETRY"
@@ -302,6 +304,16 @@ class GenerationRecord:
                 kind=SpanKind.CLIENT, attributes=span_attributes,
             )
         self._started_at = time.monotonic()
+
+    async def current_while(self, sending: Awaitable[T]) -> T:
+        """`await sending` with the span current, so that the requests' own spans (an HTTP
+        client's instrumentation) are its children."""
+        if self._span is None:
+            return await sending
+        from opentelemetry.trace import use_span
+
+        with use_span(self._span, record_exception=False, set_status_on_exception=False):
+            return await sending
 
     def retried(self, attempt: int, delay: float, cause: LLMStreamsError) -> None:
         """Attempt number `attempt` is sent after `delay` seconds, because of `cause`."""

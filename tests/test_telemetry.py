@@ -38,13 +38,15 @@ from llmstreams import (
     QianfanClient,
     RetryPolicy,
     StreamInterruptedError,
+    Timeout,
     fan_out,
 )
 from llmstreams.client import BaseClient
 from llmstreams.mock import Behaviour, MockCredentials, MockServer
 from llmstreams.sync import SyncClient, run
 from llmstreams.telemetry import configure_from_environment, disabled_by_environment, provider_name
-from tests.support import ROOT, run_example, serving
+from llmstreams.transport import HttpRequest
+from tests.support import ROOT, LinesExchange, run_example, serving
 
 # Distinctive enough that finding one anywhere in the telemetry can only be a leak.
 V1_API_KEY = "tel-v1-apikey-7Qz"
@@ -285,6 +287,46 @@ async def test_a_whole_answer_without_streaming_has_no_first_chunk_time(
     points = telemetry.points()
     assert points["gen_ai.client.operation.duration"][0].count == 1
     assert "gen_ai.server.time_to_first_token" not in points
+
+
+class WatchingExchange(LinesExchange):
+    """Notes the span current while each request is built (where an HTTP client's own
+    instrumentation would start its span)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.current_span_ids: list[int] = []
+
+    async def build_request(self) -> HttpRequest:
+        self.current_span_ids.append(trace.get_current_span().get_span_context().span_id)
+        return await super().build_request()
+
+
+async def test_the_span_is_the_current_one_s_child_and_current_while_sending(
+    telemetry: Telemetry,
+) -> None:
+    async def lines(request: web.Request) -> web.Response:
+        return web.Response(
+            body=b'{"text": "a", "end": false}\n{"text": "b", "end": true}\n',
+            content_type="application/x-ndjson",
+        )
+
+    app = web.Application()
+    app.router.add_post("/gen", lines)
+    async with serving(app) as url, Pool() as pool:
+        exchange = WatchingExchange(url + "/gen")
+        with trace.get_tracer("the application").start_as_current_span("handle request") as parent:
+            stream = ChunkStream(pool, exchange, timeout=Timeout(), retry=FAST_RETRY)
+            async with stream:
+                assert [chunk.text async for chunk in stream] == ["a", "b"]
+            assert trace.get_current_span() is parent
+    generation, application = telemetry.spans()
+    assert generation.parent is not None
+    assert generation.parent.span_id == application.context.span_id  # type: ignore[union-attr]
+    assert exchange.current_span_ids == [generation.context.span_id]  # type: ignore[union-attr]
+    # An exchange that tells nothing of itself: the provider's own name, the default operation.
+    assert generation.name == "chat"
+    assert dict(generation.attributes or {})["gen_ai.provider.name"] == "lines"
 
 
 async def test_leaving_async_with_early_ends_the_span(server: MockServer, telemetry: Telemetry) -> None:
