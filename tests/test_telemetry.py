@@ -512,13 +512,20 @@ def test_the_sync_door_records_its_generations(
     mock_in_the_private_loop: MockServer, telemetry: Telemetry
 ) -> None:
     url = mock_in_the_private_loop.url + "/v1"
+    tracer = trace.get_tracer("the application")
     with SyncClient(OpenAICompatibleClient(base_url=url, api_key=OPENAI_KEY)) as client:
-        completion = client.chat(USER, model="qwen2.5-7b-instruct")
+        with tracer.start_as_current_span("handle request") as parent:
+            completion = client.chat(USER, model="qwen2.5-7b-instruct")
         text = "".join(chunk.text for chunk in client.stream_chat(USER, model="qwen2.5-7b-instruct"))
     assert text == completion.text
-    spans = telemetry.spans()
-    assert [span.name for span in spans] == ["chat qwen2.5-7b-instruct"] * 2
-    assert [dict(span.attributes or {})["llmstreams.outcome"] for span in spans] == ["complete"] * 2
+    whole, application, streamed = telemetry.spans()
+    assert application.name == "handle request"
+    assert [whole.name, streamed.name] == ["chat qwen2.5-7b-instruct"] * 2
+    for span in (whole, streamed):
+        assert dict(span.attributes or {})["llmstreams.outcome"] == "complete"
+    # The calling thread's current span is the parent, as with `await`.
+    assert whole.parent is not None and whole.parent.span_id == parent.get_span_context().span_id
+    assert streamed.parent is None
 
 
 async def test_no_credential_appears_anywhere(
