@@ -110,7 +110,7 @@ def sdk() -> Iterator[Telemetry]:
     trace.set_tracer_provider(tracer_provider)
     metrics.set_meter_provider(meter_provider)
     yield Telemetry(exporter, reader)
-    # Later test modules of the session then record into nothing.
+    # The providers stay the global ones to the session's end (they cannot be unset).
     tracer_provider.shutdown()
     meter_provider.shutdown()
 
