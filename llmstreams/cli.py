@@ -11,11 +11,13 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from llmstreams import __version__
+from llmstreams import __version__, telemetry
 
 # Each name is a module `llmstreams.commands.<name>` exposing
 # `register(subparsers) -> None`; the registered parser sets `func(args) -> int`.
 SUBCOMMANDS: tuple[str, ...] = ("chat", "mock", "bench", "demo", "batch")
+# The commands that send generations, and so set up OpenTelemetry from OTEL_* variables.
+TRACED_COMMANDS: frozenset[str] = frozenset({"chat", "bench", "batch"})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,9 +64,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     in_main_thread = threading.current_thread() is threading.main_thread()
     ctrl_c = signal.getsignal(signal.SIGINT) if in_main_thread else None
+    send_telemetry = (
+        telemetry.configure_from_environment() if args.command in TRACED_COMMANDS else None
+    )
     try:
         return int(args.func(args))
     finally:
+        if send_telemetry is not None:
+            send_telemetry()
         # A command may ignore Ctrl-C once its work is done, up to the process's exit; a
         # caller that passed `argv` (a program, a test) gets its own handler back.
         if argv is not None and in_main_thread:

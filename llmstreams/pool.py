@@ -122,6 +122,8 @@ class Pool:
     `ssl.SSLContext` replaces that, e.g. `ssl.create_default_context(cafile="corporate-ca.pem")`
     behind a TLS-inspecting proxy. A certificate that is not trusted raises
     `TLSCertificateError`, which is never retried.
+    Every generation is an OpenTelemetry span, with the GenAI metrics, once the application has
+    set up the OpenTelemetry SDK (docs/telemetry.md); `telemetry=False` leaves this pool's out.
     """
 
     def __init__(
@@ -138,6 +140,7 @@ class Pool:
         proxy: str | None = None,
         trust_env: bool = True,
         ssl: SSLContext | None = None,
+        telemetry: bool = True,
     ) -> None:
         if isinstance(max_connections, bool) or not isinstance(max_connections, int) or max_connections < 1:
             raise InvalidParameterError("max_connections", "must be a whole number >= 1", max_connections)
@@ -159,6 +162,7 @@ class Pool:
         if proxy is not None:
             proxy = _check_proxy(proxy)
         self._proxy = proxy
+        self.telemetry = check_bool("telemetry", telemetry)
         self._env_proxies = _environment_proxies() if check_bool("trust_env", trust_env) else {}
         self._proxy_by_origin: dict[tuple[str, str], str | None] = {}
         self.max_connections = max_connections

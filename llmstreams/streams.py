@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, NoReturn
 
+from llmstreams import telemetry
 from llmstreams.errors import LLMStreamsError, UsageError
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.origin import caller_origin, warn_left_open
@@ -28,7 +29,7 @@ class ChunkStream:
 
     __slots__ = (
         "_pool", "_exchange", "_timeout", "_retry", "_builder", "_pending", "_reader",
-        "_parser", "_state", "_origin", "attempts", "last_read_at",
+        "_parser", "_state", "_origin", "_telemetry", "attempts", "last_read_at",
     )
 
     def __init__(self, pool: Pool, exchange: Exchange, *, timeout: Timeout, retry: RetryPolicy) -> None:
@@ -42,6 +43,7 @@ class ChunkStream:
         self._reader: BodyReader | None = None
         self._parser: ResponseParser | None = None
         self._state = "new"
+        self._telemetry: telemetry.GenerationRecord | None = None
         self.attempts = 0
         # The `time.monotonic()` by which the bytes carrying the chunk yielded last had arrived
         # from the socket (every chunk of one read shares it): taken when the connection
@@ -96,6 +98,8 @@ class ChunkStream:
             if chunk is not None:
                 return chunk
             if self._state != "reading":
+                if self._telemetry is not None:
+                    self._end_telemetry(None)
                 raise StopAsyncIteration
             await self._read_more()
 
@@ -116,6 +120,8 @@ class ChunkStream:
         Once the generation's end has arrived, the connection goes back to the pool instead,
         after the rest of the body is read (a wait bounded by the idle timeout).
         """
+        if self._telemetry is not None:
+            self._end_telemetry(None)
         reader, parser = self._reader, self._parser
         if self._state == "reading" and reader is not None and parser is not None and parser.finished:
             try:
@@ -128,11 +134,13 @@ class ChunkStream:
     async def _open(self) -> None:
         self._state = "opening"
         self._pool.stream_opened()
+        record = self._telemetry = telemetry.start(self._pool, self._exchange)
         try:
-            opened = await open_exchange(
+            opening = open_exchange(
                 self._pool, self._exchange, timeout=self._timeout, retry=self._retry,
-                on_attempt=self._count_attempt,
+                on_attempt=self._count_attempt, on_retry=None if record is None else record.retried,
             )
+            opened = await (opening if record is None else record.current_while(opening))
         except BaseException as error:
             self._fail(error)
             raise
@@ -141,6 +149,8 @@ class ChunkStream:
         self._parser = opened.parser
         self._pending = opened.first_chunks
         self._state = "reading"
+        if record is not None and not opened.ended:
+            record.first_chunk(opened.reader.arrived_at)
         if opened.ended:
             self._close(abort=False)
 
@@ -184,6 +194,13 @@ class ChunkStream:
         """`error` ends the stream: close the connection and attach what arrived before it."""
         self._close(abort=True)
         self._attach_partial(error)
+        if self._telemetry is not None:
+            self._end_telemetry(error)
+
+    def _end_telemetry(self, error: BaseException | None, *, abandoned: bool = False) -> None:
+        record, self._telemetry = self._telemetry, None
+        if record is not None:
+            record.end(self._builder, error, abandoned=abandoned, last_read_at=self.last_read_at)
 
     def _attach_partial(self, error: BaseException) -> None:
         if isinstance(error, LLMStreamsError):
@@ -201,3 +218,5 @@ class ChunkStream:
                 f"a {self._exchange.provider} ChunkStream", self._origin,
                 "its connection is closed now. Use `async with` or read it to the end", self,
             )
+        if self._telemetry is not None:
+            self._end_telemetry(None, abandoned=True)

@@ -351,6 +351,7 @@ async def open_exchange(
     timeout: Timeout,
     retry: RetryPolicy,
     on_attempt: Callable[[int], None] | None = None,
+    on_retry: Callable[[int, float, LLMStreamsError], None] | None = None,
 ) -> OpenExchange:
     """Send `exchange` until its first chunk arrives, retrying what may be retried.
 
@@ -358,7 +359,9 @@ async def open_exchange(
     byte of the response arrived, and `APIError`s marked `retryable` (HTTP 408/409/429/5xx, the
     vendor's overload codes), which the server sends instead of a generation. Never retried:
     anything that goes wrong once the body of a generation has begun. `on_attempt(n)` is
-    told the number of each attempt (from 1) as it starts, so that it is known on failure too.
+    told the number of each attempt (from 1) as it starts, so that it is known on failure too,
+    and `on_retry(n, delay, cause)` that attempt `n` follows in `delay` seconds because of
+    `cause` (a retry, or the re-send after a repair by `exchange.recover`).
     """
     loop = asyncio.get_running_loop()
     total_deadline = None if timeout.total is None else loop.time() + timeout.total
@@ -377,6 +380,8 @@ async def open_exchange(
             if not recovered and await exchange.recover(error):
                 recovered = True
                 logger.info("%s: sending again after repairing: %s", exchange.provider, error)
+                if on_retry is not None:
+                    on_retry(attempts + 1, 0.0, error)
                 continue
             if not error.retryable or retries >= retry.max_retries:
                 raise
@@ -394,6 +399,8 @@ async def open_exchange(
             "%s: retry %d of %d in %.2fs after: %s",
             exchange.provider, retries, retry.max_retries, wait, last_error,
         )
+        if on_retry is not None:
+            on_retry(attempts + 1, wait, last_error)
         await asyncio.sleep(wait)
 
 

@@ -259,6 +259,23 @@ class CompletionBuilder:
     def usage(self) -> Usage | None:
         return self._usage
 
+    @property
+    def last_chunk(self) -> Chunk | None:
+        return self._last
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self._finish_reason
+
+    @property
+    def model(self) -> str | None:
+        return self._model
+
+    @property
+    def text_length(self) -> int:
+        """Characters of text so far (counted when asked)."""
+        return sum(map(len, self._parts))
+
     def build(self) -> Completion:
         last = self._last
         if last is None:

@@ -15,6 +15,7 @@ from llmstreams.errors import APIError, InvalidParameterError, redact_url
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
+from llmstreams.telemetry import GenerationInfo, at_server
 from llmstreams.transport import Exchange, HttpRequest, ResponseHead, ResponseParser
 from llmstreams.types import Completion
 from llmstreams.validation import check_api_key, check_headers, check_text
@@ -31,9 +32,13 @@ class GenerationExchange:
     """One DashScope generation call, for the transport. The request never changes between attempts."""
 
     provider: str = wire.PROVIDER
-    __slots__ = ("_request", "_generation")
+    __slots__ = ("telemetry", "_request", "_generation")
 
-    def __init__(self, request: HttpRequest, generation: wire.Generation) -> None:
+    def __init__(
+        self, request: HttpRequest, generation: wire.Generation,
+        telemetry: GenerationInfo | None = None,
+    ) -> None:
+        self.telemetry = telemetry
         self._request = request
         self._generation = generation
 
@@ -181,7 +186,9 @@ class DashScopeClient(BaseClient):
         headers.update(self._extra_headers)
         headers.update(call_headers)
         request = HttpRequest(method="POST", url=self._url, body=generation.body, headers=headers)
-        return GenerationExchange(request, generation)
+        return GenerationExchange(
+            request, generation, telemetry=at_server(generation.telemetry, self._url)
+        )
 
 
 def _without_api_version(base_url: str) -> str:

@@ -18,6 +18,7 @@ from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.sse import SSEDecoder
+from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import ResponseHead, ResponseParser
 from llmstreams.types import Chunk, Usage, make_chunk, make_usage
 from llmstreams.validation import (
@@ -83,6 +84,8 @@ class Generation:
     stream: bool
     cumulative: bool
     message_format: bool
+    # For the telemetry (None when none is recorded): what was asked, without where.
+    telemetry: GenerationInfo | None = attrs.field(default=None, repr=False)
 
 
 def build_generation(
@@ -147,6 +150,7 @@ def build_generation(
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
+        telemetry=describe("chat" if messages is not None else "completions", model, parameters),
     )
 
 

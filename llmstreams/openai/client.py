@@ -28,6 +28,7 @@ from llmstreams.openai.wire import (
 from llmstreams.options import RetryPolicy, Timeout
 from llmstreams.pool import Pool
 from llmstreams.streams import ChunkStream
+from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import Exchange, HttpRequest, ResponseHead
 from llmstreams.types import Completion
 from llmstreams.validation import check_api_key, check_headers
@@ -58,10 +59,14 @@ class KeySource(Protocol):
 class DialectExchange:
     """One generation in the dialect. The request never changes between attempts."""
 
-    __slots__ = ("provider", "_request", "_dialect", "_kind")
+    __slots__ = ("provider", "telemetry", "_request", "_dialect", "_kind")
 
-    def __init__(self, request: HttpRequest, dialect: Dialect, kind: Kind) -> None:
+    def __init__(
+        self, request: HttpRequest, dialect: Dialect, kind: Kind,
+        telemetry: GenerationInfo | None = None,
+    ) -> None:
         self.provider = dialect.provider
+        self.telemetry = telemetry
         self._request = request
         self._dialect = dialect
         self._kind = kind
@@ -84,8 +89,11 @@ class KeyedDialectExchange(DialectExchange):
 
     __slots__ = ("_keys",)
 
-    def __init__(self, request: HttpRequest, dialect: Dialect, kind: Kind, keys: KeySession) -> None:
-        super().__init__(request, dialect, kind)
+    def __init__(
+        self, request: HttpRequest, dialect: Dialect, kind: Kind, keys: KeySession,
+        telemetry: GenerationInfo | None = None,
+    ) -> None:
+        super().__init__(request, dialect, kind, telemetry)
         self._keys = keys
 
     async def build_request(self) -> HttpRequest:
@@ -141,9 +149,10 @@ class DialectEndpoint:
             body=body,
             headers={**self._headers, "Accept": accept, **extra_headers},
         )
+        telemetry = describe(kind, model, body_params, url=request.url)
         if self._keys is not None:
-            return KeyedDialectExchange(request, self.dialect, kind, self._keys())
-        return DialectExchange(request, self.dialect, kind)
+            return KeyedDialectExchange(request, self.dialect, kind, self._keys(), telemetry)
+        return DialectExchange(request, self.dialect, kind, telemetry)
 
 
 def check_extra_headers(headers: Any) -> dict[str, str]:

@@ -21,6 +21,7 @@ from llmstreams.qianfan import auth, wire
 from llmstreams.qianfan.models import Kind, lookup_model, resolve_endpoint
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER, QianfanParser
 from llmstreams.streams import ChunkStream
+from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import Exchange, HttpRequest, ResponseHead
 from llmstreams.types import Completion
 from llmstreams.validation import check_int, reject_unknown
@@ -59,12 +60,13 @@ class QianfanExchange:
     """One Qianfan generation: its request (authorized afresh per attempt) and its parser."""
 
     provider = PROVIDER
-    __slots__ = ("_url", "_path", "_body", "_headers", "_auth", "_used", "_waiter")
+    __slots__ = ("telemetry", "_url", "_path", "_body", "_headers", "_auth", "_used", "_waiter")
 
     def __init__(
         self, *, url: str, path: str, body: bytes, headers: Mapping[str, str],
-        authenticator: auth.Authenticator,
+        authenticator: auth.Authenticator, telemetry: GenerationInfo | None = None,
     ) -> None:
+        self.telemetry = telemetry
         self._url = url
         self._path = path
         self._body = body
@@ -245,4 +247,7 @@ class QianfanClient(BaseClient):
             body=wire.encode_body(fields),
             headers={**self._headers, **wire.check_headers("extra_headers", given.get("extra_headers"))},
             authenticator=self._auth,
+            telemetry=describe(
+                kind, given.get("model") or given.get("endpoint"), fields, url=self.base_url
+            ),
         )
