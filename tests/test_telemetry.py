@@ -145,7 +145,9 @@ CASES: dict[str, Case] = {
         "text_completion", "CodeLlama-7b-Instruct", "baidu.qianfan",
     ),
     "qianfan-v2": (
-        lambda url, **options: QianfanClient(api_key=V2_API_KEY, base_url=url, **options),
+        lambda url, **options: OpenAICompatibleClient(
+            vendor="qianfan", api_key=V2_API_KEY, base_url=url, **options
+        ),
         lambda client: client.stream_chat(
             USER, model="ernie-speed-8k", temperature=0.5, top_p=0.9, stop=["END"],
             max_completion_tokens=500,
@@ -166,7 +168,9 @@ CASES: dict[str, Case] = {
         "chat", "qwen-turbo", "alibaba_cloud.dashscope",
     ),
     "dashscope-openai": (
-        lambda url, **options: DashScopeClient(api_key=DASHSCOPE_KEY, base_url=url, protocol="openai", **options),
+        lambda url, **options: OpenAICompatibleClient(
+            vendor="dashscope-compatible", api_key=DASHSCOPE_KEY, base_url=url, **options
+        ),
         lambda client: client.stream_chat(USER, model="qwen-turbo", max_tokens=500),
         "chat", "qwen-turbo", "alibaba_cloud.dashscope",
     ),
