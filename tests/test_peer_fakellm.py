@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import openai
 import pytest
 
@@ -36,6 +37,7 @@ from llmstreams import (
     PermissionDeniedError,
     Pool,
     RateLimitError,
+    RetryPolicy,
     ServerError,
 )
 
@@ -258,6 +260,38 @@ async def test_an_error_status_is_the_same_kind_of_error(
     # Retryable where the SDK would retry: 429 and every 5xx.
     assert caught.value.retryable == (status == 429 or status >= 500)
     assert received_nothing(caught.value)
+
+
+async def requests_matched(fakellm_url: str, rule: str) -> int:
+    """How many requests fakellm answered with `rule`, from its own stats."""
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STOP_TIMEOUT)) as session,
+        session.get(fakellm_url + "/_fakellm/stats") as reply,
+    ):
+        stats = await reply.json()
+    return int(stats["by_rule"].get(rule, 0))
+
+
+@pytest.mark.parametrize(("status", "sent"), [(400, 1), (429, 2), (500, 2)])
+async def test_both_send_a_request_again_after_the_same_statuses(
+    fakellm_url: str, pool: Pool, status: int, sent: int
+) -> None:
+    rule, headers = f"status-{status}", {STATUS_HEADER: str(status)}
+    before = await requests_matched(fakellm_url, rule)
+    async with openai.AsyncOpenAI(
+        base_url=fakellm_url + "/v1", api_key=KEY, max_retries=1, timeout=STARTUP_TIMEOUT
+    ) as sdk:
+        with pytest.raises(openai.APIStatusError):
+            await sdk.chat.completions.create(model=MODEL, messages=messages("Hi"), extra_headers=headers)
+    by_the_sdk = await requests_matched(fakellm_url, rule) - before
+    ours = OpenAICompatibleClient(
+        base_url=fakellm_url + "/v1", api_key=KEY, pool=pool,
+        retry=RetryPolicy(max_retries=1, backoff_base=0),
+    )
+    with pytest.raises(APIError):
+        await ours.chat(messages("Hi"), model=MODEL, extra_headers=headers)
+    by_us = await requests_matched(fakellm_url, rule) - before - by_the_sdk
+    assert by_us == by_the_sdk == sent
 
 
 async def test_a_route_fakellm_does_not_serve_is_not_found(
