@@ -213,7 +213,7 @@ def measure(client: str, url: str, streams: int, shape: Shape) -> dict[str, Any]
 
 
 KEPT = (
-    "completed", "chunk_throughput", "median_itl_ms", "median_ttft_ms", "p99_ttft_ms", "client_cpu_utilization", "p99_loop_lag_ms",
+    "completed", "chunk_throughput", "cpu_us_per_chunk", "median_itl_ms", "median_ttft_ms", "p99_ttft_ms", "client_cpu_utilization", "p99_loop_lag_ms",
     "median_harness_ttft_error_ms", "p99_harness_ttft_error_ms",
     "median_harness_itl_error_ms", "p99_harness_itl_error_ms",
     "p99_itl_ms", "p99_true_itl_ms", "client_bound", "chunk_clock", "shared_read_chunks",
@@ -255,18 +255,19 @@ def cell(value: Any) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     header = (
-        "| streams | shape | client | chunk clock | chunks/s | client CPU % of a core "
+        "| streams | shape | client | chunk clock | chunks/s | client CPU % of a core | CPU µs per chunk "
         "| loop lag p99 ms | TTFT err p50 ms | TTFT err p99 ms | ITL err p50 ms | ITL err p99 ms "
         "| observed ITL p99 ms | true ITL p99 ms | ruler late p99 ms | client-bound "
         "| shared reads |"
     )
-    lines = [header, "|" + "---|" * 16]
+    lines = [header, "|" + "---|" * 17]
     for row in rows:
         m = row["median"]
         lines.append("| " + " | ".join([
             str(row["streams"]), row["shape"], row["client"], cell(m["chunk_clock"]),
             cell(m["chunk_throughput"]),
-            cell(_percent(m["client_cpu_utilization"])), cell(m["p99_loop_lag_ms"]),
+            cell(_percent(m["client_cpu_utilization"])), cell(m["cpu_us_per_chunk"]),
+            cell(m["p99_loop_lag_ms"]),
             cell(m["median_harness_ttft_error_ms"]), cell(m["p99_harness_ttft_error_ms"]),
             cell(m["median_harness_itl_error_ms"]), cell(m["p99_harness_itl_error_ms"]),
             cell(m["p99_itl_ms"]), cell(m["p99_true_itl_ms"]), cell(m["ruler_p99_lateness_ms"]),

@@ -233,14 +233,12 @@ async def run_load(
             gc.enable()
     duration = clock.now() - origin
     cpu_seconds = time.process_time() - cpu_before
-    clocks_after = read_clocks(loop)
+    timed_by = chunk_clock(clocks_before, read_clocks(loop))
     records.sort(key=lambda record: record.index)
     return Measurement(
         tuple(records), duration, cpu_seconds, peak_rss_mb(), tuple(lags), origin,
         event_loop=running_event_loop(), gc_collections=len(collections),
-        chunk_clock=chunk_clock(clocks_before, clocks_after)
-        if clocks_before is not None and clocks_after is not None
-        and getattr(target, "reads_arrival_times", False) else "loop",
+        chunk_clock=timed_by if getattr(target, "reads_arrival_times", False) else "loop",
     )
 
 

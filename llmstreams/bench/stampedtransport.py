@@ -1,7 +1,7 @@
 """The bench's TCP connections, read with `recvmsg` so that each read carries the kernel's arrival
 time of its bytes (see `kernelstamps`), on asyncio's loop and on uvloop's alike.
 
-Neither loop's own transports can return a read's control messages (uvloop's read in C and keep
+Neither loop's own transports can return a read's control messages (uvloop reads in C and keeps
 nothing of them), so the bench's loops make their plain TCP connections with a transport of
 their own: `KernelStampedTransport`, driven through the loops' public `add_reader` /
 `add_writer`. After each read it hands the bytes to the protocol and, when the protocol notes
@@ -42,9 +42,11 @@ class ReadClocks:
     loop_connections: int = 0
 
 
-def chunk_clock(before: ReadClocks, after: ReadClocks) -> str:
+def chunk_clock(before: ReadClocks | None, after: ReadClocks | None) -> str:
     """"kernel" when every read between the two counts was stamped by the kernel (and no
-    connection went without stamps), else "loop"."""
+    connection went without stamps), else "loop" (also for a loop that does not count)."""
+    if before is None or after is None:
+        return "loop"
     stamped = after.kernel_reads - before.kernel_reads
     unstamped = after.loop_reads - before.loop_reads
     if stamped > 0 and unstamped == 0 and after.loop_connections == 0:
