@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from llmstreams.bench import LoadPlan, RequestRecord, load, run_load, summarize
-from llmstreams.bench.eventloop import EVENT_LOOPS, default_event_loop
+from llmstreams.bench.eventloop import CHUNK_CLOCKS, EVENT_LOOPS, default_event_loop
 from llmstreams.bench.metrics import Distribution, percentile
 from llmstreams.bench.report import format_run
 from llmstreams.bench.runner import BenchConfig
@@ -37,7 +37,7 @@ VLLM_FIELDS = (
 )
 OWN_FIELDS = (
     "failed", "errors", "total_chunks", "chunk_throughput", "cpu_seconds", "event_loop",
-    "gc_collections",
+    "gc_collections", "chunk_clock", "shared_read_chunks", "shared_reads",
     "cpu_s_per_1k_chunks", "client_cpu_utilization", "peak_rss_mb", "p90_ttft_ms",
     "p90_itl_ms", "p90_e2el_ms", "mode", "concurrency", "request_rate", "mock_workers",
 )
@@ -602,6 +602,30 @@ def test_the_client_runs_on_the_event_loop_asked_for(event_loop: str, tmp_path: 
     # What the client processes report they really ran on.
     assert document["runs"][0]["event_loop"] == event_loop
     assert document["runs"][0]["total_chunks"] == 6 * CHUNKS_PER_ANSWER
+
+
+@pytest.mark.parametrize("chunk_clock", CHUNK_CLOCKS)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_each_run_records_the_clock_that_timed_its_chunks(
+    chunk_clock: str, processes: str, tmp_path: Path,
+) -> None:
+    report = tmp_path / "report.json"
+    assert bench(
+        "--mock-workers", "1", "--processes", processes, "--concurrency", "2", "--requests", "4",
+        "--warmup", "0", "--chunk-clock", chunk_clock, *SMALL_ANSWER, "--json", str(report),
+        "--quiet",
+    ) == 0
+    document = json.loads(report.read_text(encoding="utf-8"))
+    assert document["config"]["chunk_clock"] == chunk_clock
+    # On Linux over plain TCP the kernel's times are there to be had.
+    assert document["runs"][0]["chunk_clock"] == chunk_clock
+    assert document["runs"][0]["total_chunks"] == 4 * CHUNKS_PER_ANSWER
+
+
+def test_the_kernel_clock_is_the_default() -> None:
+    assert BenchConfig(workload=Workload()).chunk_clock == "kernel"
+    with pytest.raises(ValueError, match="chunk_clock must be one of kernel, loop"):
+        BenchConfig(workload=Workload(), chunk_clock="wall")
 
 
 def test_uvloop_is_the_default_where_installed() -> None:

@@ -246,3 +246,8 @@ def test_measurements_of_processes_merge_on_one_time_line() -> None:
     assert sorted(merged.loop_lags) == [0.001, 0.002]
     assert merged.origin == 100.0
     assert attrs.evolve(merged.records[1], index=0) == record(0, 1.0)
+    # Chunks were timed by the kernel only if they were in every process.
+    assert merged.chunk_clock == "loop"
+    kernel = [attrs.evolve(m, chunk_clock="kernel") for m in (first, second)]
+    assert merge(kernel).chunk_clock == "kernel"
+    assert merge([kernel[0], second]).chunk_clock == "loop"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from llmstreams.bench import RequestRecord, summarize
-from llmstreams.bench.metrics import CLIENT_CPU_LIMIT, LOOP_LAG_LIMIT_MS
+from llmstreams.bench.metrics import CLIENT_CPU_LIMIT, LOOP_LAG_LIMIT_MS, SHARED_READ_LIMIT
 from llmstreams.bench.prompts import (
     CHARS_PER_TOKEN,
     PromptsError,
@@ -131,6 +131,26 @@ def test_a_client_over_its_limits_is_called_the_bottleneck() -> None:
     lagging = summary_of([record()], duration=10.0, cpu_seconds=1.0, loop_lags=lags)
     assert lagging["client_bound"] is True
     assert "loop lag" in lagging["client_bound_reasons"][0]  # type: ignore[index]
+
+
+def test_chunks_that_shared_a_read_are_counted_and_flagged_past_the_limit() -> None:
+    # 200 gaps; chunks of one read share their time, so their gap is exactly 0.
+    apart = [record(index, gaps=(0.1,) * 10) for index in range(19)]
+    few = summary_of([*apart, record(19, gaps=(0.1,) * 8 + (0.0,) * 2)])
+    assert few["shared_read_chunks"] == 2
+    assert SHARED_READ_LIMIT >= 2 / 200
+    assert (few["shared_reads"], few["shared_reads_reason"]) == (False, None)
+    many = summary_of([*apart, record(19, gaps=(0.1,) * 5 + (0.0,) * 5)])
+    assert many["shared_read_chunks"] == 5
+    assert many["shared_reads"] is True
+    assert "cannot be told apart" in many["shared_reads_reason"]  # type: ignore[operator]
+    # Failed requests are not timed, so not counted either.
+    assert summary_of([record(gaps=(0.0, 0.0), status="ReadError")])["shared_read_chunks"] == 0
+
+
+def test_each_run_says_which_clock_timed_its_chunks() -> None:
+    assert summary_of([record()])["chunk_clock"] == "loop"
+    assert summary_of([record()], chunk_clock="kernel")["chunk_clock"] == "kernel"
 
 
 def test_harness_error_from_the_servers_true_send_times() -> None:

@@ -107,3 +107,34 @@ async def test_the_harness_reports_its_error_against_a_ruler_in_another_process(
     # Every chunk but the client-made end chunk carries a stamp of its own.
     for record in measurement.records:
         assert sum(error == error for error in record.send_errors) == PACE.chunks
+
+
+def test_in_phase_every_answer_is_due_on_one_grid_whenever_it_started() -> None:
+    pace = Pace(ttft=0.01, gap=0.05, chunks=3, in_phase=True)
+    for arrived in (1000.0, 1000.013, 1000.049, 1000.071):
+        dues = pace.due_times(arrived, 3)
+        assert arrived + pace.ttft <= dues[0] < arrived + pace.ttft + pace.gap
+        for due in dues:
+            assert due / pace.gap == pytest.approx(round(due / pace.gap))
+    assert pace.due_times(1000.013, 3) == pace.due_times(1000.031, 3)
+
+
+def test_ramped_answers_are_due_from_their_own_start() -> None:
+    pace = Pace(ttft=0.01, gap=0.05, chunks=3)
+    assert pace.due_times(1000.013, 3) == pytest.approx([1000.023, 1000.073, 1000.123])
+    with pytest.raises(ValueError, match="in_phase needs a gap"):
+        Pace(gap=0.0, in_phase=True)
+
+
+async def test_streams_against_an_in_phase_ruler_in_another_process() -> None:
+    pace = Pace(ttft=0.01, gap=0.02, chunks=3, in_phase=True)
+    with spawn_ruler(pace) as url:
+        async with Pool() as pool:
+            client = OpenAICompatibleClient(base_url=url + "/v1", pool=pool)
+            target = ClientTarget(
+                client, Workload(provider="openai", model="ruler"), reads_sent_at=True
+            )
+            measurement = await run_load(target, LoadPlan(concurrency=4, requests=8))
+    records = measurement.records
+    assert [record.status for record in records] == ["ok"] * 8
+    assert all(sum(error == error for error in record.send_errors) == 3 for record in records)

@@ -20,6 +20,10 @@ EVENT_LOOPS: tuple[str, ...] = ("uvloop", "asyncio")
 # uvloop is in the bench extra, not in the package's own requirements.
 INSTALL_UVLOOP = "pip install 'llmstreams[bench]'"
 
+# What times a chunk: the kernel's arrival time of its bytes (where it can), or the event loop's
+# time when it got to them.
+CHUNK_CLOCKS: tuple[str, ...] = ("kernel", "loop")
+
 
 def default_event_loop() -> str:
     """uvloop where it is installed (every platform but Windows), else asyncio."""
@@ -46,18 +50,31 @@ def missing_uvloop_notice() -> str | None:
         f"to be timed): {INSTALL_UVLOOP}"
     )
 
+def check_chunk_clock(name: str) -> None:
+    """ValueError naming the problem unless `name` is one of CHUNK_CLOCKS."""
+    if name not in CHUNK_CLOCKS:
+        raise ValueError(f"chunk_clock must be one of {', '.join(CHUNK_CLOCKS)}, got {name!r}")
+
 
 def running_event_loop() -> str:
-    """"uvloop" when the running loop is uvloop's, else "asyncio"."""
-    module = type(asyncio.get_running_loop()).__module__
-    return "uvloop" if module.partition(".")[0] == "uvloop" else "asyncio"
+    """"uvloop" when the running loop is uvloop's (or made from it), else "asyncio"."""
+    kinds = type(asyncio.get_running_loop()).__mro__
+    return "uvloop" if any(kind.__module__.partition(".")[0] == "uvloop" for kind in kinds) else "asyncio"
 
 
-def run_on(name: str, main: Coroutine[Any, Any, T]) -> T:
-    """`asyncio.run(main)` on the event loop called `name` (one of EVENT_LOOPS)."""
+def run_on(name: str, main: Coroutine[Any, Any, T], *, kernel_clock: bool = False) -> T:
+    """`asyncio.run(main)` on the event loop called `name` (one of EVENT_LOOPS).
+
+    `kernel_clock`: the loop's TCP connections carry the kernel's arrival time of each read
+    (see `llmstreams.bench.stampedtransport`).
+    """
     check_event_loop(name)
     factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    if name == "uvloop":
+    if kernel_clock:
+        from llmstreams.bench.stampedtransport import kernel_clock_loop_factory
+
+        factory = kernel_clock_loop_factory(name)
+    elif name == "uvloop":
         import uvloop
 
         factory = uvloop.new_event_loop

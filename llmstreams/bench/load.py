@@ -9,7 +9,8 @@ terms. Per chunk it only appends a timestamp to a list: all statistics come afte
 Timestamps are `time.monotonic()` (the clock of `loop.time()` in asyncio's own loop, and the
 one a server on the same machine stamps with). An `llmstreams.ChunkStream` says by when the
 bytes carrying each chunk had arrived from the socket (`last_read_at`); that time is used for
-the chunk rather than the moment the timing loop got it.
+the chunk rather than the moment the timing loop got it. On a loop of `stampedtransport` that
+is the kernel's arrival time of the bytes; on any other, when the loop got to the socket.
 
 The measured run goes without automatic garbage collection: a collection stops the loop for
 5-100 ms with a thousand streams open, and every event arriving meanwhile would be timed late.
@@ -37,6 +38,7 @@ import attrs
 from llmstreams.bench.eventloop import running_event_loop
 from llmstreams.bench.metrics import OK, SENT_AT_FIELD, RequestRecord
 from llmstreams.bench.schedule import closed_loop_starts, open_loop_arrivals
+from llmstreams.bench.stampedtransport import chunk_clock, read_clocks
 
 try:
     import resource
@@ -60,7 +62,9 @@ class Target(Protocol):
     generated output, such as a stream's closing chunk with only the finish reason and usage:
     it ends the request but is not timed as a token; without it every item is) and
     `reads_sent_at` (true: each item has a `raw` mapping in which the server may have stamped
-    its true send time, SENT_AT_FIELD).
+    its true send time, SENT_AT_FIELD) and `reads_arrival_times` (true: its streams say when
+    the bytes of each item arrived, `last_read_at`, so that the kernel's arrival times of a
+    stamping loop time the chunks).
     """
 
     def open_stream(self) -> AsyncIterator[Any]:
@@ -173,6 +177,8 @@ class Measurement:
     the run, `connections_warmed`: those it had opened before it, in the warm-up (each None
     where unknown; a warm-up at the run's concurrency leaves none to open during the run). `event_loop`: the loop the run ran on, "uvloop" or "asyncio".
     `gc_collections`: how often the garbage collector had to run during the run (GC_BACKSTOP).
+    `chunk_clock`: what timed the chunks, "kernel" (every read of the run carried the kernel's
+    arrival time of its bytes: see `stampedtransport`) or "loop" (when the loop got to them).
     """
 
     records: tuple[RequestRecord, ...]
@@ -185,6 +191,7 @@ class Measurement:
     connections_warmed: int | None = None
     event_loop: str = "asyncio"
     gc_collections: int = 0
+    chunk_clock: str = "loop"
 
 
 async def run_load(
@@ -207,6 +214,8 @@ async def run_load(
         await _closed_loop(target, warmup, clock.now(), clock)
     if before_run is not None:
         await before_run()
+    loop = asyncio.get_running_loop()
+    clocks_before = read_clocks(loop)
     collecting = gc.isenabled()
     gc.collect()
     gc.disable()
@@ -226,10 +235,12 @@ async def run_load(
             gc.enable()
     duration = clock.now() - origin
     cpu_seconds = time.process_time() - cpu_before
+    timed_by = chunk_clock(clocks_before, read_clocks(loop))
     records.sort(key=lambda record: record.index)
     return Measurement(
         tuple(records), duration, cpu_seconds, peak_rss_mb(), tuple(lags), origin,
         event_loop=running_event_loop(), gc_collections=len(collections),
+        chunk_clock=timed_by if getattr(target, "reads_arrival_times", False) else "loop",
     )
 
 

@@ -24,6 +24,9 @@ SLO_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2el")
 CLIENT_CPU_LIMIT = 0.8  # share of one core
 LOOP_LAG_LIMIT_MS = 10.0  # p99 of the event loop's lateness
 LOOP_LAG_PERCENTILES: tuple[float, ...] = (50, 99)
+# Above this share of the chunks coming in one read with the chunk before them, a run says that
+# its per-chunk gaps cannot be told apart.
+SHARED_READ_LIMIT = 0.01
 # The field of a streamed event in which a server (the ruler, the mock) writes the
 # `time.monotonic()` at which it wrote the event.
 SENT_AT_FIELD = "x_sent_at"
@@ -193,7 +196,10 @@ class RunSummary:
     ran on ("uvloop" or "asyncio"); `gc_collections` how often the garbage collector had to
     run during the run (it is held off otherwise). `loop_lag` is the distribution of the event
     loop's lateness; `ttft_error` / `itl_error` (absolute, per request / per gap) and `true_itl`
-    are known only when the server stamped its true send times.
+    are known only when the server stamped its true send times. `chunk_clock`: what timed the
+    chunks, "kernel" (the kernel's arrival time of their bytes) or "loop" (when the event loop
+    got to their socket). `shared_read_chunks`: chunks of successful requests that came in one
+    read with the chunk before them (their ITL is 0).
     """
 
     label: dict[str, Any]
@@ -224,6 +230,8 @@ class RunSummary:
     event_loop: str = "asyncio"
     gc_collections: int = 0
     connections_warmed: int | None = None
+    chunk_clock: str = "loop"
+    shared_read_chunks: int = 0
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -283,6 +291,23 @@ class RunSummary:
         return bool(self.client_bound_reasons)
 
     @property
+    def shared_reads_reason(self) -> str | None:
+        """Why the run's per-chunk gaps cannot all be told apart (None: they can): more than
+        SHARED_READ_LIMIT of the gaps were between events of one stream that came in one read,
+        because the client fell behind by a whole gap or the server wrote them together."""
+        gaps = self.itl.count
+        if not gaps or self.shared_read_chunks / gaps <= SHARED_READ_LIMIT:
+            return None
+        return (
+            f"{self.shared_read_chunks / gaps:.0%} of the chunks came in one read with the chunk "
+            f"before them (over {SHARED_READ_LIMIT:.0%}): their gaps cannot be told apart"
+        )
+
+    @property
+    def shared_reads(self) -> bool:
+        return self.shared_reads_reason is not None
+
+    @property
     def harness_error_known(self) -> bool:
         return self.ttft_error.count > 0
 
@@ -324,6 +349,10 @@ class RunSummary:
             "connections_opened_in_warmup": self.connections_warmed,
             "client_bound": self.client_bound,
             "client_bound_reasons": list(self.client_bound_reasons),
+            "chunk_clock": self.chunk_clock,
+            "shared_read_chunks": self.shared_read_chunks,
+            "shared_reads": self.shared_reads,
+            "shared_reads_reason": self.shared_reads_reason,
         }
         if self.harness_error_known:
             document.update({
@@ -366,6 +395,7 @@ def summarize(
     event_loop: str = "asyncio",
     gc_collections: int = 0,
     connections_warmed: int | None = None,
+    chunk_clock: str = "loop",
 ) -> RunSummary:
     """The statistics of the measured `records` of one run; `slos` (milliseconds by metric
     in SLO_METRICS) define the good requests of `request_goodput`."""
@@ -412,4 +442,6 @@ def summarize(
         event_loop=event_loop,
         gc_collections=gc_collections,
         connections_warmed=connections_warmed,
+        chunk_clock=chunk_clock,
+        shared_read_chunks=sum(gap == 0.0 for record in succeeded for gap in record.gaps),
     )

@@ -173,10 +173,11 @@ def format_run(summary: RunSummary) -> str:
         + f"; event-loop lag p99 {_number(summary.loop_lag.at(99))} ms"
         + f"; peak RSS {summary.peak_rss_mb:,.1f} MiB"
         + connections_description(summary)
-        + f"; on {summary.event_loop}"
+        + f"; on {summary.event_loop}, chunks timed by the {summary.chunk_clock} clock"
         + ("" if not summary.gc_collections
            else f"; garbage collected {summary.gc_collections:,} times during the run"),
         "client-bound  " + ("; ".join(summary.client_bound_reasons) or "no"),
+        "shared reads  " + (summary.shared_reads_reason or "no"),
         f"errors        {errors}",
     ]
     return "\n".join(lines)

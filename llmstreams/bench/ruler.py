@@ -9,8 +9,11 @@ process of the machine), writes it into the event's JSON as `"x_sent_at"` and ha
 to the socket at once. A client that notes its own arrival times on the same clock can thus
 tell its measurement error exactly: observed arrival minus `x_sent_at`.
 
-How late the ruler wrote each event against its schedule is recorded too (`GET /ruler/stats`;
-`GET /ruler/reset` starts afresh), so that a late server is not mistaken for a slow client.
+With `--in-phase` every event of every answer is due on one grid of instants (see `Pace`):
+all open streams have an event due at once, as the tokens of one decoding step of a serving
+engine. How late the ruler wrote each event against its schedule is recorded too
+(`GET /ruler/stats`; `GET /ruler/reset` starts afresh), so that a late server is not mistaken
+for a slow client.
 `GET /health` and `GET .../models` answer as OpenAI-compatible servers do, for tools that ask.
 
 Run it in a process of its own: `python -m llmstreams.bench.ruler --gap 0.1 --chunks 20`
@@ -24,13 +27,14 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import random
 import selectors
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import attrs
 
@@ -51,7 +55,12 @@ class Pace:
     """Every answer: `chunks` events (each a `chunk_text`), the first `ttft` seconds after the
     request arrived, then one every `gap` seconds. `spread` varies the number of events per
     answer uniformly within ±spread of `chunks` (a request's `max_tokens` sets it instead), so
-    that streams started together drift apart rather than ending in waves."""
+    that streams started together drift apart rather than ending in waves.
+
+    `in_phase`: as a serving engine's decoding steps, every event of every answer is due on one
+    grid of instants `gap` apart (whole multiples of `gap` on the loop clock): an answer's
+    first event at the first instant at least `ttft` after its request arrived, then one per
+    instant. Every stream open has an event due at the same instant, whenever it started."""
 
     ttft: float = 0.1
     gap: float = 0.1
@@ -59,14 +68,25 @@ class Pace:
     spread: float = 0.0
     chunk_text: str = "tick "
     seed: int = 0
+    in_phase: bool = False
 
     def __attrs_post_init__(self) -> None:
         if not (self.ttft >= 0 and self.gap >= 0):
             raise ValueError("ttft and gap are seconds >= 0")
+        if self.in_phase and not self.gap > 0:
+            raise ValueError("in_phase needs a gap > 0")
         if self.chunks < 1:
             raise ValueError(f"chunks must be at least 1, got {self.chunks}")
         if not 0 <= self.spread < 1:
             raise ValueError(f"spread must be in [0, 1), got {self.spread}")
+
+    def due_times(self, arrived: float, count: int) -> list[float]:
+        """When the `count` events of an answer to a request that arrived at `arrived` (loop
+        clock, seconds) are due."""
+        first = arrived + self.ttft
+        if self.in_phase:
+            first = math.ceil(first / self.gap) * self.gap
+        return [first + self.gap * index for index in range(count)]
 
 
 class Ruler:
@@ -119,8 +139,8 @@ class RulerProtocol(asyncio.Protocol):
         self._streaming = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports are not subclasses of asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         for timer in self._timers:
@@ -195,12 +215,10 @@ class RulerProtocol(asyncio.Protocol):
         ruler.answers += 1
         self._streaming = True
         self._transport.write(_STREAM_HEAD)
-        began = loop.time()
         count = events.count
         self._timers = [
-            loop.call_at(began + pace.ttft + pace.gap * index, self._send, events, index, count,
-                         began + pace.ttft + pace.gap * index)
-            for index in range(count)
+            loop.call_at(due, self._send, events, index, count, due)
+            for index, due in enumerate(pace.due_times(loop.time(), count))
         ]
 
     def _send(self, events: _Events, index: int, count: int, due: float) -> None:
@@ -312,7 +330,7 @@ def spawn_ruler(pace: Pace, *, ready_timeout: float = 30.0) -> Iterator[str]:
     command = [
         sys.executable, "-m", "llmstreams.bench.ruler", "--ttft", repr(pace.ttft),
         "--gap", repr(pace.gap), "--chunks", str(pace.chunks), "--spread", repr(pace.spread),
-        "--seed", str(pace.seed), "--exit-with-stdin",
+        "--seed", str(pace.seed), "--exit-with-stdin", *(["--in-phase"] if pace.in_phase else []),
     ]
     process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
@@ -350,11 +368,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spread", type=float, default=0.0, help="answer length spread, 0..1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--in-phase", action="store_true",
+        help="every event of every answer due on one grid of instants --gap apart",
+    )
+    parser.add_argument(
         "--exit-with-stdin", action="store_true",
         help="stop when standard input closes (so that the ruler ends with its parent)",
     )
     args = parser.parse_args(argv)
-    pace = Pace(ttft=args.ttft, gap=args.gap, chunks=args.chunks, spread=args.spread, seed=args.seed)
+    pace = Pace(
+        ttft=args.ttft, gap=args.gap, chunks=args.chunks, spread=args.spread, seed=args.seed,
+        in_phase=args.in_phase,
+    )
 
     async def run() -> None:
         gc.disable()

@@ -15,7 +15,12 @@ from urllib.parse import urlsplit
 import attrs
 
 from llmstreams import Pool
-from llmstreams.bench.eventloop import check_event_loop, default_event_loop, run_on
+from llmstreams.bench.eventloop import (
+    check_chunk_clock,
+    check_event_loop,
+    default_event_loop,
+    run_on,
+)
 from llmstreams.bench.load import LoadPlan, Measurement, run_load
 from llmstreams.bench.metrics import PERCENTILES, RequestRecord, RunSummary, summarize
 from llmstreams.bench.targets import ClientTarget, Workload, make_client
@@ -39,7 +44,10 @@ class BenchConfig:
     `mock_auth` is how the client authenticates to the mock: one of its provider's
     `mock_credentials` methods (None: the first).
     `event_loop` is the loop the client runs on, "uvloop" or "asyncio" (see `run_on`); the
-    caller runs `run_benchmark` on it, and client processes start on it.
+    caller runs `run_benchmark` on it, and client processes start on it. `chunk_clock`
+    "kernel" times chunks by the kernel's arrival time of their bytes where it can (the caller
+    runs `run_benchmark` with `run_on(..., kernel_clock=True)`, and client processes start so);
+    "loop" by when the event loop got to them. Each run records which clock timed it.
     """
 
     workload: Workload
@@ -61,9 +69,11 @@ class BenchConfig:
     slos: Mapping[str, float] = attrs.field(factory=dict)
     processes: int = 1
     event_loop: str = attrs.field(factory=default_event_loop)
+    chunk_clock: str = "kernel"
 
     def __attrs_post_init__(self) -> None:
         check_event_loop(self.event_loop)
+        check_chunk_clock(self.chunk_clock)
         if self.processes < 1:
             raise ValueError(f"processes must be at least 1, got {self.processes}")
         smallest = min(
@@ -118,6 +128,7 @@ class BenchConfig:
             "goodput_slos_ms": dict(self.slos) or None,
             "processes": self.processes,
             "event_loop": self.event_loop,
+            "chunk_clock": self.chunk_clock,
         }
 
 
@@ -137,6 +148,7 @@ class ClientSpec:
     mock: bool
     mock_auth: str | None
     event_loop: str = attrs.field(factory=default_event_loop)
+    chunk_clock: str = "kernel"
 
     @contextlib.asynccontextmanager
     async def target(self) -> AsyncIterator[tuple[ClientTarget, Pool]]:
@@ -158,7 +170,7 @@ async def run_benchmark(
         async with _server(config, workers) as base_url:
             spec = ClientSpec(
                 config.workload, base_url, config.max_retries, workers is not None,
-                config.mock_auth, config.event_loop,
+                config.mock_auth, config.event_loop, config.chunk_clock,
             )
             for plan in config.plans():
                 measurement = await measure(spec, plan, config.processes)
@@ -172,6 +184,7 @@ async def run_benchmark(
                     connections_warmed=measurement.connections_warmed,
                     event_loop=measurement.event_loop,
                     gc_collections=measurement.gc_collections,
+                    chunk_clock=measurement.chunk_clock,
                 )
                 result = RunResult(summary, measurement.records)
                 results.append(result)
@@ -267,6 +280,7 @@ def merge(measurements: Sequence[Measurement]) -> Measurement:
         peak_rss_mb=sum(m.peak_rss_mb for m in measurements),
         event_loop=",".join(sorted({m.event_loop for m in measurements})),
         gc_collections=sum(m.gc_collections for m in measurements),
+        chunk_clock="kernel" if all(m.chunk_clock == "kernel" for m in measurements) else "loop",
         loop_lags=tuple(lag for m in measurements for lag in m.loop_lags),
         origin=origin,
         connections_opened=_total(m.connections_opened for m in measurements),
@@ -310,7 +324,10 @@ def _longest(plan: LoadPlan) -> float:
 
 def _child(spec: ClientSpec, plan: LoadPlan, results: Any, ready: Any) -> None:
     try:
-        results.put(run_on(spec.event_loop, _child_run(spec, plan, ready)))
+        results.put(run_on(
+            spec.event_loop, _child_run(spec, plan, ready),
+            kernel_clock=spec.chunk_clock == "kernel",
+        ))
     except Exception as error:  # reported to the parent, which raises it
         results.put(f"{type(error).__name__}: {error}")
 

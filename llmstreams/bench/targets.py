@@ -84,7 +84,9 @@ class ClientTarget:
 
     `mock`: the target is the mock (a model left out is the provider's mock model).
     `reads_sent_at`: the server stamps each event with its true send time (the ruler, the
-    mock), which the load generator then reads from every chunk.
+    mock), which the load generator then reads from every chunk. `reads_arrival_times`: each
+    chunk's time is when its bytes arrived (a `ChunkStream`'s `last_read_at`), not when the
+    load generator got it.
     Building the target makes one call without sending it, so that a parameter the client
     rejects fails here rather than as an error on every request.
     """
@@ -99,6 +101,7 @@ class ClientTarget:
         self._prompts = workload.requests()
         self._sent = 0
         self.reads_sent_at = reads_sent_at and workload.stream
+        self.reads_arrival_times = workload.stream
         self._call(self._prompts[0], stream=True)
 
     def open_stream(self) -> AsyncIterator[Chunk | Completion]:

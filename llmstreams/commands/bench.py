@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 from llmstreams import LLMStreamsError
 from llmstreams.bench.eventloop import (
+    CHUNK_CLOCKS,
     EVENT_LOOPS,
     default_event_loop,
     missing_uvloop_notice,
@@ -168,6 +169,12 @@ def register(subparsers: Any) -> None:
         help="the client's event loop (default: uvloop where installed, else asyncio); "
         "uvloop leaves the loop less to do per event, so events wait less to be timed",
     )
+    load.add_argument(
+        "--chunk-clock", choices=CHUNK_CLOCKS, default="kernel",
+        help="what times each chunk: the kernel's arrival time of its bytes (default; Linux, "
+        "plain TCP; elsewhere the loop's, and the run says so) or the loop's (when the event "
+        "loop got to its socket)",
+    )
 
     target = parser.add_argument_group("target")
     target.add_argument(
@@ -321,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
         results = run_on(
             config.event_loop,
             run_benchmark(config, on_run=None if args.quiet else _print_result),
+            kernel_clock=config.chunk_clock == "kernel",
         )
     except LLMStreamsError as error:
         print(f"llmstreams bench: {error}", file=sys.stderr)
@@ -402,6 +410,7 @@ def _config(args: argparse.Namespace) -> BenchConfig:
         slos=dict(args.goodput or ()),
         processes=args.processes,
         event_loop=args.event_loop,
+        chunk_clock=args.chunk_clock,
     )
 
 
