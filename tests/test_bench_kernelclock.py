@@ -54,7 +54,7 @@ def test_bytes_read_late_carry_the_time_the_kernel_received_them() -> None:
         written = time.monotonic()
         time.sleep(LATENESS)
         read_at = time.monotonic()
-        data, arrived = kernelstamps.receive(client)
+        data, arrived = kernelstamps.receive(client, kernelstamps.read_buffer())
     assert data == b"event"
     assert arrived is not None
     assert arrived <= written < read_at
@@ -64,7 +64,7 @@ def test_a_socket_without_the_option_reads_without_a_stamp() -> None:
     client, server = connected_pair()
     with client, server:
         server.sendall(b"event")
-        data, arrived = kernelstamps.receive(client)
+        data, arrived = kernelstamps.receive(client, kernelstamps.read_buffer())
     assert (data, arrived) == (b"event", None)
 
 

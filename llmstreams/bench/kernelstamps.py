@@ -49,9 +49,10 @@ class StampsOn:
         if not enable(receiver):
             return
         deadline = time.monotonic() + timeout
+        buffer = memoryview(bytearray(1))
         while not self.on and time.monotonic() < deadline:
             sender.sendall(b".")
-            _, arrived = receive(receiver)
+            _, arrived = receive(receiver, buffer)
             self.on = arrived is not None
             if not self.on:
                 time.sleep(0.001)  # let the kernel's work queue run
@@ -91,8 +92,18 @@ def arrival(ancillary: Ancillary) -> float | None:
     return None
 
 
-def receive(sock: socket.socket) -> tuple[bytes, float | None]:
-    """One read of up to MAX_READ bytes from `sock`, with the kernel's arrival time of those
-    bytes (None when the socket was not stamping). Raises what `recvmsg` raises."""
-    data, ancillary, _flags, _address = sock.recvmsg(MAX_READ, ANCILLARY_SPACE)
-    return data, arrival(ancillary) if ancillary else None
+def read_buffer() -> memoryview:
+    """A buffer for `receive`, to be reused read after read."""
+    return memoryview(bytearray(MAX_READ))
+
+
+def receive(sock: socket.socket, buffer: memoryview) -> tuple[bytes, float | None]:
+    """One read of up to len(`buffer`) bytes from `sock` (through `buffer`, from `read_buffer`),
+    with the kernel's arrival time of those bytes (None when the socket was not stamping).
+    Raises what `recvmsg_into` raises.
+
+    Into a buffer made once rather than `recvmsg(MAX_READ)`: that allocates MAX_READ bytes for
+    every read, and the allocation (a fresh mapping, its page faults, then its shrinking) cost
+    about 20 µs per read here, more than the read itself."""
+    size, ancillary, _flags, _address = sock.recvmsg_into([buffer], ANCILLARY_SPACE)
+    return bytes(buffer[:size]), arrival(ancillary) if ancillary else None

@@ -70,6 +70,7 @@ class KernelStampedTransport(asyncio.Transport):
         sock: socket.socket,
         protocol: asyncio.Protocol,
         clocks: ReadClocks,
+        buffer: memoryview | None = None,
     ) -> None:
         super().__init__({
             "socket": sock, "sockname": sock.getsockname(), "peername": sock.getpeername(),
@@ -80,6 +81,8 @@ class KernelStampedTransport(asyncio.Transport):
         self._protocol = protocol
         self._stamped = protocol if isinstance(protocol, ArrivalStampingHandler) else None
         self._clocks = clocks
+        # Shared by the loop's connections: each read is copied out of it at once.
+        self._read_into = kernelstamps.read_buffer() if buffer is None else buffer
         self._buffer = bytearray()
         self._reading = False
         self._closing = False
@@ -96,7 +99,7 @@ class KernelStampedTransport(asyncio.Transport):
 
     def _read_ready(self) -> None:
         try:
-            data, arrived = kernelstamps.receive(self._sock)
+            data, arrived = kernelstamps.receive(self._sock, self._read_into)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
@@ -256,6 +259,7 @@ class KernelStampedTransport(asyncio.Transport):
 async def _connect(
     loop: asyncio.AbstractEventLoop,
     clocks: ReadClocks,
+    buffer: memoryview,
     create_connection: Callable[..., Any],
     protocol_factory: Callable[[], asyncio.BaseProtocol],
     *args: Any,
@@ -276,7 +280,7 @@ async def _connect(
     sock.setblocking(False)
     protocol = protocol_factory()
     assert isinstance(protocol, asyncio.Protocol)
-    transport = KernelStampedTransport(loop, sock, protocol, clocks)
+    transport = KernelStampedTransport(loop, sock, protocol, clocks, buffer)
     transport.start()
     return transport, protocol
 
@@ -288,10 +292,13 @@ class KernelClockSelectorLoop(asyncio.SelectorEventLoop):
     def __init__(self) -> None:
         super().__init__()
         self.read_clocks = ReadClocks()
+        self._read_buffer = kernelstamps.read_buffer()
         self._stamps_on = kernelstamps.StampsOn()
 
     async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-        return await _connect(self, self.read_clocks, super().create_connection, *args, **kwargs)
+        return await _connect(
+            self, self.read_clocks, self._read_buffer, super().create_connection, *args, **kwargs
+        )
 
     def close(self) -> None:
         self._stamps_on.close()
@@ -312,10 +319,14 @@ def kernel_clock_loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractE
         def __init__(self) -> None:
             super().__init__()
             self.read_clocks = ReadClocks()
+            self._read_buffer = kernelstamps.read_buffer()
             self._stamps_on = kernelstamps.StampsOn()
 
         async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-            return await _connect(self, self.read_clocks, super().create_connection, *args, **kwargs)
+            return await _connect(
+                self, self.read_clocks, self._read_buffer, super().create_connection,
+                *args, **kwargs,
+            )
 
         def close(self) -> None:
             self._stamps_on.close()
