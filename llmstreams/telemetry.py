@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import sys
 import time
@@ -84,6 +85,30 @@ def disabled_by_environment(environ: Mapping[str, str]) -> bool:
 
 
 _DISABLED: Final = disabled_by_environment(os.environ)
+# The conventions' opt-in for recording prompts and answers: off unless set to "true".
+CAPTURE_CONTENT_VARIABLE: Final = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
+
+
+def captures_content(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether the application opted in to recording message content (read per generation)."""
+    return environ.get(CAPTURE_CONTENT_VARIABLE, "").strip().lower() == "true"
+
+
+def _input_messages(content: object) -> str | None:
+    """The conventions' `gen_ai.input.messages` (JSON) of a prompt or chat messages."""
+    if isinstance(content, str):
+        messages: Any = [{"role": "user", "content": content}]
+    elif isinstance(content, (list, tuple)):
+        messages = content
+    else:
+        return None
+    return json.dumps([
+        {
+            "role": str(message.get("role")),
+            "parts": [{"type": "text", "content": message.get("content")}],
+        }
+        for message in messages if isinstance(message, Mapping)
+    ], ensure_ascii=False, default=str)
 
 
 @attrs.frozen(slots=True)
@@ -100,17 +125,21 @@ class GenerationInfo:
     temperature: float | None = None
     top_p: float | None = None
     stop_sequences: tuple[str, ...] = ()
+    input_messages: str | None = attrs.field(default=None, repr=False)
+    """The prompt or messages as JSON, only when the application opted in to content capture."""
 
 
 def describe(
-    kind: str, model: object, params: Mapping[str, Any], *, url: str | None = None
+    kind: str, model: object, params: Mapping[str, Any], *, url: str | None = None,
+    content: object = None,
 ) -> GenerationInfo | None:
     """The `GenerationInfo` of a call of `kind` ("chat" or "completions"), or None when no
     telemetry can be recorded in this process (then nothing is worked out).
 
     `params` are the call's parameters by their wire names (max tokens under any of
     `max_tokens`, `max_completion_tokens`, `max_output_tokens`); `url` is where it is sent
-    (only its host and port are kept).
+    (only its host and port are kept); `content` the prompt or messages, kept only when the
+    application opted in to content capture (`OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`).
     """
     if not _sdk_loaded():
         return None
@@ -124,6 +153,7 @@ def describe(
         temperature=_number(params.get("temperature")),
         top_p=_number(params.get("top_p")),
         stop_sequences=_stop_sequences(params.get("stop")),
+        input_messages=_input_messages(content) if captures_content() else None,
     )
 
 
@@ -273,7 +303,9 @@ class GenerationRecord:
     """One generation's span and measurements, from its request to its end (whichever way it
     ends). Told of each retry and of the first chunk; never of the chunks after it."""
 
-    __slots__ = ("_span", "_instruments", "_attributes", "_started_at", "_first_chunk_at")
+    __slots__ = (
+        "_span", "_instruments", "_attributes", "_started_at", "_first_chunk_at", "_captures",
+    )
 
     def __init__(self, tracer: Tracer | None, instruments: _Instruments | None, exchange: Exchange) -> None:
         info: GenerationInfo | None = getattr(exchange, "telemetry", None)
@@ -291,12 +323,15 @@ class GenerationRecord:
                 attributes["server.port"] = info.server_port
         self._attributes = attributes
         self._instruments = instruments
+        self._captures = info is not None and info.input_messages is not None
         self._first_chunk_at: float | None = None
         self._span: Span | None = None
         if tracer is not None:
             span_attributes = dict(attributes)
             if info is not None:
                 _add_request_parameters(span_attributes, info)
+                if info.input_messages is not None:
+                    span_attributes["gen_ai.input.messages"] = info.input_messages
             from opentelemetry.trace import SpanKind
 
             self._span = tracer.start_span(
@@ -409,6 +444,11 @@ class GenerationRecord:
             values["gen_ai.response.finish_reasons"] = (builder.finish_reason,)
         if self._first_chunk_at is not None:
             values["gen_ai.response.time_to_first_chunk"] = self._first_chunk_at - self._started_at
+        if self._captures:
+            values["gen_ai.output.messages"] = json.dumps([{
+                "role": "assistant", "parts": [{"type": "text", "content": builder.text}],
+                "finish_reason": builder.finish_reason,
+            }], ensure_ascii=False)
         usage = builder.usage
         if usage is not None:
             values["gen_ai.usage.input_tokens"] = usage.prompt_tokens

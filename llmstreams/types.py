@@ -272,6 +272,11 @@ class CompletionBuilder:
         return self._model
 
     @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._parts)
+
+    @property
     def text_length(self) -> int:
         """Characters of text so far (counted when asked)."""
         return sum(map(len, self._parts))

@@ -759,3 +759,28 @@ async def test_the_batch_command_exports_spans_and_metrics_over_otlp_http(
     }
     for body in bodies["traces"] + bodies["metrics"]:
         assert DASHSCOPE_KEY.encode() not in body
+
+
+@pytest.mark.parametrize("name", ["qianfan-v1-chat", "dashscope-native-generate", "openai-chat"])
+async def test_content_is_recorded_only_when_the_application_opts_in(
+    name: str, server: MockServer, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_client, start, _, _, _ = CASES[name]
+    async with make_client(server.url) as client, start(client) as stream:
+        await stream.collect()
+    attributes = dict(telemetry.span().attributes or {})
+    assert "gen_ai.input.messages" not in attributes and "gen_ai.output.messages" not in attributes
+
+    telemetry.reset()
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    async with make_client(server.url) as client, start(client) as stream:
+        completion = await stream.collect()
+    attributes = dict(telemetry.span().attributes or {})
+    (asked,) = json.loads(str(attributes["gen_ai.input.messages"]))
+    assert asked["role"] == "user" and asked["parts"][0]["type"] == "text"
+    assert asked["parts"][0]["content"] in (USER[0]["content"], "Tell me about rivers")
+    (answered,) = json.loads(str(attributes["gen_ai.output.messages"]))
+    assert answered == {
+        "role": "assistant", "parts": [{"type": "text", "content": completion.text}],
+        "finish_reason": completion.finish_reason,
+    }

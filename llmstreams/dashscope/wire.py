@@ -150,7 +150,10 @@ def build_generation(
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
-        telemetry=describe("chat" if messages is not None else "completions", model, parameters),
+        telemetry=describe(
+            "chat" if messages is not None else "completions", model, parameters,
+            content=messages if messages is not None else prompt,
+        ),
     )
 
 

@@ -149,7 +149,7 @@ class DialectEndpoint:
             body=body,
             headers={**self._headers, "Accept": accept, **extra_headers},
         )
-        telemetry = describe(kind, model, body_params, url=request.url)
+        telemetry = describe(kind, model, body_params, url=request.url, content=input_value)
         if self._keys is not None:
             return KeyedDialectExchange(request, self.dialect, kind, self._keys(), telemetry)
         return DialectExchange(request, self.dialect, kind, telemetry)

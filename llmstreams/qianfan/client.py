@@ -248,6 +248,7 @@ class QianfanClient(BaseClient):
             headers={**self._headers, **wire.check_headers("extra_headers", given.get("extra_headers"))},
             authenticator=self._auth,
             telemetry=describe(
-                kind, given.get("model") or given.get("endpoint"), fields, url=self.base_url
+                kind, given.get("model") or given.get("endpoint"), fields, url=self.base_url,
+                content=input_value,
             ),
         )
