@@ -24,8 +24,8 @@ SLO_METRICS: tuple[str, ...] = ("ttft", "tpot", "e2el")
 CLIENT_CPU_LIMIT = 0.8  # share of one core
 LOOP_LAG_LIMIT_MS = 10.0  # p99 of the event loop's lateness
 LOOP_LAG_PERCENTILES: tuple[float, ...] = (50, 99)
-# Above this share of the chunks coming in one read with the chunk before them, a run says that
-# its per-chunk gaps cannot be told apart.
+# Above this share of the chunks coming in one read with the chunk before them, or of the
+# requests with such a chunk, a run says that its gaps cannot be told apart.
 SHARED_READ_LIMIT = 0.01
 # The field of a streamed event in which a server (the ruler, the mock) writes the
 # `time.monotonic()` at which it wrote the event.
@@ -199,7 +199,8 @@ class RunSummary:
     are known only when the server stamped its true send times. `chunk_clock`: what timed the
     chunks, "kernel" (the kernel's arrival time of their bytes) or "loop" (when the event loop
     got to their socket). `shared_read_chunks`: chunks of successful requests that came in one
-    read with the chunk before them (their ITL is 0).
+    read with the chunk before them (their ITL is 0); `shared_read_requests`: successful
+    requests with at least one such chunk.
     """
 
     label: dict[str, Any]
@@ -232,6 +233,7 @@ class RunSummary:
     connections_warmed: int | None = None
     chunk_clock: str = "loop"
     shared_read_chunks: int = 0
+    shared_read_requests: int = 0
 
     def _per_second(self, count: float) -> float:
         return count / self.duration if self.duration > 0 else 0.0
@@ -292,15 +294,20 @@ class RunSummary:
 
     @property
     def shared_reads_reason(self) -> str | None:
-        """Why the run's per-chunk gaps cannot all be told apart (None: they can): more than
-        SHARED_READ_LIMIT of the gaps were between events of one stream that came in one read,
-        because the client fell behind by a whole gap or the server wrote them together."""
-        gaps = self.itl.count
-        if not gaps or self.shared_read_chunks / gaps <= SHARED_READ_LIMIT:
+        """Why the run's gaps cannot all be told apart (None: they can): more than
+        SHARED_READ_LIMIT of the gaps, or of the requests, had events of one stream that came in
+        one read, because the client fell behind by a whole gap or the server wrote them
+        together. (Per request too: shared reads of first chunks move the TTFT percentiles,
+        one value per request, before they move the ITL ones.)"""
+        gaps, requests = self.itl.count, self.completed
+        chunk_share = self.shared_read_chunks / gaps if gaps else 0.0
+        request_share = self.shared_read_requests / requests if requests else 0.0
+        if chunk_share <= SHARED_READ_LIMIT and request_share <= SHARED_READ_LIMIT:
             return None
         return (
-            f"{self.shared_read_chunks / gaps:.0%} of the chunks came in one read with the chunk "
-            f"before them (over {SHARED_READ_LIMIT:.0%}): their gaps cannot be told apart"
+            f"{chunk_share:.1%} of the chunks, in {request_share:.1%} of the requests, came in one "
+            f"read with the chunk before them (over {SHARED_READ_LIMIT:.0%}): their gaps cannot "
+            "be told apart"
         )
 
     @property
@@ -351,6 +358,7 @@ class RunSummary:
             "client_bound_reasons": list(self.client_bound_reasons),
             "chunk_clock": self.chunk_clock,
             "shared_read_chunks": self.shared_read_chunks,
+            "shared_read_requests": self.shared_read_requests,
             "shared_reads": self.shared_reads,
             "shared_reads_reason": self.shared_reads_reason,
         }
@@ -444,4 +452,5 @@ def summarize(
         connections_warmed=connections_warmed,
         chunk_clock=chunk_clock,
         shared_read_chunks=sum(gap == 0.0 for record in succeeded for gap in record.gaps),
+        shared_read_requests=sum(0.0 in record.gaps for record in succeeded),
     )
