@@ -13,7 +13,7 @@ from typing import Any, Final, TypedDict
 import attrs
 import msgspec
 
-from llmstreams import errors
+from llmstreams import errors, validation
 from llmstreams.bodyparser import MAX_WHOLE_BODY
 from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
@@ -21,16 +21,6 @@ from llmstreams.sse import SSEDecoder
 from llmstreams.telemetry import GenerationInfo, describe
 from llmstreams.transport import ResponseHead, ResponseParser
 from llmstreams.types import Chunk, Usage, make_chunk, make_usage
-from llmstreams.validation import (
-    check_bool,
-    check_extra,
-    check_int,
-    check_number,
-    check_stop,
-    check_text,
-    encode_json,
-    reject_unknown,
-)
 
 PROVIDER = "dashscope"
 GENERATION_PATH = "/api/v1/services/aigc/text-generation/generation"
@@ -93,13 +83,13 @@ def build_generation(
 ) -> Generation:
     """Check every argument of a generation call (raising `InvalidParameterError`) and build its
     body; `params` are the call's keyword arguments other than `extra_headers`."""
-    reject_unknown(
+    validation.reject_unknown(
         {name: value for name, value in params.items() if name not in CALL_ARGUMENTS},
         CALL_ARGUMENTS, escape_hatch="extra_params",
     )
     if model is None:
         raise errors.InvalidParameterError("model", "is required, e.g. model='billa-7b-sft-v1'")
-    check_text("model", model)
+    validation.check_text("model", model)
     body_input = _check_input(prompt, messages)
     result_format = params.get("result_format")
     incremental_output = params.get("incremental_output")
@@ -110,33 +100,33 @@ def build_generation(
             raise errors.InvalidParameterError("result_format", "must be 'text' or 'message'", result_format)
         parameters["result_format"] = result_format
     if incremental_output is not None:
-        parameters["incremental_output"] = check_bool("incremental_output", incremental_output)
+        parameters["incremental_output"] = validation.check_bool("incremental_output", incremental_output)
     if (seed := params.get("seed")) is not None:
-        parameters["seed"] = check_int("seed", seed, low=0, high=SEED_MAX)
+        parameters["seed"] = validation.check_int("seed", seed, low=0, high=SEED_MAX)
     if (max_tokens := params.get("max_tokens")) is not None:
-        parameters["max_tokens"] = check_int("max_tokens", max_tokens, low=1)
+        parameters["max_tokens"] = validation.check_int("max_tokens", max_tokens, low=1)
     if (top_p := params.get("top_p")) is not None:
-        parameters["top_p"] = check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
+        parameters["top_p"] = validation.check_number("top_p", top_p, low=0.0, high=1.0, low_open=True)
     if (top_k := params.get("top_k")) is not None:
-        parameters["top_k"] = check_int("top_k", top_k, low=1)
+        parameters["top_k"] = validation.check_int("top_k", top_k, low=1)
     if (temperature := params.get("temperature")) is not None:
-        parameters["temperature"] = check_number(
+        parameters["temperature"] = validation.check_number(
             "temperature", temperature, low=0.0, high=2.0, high_open=True
         )
     if (repetition_penalty := params.get("repetition_penalty")) is not None:
-        parameters["repetition_penalty"] = check_number(
+        parameters["repetition_penalty"] = validation.check_number(
             "repetition_penalty", repetition_penalty, low=0.0, low_open=True
         )
     if (presence_penalty := params.get("presence_penalty")) is not None:
-        parameters["presence_penalty"] = check_number(
+        parameters["presence_penalty"] = validation.check_number(
             "presence_penalty", presence_penalty, low=-2.0, high=2.0
         )
     if (stop := params.get("stop")) is not None:
-        parameters["stop"] = check_stop("stop", stop, max_items=None, max_length=None)
+        parameters["stop"] = validation.check_stop("stop", stop, max_items=None, max_length=None)
     if (enable_search := params.get("enable_search")) is not None:
-        parameters["enable_search"] = check_bool("enable_search", enable_search)
+        parameters["enable_search"] = validation.check_bool("enable_search", enable_search)
 
-    extra = check_extra("extra_params", params.get("extra_params"))
+    extra = validation.check_extra("extra_params", params.get("extra_params"))
     for name in extra:
         if name in PARAMETER_NAMES:
             raise errors.InvalidParameterError(
@@ -146,7 +136,7 @@ def build_generation(
 
     body = {"model": model, "input": body_input, "parameters": parameters}
     return Generation(
-        body=encode_json(body, blame="extra_params"),
+        body=validation.encode_json(body, blame="extra_params"),
         stream=stream,
         cumulative=incremental_output is not True,
         message_format=result_format == "message",
@@ -165,7 +155,7 @@ def _check_input(prompt: Any, messages: Any) -> dict[str, Any]:
     if prompt is not None and messages is not None:
         raise errors.InvalidParameterError("messages", "give either a prompt or messages, not both")
     if prompt is not None:
-        return {"prompt": check_text("prompt", prompt)}
+        return {"prompt": validation.check_text("prompt", prompt)}
     return {"messages": check_messages(messages)}
 
 
@@ -189,7 +179,7 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             )
         if role == "system" and index != 0:
             raise errors.InvalidParameterError(f"{field}.role", "a system message may only come first")
-        content = check_text(f"{field}.content", message.get("content"))
+        content = validation.check_text(f"{field}.content", message.get("content"))
         checked.append({"role": role, "content": content})
     if checked[-1]["role"] != "user":
         raise errors.InvalidParameterError(

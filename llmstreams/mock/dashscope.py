@@ -15,18 +15,10 @@ import attrs
 from aiohttp import web
 
 from llmstreams.dashscope import compatible
+from llmstreams.mock import delivery
 from llmstreams.mock.answer import Answer, compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
-from llmstreams.mock.delivery import (
-    NON_SSE_PAGE,
-    compact_json,
-    pad_first_chunk,
-    retry_after_headers,
-    send_answer,
-    send_body,
-    send_json,
-)
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
@@ -111,12 +103,12 @@ class _GenerationRoute:
             return await _send_error(request, behaviour, error, request_id)
         if injected is not None and self._context.failure_due(digest, behaviour):
             return await _send_error(
-                request, behaviour, injected, request_id, headers=retry_after_headers(behaviour)
+                request, behaviour, injected, request_id, headers=delivery.retry_after_headers(behaviour)
             )
         stream = request.headers.get(SSE_HEADER, "").strip().lower() == "enable"
         if stream and behaviour.non_sse_body:
-            return await send_body(
-                request, behaviour, status=200, content_type="text/html", body=NON_SSE_PAGE
+            return await delivery.send_body(
+                request, behaviour, status=200, content_type="text/html", body=delivery.NON_SSE_PAGE
             )
         max_tokens = parameters.get("max_tokens")
         answer = compose_answer(
@@ -132,7 +124,7 @@ class _GenerationRoute:
             incremental=parameters.get("incremental_output") is True,
             mid_stream_code=mid_stream_code,
         )
-        return await send_answer(request, self._context, behaviour, reply, stream=stream)
+        return await delivery.send_answer(request, self._context, behaviour, reply, stream=stream)
 
     def _authenticate(self, request: web.Request) -> None:
         scheme, _, api_key = request.headers.get("Authorization", "").partition(" ")
@@ -219,7 +211,7 @@ async def _send_error(
     *,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    return await send_json(
+    return await delivery.send_json(
         request, behaviour, status=error.status, payload=_error_payload(error, request_id),
         headers=headers,
     )
@@ -267,7 +259,7 @@ class _Reply:
     def _data_line(self, index: int) -> bytes:
         is_last = index == self.chunk_count - 1
         finish_reason = self._finish_reason() if is_last else "null"
-        return b"data:" + compact_json(self._payload(self._text(index), finish_reason, index))
+        return b"data:" + delivery.compact_json(self._payload(self._text(index), finish_reason, index))
 
     def chunk(self, index: int, event_number: int) -> bytes:
         answer = self.answer
@@ -292,14 +284,14 @@ class _Reply:
     def error(self, event_number: int) -> bytes:
         assert self.mid_stream_code is not None, "error events are only sent under error_after"
         error = DashScopeError(self.mid_stream_code)
-        data = b"data:" + compact_json(_error_payload(error, self.request_id))
+        data = b"data:" + delivery.compact_json(_error_payload(error, self.request_id))
         return _frame(event_number, "error", error.status, data)
 
     def with_first_line_length(self, length: int) -> _Reply:
         def first_line_length(chunks: list[str]) -> int:
             return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
 
-        chunks = pad_first_chunk(list(self.answer.chunks), length, first_line_length)
+        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
         return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
 
 

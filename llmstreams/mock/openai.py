@@ -21,19 +21,11 @@ from typing import Any, ClassVar
 import attrs
 from aiohttp import web
 
+from llmstreams.mock import delivery
 from llmstreams.mock.answer import compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.credentials import MockCredentials
-from llmstreams.mock.delivery import (
-    NON_SSE_PAGE,
-    compact_json,
-    pad_first_chunk,
-    retry_after_headers,
-    send_answer,
-    send_body,
-    send_json,
-)
 from llmstreams.mock.qianfan_auth import TokenStore
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
@@ -246,16 +238,16 @@ class OpenAIRoutes:
             return await self._send_error(request, behaviour, error, response_id)
         if injected is not None and self._context.failure_due(digest, behaviour):
             return await self._send_error(
-                request, behaviour, injected, response_id, headers=retry_after_headers(behaviour)
+                request, behaviour, injected, response_id, headers=delivery.retry_after_headers(behaviour)
             )
         if parsed.stream and behaviour.non_sse_body:
-            return await send_body(
-                request, behaviour, status=200, content_type="text/html", body=NON_SSE_PAGE
+            return await delivery.send_body(
+                request, behaviour, status=200, content_type="text/html", body=delivery.NON_SSE_PAGE
             )
         reply = self._reply(digest, behaviour, parsed, payload, response_id, refused)
         if mid_stream_error is not None:
             reply = attrs.evolve(reply, mid_stream_error=mid_stream_error)
-        return await send_answer(request, self._context, behaviour, reply, stream=parsed.stream)
+        return await delivery.send_answer(request, self._context, behaviour, reply, stream=parsed.stream)
 
     def _reply(
         self,
@@ -327,7 +319,7 @@ class OpenAIRoutes:
         *,
         headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
-        return await send_json(
+        return await delivery.send_json(
             request, behaviour, status=self._flavour.error_status(error),
             payload=self._flavour.error_body(error, response_id),
             headers=headers,
@@ -527,7 +519,7 @@ class Reply:
             padded = attrs.evolve(self, content=tuple(chunks))
             return len(padded.events[first_content]) - 2
 
-        chunks = pad_first_chunk(list(self.content), length, first_line_length)
+        chunks = delivery.pad_first_chunk(list(self.content), length, first_line_length)
         return attrs.evolve(self, content=tuple(chunks))
 
     def whole(self) -> dict[str, Any]:
@@ -618,7 +610,7 @@ class Reply:
 
         def event(template: EventTemplate, *values: bytes, number: int) -> bytes:
             if self.chunk_usage:
-                return template.fill(response_id, *values, compact_json(self._usage(tokens[number])))
+                return template.fill(response_id, *values, delivery.compact_json(self._usage(tokens[number])))
             return template.fill(response_id, *values)
 
         events = []
@@ -703,4 +695,4 @@ def _completion_token_counts(
 
 
 def _event(payload: dict[str, Any]) -> bytes:
-    return b"data: " + compact_json(payload) + b"\n\n"
+    return b"data: " + delivery.compact_json(payload) + b"\n\n"

@@ -20,19 +20,11 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from llmstreams.mock import delivery
 from llmstreams.mock.answer import Answer, compose_answer
 from llmstreams.mock.bce_signature import parse_authorization
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
-from llmstreams.mock.delivery import (
-    NON_SSE_PAGE,
-    compact_json,
-    pad_first_chunk,
-    retry_after_headers,
-    send_answer,
-    send_body,
-    send_json,
-)
 from llmstreams.mock.qianfan_auth import TokenState, bce_signature_accepted, is_bce_authorization
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import count_tokens, qianfan_id, request_digest
@@ -176,12 +168,12 @@ class _QianfanRoutes:
                 QianfanError(injected_code),
                 response_id,
                 status=behaviour.http_status or 200,
-                headers=retry_after_headers(behaviour),
+                headers=delivery.retry_after_headers(behaviour),
             )
         stream = payload.get("stream") is True
         if stream and behaviour.non_sse_body:
-            return await send_body(
-                request, behaviour, status=200, content_type="text/html", body=NON_SSE_PAGE
+            return await delivery.send_body(
+                request, behaviour, status=200, content_type="text/html", body=delivery.NON_SSE_PAGE
             )
         refused_round = self._refused_round(kind, inputs)
         prompt_text = "\n".join(inputs)
@@ -202,7 +194,7 @@ class _QianfanRoutes:
             ban_round=refused_round,
             mid_stream_code=mid_stream_code,
         )
-        return await send_answer(request, self._context, behaviour, reply, stream=stream)
+        return await delivery.send_answer(request, self._context, behaviour, reply, stream=stream)
 
     def _authenticate(self, request: web.Request) -> None:
         access_token = request.query.get("access_token")
@@ -345,7 +337,7 @@ async def _send_error(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
-    return await send_json(
+    return await delivery.send_json(
         request, behaviour, status=status, payload=_error_payload(error, response_id),
         headers=headers,
     )
@@ -430,7 +422,7 @@ class _Reply:
         return payload
 
     def _data_line(self, index: int) -> bytes:
-        return b"data: " + compact_json(self._event_payload(index))
+        return b"data: " + delivery.compact_json(self._event_payload(index))
 
     @functools.cached_property
     def _template(self) -> EventTemplate:
@@ -461,11 +453,11 @@ class _Reply:
     def error(self, event_number: int) -> bytes:
         assert self.mid_stream_code is not None, "error events are only sent under error_after"
         error = QianfanError(self.mid_stream_code)
-        return b"data: " + compact_json(_error_payload(error, self.response_id)) + b"\n\n"
+        return b"data: " + delivery.compact_json(_error_payload(error, self.response_id)) + b"\n\n"
 
     def with_first_line_length(self, length: int) -> _Reply:
         def first_line_length(chunks: list[str]) -> int:
             return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
 
-        chunks = pad_first_chunk(list(self.answer.chunks), length, first_line_length)
+        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
         return attrs.evolve(self, answer=self.answer.with_chunks(chunks))

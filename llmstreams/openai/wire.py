@@ -22,21 +22,12 @@ from typing import Any, Final, Literal, TypedDict
 import attrs
 import msgspec
 
-from llmstreams import errors
+from llmstreams import errors, validation
 from llmstreams.bodyparser import SniffingParser
 from llmstreams.errors import snippet
 from llmstreams.jsoncodec import JSON_ERRORS, DecodedJSON, decode_json, repaired_utf8
 from llmstreams.transport import ResponseHead
 from llmstreams.types import Chunk, ToolCallDelta, Usage, make_chunk, make_usage
-from llmstreams.validation import (
-    check_bool,
-    check_extra,
-    check_int,
-    check_number,
-    check_stop,
-    check_text,
-    reject_unknown,
-)
 
 Kind = Literal["chat", "completions"]
 PATHS: Final[Mapping[Kind, str]] = {"chat": "/chat/completions", "completions": "/completions"}
@@ -191,13 +182,13 @@ def check_messages(messages: Any, dialect: Dialect) -> list[dict[str, Any]]:
                     f"{field}.tool_call_id",
                     "is required on a tool message: the id of the tool call it answers",
                 )
-            check_text(f"{field}.tool_call_id", message["tool_call_id"])
+            validation.check_text(f"{field}.tool_call_id", message["tool_call_id"])
         elif "tool_call_id" in message:
             raise errors.InvalidParameterError(f"{field}.tool_call_id", "belongs on tool messages only", role)
         if "tool_calls" in message and role != "assistant":
             raise errors.InvalidParameterError(f"{field}.tool_calls", "belongs on assistant messages only", role)
         if "name" in message:
-            check_text(f"{field}.name", message["name"])
+            validation.check_text(f"{field}.name", message["name"])
         checked.append(dict(message))
     return checked
 
@@ -232,7 +223,7 @@ def _check_tools(tools: Any) -> list[dict[str, Any]]:
         function = tool.get("function")
         if not isinstance(function, Mapping):
             raise errors.InvalidParameterError(f"{field}.function", "must be a dict with a 'name'")
-        check_text(f"{field}.function.name", function.get("name"))
+        validation.check_text(f"{field}.function.name", function.get("name"))
     return [dict(tool) for tool in tools]
 
 
@@ -273,25 +264,25 @@ def _sampling_fields(params: Mapping[str, Any], dialect: Dialect) -> dict[str, A
     """The body fields for the parameters given, each checked, in a fixed order."""
     fields: dict[str, Any] = {}
     if (value := params.get("temperature")) is not None:
-        fields["temperature"] = check_number(
+        fields["temperature"] = validation.check_number(
             "temperature", value, low=0, high=dialect.temperature_max
         )
     if (value := params.get("top_p")) is not None:
-        fields["top_p"] = check_number("top_p", value, low=0, high=1)
+        fields["top_p"] = validation.check_number("top_p", value, low=0, high=1)
     for name in ("max_tokens", "max_completion_tokens"):
         if (value := params.get(name)) is not None:
-            fields[name] = check_int(name, value, low=1)
+            fields[name] = validation.check_int(name, value, low=1)
     if (value := params.get("stop")) is not None:
-        fields["stop"] = check_stop("stop", value, max_items=dialect.max_stop, max_length=None)
+        fields["stop"] = validation.check_stop("stop", value, max_items=dialect.max_stop, max_length=None)
     if (value := params.get("seed")) is not None:
-        fields["seed"] = check_int("seed", value, low=_SEED_RANGE[0], high=_SEED_RANGE[1])
+        fields["seed"] = validation.check_int("seed", value, low=_SEED_RANGE[0], high=_SEED_RANGE[1])
     for name in ("presence_penalty", "frequency_penalty"):
         if (value := params.get(name)) is not None:
-            fields[name] = check_number(name, value, low=-2, high=2)
+            fields[name] = validation.check_number(name, value, low=-2, high=2)
     if (value := params.get("n")) is not None:
         fields["n"] = _check_n(value)
     if (value := params.get("user")) is not None:
-        fields["user"] = check_text("user", value)
+        fields["user"] = validation.check_text("user", value)
     if (value := params.get("tools")) is not None:
         fields["tools"] = _check_tools(value)
     if (value := params.get("tool_choice")) is not None:
@@ -305,7 +296,7 @@ def _sampling_fields(params: Mapping[str, Any], dialect: Dialect) -> dict[str, A
 
 
 def _check_extra_body(value: Any, known: Sequence[str]) -> dict[str, Any]:
-    extra = check_extra("extra_body", value)
+    extra = validation.check_extra("extra_body", value)
     for key in extra:
         if key in _RESERVED_BODY_FIELDS:
             raise errors.InvalidParameterError(
@@ -338,7 +329,7 @@ def build_body(
         if chat_only:
             raise errors.InvalidParameterError(chat_only[0], "applies to chat calls (stream_chat / chat) only")
     names = (*(CHAT_PARAMETERS if kind == "chat" else COMPLETE_PARAMETERS), *dialect.extras)
-    reject_unknown(
+    validation.reject_unknown(
         {name: value for name, value in params.items() if name not in names}, names,
         escape_hatch="extra_body", hints=dialect.parameter_hints,
     )
@@ -352,16 +343,16 @@ def build_body(
         model = dialect.check_model(model)
     if model is None:
         raise errors.InvalidParameterError("model", "is required: the model id the server serves")
-    check_text("model", model)
+    validation.check_text("model", model)
     body: dict[str, Any] = {"model": model}
     if kind == "chat":
         body["messages"] = check_messages(input_value, dialect)
     else:
-        body["prompt"] = check_text("prompt", input_value)
+        body["prompt"] = validation.check_text("prompt", input_value)
     body["stream"] = stream
     include_usage = params.get("include_usage")
     if include_usage is not None:
-        check_bool("include_usage", include_usage)
+        validation.check_bool("include_usage", include_usage)
     if stream and include_usage is not False:
         body["stream_options"] = {"include_usage": True}
     body.update(_sampling_fields(params, dialect))
