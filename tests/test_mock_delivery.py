@@ -124,12 +124,13 @@ async def test_closing_the_server_ends_paced_streams_waiting_for_their_next_even
 async def test_a_paced_stream_sends_its_usage_with_its_finish_not_a_pace_later(
     server: MockServer, session: aiohttp.ClientSession, route: str
 ) -> None:
-    knobs = "answer_chars=36; chunk_chars=12; chunks_per_second=200; stamp_send_times=true"
+    knobs = "answer_chars=36; chunk_chars=12; chunks_per_second=20; stamp_send_times=true"
     events = json_events(await stream_body(session, server, route, knobs))
     finish = next(event for event in events if event["choices"] and event["choices"][0]["finish_reason"])
     usage = events[-1]
     assert usage["choices"] == [] and usage["usage"]
-    # One write carries both (one stamp); each content event had a paced write of its own.
+    # One write carries both (one stamp). The stamps do tell writes apart: the first event went
+    # out a pace before the finish. (Events in between may share a write with the finish when
+    # a busy machine makes the mock fall behind, so they are not compared.)
     assert usage["x_sent_at"] == finish["x_sent_at"]
-    stamps = [event["x_sent_at"] for event in events if event is not usage]
-    assert len(set(stamps)) == len(stamps)
+    assert events[0]["x_sent_at"] < finish["x_sent_at"]
