@@ -374,10 +374,11 @@ class EventStreamParser:
         try:
             event = _decode_result(data)
             output = event.output
-            text, finish_reason = _text_and_finish_reason(
-                output.text, output.finish_reason, output.choices, self._message_format
-            )
-            usage = event.usage
+            text = output.text
+            finish_reason = output.finish_reason
+            if self._message_format or text is None:
+                text, finish_reason = _message_text_and_finish_reason(output.choices)
+            counts = event.usage
             request_id = event.request_id
         except (*JSON_ERRORS, LookupError, TypeError, AttributeError):
             repaired = repaired_utf8(data)
@@ -412,16 +413,20 @@ class EventStreamParser:
         is_end = finish_reason is not None and finish_reason != _NOT_FINISHED
         sentence_id = self._count
         self._count = sentence_id + 1
-        last = self._last
+        usage = None
+        if counts is not None:
+            last = self._last
+            input_tokens = counts.input_tokens
+            output_tokens = counts.output_tokens
+            total_tokens = counts.total_tokens
+            usage = make_usage(
+                input_tokens, output_tokens,
+                input_tokens + output_tokens if total_tokens is None else total_tokens,
+                None if last is None else last.usage,
+            )
         return make_chunk(
             text=text, sentence_id=sentence_id, is_end=is_end,
-            finish_reason=finish_reason if is_end else None,
-            usage=None if usage is None else make_usage(
-                usage.input_tokens, usage.output_tokens,
-                usage.input_tokens + usage.output_tokens if usage.total_tokens is None
-                else usage.total_tokens,
-                None if last is None else last.usage,
-            ),
+            finish_reason=finish_reason if is_end else None, usage=usage,
             request_id=request_id, raw=DecodedJSON(data),
         )
 
@@ -462,15 +467,11 @@ class _ResultEvent(msgspec.Struct, gc=False):
 _decode_result: Final = msgspec.json.Decoder(_ResultEvent).decode
 
 
-def _text_and_finish_reason(
-    text: Any, finish_reason: Any, choices: Any, message_format: bool
-) -> tuple[Any, Any]:
-    """The text and finish_reason of an `output` object's fields; LookupError/TypeError if absent."""
-    if message_format or text is None:
-        # Models whose default result format is "message" answer this way unasked, too.
-        choice = choices[0]
-        return choice["message"]["content"], choice.get("finish_reason")
-    return text, finish_reason
+def _message_text_and_finish_reason(choices: Any) -> tuple[Any, Any]:
+    """The text and finish_reason of an `output` object in the "message" format (which models
+    whose default result format it is send unasked, too); LookupError/TypeError if absent."""
+    choice = choices[0]
+    return choice["message"]["content"], choice.get("finish_reason")
 
 
 def _error_event_status(received: bytes) -> int | None:
@@ -569,10 +570,11 @@ def _completion(head: ResponseHead, body: bytes, *, message_format: bool) -> Chu
         raise errors.ProtocolError(
             f"the DashScope answer has no output: {snippet(body)}", provider=PROVIDER
         )
+    text = output.get("text")
+    finish_reason = output.get("finish_reason")
     try:
-        text, finish_reason = _text_and_finish_reason(
-            output.get("text"), output.get("finish_reason"), output.get("choices"), message_format
-        )
+        if message_format or text is None:
+            text, finish_reason = _message_text_and_finish_reason(output.get("choices"))
     except (LookupError, TypeError, AttributeError):
         text = finish_reason = None
     if type(text) is not str or not (finish_reason is None or type(finish_reason) is str):

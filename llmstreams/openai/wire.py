@@ -700,7 +700,8 @@ class DialectParser(SniffingParser):
             raise self._not_a_chunk(data, "the text is not a string")
         need_clear_history = False
         ban_round = None
-        if self._dialect.choice_flags:
+        choice_flags = self._dialect.choice_flags
+        if choice_flags:
             if choice.is_end:
                 self._finish_seen = True
             need_clear_history = bool(choice.need_clear_history)
@@ -726,7 +727,7 @@ class DialectParser(SniffingParser):
             request_id=response_id if self._dialect.id_is_request_id else self._request_id,
             reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
         )
-        if self._dialect.choice_flags and choice.is_end:
+        if choice_flags and choice.is_end:
             self._held = chunk
             return None
         return chunk
