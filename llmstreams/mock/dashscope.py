@@ -22,9 +22,8 @@ from llmstreams.mock.context import MockContext
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import request_digest, request_uuid
 from llmstreams.mock.vendor_errors import (
-    DASHSCOPE_ERRORS,
+    DashScopeCodedError,
     dashscope_code,
-    injected_dashscope_code,
     json_object,
 )
 
@@ -60,13 +59,8 @@ MODELS: frozenset[str] = frozenset({
 })
 
 
-class DashScopeError(Exception):
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(code)
-        known = DASHSCOPE_ERRORS[code]
-        self.code = code
-        self.message = message or known.message
-        self.status = status or known.status
+class DashScopeError(DashScopeCodedError):
+    """An error answered in DashScope's own form (`{"code", "message", "request_id"}`)."""
 
 
 def add_routes(app: web.Application, context: MockContext) -> None:
@@ -83,7 +77,7 @@ class _GenerationRoute:
         digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
         request_id = request_uuid(digest)
         behaviour = self._context.behaviour_for(request)
-        injected = _injected_failure(behaviour)
+        injected = DashScopeError.injected(behaviour.fail_code, behaviour.http_status)
         mid_stream_code = (
             None if behaviour.error_after is None else dashscope_code(behaviour.error_code)
         )
@@ -137,12 +131,6 @@ class _GenerationRoute:
             or expected not in (None, api_key)
         ):
             raise DashScopeError("InvalidApiKey")
-
-
-def _injected_failure(behaviour: Behaviour) -> DashScopeError | None:
-    """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
-    return None if code is None else DashScopeError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

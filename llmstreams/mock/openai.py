@@ -36,10 +36,9 @@ from llmstreams.mock.text import (
     token_counts_at,
 )
 from llmstreams.mock.vendor_errors import (
-    DASHSCOPE_ERRORS,
     OPENAI_STYLE_CODES,
+    DashScopeCodedError,
     dashscope_code,
-    injected_dashscope_code,
     json_object,
 )
 
@@ -52,15 +51,8 @@ _MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", 
 _TOOL_ARGUMENT_CHARS = 48
 
 
-class OpenAIError(Exception):
+class OpenAIError(DashScopeCodedError):
     """An error answered in the dialect's form; `code` is a DashScope code (see vendor_errors)."""
-
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(code)
-        known = DASHSCOPE_ERRORS[code]
-        self.code = code
-        self.message = message or known.message
-        self.status = status or known.status
 
 
 class Kind(enum.Enum):
@@ -216,7 +208,7 @@ class OpenAIRoutes:
         digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
         response_id = flavour.response_id(digest)
         behaviour = self._context.behaviour_for(request)
-        injected = _injected_failure(behaviour)
+        injected = OpenAIError.injected(behaviour.fail_code, behaviour.http_status)
         mid_stream_error = (
             None
             if behaviour.error_after is None
@@ -324,12 +316,6 @@ class OpenAIRoutes:
             payload=self._flavour.error_body(error, response_id),
             headers=headers,
         )
-
-
-def _injected_failure(behaviour: Behaviour) -> OpenAIError | None:
-    """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
-    return None if code is None else OpenAIError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 
 import attrs
 
@@ -72,6 +72,25 @@ DASHSCOPE_ERRORS: dict[str, DashScopeCode] = {
     "SystemError": DashScopeCode(500, "An system error has occured, please try again later."),
     "ModelUnavailable": DashScopeCode(503, "Model is unavailable, please try again later."),
 }
+
+
+class DashScopeCodedError(Exception):
+    """An error a route answers, named by a DashScope code: that code's message and HTTP status
+    unless others are given. The DashScope and OpenAI-compatible routes each subclass it."""
+
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(code)
+        known = DASHSCOPE_ERRORS[code]
+        self.code = code
+        self.message = message or known.message
+        self.status = status or known.status
+
+    @classmethod
+    def injected(cls, fail_code: str | None, http_status: int | None) -> Self | None:
+        """The error the `fail_code` / `http_status` knobs inject, or None when neither is set."""
+        code = injected_dashscope_code(fail_code, http_status)
+        return None if code is None else cls(code, status=http_status)
+
 
 # Nearest equivalents, used when a knob names the other vendor's code.
 _QIANFAN_FOR_DASHSCOPE: dict[str, int] = {
