@@ -20,10 +20,10 @@ from llmstreams.mock.answer import Answer, compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
-from llmstreams.mock.text import request_digest, request_uuid
+from llmstreams.mock.text import request_uuid
 from llmstreams.mock.vendor_errors import (
+    DASHSCOPE_CODES,
     DashScopeCodedError,
-    dashscope_code,
     json_object,
 )
 
@@ -72,19 +72,14 @@ class _GenerationRoute:
         self._context = context
 
     async def generation(self, request: web.Request) -> web.StreamResponse:
-        self._context.stats.request("dashscope.generation")
-        body = await request.read()
-        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
-        request_id = request_uuid(digest)
-        behaviour = self._context.behaviour_for(request)
-        injected = DashScopeError.injected(behaviour.fail_code, behaviour.http_status)
-        mid_stream_code = (
-            None if behaviour.error_after is None else dashscope_code(behaviour.error_code)
+        received = await self._context.receive(
+            request, "dashscope.generation", DASHSCOPE_CODES, stream_only_fields=STREAM_ONLY_FIELDS
         )
-        await self._context.pause(behaviour.response_delay)
+        behaviour = received.behaviour
+        request_id = request_uuid(received.digest)
         try:
             self._authenticate(request)
-            payload = _parse_body(body)
+            payload = _parse_body(received.body)
             if not (behaviour.any_model or payload["model"] in MODELS):
                 raise DashScopeError("InvalidParameter", _UNKNOWN_MODEL)
             inputs = _input_texts(payload)
@@ -95,7 +90,8 @@ class _GenerationRoute:
                 )
         except DashScopeError as error:
             return await _send_error(request, behaviour, error, request_id)
-        if injected is not None and self._context.failure_due(digest, behaviour):
+        if received.injected_code is not None and self._context.failure_due(received.digest, behaviour):
+            injected = DashScopeError(received.injected_code, status=behaviour.http_status)
             return await _send_error(
                 request, behaviour, injected, request_id, headers=delivery.retry_after_headers(behaviour)
             )
@@ -106,7 +102,7 @@ class _GenerationRoute:
             )
         max_tokens = parameters.get("max_tokens")
         answer = compose_answer(
-            digest,
+            received.digest,
             behaviour,
             prompt_text="\n".join(inputs),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
@@ -116,7 +112,7 @@ class _GenerationRoute:
             answer=answer,
             message_format=parameters.get("result_format") == "message",
             incremental=parameters.get("incremental_output") is True,
-            mid_stream_code=mid_stream_code,
+            mid_stream_code=received.mid_stream_code,
         )
         return await delivery.send_answer(request, self._context, behaviour, reply, stream=stream)
 

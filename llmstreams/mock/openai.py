@@ -31,14 +31,13 @@ from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
     answer_text,
     count_tokens,
-    request_digest,
     split_chunks,
     token_counts_at,
 )
 from llmstreams.mock.vendor_errors import (
+    DASHSCOPE_CODES,
     OPENAI_STYLE_CODES,
     DashScopeCodedError,
-    dashscope_code,
     json_object,
 )
 
@@ -203,22 +202,16 @@ class OpenAIRoutes:
 
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         flavour = self._flavour
-        self._context.stats.request(f"{self._route}.{kind.value}")
-        body = await request.read()
-        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
-        response_id = flavour.response_id(digest)
-        behaviour = self._context.behaviour_for(request)
-        injected = OpenAIError.injected(behaviour.fail_code, behaviour.http_status)
-        mid_stream_error = (
-            None
-            if behaviour.error_after is None
-            else flavour.error_body(OpenAIError(dashscope_code(behaviour.error_code)), response_id)
+        received = await self._context.receive(
+            request, f"{self._route}.{kind.value}", DASHSCOPE_CODES,
+            stream_only_fields=STREAM_ONLY_FIELDS,
         )
-        await self._context.pause(behaviour.response_delay)
+        behaviour = received.behaviour
+        response_id = flavour.response_id(received.digest)
         try:
             if not flavour.accepts_issued_token(request, self._context.tokens):
                 flavour.authenticate(request, self._context.credentials)
-            payload = _parse_body(body)
+            payload = _parse_body(received.body)
             parsed = _parse_request(kind, payload)
             if not (behaviour.any_model or flavour.serves_model(parsed.model, behaviour)):
                 raise flavour.unknown_model(parsed.model)
@@ -228,7 +221,8 @@ class OpenAIRoutes:
                 raise OpenAIError("DataInspectionFailed")
         except OpenAIError as error:
             return await self._send_error(request, behaviour, error, response_id)
-        if injected is not None and self._context.failure_due(digest, behaviour):
+        if received.injected_code is not None and self._context.failure_due(received.digest, behaviour):
+            injected = OpenAIError(received.injected_code, status=behaviour.http_status)
             return await self._send_error(
                 request, behaviour, injected, response_id, headers=delivery.retry_after_headers(behaviour)
             )
@@ -236,8 +230,9 @@ class OpenAIRoutes:
             return await delivery.send_body(
                 request, behaviour, status=200, content_type="text/html", body=delivery.NON_SSE_PAGE
             )
-        reply = self._reply(digest, behaviour, parsed, payload, response_id, refused)
-        if mid_stream_error is not None:
+        reply = self._reply(received.digest, behaviour, parsed, payload, response_id, refused)
+        if received.mid_stream_code is not None:
+            mid_stream_error = flavour.error_body(OpenAIError(received.mid_stream_code), response_id)
             reply = attrs.evolve(reply, mid_stream_error=mid_stream_error)
         return await delivery.send_answer(request, self._context, behaviour, reply, stream=parsed.stream)
 
