@@ -16,7 +16,7 @@ from aiohttp import web
 
 from llmstreams.dashscope import compatible
 from llmstreams.mock import delivery
-from llmstreams.mock.answer import Answer, compose_answer
+from llmstreams.mock.answer import compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
@@ -202,22 +202,13 @@ async def _send_error(
 
 
 @attrs.frozen
-class _Reply:
+class _Reply(delivery.EventPerChunk):
     """One answer rendered the DashScope way, whole or as stream frames."""
 
     request_id: str
-    answer: Answer
     message_format: bool
     incremental: bool
     mid_stream_code: str | None
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.answer.chunks)
-
-    @property
-    def closing(self) -> bytes:
-        return b""
 
     def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
         input_tokens = self.answer.prompt_tokens
@@ -270,13 +261,6 @@ class _Reply:
         error = DashScopeError(self.mid_stream_code)
         data = b"data:" + delivery.compact_json(_error_payload(error, self.request_id))
         return _frame(event_number, "error", error.status, data)
-
-    def with_first_line_length(self, length: int) -> _Reply:
-        def first_line_length(chunks: list[str]) -> int:
-            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
-
-        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
-        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
 
 
 def _result_payload(

@@ -335,23 +335,14 @@ async def _send_error(
 
 
 @attrs.frozen
-class _Reply:
+class _Reply(delivery.EventPerChunk):
     """One answer rendered the Qianfan way, whole or as stream events."""
 
     response_id: str
     created: int
-    answer: Answer
     completions: bool
     ban_round: int | None
     mid_stream_code: int | None
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.answer.chunks)
-
-    @property
-    def closing(self) -> bytes:
-        return b""
 
     def _common(self) -> dict[str, Any]:
         return {"id": self.response_id, "object": CHAT_OBJECT, "created": self.created}
@@ -436,10 +427,3 @@ class _Reply:
         assert self.mid_stream_code is not None, "error events are only sent under error_after"
         error = QianfanError(self.mid_stream_code)
         return b"data: " + delivery.compact_json(_error_payload(error, self.response_id)) + b"\n\n"
-
-    def with_first_line_length(self, length: int) -> _Reply:
-        def first_line_length(chunks: list[str]) -> int:
-            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
-
-        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
-        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
