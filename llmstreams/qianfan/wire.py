@@ -171,18 +171,10 @@ def sampling_fields(
 
 def check_extra_params(extra_params: Any) -> dict[str, Any]:
     """The escape hatch for body fields this library does not know yet."""
-    extra = check_extra("extra_params", extra_params)
-    for key in extra:
-        if key in _RESERVED_BODY_FIELDS:
-            raise errors.InvalidParameterError(
-                f"extra_params[{key!r}]",
-                "is set by the method itself (the messages / prompt argument, stream_* vs not)",
-            )
-        if key in SAMPLING_FIELDS:
-            raise errors.InvalidParameterError(
-                f"extra_params[{key!r}]", f"pass it as the {key}= argument, which is checked"
-            )
-    return extra
+    return check_extra(
+        "extra_params", extra_params, reserved=_RESERVED_BODY_FIELDS,
+        set_by="the messages / prompt argument, stream_* vs not", arguments=SAMPLING_FIELDS,
+    )
 
 
 def check_headers(field: str, headers: Any) -> dict[str, str]:
