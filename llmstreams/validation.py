@@ -6,7 +6,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from llmstreams.errors import InvalidParameterError
@@ -138,6 +138,18 @@ def check_stop(field: str, value: Any, *, max_items: int | None, max_length: int
                 field, f"each string must be at most {max_length} characters", item
             )
     return list(items)
+
+
+def check_message_list(messages: Any) -> Sequence[Any]:
+    """The outside of a chat history: a non-empty list (any sequence but a string)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidParameterError(
+            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
+            type(messages).__name__,
+        )
+    if not messages:
+        raise InvalidParameterError("messages", "must not be empty")
+    return messages
 
 
 def check_extra(

@@ -147,13 +147,7 @@ GENERIC: Final = Dialect(provider="openai")
 
 def check_messages(messages: Any, dialect: Dialect) -> list[dict[str, Any]]:
     """A copy of the chat history, each message checked: role, content, tool-call ids."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise errors.InvalidParameterError(
-            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
-            type(messages).__name__,
-        )
-    if not messages:
-        raise errors.InvalidParameterError("messages", "must not be empty")
+    messages = validation.check_message_list(messages)
     checked: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
