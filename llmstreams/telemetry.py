@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
@@ -236,42 +236,27 @@ class _Instruments:
         )
 
 
-class _Providers:
-    """The tracer and instruments of the global providers, made again only when an
-    application replaces a provider."""
+@attrs.define
+class _ProviderProduct(Generic[T]):
+    """What the global provider of one OpenTelemetry API module makes (the tracer, the
+    instruments), made again only when an application replaces that provider."""
 
-    __slots__ = ("tracer_provider", "tracer", "meter_provider", "instruments")
+    _module: str
+    _provider_getter: str
+    _make: Callable[[Any], T]
+    _provider: object = attrs.field(init=False, default=None)
+    _product: T | None = attrs.field(init=False, default=None)
 
-    def __init__(self) -> None:
-        self.tracer_provider: object = None
-        self.tracer: Tracer | None = None
-        self.meter_provider: object = None
-        self.instruments: _Instruments | None = None
-
-    def current_tracer(self) -> Tracer | None:
-        module = sys.modules.get("opentelemetry.trace")
+    def current(self) -> T | None:
+        module = sys.modules.get(self._module)
         if module is None:
             return None
-        provider = module.get_tracer_provider()
-        if provider is not self.tracer_provider:
-            self.tracer_provider = provider
+        provider = getattr(module, self._provider_getter)()
+        if provider is not self._provider:
+            self._provider = provider
             # The API's own providers (the proxy before any is set, the no-op) record nothing.
-            self.tracer = None if _from_the_api(provider) else provider.get_tracer(
-                INSTRUMENTATION_NAME, _version()
-            )
-        return self.tracer
-
-    def current_instruments(self) -> _Instruments | None:
-        module = sys.modules.get("opentelemetry.metrics")
-        if module is None:
-            return None
-        provider = module.get_meter_provider()
-        if provider is not self.meter_provider:
-            self.meter_provider = provider
-            self.instruments = None if _from_the_api(provider) else _Instruments(
-                provider.get_meter(INSTRUMENTATION_NAME, _version())
-            )
-        return self.instruments
+            self._product = None if _from_the_api(provider) else self._make(provider)
+        return self._product
 
 
 def _from_the_api(provider: object) -> bool:
@@ -284,7 +269,16 @@ def _version() -> str:
     return __version__
 
 
-_PROVIDERS: Final = _Providers()
+_TRACER: Final[_ProviderProduct[Tracer]] = _ProviderProduct(
+    "opentelemetry.trace",
+    "get_tracer_provider",
+    lambda provider: provider.get_tracer(INSTRUMENTATION_NAME, _version()),
+)
+_INSTRUMENTS: Final[_ProviderProduct[_Instruments]] = _ProviderProduct(
+    "opentelemetry.metrics",
+    "get_meter_provider",
+    lambda provider: _Instruments(provider.get_meter(INSTRUMENTATION_NAME, _version())),
+)
 
 
 def start(pool: Pool, exchange: Exchange) -> GenerationRecord | None:
@@ -292,8 +286,8 @@ def start(pool: Pool, exchange: Exchange) -> GenerationRecord | None:
     recorded (no SDK set up, or telemetry switched off)."""
     if not _sdk_loaded() or not pool.telemetry:
         return None
-    tracer = _PROVIDERS.current_tracer()
-    instruments = _PROVIDERS.current_instruments()
+    tracer = _TRACER.current()
+    instruments = _INSTRUMENTS.current()
     if tracer is None and instruments is None:
         return None
     return GenerationRecord(tracer, instruments, exchange)

@@ -6,7 +6,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from llmstreams.errors import InvalidParameterError
@@ -140,12 +140,42 @@ def check_stop(field: str, value: Any, *, max_items: int | None, max_length: int
     return list(items)
 
 
-def check_extra(field: str, value: Any) -> dict[str, Any]:
-    """The escape hatch for fields this library does not know: a dict with string keys."""
+def check_message_list(messages: Any) -> Sequence[Any]:
+    """The outside of a chat history: a non-empty list (any sequence but a string)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidParameterError(
+            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
+            type(messages).__name__,
+        )
+    if not messages:
+        raise InvalidParameterError("messages", "must not be empty")
+    return messages
+
+
+def check_extra(
+    field: str,
+    value: Any,
+    *,
+    reserved: Collection[str] = (),
+    set_by: str = "",
+    arguments: Collection[str] = (),
+) -> dict[str, Any]:
+    """The escape hatch for fields this library does not know: a dict with string keys.
+
+    A key in `reserved` is refused as set by the method itself (`set_by` says from what), one
+    in `arguments` as a field the method takes as a (checked) argument of that name.
+    """
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
         raise InvalidParameterError(field, "must be a dict with string keys", type(value).__name__)
+    for key in value:
+        if key in reserved:
+            raise InvalidParameterError(f"{field}[{key!r}]", f"is set by the method itself ({set_by})")
+        if key in arguments:
+            raise InvalidParameterError(
+                f"{field}[{key!r}]", f"pass it as the {key}= argument, which is checked"
+            )
     return dict(value)
 
 

@@ -1,4 +1,4 @@
-"""Fixtures the mock server's tests share (a test module may define its own of the same name),
+"""Fixtures tests share (a test module may define its own of the same name),
 and one for all: tests reach only 127.0.0.1, never through a proxy of the machine they run on."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from llmstreams.mock import MockServer
+from llmstreams import Pool
+from llmstreams.mock import MockCredentials, MockServer
+from tests.support import FAST_RETRY
 
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 
@@ -22,10 +24,23 @@ def no_proxy_of_the_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
+def mock_credentials() -> MockCredentials | None:
+    """The credentials the `server` fixture's mock checks: none (a module overrides this)."""
+    return None
+
+
+@pytest.fixture
+async def server(mock_credentials: MockCredentials | None) -> AsyncIterator[MockServer]:
     """A mock server with the default knobs."""
-    async with MockServer() as mock:
+    async with MockServer(credentials=mock_credentials) as mock:
         yield mock
+
+
+@pytest.fixture
+async def pool() -> AsyncIterator[Pool]:
+    """A pool whose calls retry without waiting."""
+    async with Pool(retry=FAST_RETRY) as shared:
+        yield shared
 
 
 @pytest.fixture

@@ -24,10 +24,14 @@ from pathlib import Path
 
 from aiohttp import web
 
+from llmstreams import RetryPolicy
 from llmstreams.errors import APIError, LLMStreamsError, StreamInterruptedError
 from llmstreams.mock.workers import READY_PREFIX
 from llmstreams.transport import HttpRequest, ResponseHead
 from llmstreams.types import Chunk
+
+FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.001, backoff_max=0.001)
+"""Two retries, without waiting between attempts."""
 
 
 @contextlib.asynccontextmanager

@@ -28,6 +28,7 @@ from llmstreams.mock import MockCredentials, MockServer
 from llmstreams.qianfan import QianfanClient
 from llmstreams.qianfan.auth import AccessToken, TokenCache, parse_token_response
 from llmstreams.qianfan.signing import bce_authorization
+from tests.support import FAST_RETRY
 
 API_KEY = "app-key-3f9a"
 SECRET_KEY = "app-secret-77c1"
@@ -37,21 +38,13 @@ SECRETS = (API_KEY, SECRET_KEY, ACCESS_KEY, SECRET_ACCESS_KEY)
 CREDENTIALS = MockCredentials(
     api_key=API_KEY, secret_key=SECRET_KEY, access_key=ACCESS_KEY, secret_access_key=SECRET_ACCESS_KEY
 )
-FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.001, backoff_max=0.001)
 USER = [{"role": "user", "content": "hello"}]
 MODEL = "ERNIE-Speed-8K"
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer(credentials=CREDENTIALS) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[Pool]:
-    async with Pool(retry=FAST_RETRY) as shared:
-        yield shared
+def mock_credentials() -> MockCredentials:
+    return CREDENTIALS
 
 
 def token_client(server: MockServer, pool: Pool | None = None, **overrides: str) -> QianfanClient:

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +21,6 @@ from llmstreams import (
     InvalidParameterError,
     OpenAICompatibleClient,
     Pool,
-    RetryPolicy,
     Timeout,
 )
 from llmstreams.mock import MockCredentials, MockServer
@@ -37,7 +35,6 @@ from tests.support import ROOT
 ACCESS_KEY = "SECRET-iam-accesskey-5c21"
 SECRET_KEY = "SECRET-iam-secretkey-a9e7"
 CREDENTIALS = MockCredentials(access_key=ACCESS_KEY, secret_access_key=SECRET_KEY)
-FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.001, backoff_max=0.001)
 USER = [{"role": "user", "content": "hello"}]
 MODEL = "ernie-speed-8k"
 CHAT = "qianfan.v2.chat"
@@ -49,15 +46,8 @@ IAM_VARIABLES = (
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[MockServer]:
-    async with MockServer(credentials=CREDENTIALS) as mock:
-        yield mock
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[Pool]:
-    async with Pool(retry=FAST_RETRY) as shared:
-        yield shared
+def mock_credentials() -> MockCredentials:
+    return CREDENTIALS
 
 
 @pytest.fixture

@@ -285,9 +285,9 @@ async def _connect(
     return transport, protocol
 
 
-class KernelClockSelectorLoop(asyncio.SelectorEventLoop):
-    """asyncio's loop, whose TCP connections are KernelStampedTransports (with the kernel's
-    stamps held on while it is open)."""
+class KernelClockLoop(asyncio.AbstractEventLoop):
+    """Mixed in before an event loop class: its TCP connections are KernelStampedTransports, with
+    the kernel's stamps held on while it is open."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -305,6 +305,10 @@ class KernelClockSelectorLoop(asyncio.SelectorEventLoop):
         super().close()
 
 
+class KernelClockSelectorLoop(KernelClockLoop, asyncio.SelectorEventLoop):
+    """asyncio's loop, whose TCP connections are KernelStampedTransports."""
+
+
 @functools.cache
 def kernel_clock_loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     """A factory of loops of the kind `event_loop` names ("uvloop" or "asyncio") whose TCP
@@ -313,23 +317,9 @@ def kernel_clock_loop_factory(event_loop: str) -> Callable[[], asyncio.AbstractE
         return KernelClockSelectorLoop
     import uvloop
 
-    class KernelClockUVLoop(uvloop.Loop):
+    # uvloop's stubs type some loop methods unlike typeshed's AbstractEventLoop, which the mixin
+    # brings in as well: mypy sees a conflict of the two declarations, not of the code.
+    class KernelClockUVLoop(KernelClockLoop, uvloop.Loop):  # type: ignore[misc]
         """uvloop's loop, whose TCP connections are KernelStampedTransports."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.read_clocks = ReadClocks()
-            self._read_buffer = kernelstamps.read_buffer()
-            self._stamps_on = kernelstamps.StampsOn()
-
-        async def create_connection(self, *args: Any, **kwargs: Any) -> Any:
-            return await _connect(
-                self, self.read_clocks, self._read_buffer, super().create_connection,
-                *args, **kwargs,
-            )
-
-        def close(self) -> None:
-            self._stamps_on.close()
-            super().close()
 
     return KernelClockUVLoop

@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from collections.abc import Collection
+from typing import Generic
 
+import attrs
 from aiohttp import web
 
 from llmstreams.mock.behaviour import BEHAVIOUR_HEADER, Behaviour, parse_behaviour_header
 from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.qianfan_auth import TokenStore
 from llmstreams.mock.stats import SharedCounters, StatsRecorder
+from llmstreams.mock.text import request_digest
+from llmstreams.mock.vendor_errors import CodeScheme, CodeT
 
 
 class ServerClosing(Exception):
@@ -58,6 +63,21 @@ class Pacer:
         self._ticks.clear()
 
 
+@attrs.frozen
+class Received(Generic[CodeT]):
+    """A generation request as its route starts on it, in the codes of the route's vendor."""
+
+    body: bytes
+    digest: bytes
+    """Seeds the answer and counts the attempts: the path and the body, less the fields that
+    shape only how the answer is sent."""
+    behaviour: Behaviour
+    injected_code: CodeT | None
+    """The failure `fail_code` / `http_status` inject (on the attempts `failure_due` says)."""
+    mid_stream_code: CodeT | None
+    """The error `error_after` sends mid-stream; None without that knob."""
+
+
 class MockContext:
     def __init__(
         self,
@@ -88,6 +108,25 @@ class MockContext:
         if header is None:
             return self.behaviour
         return parse_behaviour_header(header, self.behaviour)
+
+    async def receive(
+        self,
+        request: web.Request,
+        route: str,
+        codes: CodeScheme[CodeT],
+        *,
+        stream_only_fields: Collection[str],
+    ) -> Received[CodeT]:
+        """Count a generation request under `route`, read it and its knobs, then wait out its
+        `response_delay`. A knob's code the vendor has no equivalent for raises at once."""
+        self.stats.request(route)
+        body = await request.read()
+        digest = request_digest(request.path, body, ignored_fields=stream_only_fields)
+        behaviour = self.behaviour_for(request)
+        injected_code = codes.injected(behaviour.fail_code, behaviour.http_status)
+        mid_stream_code = None if behaviour.error_after is None else codes.of(behaviour.error_code)
+        await self.pause(behaviour.response_delay)
+        return Received(body, digest, behaviour, injected_code, mid_stream_code)
 
     def failure_due(self, request_key: bytes, behaviour: Behaviour) -> bool:
         """Whether this attempt of the request gets the injected failure.

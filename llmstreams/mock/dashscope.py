@@ -16,15 +16,14 @@ from aiohttp import web
 
 from llmstreams.dashscope import compatible
 from llmstreams.mock import delivery
-from llmstreams.mock.answer import Answer, compose_answer
+from llmstreams.mock.answer import compose_answer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.templates import ENCODED_SLOTS, SLOTS, EventTemplate, json_string
-from llmstreams.mock.text import request_digest, request_uuid
+from llmstreams.mock.text import request_uuid
 from llmstreams.mock.vendor_errors import (
-    DASHSCOPE_ERRORS,
-    dashscope_code,
-    injected_dashscope_code,
+    DASHSCOPE_CODES,
+    DashScopeCodedError,
     json_object,
 )
 
@@ -60,13 +59,8 @@ MODELS: frozenset[str] = frozenset({
 })
 
 
-class DashScopeError(Exception):
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(code)
-        known = DASHSCOPE_ERRORS[code]
-        self.code = code
-        self.message = message or known.message
-        self.status = status or known.status
+class DashScopeError(DashScopeCodedError):
+    """An error answered in DashScope's own form (`{"code", "message", "request_id"}`)."""
 
 
 def add_routes(app: web.Application, context: MockContext) -> None:
@@ -78,19 +72,14 @@ class _GenerationRoute:
         self._context = context
 
     async def generation(self, request: web.Request) -> web.StreamResponse:
-        self._context.stats.request("dashscope.generation")
-        body = await request.read()
-        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
-        request_id = request_uuid(digest)
-        behaviour = self._context.behaviour_for(request)
-        injected = _injected_failure(behaviour)
-        mid_stream_code = (
-            None if behaviour.error_after is None else dashscope_code(behaviour.error_code)
+        received = await self._context.receive(
+            request, "dashscope.generation", DASHSCOPE_CODES, stream_only_fields=STREAM_ONLY_FIELDS
         )
-        await self._context.pause(behaviour.response_delay)
+        behaviour = received.behaviour
+        request_id = request_uuid(received.digest)
         try:
             self._authenticate(request)
-            payload = _parse_body(body)
+            payload = _parse_body(received.body)
             if not (behaviour.any_model or payload["model"] in MODELS):
                 raise DashScopeError("InvalidParameter", _UNKNOWN_MODEL)
             inputs = _input_texts(payload)
@@ -101,7 +90,8 @@ class _GenerationRoute:
                 )
         except DashScopeError as error:
             return await _send_error(request, behaviour, error, request_id)
-        if injected is not None and self._context.failure_due(digest, behaviour):
+        if received.injected_code is not None and self._context.failure_due(received.digest, behaviour):
+            injected = DashScopeError(received.injected_code, status=behaviour.http_status)
             return await _send_error(
                 request, behaviour, injected, request_id, headers=delivery.retry_after_headers(behaviour)
             )
@@ -112,7 +102,7 @@ class _GenerationRoute:
             )
         max_tokens = parameters.get("max_tokens")
         answer = compose_answer(
-            digest,
+            received.digest,
             behaviour,
             prompt_text="\n".join(inputs),
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
@@ -122,7 +112,7 @@ class _GenerationRoute:
             answer=answer,
             message_format=parameters.get("result_format") == "message",
             incremental=parameters.get("incremental_output") is True,
-            mid_stream_code=mid_stream_code,
+            mid_stream_code=received.mid_stream_code,
         )
         return await delivery.send_answer(request, self._context, behaviour, reply, stream=stream)
 
@@ -137,12 +127,6 @@ class _GenerationRoute:
             or expected not in (None, api_key)
         ):
             raise DashScopeError("InvalidApiKey")
-
-
-def _injected_failure(behaviour: Behaviour) -> DashScopeError | None:
-    """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
-    return None if code is None else DashScopeError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:
@@ -218,22 +202,13 @@ async def _send_error(
 
 
 @attrs.frozen
-class _Reply:
+class _Reply(delivery.EventPerChunk):
     """One answer rendered the DashScope way, whole or as stream frames."""
 
     request_id: str
-    answer: Answer
     message_format: bool
     incremental: bool
     mid_stream_code: str | None
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.answer.chunks)
-
-    @property
-    def closing(self) -> bytes:
-        return b""
 
     def _payload(self, text: str, finish_reason: str, index: int) -> dict[str, Any]:
         input_tokens = self.answer.prompt_tokens
@@ -286,13 +261,6 @@ class _Reply:
         error = DashScopeError(self.mid_stream_code)
         data = b"data:" + delivery.compact_json(_error_payload(error, self.request_id))
         return _frame(event_number, "error", error.status, data)
-
-    def with_first_line_length(self, length: int) -> _Reply:
-        def first_line_length(chunks: list[str]) -> int:
-            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
-
-        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
-        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
 
 
 def _result_payload(

@@ -6,14 +6,17 @@ acts on the wire behaves the same for Qianfan and DashScope.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
+import attrs
 from aiohttp import web
 
+from llmstreams.mock.answer import Answer as ComposedAnswer
 from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext, ServerClosing
 from llmstreams.mock.text import filler_text
@@ -54,6 +57,32 @@ class Answer(StreamEvents, Protocol):
     def whole(self) -> dict[str, Any]: ...
 
     def with_first_line_length(self, length: int) -> Answer: ...
+
+
+@attrs.frozen
+class EventPerChunk(abc.ABC):
+    """The base of a rendering that sends each chunk of `answer` as one event, with nothing
+    after the last; a subclass says how the data line of a chunk's event reads."""
+
+    answer: ComposedAnswer
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.answer.chunks)
+
+    @property
+    def closing(self) -> bytes:
+        return b""
+
+    @abc.abstractmethod
+    def _data_line(self, index: int) -> bytes: ...
+
+    def with_first_line_length(self, length: int) -> Self:
+        def first_line_length(chunks: list[str]) -> int:
+            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
+
+        chunks = pad_first_chunk(list(self.answer.chunks), length, first_line_length)
+        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))
 
 
 _EVENT_STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8"}

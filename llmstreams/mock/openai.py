@@ -31,15 +31,13 @@ from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
 from llmstreams.mock.text import (
     answer_text,
     count_tokens,
-    request_digest,
     split_chunks,
     token_counts_at,
 )
 from llmstreams.mock.vendor_errors import (
-    DASHSCOPE_ERRORS,
+    DASHSCOPE_CODES,
     OPENAI_STYLE_CODES,
-    dashscope_code,
-    injected_dashscope_code,
+    DashScopeCodedError,
     json_object,
 )
 
@@ -52,15 +50,8 @@ _MESSAGE_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", 
 _TOOL_ARGUMENT_CHARS = 48
 
 
-class OpenAIError(Exception):
+class OpenAIError(DashScopeCodedError):
     """An error answered in the dialect's form; `code` is a DashScope code (see vendor_errors)."""
-
-    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
-        super().__init__(code)
-        known = DASHSCOPE_ERRORS[code]
-        self.code = code
-        self.message = message or known.message
-        self.status = status or known.status
 
 
 class Kind(enum.Enum):
@@ -211,22 +202,16 @@ class OpenAIRoutes:
 
     async def _generate(self, request: web.Request, kind: Kind) -> web.StreamResponse:
         flavour = self._flavour
-        self._context.stats.request(f"{self._route}.{kind.value}")
-        body = await request.read()
-        digest = request_digest(request.path, body, ignored_fields=STREAM_ONLY_FIELDS)
-        response_id = flavour.response_id(digest)
-        behaviour = self._context.behaviour_for(request)
-        injected = _injected_failure(behaviour)
-        mid_stream_error = (
-            None
-            if behaviour.error_after is None
-            else flavour.error_body(OpenAIError(dashscope_code(behaviour.error_code)), response_id)
+        received = await self._context.receive(
+            request, f"{self._route}.{kind.value}", DASHSCOPE_CODES,
+            stream_only_fields=STREAM_ONLY_FIELDS,
         )
-        await self._context.pause(behaviour.response_delay)
+        behaviour = received.behaviour
+        response_id = flavour.response_id(received.digest)
         try:
             if not flavour.accepts_issued_token(request, self._context.tokens):
                 flavour.authenticate(request, self._context.credentials)
-            payload = _parse_body(body)
+            payload = _parse_body(received.body)
             parsed = _parse_request(kind, payload)
             if not (behaviour.any_model or flavour.serves_model(parsed.model, behaviour)):
                 raise flavour.unknown_model(parsed.model)
@@ -236,7 +221,8 @@ class OpenAIRoutes:
                 raise OpenAIError("DataInspectionFailed")
         except OpenAIError as error:
             return await self._send_error(request, behaviour, error, response_id)
-        if injected is not None and self._context.failure_due(digest, behaviour):
+        if received.injected_code is not None and self._context.failure_due(received.digest, behaviour):
+            injected = OpenAIError(received.injected_code, status=behaviour.http_status)
             return await self._send_error(
                 request, behaviour, injected, response_id, headers=delivery.retry_after_headers(behaviour)
             )
@@ -244,8 +230,9 @@ class OpenAIRoutes:
             return await delivery.send_body(
                 request, behaviour, status=200, content_type="text/html", body=delivery.NON_SSE_PAGE
             )
-        reply = self._reply(digest, behaviour, parsed, payload, response_id, refused)
-        if mid_stream_error is not None:
+        reply = self._reply(received.digest, behaviour, parsed, payload, response_id, refused)
+        if received.mid_stream_code is not None:
+            mid_stream_error = flavour.error_body(OpenAIError(received.mid_stream_code), response_id)
             reply = attrs.evolve(reply, mid_stream_error=mid_stream_error)
         return await delivery.send_answer(request, self._context, behaviour, reply, stream=parsed.stream)
 
@@ -324,12 +311,6 @@ class OpenAIRoutes:
             payload=self._flavour.error_body(error, response_id),
             headers=headers,
         )
-
-
-def _injected_failure(behaviour: Behaviour) -> OpenAIError | None:
-    """The error `fail_code` / `http_status` inject, or None when neither is set."""
-    code = injected_dashscope_code(behaviour.fail_code, behaviour.http_status)
-    return None if code is None else OpenAIError(code, status=behaviour.http_status)
 
 
 def _parse_body(body: bytes) -> dict[str, Any]:

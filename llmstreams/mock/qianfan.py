@@ -27,12 +27,8 @@ from llmstreams.mock.behaviour import Behaviour
 from llmstreams.mock.context import MockContext
 from llmstreams.mock.qianfan_auth import TokenState, bce_signature_accepted, is_bce_authorization
 from llmstreams.mock.templates import SLOTS, EventTemplate, json_string
-from llmstreams.mock.text import count_tokens, qianfan_id, request_digest
-from llmstreams.mock.vendor_errors import (
-    QIANFAN_MESSAGES,
-    qianfan_code,
-    qianfan_code_for_status,
-)
+from llmstreams.mock.text import count_tokens, qianfan_id
+from llmstreams.mock.vendor_errors import QIANFAN_CODES, QIANFAN_MESSAGES
 
 TOKEN_PATH = "/oauth/2.0/token"
 IAM_TOKEN_PATH = "/v1/BCE-BEARER/token"
@@ -144,28 +140,23 @@ class _QianfanRoutes:
         return await self._generate(request, _Kind.COMPLETIONS)
 
     async def _generate(self, request: web.Request, kind: _Kind) -> web.StreamResponse:
-        self._context.stats.request(kind.value)
-        body = await request.read()
-        digest = request_digest(request.path, body, ignored_fields=("stream",))
-        response_id = qianfan_id(digest)
-        behaviour = self._context.behaviour_for(request)
-        injected_code = _injected_failure_code(behaviour)
-        mid_stream_code = (
-            None if behaviour.error_after is None else qianfan_code(behaviour.error_code)
+        received = await self._context.receive(
+            request, kind.value, QIANFAN_CODES, stream_only_fields=("stream",)
         )
-        await self._context.pause(behaviour.response_delay)
+        behaviour = received.behaviour
+        response_id = qianfan_id(received.digest)
         try:
             self._authenticate(request)
-            payload = _parse_body(body)
+            payload = _parse_body(received.body)
             inputs = kind.inputs(payload)
             _check_parameters(payload)
         except QianfanError as error:
             return await _send_error(request, behaviour, error, response_id)
-        if injected_code is not None and self._context.failure_due(digest, behaviour):
+        if received.injected_code is not None and self._context.failure_due(received.digest, behaviour):
             return await _send_error(
                 request,
                 behaviour,
-                QianfanError(injected_code),
+                QianfanError(received.injected_code),
                 response_id,
                 status=behaviour.http_status or 200,
                 headers=delivery.retry_after_headers(behaviour),
@@ -181,7 +172,7 @@ class _QianfanRoutes:
             answer = Answer.empty(prompt_tokens=count_tokens(prompt_text))
         else:
             answer = compose_answer(
-                digest,
+                received.digest,
                 behaviour,
                 prompt_text=prompt_text,
                 max_tokens=_max_output_tokens(payload),
@@ -192,7 +183,7 @@ class _QianfanRoutes:
             answer=answer,
             completions=kind is _Kind.COMPLETIONS,
             ban_round=refused_round,
-            mid_stream_code=mid_stream_code,
+            mid_stream_code=received.mid_stream_code,
         )
         return await delivery.send_answer(request, self._context, behaviour, reply, stream=stream)
 
@@ -343,33 +334,15 @@ async def _send_error(
     )
 
 
-def _injected_failure_code(behaviour: Behaviour) -> int | None:
-    """The error_code `fail_code` / `http_status` inject, or None when neither is set."""
-    if behaviour.fail_code is not None:
-        return qianfan_code(behaviour.fail_code)
-    if behaviour.http_status is not None:
-        return qianfan_code_for_status(behaviour.http_status)
-    return None
-
-
 @attrs.frozen
-class _Reply:
+class _Reply(delivery.EventPerChunk):
     """One answer rendered the Qianfan way, whole or as stream events."""
 
     response_id: str
     created: int
-    answer: Answer
     completions: bool
     ban_round: int | None
     mid_stream_code: int | None
-
-    @property
-    def chunk_count(self) -> int:
-        return len(self.answer.chunks)
-
-    @property
-    def closing(self) -> bytes:
-        return b""
 
     def _common(self) -> dict[str, Any]:
         return {"id": self.response_id, "object": CHAT_OBJECT, "created": self.created}
@@ -454,10 +427,3 @@ class _Reply:
         assert self.mid_stream_code is not None, "error events are only sent under error_after"
         error = QianfanError(self.mid_stream_code)
         return b"data: " + delivery.compact_json(_error_payload(error, self.response_id)) + b"\n\n"
-
-    def with_first_line_length(self, length: int) -> _Reply:
-        def first_line_length(chunks: list[str]) -> int:
-            return len(attrs.evolve(self, answer=self.answer.with_chunks(chunks))._data_line(0))
-
-        chunks = delivery.pad_first_chunk(list(self.answer.chunks), length, first_line_length)
-        return attrs.evolve(self, answer=self.answer.with_chunks(chunks))

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Generic, TypeVar
 
 import attrs
+
+CodeT = TypeVar("CodeT")
 
 QIANFAN_MESSAGES: dict[int, str] = {
     1: "Unknown error",
@@ -72,6 +74,19 @@ DASHSCOPE_ERRORS: dict[str, DashScopeCode] = {
     "SystemError": DashScopeCode(500, "An system error has occured, please try again later."),
     "ModelUnavailable": DashScopeCode(503, "Model is unavailable, please try again later."),
 }
+
+
+class DashScopeCodedError(Exception):
+    """An error a route answers, named by a DashScope code: that code's message and HTTP status
+    unless others are given. The DashScope and OpenAI-compatible routes each subclass it."""
+
+    def __init__(self, code: str, message: str | None = None, *, status: int | None = None) -> None:
+        super().__init__(code)
+        known = DASHSCOPE_ERRORS[code]
+        self.code = code
+        self.message = message or known.message
+        self.status = status or known.status
+
 
 # Nearest equivalents, used when a knob names the other vendor's code.
 _QIANFAN_FOR_DASHSCOPE: dict[str, int] = {
@@ -197,16 +212,28 @@ OPENAI_STYLE_CODES: dict[str, OpenAIStyleCode] = {
 }
 
 
-def injected_dashscope_code(fail_code: str | None, http_status: int | None) -> str | None:
-    """The DashScope-style code the `fail_code` / `http_status` knobs inject, or None for neither.
+@attrs.frozen
+class CodeScheme(Generic[CodeT]):
+    """How one vendor's routes name the error codes the knobs ask for."""
 
-    The OpenAI-compatible routes use the same codes (their bodies name them their own way).
-    """
-    if fail_code is not None:
-        return dashscope_code(fail_code)
-    if http_status is not None:
-        return dashscope_code_for_status(http_status)
-    return None
+    of: Callable[[str], CodeT]
+    """The vendor's code for a knob's code (raises UnmappableCodeError where it has none)."""
+    for_status: Callable[[int], CodeT]
+    """The vendor's code for the HTTP status the `http_status` knob names."""
+
+    def injected(self, fail_code: str | None, http_status: int | None) -> CodeT | None:
+        """The code the `fail_code` / `http_status` knobs inject, or None for neither."""
+        if fail_code is not None:
+            return self.of(fail_code)
+        if http_status is not None:
+            return self.for_status(http_status)
+        return None
+
+
+QIANFAN_CODES: Final = CodeScheme(qianfan_code, qianfan_code_for_status)
+DASHSCOPE_CODES: Final = CodeScheme(dashscope_code, dashscope_code_for_status)
+"""The codes of the DashScope route, and of the OpenAI-compatible routes (whose bodies name each
+code their own way)."""
 
 
 def json_object(body: bytes, refuse: Callable[[str, str], Exception]) -> dict[str, Any]:

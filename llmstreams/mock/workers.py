@@ -96,33 +96,23 @@ def spawn_mock_workers(
     )
 
 
+@attrs.define(kw_only=True, eq=False, repr=False)
 class MockWorkers:
     """Running worker processes; see `spawn_mock_workers`."""
 
-    def __init__(
-        self,
-        *,
-        workers: int,
-        host: str,
-        port: int,
-        options: list[str],
-        credentials: MockCredentials | None,
-        ready_timeout: float,
-        scheme: str = "http",
-    ) -> None:
-        self._workers = workers
-        self._scheme = scheme
-        self._host = host
-        self._requested_port = port
-        self._options = options
-        self._credentials = credentials
-        self._ready_timeout = ready_timeout
-        self._reservation: socket.socket | None = None
-        self._work_dir: tempfile.TemporaryDirectory[str] | None = None
-        self._processes: list[subprocess.Popen[bytes]] = []
-        self._lifeline: int | None = None
-        """The write end of the pipe whose end-of-file tells the workers to stop."""
-        self.url = ""
+    _workers: int
+    _host: str
+    _requested_port: int = attrs.field(alias="port")
+    _options: list[str]
+    _credentials: MockCredentials | None
+    _ready_timeout: float
+    _scheme: str = "http"
+    _reservation: socket.socket | None = attrs.field(init=False, default=None)
+    _work_dir: tempfile.TemporaryDirectory[str] | None = attrs.field(init=False, default=None)
+    _processes: list[subprocess.Popen[bytes]] = attrs.field(init=False, factory=list)
+    _lifeline: int | None = attrs.field(init=False, default=None)
+    """The write end of the pipe whose end-of-file tells the workers to stop."""
+    url: str = attrs.field(init=False, default="")
 
     def start(self) -> str:
         """Start the workers and wait until each accepts connections; returns the base URL."""

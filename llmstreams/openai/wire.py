@@ -147,13 +147,7 @@ GENERIC: Final = Dialect(provider="openai")
 
 def check_messages(messages: Any, dialect: Dialect) -> list[dict[str, Any]]:
     """A copy of the chat history, each message checked: role, content, tool-call ids."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise errors.InvalidParameterError(
-            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
-            type(messages).__name__,
-        )
-    if not messages:
-        raise errors.InvalidParameterError("messages", "must not be empty")
+    messages = validation.check_message_list(messages)
     checked: list[dict[str, Any]] = []
     for index, message in enumerate(messages):
         field = f"messages[{index}]"
@@ -295,21 +289,6 @@ def _sampling_fields(params: Mapping[str, Any], dialect: Dialect) -> dict[str, A
     return fields
 
 
-def _check_extra_body(value: Any, known: Sequence[str]) -> dict[str, Any]:
-    extra = validation.check_extra("extra_body", value)
-    for key in extra:
-        if key in _RESERVED_BODY_FIELDS:
-            raise errors.InvalidParameterError(
-                f"extra_body[{key!r}]",
-                "is set by the method itself (its arguments, stream_* vs not, include_usage=)",
-            )
-        if key in known:
-            raise errors.InvalidParameterError(
-                f"extra_body[{key!r}]", f"pass it as the {key}= argument, which is checked"
-            )
-    return extra
-
-
 def build_body(
     kind: Kind,
     *,
@@ -356,7 +335,10 @@ def build_body(
     if stream and include_usage is not False:
         body["stream_options"] = {"include_usage": True}
     body.update(_sampling_fields(params, dialect))
-    body.update(_check_extra_body(params.get("extra_body"), names))
+    body.update(validation.check_extra(
+        "extra_body", params.get("extra_body"), reserved=_RESERVED_BODY_FIELDS,
+        set_by="its arguments, stream_* vs not, include_usage=", arguments=names,
+    ))
     try:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     except (TypeError, ValueError) as error:

@@ -446,23 +446,39 @@ def _token_wait(timeout: Timeout) -> tuple[float, str]:
     return min(limits) if limits else (_TOKEN_WAIT_FALLBACK, "first_chunk")
 
 
+def decode_token_answer(body: bytes) -> object:
+    """A token endpoint's answer as JSON; None when it is not JSON.
+
+    The standard library's decoder, which reads NaN/Infinity: a token whose lifetime is not a
+    number is still used (until refused), as with any odd lifetime.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def raise_if_busy(
+    endpoint: str, status: int, detail: str, retry_after: float | None, *, code: str | None = None
+) -> None:
+    """Raise the retryable error of a token endpoint's HTTP 429 (RateLimitError) or 5xx
+    (ServerError); any other status passes."""
+    if status == 429 or status >= 500:
+        cls = RateLimitError if status == 429 else ServerError
+        raise cls(
+            f"{endpoint} answered HTTP {status}: {detail}",
+            code=code, http_status=status, provider=PROVIDER, retryable=True,
+            retry_after=retry_after,
+        )
+
+
 def parse_token_response(
     status: int, body: bytes, retry_after: float | None, *, now: float
 ) -> AccessToken:
     """The token from `/oauth/2.0/token`'s answer, or the error it stands for."""
-    try:
-        # The standard library's decoder, which reads NaN/Infinity: a token whose `expires_in`
-        # is not a number is still used (until refused), as with any odd lifetime.
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        payload = None
-    if status == 429 or status >= 500:
-        cls = RateLimitError if status == 429 else ServerError
-        detail = _token_error_text(payload) if isinstance(payload, dict) else snippet(body)
-        raise cls(
-            f"the token endpoint answered HTTP {status}: {detail}",
-            http_status=status, provider=PROVIDER, retryable=True, retry_after=retry_after,
-        )
+    payload = decode_token_answer(body)
+    detail = _token_error_text(payload) if isinstance(payload, dict) else snippet(body)
+    raise_if_busy("the token endpoint", status, detail, retry_after)
     if isinstance(payload, dict) and "access_token" in payload:
         value = payload["access_token"]
         if status != 200 or not isinstance(value, str) or not value:

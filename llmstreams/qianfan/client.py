@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, TypedDict, Unpack
 from urllib.parse import urlsplit
 
+import attrs
+
 from llmstreams.calls import Call, PromptAs
 from llmstreams.client import BaseClient
 from llmstreams.errors import APIError, redact_url
@@ -56,24 +58,20 @@ _CHAT_PARAMETERS: Final = ("messages", *_CALL_PARAMETERS)
 _COMPLETE_PARAMETERS: Final = ("prompt", *_CALL_PARAMETERS)
 
 
+@attrs.define(kw_only=True, eq=False)
 class QianfanExchange:
     """One Qianfan generation: its request (authorized afresh per attempt) and its parser."""
 
     provider = PROVIDER
-    __slots__ = ("telemetry", "_url", "_path", "_body", "_headers", "_auth", "_used", "_waiter")
 
-    def __init__(
-        self, *, url: str, path: str, body: bytes, headers: Mapping[str, str],
-        authenticator: auth.Authenticator, telemetry: GenerationInfo | None = None,
-    ) -> None:
-        self.telemetry = telemetry
-        self._url = url
-        self._path = path
-        self._body = body
-        self._headers = headers
-        self._auth = authenticator
-        self._used: auth.Authorization | None = None
-        self._waiter = auth.TokenWaiter()
+    _url: str
+    _path: str
+    _body: bytes
+    _headers: Mapping[str, str]
+    _auth: auth.Authenticator = attrs.field(alias="authenticator")
+    telemetry: GenerationInfo | None = None
+    _used: auth.Authorization | None = attrs.field(init=False, default=None)
+    _waiter: auth.TokenWaiter = attrs.field(init=False, factory=auth.TokenWaiter)
 
     def __repr__(self) -> str:
         return f"<QianfanExchange POST {self._url}>"

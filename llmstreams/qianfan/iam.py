@@ -16,7 +16,6 @@ more when the service refuses it).
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -29,14 +28,19 @@ from llmstreams.errors import (
     AuthenticationError,
     InvalidParameterError,
     ProtocolError,
-    RateLimitError,
-    ServerError,
     redact_url,
     snippet,
 )
 from llmstreams.options import Timeout
 from llmstreams.pool import Pool
-from llmstreams.qianfan.auth import AccessToken, TokenCache, TokenWaiter, request_token
+from llmstreams.qianfan.auth import (
+    AccessToken,
+    TokenCache,
+    TokenWaiter,
+    decode_token_answer,
+    raise_if_busy,
+    request_token,
+)
 from llmstreams.qianfan.signing import bce_authorization, bce_timestamp
 from llmstreams.qianfan.wire import JSON_CONTENT_TYPE, PROVIDER
 from llmstreams.validation import check_int, check_text
@@ -167,20 +171,11 @@ def parse_bearer_response(
     status: int, body: bytes, retry_after: float | None, *, now: float
 ) -> AccessToken:
     """The token from the IAM service's answer, or the error it stands for."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError):
-        payload = None
+    payload = decode_token_answer(body)
     fields = payload if isinstance(payload, dict) else {}
     code = fields.get("code") if isinstance(fields.get("code"), str) else None
     detail = ": ".join(str(part) for part in (code, fields.get("message")) if part) or snippet(body)
-    if status == 429 or status >= 500:
-        cls = RateLimitError if status == 429 else ServerError
-        raise cls(
-            f"the IAM token endpoint answered HTTP {status}: {detail}",
-            code=code, http_status=status, provider=PROVIDER, retryable=True,
-            retry_after=retry_after,
-        )
+    raise_if_busy("the IAM token endpoint", status, detail, retry_after, code=code)
     if status in (401, 403) or code in _REFUSALS:
         raise AuthenticationError(
             f"the IAM token endpoint refused access_key/secret_key ({detail})",

@@ -9,7 +9,7 @@ something else (a proxy's HTML page), which is a `ProtocolError`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -90,13 +90,7 @@ _SYSTEM_MESSAGE_HINT: Final = (
 
 def check_messages(messages: Any, *, max_input_chars: int | None) -> list[dict[str, str]]:
     """The chat history as the service wants it: user/assistant turns, starting and ending with user."""
-    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
-        raise errors.InvalidParameterError(
-            "messages", "must be a list of {'role': ..., 'content': ...} dicts",
-            type(messages).__name__,
-        )
-    if not messages:
-        raise errors.InvalidParameterError("messages", "must not be empty")
+    messages = validation.check_message_list(messages)
     for index, message in enumerate(messages):
         if isinstance(message, Mapping) and message.get("role") == "system":
             raise errors.InvalidParameterError(f"messages[{index}].role", _SYSTEM_MESSAGE_HINT, "system")
@@ -171,18 +165,10 @@ def sampling_fields(
 
 def check_extra_params(extra_params: Any) -> dict[str, Any]:
     """The escape hatch for body fields this library does not know yet."""
-    extra = check_extra("extra_params", extra_params)
-    for key in extra:
-        if key in _RESERVED_BODY_FIELDS:
-            raise errors.InvalidParameterError(
-                f"extra_params[{key!r}]",
-                "is set by the method itself (the messages / prompt argument, stream_* vs not)",
-            )
-        if key in SAMPLING_FIELDS:
-            raise errors.InvalidParameterError(
-                f"extra_params[{key!r}]", f"pass it as the {key}= argument, which is checked"
-            )
-    return extra
+    return check_extra(
+        "extra_params", extra_params, reserved=_RESERVED_BODY_FIELDS,
+        set_by="the messages / prompt argument, stream_* vs not", arguments=SAMPLING_FIELDS,
+    )
 
 
 def check_headers(field: str, headers: Any) -> dict[str, str]:

@@ -29,7 +29,7 @@ from llmstreams import (
     Timeout,
 )
 from llmstreams.mock import MockCredentials
-from tests.support import serving
+from tests.support import FAST_RETRY, serving
 
 API_KEY = "SECRET-apikey-7f3a"
 SECRET_KEY = "SECRET-secretkey-91c4"
@@ -44,8 +44,6 @@ MOCK_CREDENTIALS = MockCredentials(
     secret_access_key=SECRET_ACCESS_KEY,
     dashscope_api_key=DASHSCOPE_KEY,
 )
-
-FAST_RETRY = RetryPolicy(max_retries=2, backoff_base=0.001, backoff_max=0.001)
 
 USER = [{"role": "user", "content": "Tell me about the Great Wall"}]
 PROMPT = "Tell me about the Great Wall"
