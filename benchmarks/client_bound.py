@@ -1,6 +1,6 @@
 """The client as the bottleneck: llmstreams against a bare aiohttp loop, side by side in one process.
 
-Usage: .venv/bin/python -m benchmarks.client_bound [--rounds 7] [--out benchmarks/results]
+Usage: .venv/bin/python -m benchmarks.client_bound [--rounds 7] [--out benchmarks/results] [--guard 0.9]
 (also `python -m benchmarks.compare --client-bound`), from the checkout's root.
 
 A server in another process answers every request with pre-built bytes (the whole chunked
@@ -593,7 +593,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", type=lambda text: text.split(","), default=["cpu", "latency", "open"],
                         help="which measurements (cpu,latency,open)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--guard", type=float, metavar="RATIO",
+        help="exit 1 when llmstreams' CPU per chunk on long streams (the median ratio to the bare "
+        "loop) is above RATIO for any dialect (the project's guard: 0.9)",
+    )
     args = parser.parse_args(argv)
+    if args.guard is not None and "cpu" not in args.parts:
+        parser.error("--guard needs the cpu part")
     with prebuilt_server() as server:
         report = asyncio.run(
             measure(args.rounds, server, parts=args.parts, open_count=args.open_streams)
@@ -617,6 +624,21 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "client_bound.md").write_text(markdown(report))
     print(markdown(report))
+    return 0 if args.guard is None else _check_guard(report, args.guard)
+
+
+def _check_guard(report: dict[str, Any], limit: float) -> int:
+    """1, saying which, when llmstreams' long-stream CPU per chunk is above `limit` times the bare loop's."""
+    breaches = [
+        f"{workload}: {ratio}x"
+        for workload, clients in report["cpu"].items() if workload.endswith("-long")
+        for name, figures in clients.items() if name.startswith("llmstreams-")
+        if (ratio := figures["vs_bare_json"]["median"]) > limit
+    ]
+    if breaches:
+        print(f"guard breached (CPU per chunk above {limit}x the bare loop): " + ", ".join(breaches))
+        return 1
+    print(f"guard held: CPU per chunk on long streams at most {limit}x the bare loop")
     return 0
 
 
