@@ -121,3 +121,24 @@ async def test_every_benchmark_runs_as_a_module_from_the_checkout(name: str) -> 
         stdout, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()
     assert stdout.decode().startswith(f"usage: python -m benchmarks.{name} ")
+
+
+def test_the_cpu_guard_fails_only_above_its_ratio_on_long_streams(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.client_bound import _check_guard
+
+    def report(long_ratio: float) -> dict[str, object]:
+        def figures(ratio: float) -> dict[str, object]:
+            return {"us_per_chunk": 1.0, "vs_bare_json": {"median": ratio, "low": ratio, "high": ratio}}
+
+        return {"cpu": {
+            "openai-long": {"llmstreams-openai": figures(long_ratio), "bare-json-openai": figures(1.0)},
+            # Short answers cost more than the bare loop by design: not guarded.
+            "openai-short": {"llmstreams-openai": figures(1.4), "bare-json-openai": figures(1.0)},
+        }}
+
+    assert _check_guard(report(0.9), 0.9) == 0
+    assert "guard held" in capsys.readouterr().out
+    assert _check_guard(report(0.91), 0.9) == 1
+    assert "openai-long: 0.91x" in capsys.readouterr().out
