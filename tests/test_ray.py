@@ -283,6 +283,27 @@ def test_a_doomed_ray_batch_stops_early_and_runs_again_once_fixed(
     assert set(results) == set(range(count)) and all("error" not in r for r in results.values())
 
 
+# The finalizer's dropped KeyboardInterrupt is the case under test, not a fault of the test.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_ctrl_c_during_a_ray_batch_is_kept_even_when_a_finalizer_drops_it() -> None:
+    from llmstreams.ray.batch import interrupt_requests
+
+    class RayLikeObject:
+        def __del__(self) -> None:
+            # Delivered to this thread at once: the KeyboardInterrupt is raised inside the
+            # finalizer, which Python prints and drops.
+            signal.raise_signal(signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with interrupt_requests() as interrupted:
+        assert not interrupted.is_set()
+        RayLikeObject()
+        assert interrupted.is_set()
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is before
+
+
 async def test_an_interrupted_or_killed_ray_batch_resumes_with_every_id_exactly_once(local_ray: None, tmp_path: Path) -> None:
     count = 200
     source = write_jsonl(tmp_path / "input.jsonl", [{"id": f"r{i}", "prompt": f"q{i}"} for i in range(count)])

@@ -10,9 +10,12 @@ written twice.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
@@ -110,6 +113,35 @@ def _refused_for_its_token(error: BaseException) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+@contextlib.contextmanager
+def interrupt_requests() -> Iterator[threading.Event]:
+    """An Event that Ctrl-C (SIGINT) sets while the block runs, besides raising
+    KeyboardInterrupt as usual.
+
+    Ray runs finalizers of its own objects in the driver's thread, and a KeyboardInterrupt
+    raised inside a finalizer is printed and dropped: the batch would then run to its end and
+    report success. The Event keeps the request. Outside the main thread, where no signal
+    handler can be set, and where SIGINT is ignored, it is never set.
+    """
+    requested = threading.Event()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
+        yield requested
+        return
+
+    def on_interrupt(number: int, frame: object) -> None:
+        requested.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
 
 
 def _quiet_data_context() -> None:
@@ -253,20 +285,23 @@ def _run(
         )
         progress = Progress(len(rows), label="batch", stream=progress_stream)
         try:
-            for row in results.iter_rows():
-                record = json.loads(row[RESULT_JSON_COLUMN])
-                writer.write(record)
-                error = record.get("error")
-                summary.stats.count(
-                    error_type=None if error is None else error["type"],
-                    attempts=record.get("attempts", 0),
-                    chunks=record.get("chunks", 0),
-                    tokens=_tokens(record),
-                    time_to_first_chunk=record.get("time_to_first_chunk"),
-                )
-                progress.advance(failed=error is not None)
-                if stopper is not None and stopper.should_stop(record):
-                    break
+            with interrupt_requests() as interrupted:
+                for row in results.iter_rows():
+                    record = json.loads(row[RESULT_JSON_COLUMN])
+                    writer.write(record)
+                    error = record.get("error")
+                    summary.stats.count(
+                        error_type=None if error is None else error["type"],
+                        attempts=record.get("attempts", 0),
+                        chunks=record.get("chunks", 0),
+                        tokens=_tokens(record),
+                        time_to_first_chunk=record.get("time_to_first_chunk"),
+                    )
+                    progress.advance(failed=error is not None)
+                    if interrupted.is_set():
+                        raise KeyboardInterrupt
+                    if stopper is not None and stopper.should_stop(record):
+                        break
         except KeyboardInterrupt:
             summary.interrupted = True
         finally:
