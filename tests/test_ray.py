@@ -285,7 +285,9 @@ def test_a_doomed_ray_batch_stops_early_and_runs_again_once_fixed(
 
 # The finalizer's dropped KeyboardInterrupt is the case under test, not a fault of the test.
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_a_ctrl_c_during_a_ray_batch_is_kept_even_when_a_finalizer_drops_it() -> None:
+# Ignored: as in a command a script started in the background (the shell ignores SIGINT there).
+@pytest.mark.parametrize("before", [signal.default_int_handler, signal.SIG_IGN])
+def test_a_ctrl_c_during_a_ray_batch_is_kept_even_when_a_finalizer_drops_it(before: Any) -> None:
     from llmstreams.ray.batch import interrupt_requests
 
     class RayLikeObject:
@@ -294,14 +296,17 @@ def test_a_ctrl_c_during_a_ray_batch_is_kept_even_when_a_finalizer_drops_it() ->
             # finalizer, which Python prints and drops.
             signal.raise_signal(signal.SIGINT)
 
-    before = signal.getsignal(signal.SIGINT)
-    with interrupt_requests() as interrupted:
-        assert not interrupted.is_set()
-        RayLikeObject()
-        assert interrupted.is_set()
-        with pytest.raises(KeyboardInterrupt):
-            signal.raise_signal(signal.SIGINT)
-    assert signal.getsignal(signal.SIGINT) is before
+    outside = signal.signal(signal.SIGINT, before)
+    try:
+        with interrupt_requests() as interrupted:
+            assert not interrupted.is_set()
+            RayLikeObject()
+            assert interrupted.is_set()
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, outside)
 
 
 async def test_an_interrupted_or_killed_ray_batch_resumes_with_every_id_exactly_once(local_ray: None, tmp_path: Path) -> None:

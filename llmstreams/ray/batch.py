@@ -117,19 +117,18 @@ def _refused_for_its_token(error: BaseException) -> bool:
 
 @contextlib.contextmanager
 def interrupt_requests() -> Iterator[threading.Event]:
-    """An Event that Ctrl-C (SIGINT) sets while the block runs, besides raising
-    KeyboardInterrupt as usual.
+    """Ctrl-C (SIGINT) while the block runs: raise KeyboardInterrupt, as Python does, and set
+    the Event this yields.
 
     Ray runs finalizers of its own objects in the driver's thread, and a KeyboardInterrupt
     raised inside a finalizer is printed and dropped: the batch would then run to its end and
-    report success. The Event keeps the request. Outside the main thread, where no signal
-    handler can be set, and where SIGINT is ignored, it is never set.
+    report success. The Event keeps the request. The handler is set even where SIGINT was
+    ignored when the process started (a command started by a script in the background), as
+    the local batch does; the previous one is restored after. Outside the main thread, where
+    no signal handler can be set, the Event is never set.
     """
     requested = threading.Event()
-    if (
-        threading.current_thread() is not threading.main_thread()
-        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    ):
+    if threading.current_thread() is not threading.main_thread():
         yield requested
         return
 
