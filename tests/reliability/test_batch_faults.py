@@ -233,8 +233,11 @@ async def test_a_second_run_on_the_same_output_refuses_at_once_naming_the_first(
     assert code == 0, stderr
     # Every id once: the refused run sent nothing, wrote nothing.
     assert set(by_id(read_results(output))) == {f"r{i}" for i in range(40)}
+    # The requests in flight at the Ctrl-C (at most the first run's 2) ran again in the third:
+    # those cut mid-stream, and any the server had just finished but the first run had not
+    # written yet. Anything more was sent by the refused run.
     stats = server.stats
-    assert sum(stats.requests.values()) == 40 + stats.streams_aborted  # those cut by the Ctrl-C
+    assert stats.streams_aborted <= sum(stats.requests.values()) - 40 <= 2
     assert [path.name for path in tmp_path.iterdir() if path.name.endswith(".lock")] == []
 
 
