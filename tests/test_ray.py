@@ -29,6 +29,7 @@ from llmstreams.mock.credentials import MockCredentials
 from llmstreams.mock.workers import spawn_mock_workers
 from llmstreams.outputlock import OutputLock
 from llmstreams.ray import RESULT_COLUMNS, ClusterRateLimiter, Generate, Secrets, shared_out
+from llmstreams.ray.batch import interrupt_requests
 from tests.support import ROOT, python_examples, run_example
 
 REPO = Path(__file__).resolve().parents[1]
@@ -288,8 +289,6 @@ def test_a_doomed_ray_batch_stops_early_and_runs_again_once_fixed(
 # Ignored: as in a command a script started in the background (the shell ignores SIGINT there).
 @pytest.mark.parametrize("before", [signal.default_int_handler, signal.SIG_IGN])
 def test_a_ctrl_c_during_a_ray_batch_is_kept_even_when_a_finalizer_drops_it(before: Any) -> None:
-    from llmstreams.ray.batch import interrupt_requests
-
     class RayLikeObject:
         def __del__(self) -> None:
             # Delivered to this thread at once: the KeyboardInterrupt is raised inside the

@@ -682,8 +682,7 @@ class DialectParser(SniffingParser):
             raise self._not_a_chunk(data, "the text is not a string")
         need_clear_history = False
         ban_round = None
-        choice_flags = self._dialect.choice_flags
-        if choice_flags:
+        if self._dialect.choice_flags:
             if choice.is_end:
                 self._finish_seen = True
             need_clear_history = bool(choice.need_clear_history)
@@ -709,7 +708,7 @@ class DialectParser(SniffingParser):
             request_id=response_id if self._dialect.id_is_request_id else self._request_id,
             reasoning=reasoning, tool_calls=deltas, model=model, raw=raw,
         )
-        if choice_flags and choice.is_end:
+        if self._dialect.choice_flags and choice.is_end:
             self._held = chunk
             return None
         return chunk

@@ -298,7 +298,8 @@ def _run(
                     )
                     progress.advance(failed=error is not None)
                     if interrupted.is_set():
-                        raise KeyboardInterrupt
+                        summary.interrupted = True
+                        break
                     if stopper is not None and stopper.should_stop(record):
                         break
         except KeyboardInterrupt:
